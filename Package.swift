@@ -1,0 +1,50 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// One module per layer; each depends only on the layers below it.
+//   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
+//   Loaders (images into memory + initial CPU state)
+//   KVM (backend over /dev/kvm)
+//   Machine (VM, vCPU threads, the shared run loop)
+//   tandem (command line)
+let package = Package(
+    name: "Tandem",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tandem", targets: ["tandem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CCapstone",
+            pkgConfig: "capstone",
+            providers: [.apt(["libcapstone-dev"])]
+        ),
+        .target(name: "CKVM"),
+        .target(name: "X86"),
+        .target(name: "HostOS"),
+        .target(name: "GuestMemory"),
+        .target(name: "Devices", dependencies: ["HostOS"]),
+        .target(name: "Disassembler", dependencies: ["CCapstone", "X86"]),
+        .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "X86", "GuestMemory", "HostOS"]),
+        .target(
+            name: "Machine",
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "HostOS"]
+        ),
+        .executableTarget(
+            name: "tandem",
+            dependencies: [
+                "Machine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "TandemTests",
+            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Disassembler", "HostOS"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

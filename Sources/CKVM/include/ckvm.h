@@ -1,0 +1,52 @@
+// The tiny C shim for the KVM API: <linux/kvm.h> defines its ioctl request numbers
+// with function-like macros (_IOW, _IOR, ...) that Swift cannot import, and ioctl(2)
+// itself is variadic. This header turns each request into a constant and exposes
+// non-variadic ioctl entry points. Nothing else lives here.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <linux/kvm.h>
+#include <stdint.h>
+
+// System ioctls (on the /dev/kvm fd).
+static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+
+// VM ioctls.
+static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+
+// vCPU ioctls.
+static const unsigned long CKVM_RUN = KVM_RUN;
+static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
+static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+
+/// ioctl(2) with a pointer argument. Returns -1 and sets errno on failure.
+int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
+
+/// ioctl(2) with an integer argument (or none).
+int ckvm_ioctl_int(int fd, unsigned long request, unsigned long argument);
+
+/// The MMIO data bytes inside the mmapped kvm_run (KVM_EXIT_MMIO).
+static inline unsigned char *ckvm_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+
+/// The port I/O data inside the mmapped kvm_run (KVM_EXIT_IO).
+static inline unsigned char *ckvm_io_data(struct kvm_run *run) { return (unsigned char *)run + run->io.data_offset; }
+
+#endif

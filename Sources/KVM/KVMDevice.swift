@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+import HostOS
+
+/// A failed KVM call: which ioctl (or open) and the errno it returned.
+public struct KVMError: Error, CustomStringConvertible, Sendable {
+    public let call: String
+    public let errno: Errno
+    public init(_ call: String, _ errno: Errno = .current) {
+        self.call = call
+        self.errno = errno
+    }
+    public var description: String { "\(call): \(errno)" }
+}
+
+/// Capabilities Tandem looks at (`KVM_CAP_*`).
+public enum KVMCapability: Int32, CaseIterable, Sendable {
+    case userMemory = 3
+    case setTSSAddress = 4
+    case nrVCPUs = 9
+    case maxVCPUs = 66
+    case syncRegs = 74
+    case debugRegisters = 50
+    case readonlyMemory = 81
+    case immediateExit = 136
+    case setGuestDebug = 23
+    case extendedCPUID = 7
+
+    public var name: String {
+        switch self {
+        case .userMemory: "KVM_CAP_USER_MEMORY"
+        case .setTSSAddress: "KVM_CAP_SET_TSS_ADDR"
+        case .nrVCPUs: "KVM_CAP_NR_VCPUS"
+        case .maxVCPUs: "KVM_CAP_MAX_VCPUS"
+        case .syncRegs: "KVM_CAP_SYNC_REGS"
+        case .debugRegisters: "KVM_CAP_DEBUGREGS"
+        case .readonlyMemory: "KVM_CAP_READONLY_MEM"
+        case .immediateExit: "KVM_CAP_IMMEDIATE_EXIT"
+        case .setGuestDebug: "KVM_CAP_SET_GUEST_DEBUG"
+        case .extendedCPUID: "KVM_CAP_EXT_CPUID"
+        }
+    }
+}
+
+/// The `/dev/kvm` file descriptor: system-wide queries and VM creation.
+public final class KVMDevice: @unchecked Sendable {
+    public static let defaultPath = "/dev/kvm"
+    /// The KVM API version Tandem is written against (`KVM_GET_API_VERSION`).
+    public static let expectedAPIVersion = 12
+
+    let fd: Int32
+    public let path: String
+
+    /// `open(path, O_RDWR | O_CLOEXEC)` and a check of `KVM_GET_API_VERSION`.
+    public init(path: String = defaultPath) throws(KVMError) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw KVMError("open \(path)") }
+        self.fd = fd
+        self.path = path
+        let version = ckvm_ioctl_int(fd, CKVM_GET_API_VERSION, 0)
+        guard version == Self.expectedAPIVersion else {
+            close(fd)
+            throw KVMError("KVM_GET_API_VERSION returned \(version), expected \(Self.expectedAPIVersion)", Errno(EINVAL))
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// `KVM_GET_API_VERSION`.
+    public var apiVersion: Int { Int(ckvm_ioctl_int(fd, CKVM_GET_API_VERSION, 0)) }
+
+    /// `KVM_CHECK_EXTENSION`: 0 when absent, otherwise a capability-specific positive value.
+    public func check(_ capability: KVMCapability) -> Int {
+        max(0, Int(ckvm_ioctl_int(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue))))
+    }
+
+    /// `KVM_GET_VCPU_MMAP_SIZE`: the size of each vCPU's shared `kvm_run` area.
+    func vcpuMmapSize() throws(KVMError) -> Int {
+        let n = ckvm_ioctl_int(fd, CKVM_GET_VCPU_MMAP_SIZE, 0)
+        guard n > 0 else { throw KVMError("KVM_GET_VCPU_MMAP_SIZE") }
+        return Int(n)
+    }
+
+    /// `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves this host's KVM can offer a guest.
+    public func supportedCPUID() throws(KVMError) -> [kvm_cpuid_entry2] {
+        var capacity = 128
+        while true {
+            let bytes = MemoryLayout<kvm_cpuid2>.size + capacity * MemoryLayout<kvm_cpuid_entry2>.stride
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+            defer { raw.deallocate() }
+            raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+            let header = raw.assumingMemoryBound(to: kvm_cpuid2.self)
+            header.pointee.nent = UInt32(capacity)
+            if ckvm_ioctl_ptr(fd, CKVM_GET_SUPPORTED_CPUID, raw) == 0 {
+                let entries = (raw + MemoryLayout<kvm_cpuid2>.size).assumingMemoryBound(to: kvm_cpuid_entry2.self)
+                return Array(UnsafeBufferPointer(start: entries, count: Int(header.pointee.nent)))
+            }
+            guard errno == E2BIG, capacity < 4096 else { throw KVMError("KVM_GET_SUPPORTED_CPUID") }
+            capacity *= 2
+        }
+    }
+
+    /// `KVM_CREATE_VM`.
+    public func createVM() throws(KVMError) -> KVMVirtualMachine {
+        var fd: Int32
+        repeat { fd = ckvm_ioctl_int(self.fd, CKVM_CREATE_VM, 0) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw KVMError("KVM_CREATE_VM") }
+        return KVMVirtualMachine(fd: fd, device: self)
+    }
+}
+
+/// A VM file descriptor: memory slots and vCPU creation.
+public final class KVMVirtualMachine: @unchecked Sendable {
+    let fd: Int32
+    public let device: KVMDevice
+
+    init(fd: Int32, device: KVMDevice) {
+        self.fd = fd
+        self.device = device
+        // Intel VMX needs three pages for real-mode emulation; elsewhere this is a no-op.
+        // The address sits just below the largest ROM alias (top 256 KiB of 4 GiB).
+        _ = ckvm_ioctl_int(fd, CKVM_SET_TSS_ADDR, 0xFFFB_D000)
+    }
+
+    deinit { close(fd) }
+
+    /// `KVM_SET_USER_MEMORY_REGION`: backs `size` bytes of guest-physical memory at
+    /// `guestAddress` with host memory at `host` (read-only if `readonly`).
+    public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readonly: Bool) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: readonly ? UInt32(KVM_MEM_READONLY) : 0,
+            guest_phys_addr: guestAddress, memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_USER_MEMORY_REGION, &region) == 0 else {
+            throw KVMError("KVM_SET_USER_MEMORY_REGION slot \(slot) at 0x\(String(guestAddress, radix: 16)) (\(size) bytes)")
+        }
+    }
+
+    /// `KVM_CREATE_VCPU` and the mmap of its `kvm_run` area.
+    public func createVCPU(index: Int) throws(KVMError) -> KVMVCPU {
+        let fd = ckvm_ioctl_int(self.fd, CKVM_CREATE_VCPU, UInt(index))
+        guard fd >= 0 else { throw KVMError("KVM_CREATE_VCPU \(index)") }
+        let size = try device.vcpuMmapSize()
+        let run = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let run, run != MAP_FAILED else {
+            close(fd)
+            throw KVMError("mmap kvm_run of vCPU \(index)")
+        }
+        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self)
+    }
+}

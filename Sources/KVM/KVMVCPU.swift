@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+import HostOS
+import X86
+
+/// A vCPU file descriptor and its mmapped `kvm_run`: the KVM execution backend.
+public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
+    let fd: Int32
+    public let index: Int
+    let shared: UnsafeMutablePointer<kvm_run>
+    let runSize: Int
+    let vm: KVMVirtualMachine
+    /// The thread inside `run()`, for `kick()`.
+    private var runner: pthread_t?
+    private let runnerLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    /// The signal that interrupts `KVM_RUN` on another thread.
+    public static let kickSignal = SIGUSR1
+
+    init(fd: Int32, index: Int, run: UnsafeMutableRawPointer, runSize: Int, vm: KVMVirtualMachine) {
+        self.fd = fd
+        self.index = index
+        self.shared = run.assumingMemoryBound(to: kvm_run.self)
+        self.runSize = runSize
+        self.vm = vm
+        pthread_mutex_init(runnerLock, nil)
+        Self.installKickHandler
+    }
+
+    deinit {
+        munmap(shared, runSize)
+        close(fd)
+        pthread_mutex_destroy(runnerLock)
+        runnerLock.deallocate()
+    }
+
+    /// A do-nothing handler installed without SA_RESTART, so the signal makes `KVM_RUN`
+    /// return EINTR instead of killing the process.
+    private static let installKickHandler: Void = {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(kickSignal, &action, nil)
+    }()
+
+    // MARK: Running
+
+    /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
+    public func run() throws(BackendError) -> VCPUExit {
+        pthread_mutex_lock(runnerLock)
+        runner = pthread_self()
+        pthread_mutex_unlock(runnerLock)
+        let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
+        let error = errno
+        if result < 0 {
+            if error == EINTR || error == EAGAIN {
+                shared.pointee.immediate_exit = 0
+                return .interrupted
+            }
+            throw BackendError("KVM_RUN on vCPU \(index): \(Errno(error))")
+        }
+        let r = shared.pointee
+        switch Int32(r.exit_reason) {
+        case KVM_EXIT_IO:
+            let size = Int(r.io.size), count = Int(r.io.count), port = r.io.port
+            let data = UnsafeMutableRawPointer(ckvm_io_data(shared)!)
+            return r.io.direction == UInt8(KVM_EXIT_IO_IN)
+                ? .portIn(port: port, size: size, count: count, data: data)
+                : .portOut(port: port, size: size, count: count, data: UnsafeRawPointer(data))
+        case KVM_EXIT_MMIO:
+            let data = UnsafeMutableRawPointer(ckvm_mmio_data(shared)!)
+            let size = Int(r.mmio.len)
+            return r.mmio.is_write != 0
+                ? .mmioWrite(address: r.mmio.phys_addr, size: size, data: UnsafeRawPointer(data))
+                : .mmioRead(address: r.mmio.phys_addr, size: size, data: data)
+        case KVM_EXIT_HLT: return .halt
+        case KVM_EXIT_SHUTDOWN: return .shutdown
+        case KVM_EXIT_DEBUG: return .debugStep
+        case KVM_EXIT_INTR: return .interrupted
+        case KVM_EXIT_FAIL_ENTRY: return .failedEntry(reason: r.fail_entry.hardware_entry_failure_reason)
+        case KVM_EXIT_INTERNAL_ERROR:
+            if r.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
+                return .unsupportedInstruction("KVM emulation failure")
+            }
+            return .internalError("KVM internal error, suberror \(r.internal.suberror)")
+        default:
+            return .internalError("unexpected KVM exit reason \(r.exit_reason)")
+        }
+    }
+
+    /// Makes a `KVM_RUN` in progress (or about to start) return EINTR: sets
+    /// `immediate_exit` and signals the running thread.
+    public func kick() {
+        shared.pointee.immediate_exit = 1
+        pthread_mutex_lock(runnerLock)
+        if let runner { pthread_kill(runner, Self.kickSignal) }
+        pthread_mutex_unlock(runnerLock)
+    }
+
+    /// `KVM_SET_GUEST_DEBUG` with single-stepping on or off.
+    public func setSingleStep(_ enabled: Bool) throws(BackendError) {
+        var debug = kvm_guest_debug()
+        debug.control = enabled ? UInt32(KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP) : 0
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_GUEST_DEBUG, &debug) == 0 else {
+            throw BackendError("KVM_SET_GUEST_DEBUG: \(Errno.current)")
+        }
+    }
+
+    /// `KVM_SET_CPUID2`.
+    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
+        let bytes = MemoryLayout<kvm_cpuid2>.size + entries.count * MemoryLayout<kvm_cpuid_entry2>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { raw.deallocate() }
+        raw.assumingMemoryBound(to: kvm_cpuid2.self).pointee = kvm_cpuid2()
+        raw.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent = UInt32(entries.count)
+        entries.withUnsafeBytes { (raw + MemoryLayout<kvm_cpuid2>.size).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_CPUID2, raw) == 0 else { throw KVMError("KVM_SET_CPUID2") }
+    }
+
+    /// `KVM_TRANSLATE`: the guest's own page tables, walked by KVM.
+    public func translate(linear: UInt64) -> UInt64? {
+        var t = kvm_translation()
+        t.linear_address = linear
+        guard ckvm_ioctl_ptr(fd, CKVM_TRANSLATE, &t) == 0, t.valid != 0 else { return nil }
+        return t.physical_address
+    }
+
+    // MARK: State conversion
+
+    /// The MSRs kept in `CPUState`, in the order they are exchanged with KVM.
+    static let stateMSRs: [UInt32] = [
+        MSR.star, MSR.lstar, MSR.cstar, MSR.fmask, MSR.kernelGSBase,
+        MSR.sysenterCS, MSR.sysenterESP, MSR.sysenterEIP, MSR.tsc, MSR.pat,
+    ]
+
+    /// `KVM_GET_REGS`, `KVM_GET_SREGS`, `KVM_GET_MSRS`, `KVM_GET_DEBUGREGS`.
+    public func readState() throws(BackendError) -> CPUState {
+        var regs = kvm_regs()
+        var sregs = kvm_sregs()
+        var debug = kvm_debugregs()
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_REGS, &regs) == 0 else { throw BackendError("KVM_GET_REGS: \(Errno.current)") }
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { throw BackendError("KVM_GET_SREGS: \(Errno.current)") }
+        var s = CPUState()
+        s[.rax] = regs.rax; s[.rcx] = regs.rcx; s[.rdx] = regs.rdx; s[.rbx] = regs.rbx
+        s[.rsp] = regs.rsp; s[.rbp] = regs.rbp; s[.rsi] = regs.rsi; s[.rdi] = regs.rdi
+        s[.r8] = regs.r8; s[.r9] = regs.r9; s[.r10] = regs.r10; s[.r11] = regs.r11
+        s[.r12] = regs.r12; s[.r13] = regs.r13; s[.r14] = regs.r14; s[.r15] = regs.r15
+        s.rip = regs.rip
+        s.rflags = regs.rflags
+        s.cs = Self.segment(sregs.cs); s.ds = Self.segment(sregs.ds); s.es = Self.segment(sregs.es)
+        s.fs = Self.segment(sregs.fs); s.gs = Self.segment(sregs.gs); s.ss = Self.segment(sregs.ss)
+        s.tr = Self.segment(sregs.tr); s.ldtr = Self.segment(sregs.ldt)
+        s.gdtr = DescriptorTable(base: sregs.gdt.base, limit: sregs.gdt.limit)
+        s.idtr = DescriptorTable(base: sregs.idt.base, limit: sregs.idt.limit)
+        s.cr0 = sregs.cr0; s.cr2 = sregs.cr2; s.cr3 = sregs.cr3; s.cr4 = sregs.cr4; s.cr8 = sregs.cr8
+        s.efer = sregs.efer
+        s.msrs.apicBase = sregs.apic_base
+        if ckvm_ioctl_ptr(fd, CKVM_GET_DEBUGREGS, &debug) == 0 {
+            s.dr0 = debug.db.0; s.dr1 = debug.db.1; s.dr2 = debug.db.2; s.dr3 = debug.db.3
+            s.dr6 = debug.dr6; s.dr7 = debug.dr7
+        }
+        let values = try exchangeMSRs(Self.stateMSRs.map { ($0, 0) }, set: false)
+        for (index, value) in values {
+            switch index {
+            case MSR.star: s.msrs.star = value
+            case MSR.lstar: s.msrs.lstar = value
+            case MSR.cstar: s.msrs.cstar = value
+            case MSR.fmask: s.msrs.fmask = value
+            case MSR.kernelGSBase: s.msrs.kernelGSBase = value
+            case MSR.sysenterCS: s.msrs.sysenterCS = value
+            case MSR.sysenterESP: s.msrs.sysenterESP = value
+            case MSR.sysenterEIP: s.msrs.sysenterEIP = value
+            case MSR.tsc: s.msrs.tsc = value
+            case MSR.pat: s.msrs.pat = value
+            default: break
+            }
+        }
+        return s
+    }
+
+    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`.
+    public func writeState(_ s: CPUState) throws(BackendError) {
+        var sregs = kvm_sregs()
+        // Keep what CPUState does not model (the pending-interrupt bitmap).
+        _ = ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs)
+        sregs.cs = Self.kvmSegment(s.cs); sregs.ds = Self.kvmSegment(s.ds); sregs.es = Self.kvmSegment(s.es)
+        sregs.fs = Self.kvmSegment(s.fs); sregs.gs = Self.kvmSegment(s.gs); sregs.ss = Self.kvmSegment(s.ss)
+        sregs.tr = Self.kvmSegment(s.tr); sregs.ldt = Self.kvmSegment(s.ldtr)
+        sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
+        sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
+        sregs.cr0 = s.cr0; sregs.cr2 = s.cr2; sregs.cr3 = s.cr3; sregs.cr4 = s.cr4; sregs.cr8 = s.cr8
+        sregs.efer = s.efer
+        sregs.apic_base = s.msrs.apicBase
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_SREGS, &sregs) == 0 else { throw BackendError("KVM_SET_SREGS: \(Errno.current)") }
+        var regs = kvm_regs(
+            rax: s[.rax], rbx: s[.rbx], rcx: s[.rcx], rdx: s[.rdx], rsi: s[.rsi], rdi: s[.rdi], rsp: s[.rsp], rbp: s[.rbp],
+            r8: s[.r8], r9: s[.r9], r10: s[.r10], r11: s[.r11], r12: s[.r12], r13: s[.r13], r14: s[.r14], r15: s[.r15],
+            rip: s.rip, rflags: s.rflags)
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &regs) == 0 else { throw BackendError("KVM_SET_REGS: \(Errno.current)") }
+        var debug = kvm_debugregs()
+        debug.db = (s.dr0, s.dr1, s.dr2, s.dr3)
+        debug.dr6 = s.dr6
+        debug.dr7 = s.dr7
+        _ = ckvm_ioctl_ptr(fd, CKVM_SET_DEBUGREGS, &debug)
+        let m = s.msrs
+        _ = try exchangeMSRs([
+            (MSR.star, m.star), (MSR.lstar, m.lstar), (MSR.cstar, m.cstar), (MSR.fmask, m.fmask),
+            (MSR.kernelGSBase, m.kernelGSBase), (MSR.sysenterCS, m.sysenterCS), (MSR.sysenterESP, m.sysenterESP),
+            (MSR.sysenterEIP, m.sysenterEIP), (MSR.pat, m.pat),
+        ], set: true)
+    }
+
+    /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host
+    /// refuses are left out of the result rather than failing the whole exchange.
+    private func exchangeMSRs(_ entries: [(UInt32, UInt64)], set: Bool) throws(BackendError) -> [(UInt32, UInt64)] {
+        let bytes = MemoryLayout<kvm_msrs>.size + entries.count * MemoryLayout<kvm_msr_entry>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { raw.deallocate() }
+        raw.assumingMemoryBound(to: kvm_msrs.self).pointee = kvm_msrs()
+        raw.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(entries.count)
+        let list = (raw + MemoryLayout<kvm_msrs>.size).bindMemory(to: kvm_msr_entry.self, capacity: entries.count)
+        for (i, e) in entries.enumerated() { list[i] = kvm_msr_entry(index: e.0, reserved: 0, data: e.1) }
+        let done = ckvm_ioctl_ptr(fd, set ? CKVM_SET_MSRS : CKVM_GET_MSRS, raw)
+        guard done >= 0 else { throw BackendError("\(set ? "KVM_SET_MSRS" : "KVM_GET_MSRS"): \(Errno.current)") }
+        return (0..<Int(done)).map { (list[$0].index, list[$0].data) }
+    }
+
+    static func segment(_ k: kvm_segment) -> SegmentRegister {
+        SegmentRegister(selector: k.selector, base: k.base, limit: k.limit, attributes: SegmentRegister.attributes(
+            type: k.type, s: k.s != 0, dpl: k.dpl, present: k.present != 0, available: k.avl != 0,
+            long: k.l != 0, big: k.db != 0, granularity: k.g != 0, unusable: k.unusable != 0))
+    }
+
+    static func kvmSegment(_ s: SegmentRegister) -> kvm_segment {
+        kvm_segment(base: s.base, limit: s.limit, selector: s.selector, type: s.type,
+                    present: s.present ? 1 : 0, dpl: s.dpl, db: s.defaultBig ? 1 : 0, s: s.isSystem ? 0 : 1,
+                    l: s.long ? 1 : 0, g: s.granularity ? 1 : 0, avl: s.available ? 1 : 0,
+                    unusable: s.unusable ? 1 : 0, padding: 0)
+    }
+}

@@ -1,0 +1,53 @@
+import Devices
+import GuestMemory
+import KVM
+import Loaders
+
+/// Which execution backend runs the vCPUs.
+public enum BackendKind: String, CaseIterable, Sendable {
+    /// KVM where /dev/kvm opens, the interpreter otherwise.
+    case auto
+    case kvm
+    case interp
+}
+
+/// Everything `tandem run` needs to build and run a machine.
+public struct MachineConfiguration: Sendable {
+    public var imagePath: String
+    public var backend: BackendKind = .auto
+    public var cpus: Int = 1
+    public var memorySize: UInt64 = 128 << 20
+    public var format: ImageFormat = .auto
+    public var serial: Console.Sink = .stdout
+    public var input: ConsoleInput = .none()
+    /// Seconds of wall-clock time before the run is stopped (nil: no limit).
+    public var timeout: Double? = nil
+    public var commandLine: String = ""
+    /// `--module` values: "PATH [ARGS]"; the whole value is the module's string.
+    public var modules: [String] = []
+    public var kvmDevicePath: String = KVMDevice.defaultPath
+    /// Print a line naming the backend chosen by `auto` on stderr.
+    public var announceBackend = true
+
+    public static let maxCPUs = 256
+
+    public init(imagePath: String) { self.imagePath = imagePath }
+}
+
+/// Parses a memory size: plain bytes or with a K, M, G or T suffix (powers of 1024).
+public func parseMemorySize(_ text: String) -> UInt64? {
+    var digits = text.uppercased()
+    if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
+    var shift: UInt64 = 0
+    switch digits.last {
+    case "K": shift = 10
+    case "M": shift = 20
+    case "G": shift = 30
+    case "T": shift = 40
+    default: break
+    }
+    if shift > 0 { digits.removeLast() }
+    guard let n = UInt64(digits), n > 0 else { return nil }
+    let (value, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
+    return overflow ? nil : value
+}

@@ -1,0 +1,385 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Devices
+import Disassembler
+import GuestMemory
+import HostOS
+import KVM
+import Loaders
+import Synchronization
+import X86
+
+/// Why a machine stopped.
+public enum StopReason: Sendable {
+    /// The guest wrote v to the exit device.
+    case guestExit(UInt8)
+    /// Every vCPU halted and nothing can wake one; `interruptsDisabled` is true when all had IF=0.
+    case allHalted(interruptsDisabled: Bool)
+    case tripleFault(VCPUReport)
+    case unsupportedInstruction(VCPUReport, String)
+    case entryFailed(VCPUReport, UInt64)
+    case hostError(String)
+    case timeout(Double)
+    case interrupted
+    case instructionLimit
+
+    public var status: Int32 {
+        switch self {
+        case .guestExit(let v): Int32(v)
+        case .allHalted: 0
+        case .tripleFault: ExitStatus.tripleFault.rawValue
+        case .unsupportedInstruction: ExitStatus.unsupportedInstruction.rawValue
+        case .entryFailed: ExitStatus.entryFailed.rawValue
+        case .hostError: ExitStatus.hostError.rawValue
+        case .timeout: ExitStatus.timeout.rawValue
+        case .interrupted: ExitStatus.interrupted.rawValue
+        case .instructionLimit: ExitStatus.instructionLimit.rawValue
+        }
+    }
+}
+
+/// Where a vCPU was when something happened: for one-line reports.
+public struct VCPUReport: Sendable, CustomStringConvertible {
+    public var vcpu: Int
+    public var state: CPUState
+    public var bytes: [UInt8]
+    public var disassembly: String
+
+    public var description: String {
+        let cs = String(state.cs.selector, radix: 16)
+        return "vcpu\(vcpu) at \(String(repeating: "0", count: max(0, 4 - cs.count)) + cs):0x\(String(state.rip, radix: 16)) (\(state.mode.rawValue)): \(disassembly)"
+    }
+}
+
+/// How a run ended: the process exit status and the line for stderr (nil: nothing to say).
+public struct RunOutcome: Sendable {
+    public var status: Int32
+    public var message: String?
+    public var reason: StopReason?
+}
+
+/// An error that keeps a machine from being built or started.
+public struct MachineError: Error, CustomStringConvertible, Sendable {
+    public var status: ExitStatus
+    public var description: String
+    public init(_ status: ExitStatus, _ description: String) {
+        self.status = status
+        self.description = description
+    }
+}
+
+/// A virtual machine: one guest memory, one device model, and one host thread per vCPU
+/// ("vcpu0", "vcpu1", ...) running the shared vCPU loop over its backend.
+public final class Machine: @unchecked Sendable {
+    public let configuration: MachineConfiguration
+    public let memory: GuestMemoryMap
+    public let devices: DeviceModel
+    public let plan: BootPlan
+    public let backendName: String
+    private let backends: [any VCPUBackend]
+    // Keeps the KVM VM fd open as long as the vCPUs.
+    private let kvm: KVMVirtualMachine?
+
+    private struct Control {
+        var reason: StopReason?
+        var halted = 0
+        var haltedWithInterruptsEnabled = 0
+        var finalStates: [CPUState?]
+    }
+    private let control: Mutex<Control>
+    private let stopped = DispatchSemaphore(value: 0)
+    private let stopFlag = Atomic<Bool>(false)
+
+    /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
+    /// initial state. Nothing runs until `run()`.
+    public init(_ configuration: MachineConfiguration) throws(MachineError) {
+        self.configuration = configuration
+        let c = configuration
+        guard (1...MachineConfiguration.maxCPUs).contains(c.cpus) else {
+            throw MachineError(.usage, "--cpus must be between 1 and \(MachineConfiguration.maxCPUs), not \(c.cpus)")
+        }
+        let image = try Self.readFile(c.imagePath, what: "image")
+        let name = c.imagePath
+        let format: ImageFormat
+        do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
+            throw Self.imageError(error)
+        }
+        guard UInt64(image.count) <= c.memorySize else {
+            throw MachineError(.imageDoesNotFit, "\(name) is \(image.count) bytes, more than the guest's \(c.memorySize) bytes of RAM")
+        }
+        do {
+            memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
+        } catch {
+            switch error {
+            case .tooSmall: throw MachineError(.usage, error.description)
+            default: throw MachineError(.hostError, error.description)
+            }
+        }
+        var options = LoadOptions()
+        options.commandLine = c.commandLine
+        options.cpuCount = c.cpus
+        for module in c.modules {
+            let path = String(module.prefix { $0 != " " })
+            options.modules.append((try Self.readFile(path, what: "module"), module))
+        }
+        do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
+            throw Self.imageError(error)
+        }
+        let console: Console
+        do { console = try Console(c.serial) } catch { throw MachineError(.usage, error.description) }
+        control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
+        // The exit device stops the machine; it must not keep it alive.
+        let stopper = WeakBox<Machine>()
+        devices = DeviceModel(console: console, input: c.input) { value in stopper.value?.requestStop(.guestExit(value)) }
+
+        switch c.backend {
+        case .interp:
+            throw MachineError(.backendUnavailable, "the interpreter backend is not implemented yet; use --backend kvm")
+        case .kvm, .auto:
+            let built: (KVMVirtualMachine, [KVMVCPU])
+            do { built = try Self.buildKVM(c, memory: memory, plan: plan) } catch {
+                if c.backend == .auto {
+                    throw MachineError(.backendUnavailable, "no usable backend: KVM is unavailable (\(error)) and the interpreter backend is not implemented yet")
+                }
+                throw MachineError(.backendUnavailable, "KVM is unavailable: \(error)")
+            }
+            kvm = built.0
+            backends = built.1
+            backendName = "kvm"
+        }
+        stopper.value = self
+    }
+
+    private static func imageError(_ error: ImageError) -> MachineError {
+        switch error {
+        case .doesNotFit: MachineError(.imageDoesNotFit, error.description)
+        case .malformed, .unreadable: MachineError(.badImage, error.description)
+        }
+    }
+
+    static func readFile(_ path: String, what: String) throws(MachineError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(Errno.current)") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(Errno.current)") }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw MachineError(.badImage, "\(what) \(path) is not a regular file") }
+        guard st.st_size <= 1 << 32 else { throw MachineError(.imageDoesNotFit, "\(what) \(path) is larger than 4 GiB") }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(n == 0 ? "file shrank while reading" : Errno.current.description)") }
+            offset += n
+        }
+        return bytes
+    }
+
+    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+        let device = try KVMDevice(path: c.kvmDevicePath)
+        let vm = try device.createVM()
+        // The ROM is mapped writable: on PVM hosts, a descriptor load from a GDT in a
+        // read-only memslot (the CPU setting the accessed bit) loops forever in the host's
+        // emulator. See Documentation/KVM.md.
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false)
+        }
+        let cpuid = try device.supportedCPUID()
+        var vcpus: [KVMVCPU] = []
+        for i in 0..<c.cpus {
+            let vcpu = try vm.createVCPU(index: i)
+            try vcpu.setCPUID(cpuid.map { e in
+                var e = e
+                if e.function == 1 { e.ebx = e.ebx & 0x00FF_FFFF | UInt32(i & 0xFF) << 24 }
+                if e.function == 0xB || e.function == 0x1F { e.edx = UInt32(i) }
+                return e
+            })
+            do { try vcpu.writeState(plan.initialState(cpu: i, of: c.cpus)) } catch {
+                throw KVMError("setting the initial state of vCPU \(i): \(error)", Errno(EINVAL))
+            }
+            vcpus.append(vcpu)
+        }
+        return (vm, vcpus)
+    }
+
+    // MARK: Running
+
+    /// Runs the guest to its end: starts one thread per vCPU, waits for a stop (the exit
+    /// device, all vCPUs halted, a fault, `--timeout`, SIGINT/SIGTERM), and reports it.
+    public func run() -> RunOutcome {
+        let signalSources = [SIGINT, SIGTERM].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [weak self] in self?.requestStop(.interrupted) }
+            source.resume()
+            return source
+        }
+        defer {
+            for s in signalSources { s.cancel() }
+            signal(SIGINT, SIG_DFL)
+            signal(SIGTERM, SIG_DFL)
+        }
+        let threads = (0..<backends.count).map { i in
+            HostThread.spawn(name: "vcpu\(i)") { [self] in vcpuMain(i) }
+        }
+        if let timeout = configuration.timeout {
+            if stopped.wait(timeout: .now() + timeout) == .timedOut { requestStop(.timeout(timeout)) }
+        } else {
+            stopped.wait()
+        }
+        for t in threads { t.join() }
+        devices.console.flush()
+        let reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
+        return RunOutcome(status: reason.status, message: message(for: reason), reason: reason)
+    }
+
+    /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.
+    public func requestStop(_ reason: StopReason) {
+        let first = control.withLock { c -> Bool in
+            guard c.reason == nil else { return false }
+            c.reason = reason
+            return true
+        }
+        guard first else { return }
+        stopFlag.store(true, ordering: .sequentiallyConsistent)
+        for b in backends { b.kick() }
+        stopped.signal()
+    }
+
+    private var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
+
+    /// The shared vCPU loop: runs the backend and answers its exits with the device model.
+    private func vcpuMain(_ index: Int) {
+        let backend = backends[index]
+        defer { control.withLock { $0.finalStates[index] = try? backend.readState() } }
+        if !plan.startsAllCPUs && index > 0 {
+            // Application processors wait for INIT/SIPI, which nothing can send yet.
+            halt(index, interruptsEnabled: false)
+            return
+        }
+        while !stopRequested {
+            let exit: VCPUExit
+            do { exit = try backend.run() } catch {
+                requestStop(.hostError("vcpu\(index): \(error)"))
+                return
+            }
+            switch exit {
+            case let .portIn(port, size, count, data):
+                for k in 0..<count {
+                    let v = devices.ports.read(port, size: size)
+                    withUnsafeBytes(of: v.littleEndian) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+                }
+            case let .portOut(port, size, count, data):
+                for k in 0..<count {
+                    var v: UInt32 = 0
+                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
+                    devices.ports.write(port, size: size, value: UInt32(littleEndian: v))
+                }
+            case let .mmioRead(address, size, data):
+                let v = devices.mmio.read(address, size: size)
+                withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
+            case let .mmioWrite(address, size, data):
+                var v: UInt64 = 0
+                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
+                devices.mmio.write(address, size: size, value: UInt64(littleEndian: v))
+            case .halt:
+                let enabled = (try? backend.readState())?.interruptsEnabled ?? false
+                halt(index, interruptsEnabled: enabled)
+                return
+            case .shutdown:
+                requestStop(.tripleFault(report(index)))
+            case .unsupportedInstruction(let detail):
+                requestStop(.unsupportedInstruction(report(index), detail))
+            case .failedEntry(let reason):
+                requestStop(.entryFailed(report(index), reason))
+            case .internalError(let detail):
+                requestStop(.hostError("vcpu\(index): \(detail); \(report(index))"))
+            case .instructionLimit:
+                requestStop(.instructionLimit)
+            case .debugStep, .interrupted:
+                continue
+            }
+        }
+    }
+
+    /// A vCPU halted for good (nothing can deliver an interrupt yet): when all have, the
+    /// machine stops with status 0.
+    private func halt(_ index: Int, interruptsEnabled: Bool) {
+        let all = control.withLock { c -> Bool in
+            c.halted += 1
+            if interruptsEnabled { c.haltedWithInterruptsEnabled += 1 }
+            return c.halted == backends.count
+        }
+        if all {
+            let disabled = control.withLock { $0.haltedWithInterruptsEnabled == 0 }
+            requestStop(.allHalted(interruptsDisabled: disabled))
+        }
+    }
+
+    /// Where vCPU `index` is now, with the instruction there disassembled.
+    func report(_ index: Int) -> VCPUReport {
+        let state = (try? backends[index].readState()) ?? CPUState()
+        return report(index, state: state)
+    }
+
+    func report(_ index: Int, state: CPUState) -> VCPUReport {
+        let mode = state.mode
+        var linear = state.cs.base &+ state.rip
+        if mode.bits < 64 { linear &= 0xFFFF_FFFF }
+        let physical = state.cr0 & CR0.pg != 0 ? backends[index].translate(linear: linear) : linear
+        guard let physical else {
+            return VCPUReport(vcpu: index, state: state, bytes: [], disassembly: "(instruction at unmapped linear address 0x\(String(linear, radix: 16)))")
+        }
+        let bytes = memory.bytes(at: physical, count: 15)
+        let text = Disassembler().disassemble(bytes, address: state.rip, bits: mode.bits)
+        let shown = bytes.prefix(text?.length ?? 0)
+        return VCPUReport(vcpu: index, state: state, bytes: Array(shown),
+                          disassembly: text?.text ?? "(undecodable: \(bytes.prefix(8).map { String(format2: $0) }.joined(separator: " ")))")
+    }
+
+    private func message(for reason: StopReason) -> String? {
+        switch reason {
+        case .guestExit: return nil
+        case .allHalted(let disabled):
+            return disabled
+                ? "tandem: all vCPUs halted with interrupts disabled; stopping with status 0"
+                : "tandem: all vCPUs halted and no interrupt source can wake them; stopping with status 0"
+        case .tripleFault(let r): return "tandem: triple fault (status 204): \(r)"
+        case .unsupportedInstruction(let r, let detail):
+            return "tandem: \(detail): the \(backendName) backend cannot execute this instruction (status 205): \(r)"
+        case .entryFailed(let r, let code):
+            return "tandem: KVM refused to enter the guest, hardware reason 0x\(String(code, radix: 16)) (status 210): \(r)"
+        case .hostError(let detail): return "tandem: host error (status 208): \(detail)"
+        case .timeout(let seconds):
+            return "tandem: timeout after \(formatSeconds(seconds)) s (status 206): \(where0())"
+        case .interrupted: return "tandem: interrupted (status 209): \(where0())"
+        case .instructionLimit: return "tandem: instruction limit reached (status 207): \(where0())"
+        }
+    }
+
+    private func where0() -> String {
+        guard let s = control.withLock({ $0.finalStates[0] }) else { return "vcpu0 state unavailable" }
+        return report(0, state: s).description
+    }
+
+    /// The console output so far when the serial sink is `.capture` (tests).
+    public var capturedOutput: String { String(decoding: devices.console.captured, as: UTF8.self) }
+}
+
+final class WeakBox<T: AnyObject>: @unchecked Sendable {
+    weak var value: T?
+}
+
+extension String {
+    init(format2 byte: UInt8) {
+        let s = String(byte, radix: 16)
+        self = s.count == 1 ? "0" + s : s
+    }
+}
+
+func formatSeconds(_ s: Double) -> String {
+    s == s.rounded() ? String(Int(s)) : String(s)
+}

@@ -1,0 +1,206 @@
+/// A segment register with its hidden (descriptor-cache) part.
+///
+/// `attributes` uses the layout of the descriptor's access-rights bytes as VMX keeps
+/// them: bits 0-3 type, 4 S, 5-6 DPL, 7 P, 12 AVL, 13 L, 14 D/B, 15 G, 16 unusable.
+public struct SegmentRegister: Equatable, Hashable, Sendable {
+    public var selector: UInt16
+    public var base: UInt64
+    public var limit: UInt32
+    public var attributes: UInt32
+
+    public init(selector: UInt16 = 0, base: UInt64 = 0, limit: UInt32 = 0xFFFF, attributes: UInt32 = 0) {
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.attributes = attributes
+    }
+
+    public var type: UInt8 { UInt8(attributes & 0xF) }
+    public var isSystem: Bool { attributes & (1 << 4) == 0 }
+    public var dpl: UInt8 { UInt8((attributes >> 5) & 3) }
+    public var present: Bool { attributes & (1 << 7) != 0 }
+    public var available: Bool { attributes & (1 << 12) != 0 }
+    public var long: Bool { attributes & (1 << 13) != 0 }
+    public var defaultBig: Bool { attributes & (1 << 14) != 0 }
+    public var granularity: Bool { attributes & (1 << 15) != 0 }
+    public var unusable: Bool { attributes & (1 << 16) != 0 }
+
+    /// Builds attributes from the individual fields.
+    public static func attributes(
+        type: UInt8, s: Bool, dpl: UInt8 = 0, present: Bool = true, available: Bool = false,
+        long: Bool = false, big: Bool = false, granularity: Bool = false, unusable: Bool = false
+    ) -> UInt32 {
+        var a = UInt32(type & 0xF) | UInt32(dpl & 3) << 5
+        if s { a |= 1 << 4 }
+        if present { a |= 1 << 7 }
+        if available { a |= 1 << 12 }
+        if long { a |= 1 << 13 }
+        if big { a |= 1 << 14 }
+        if granularity { a |= 1 << 15 }
+        if unusable { a |= 1 << 16 }
+        return a
+    }
+
+    /// A real-mode segment: base = selector * 16, 64 KiB limit, read/write (or execute/read for CS).
+    public static func realMode(_ selector: UInt16, code: Bool = false) -> SegmentRegister {
+        SegmentRegister(
+            selector: selector, base: UInt64(selector) << 4, limit: 0xFFFF,
+            attributes: attributes(type: code ? 0xB : 0x3, s: true))
+    }
+}
+
+/// GDTR or IDTR.
+public struct DescriptorTable: Equatable, Hashable, Sendable {
+    public var base: UInt64
+    public var limit: UInt16
+    public init(base: UInt64 = 0, limit: UInt16 = 0xFFFF) {
+        self.base = base
+        self.limit = limit
+    }
+}
+
+/// Indices into `CPUState.gpr`, in the instruction encoding's order.
+public enum GPR: Int, CaseIterable, Sendable {
+    case rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15
+
+    public var name: String { String(describing: self) }
+}
+
+/// The architectural state of one x86 vCPU: the one type every backend reads and writes.
+///
+/// The KVM backend converts KVM's regs/sregs/msrs to and from it; the interpreter
+/// executes on it directly; diffs, traces and backend switches all speak it.
+public struct CPUState: Equatable, Sendable {
+    /// General registers, indexed by `GPR.rawValue` (encoding order).
+    public var gpr: InlineArray<16, UInt64> = .init(repeating: 0)
+    public var rip: UInt64 = 0
+    public var rflags: UInt64 = 0x2
+
+    public var es = SegmentRegister()
+    public var cs = SegmentRegister()
+    public var ss = SegmentRegister()
+    public var ds = SegmentRegister()
+    public var fs = SegmentRegister()
+    public var gs = SegmentRegister()
+    public var ldtr = SegmentRegister(attributes: SegmentRegister.attributes(type: 2, s: false))
+    public var tr = SegmentRegister(attributes: SegmentRegister.attributes(type: 11, s: false))
+    public var gdtr = DescriptorTable()
+    public var idtr = DescriptorTable(base: 0, limit: 0x3FF)
+
+    public var cr0: UInt64 = 0x6000_0010
+    public var cr2: UInt64 = 0
+    public var cr3: UInt64 = 0
+    public var cr4: UInt64 = 0
+    public var cr8: UInt64 = 0
+    public var efer: UInt64 = 0
+
+    public var dr0: UInt64 = 0
+    public var dr1: UInt64 = 0
+    public var dr2: UInt64 = 0
+    public var dr3: UInt64 = 0
+    public var dr6: UInt64 = 0xFFFF_0FF0
+    public var dr7: UInt64 = 0x400
+
+    public var msrs = ModelSpecificRegisters()
+
+    public init() {}
+
+    public static func == (a: CPUState, b: CPUState) -> Bool {
+        for i in 0..<16 where a.gpr[i] != b.gpr[i] { return false }
+        return a.rip == b.rip && a.rflags == b.rflags
+            && a.es == b.es && a.cs == b.cs && a.ss == b.ss && a.ds == b.ds && a.fs == b.fs && a.gs == b.gs
+            && a.ldtr == b.ldtr && a.tr == b.tr && a.gdtr == b.gdtr && a.idtr == b.idtr
+            && a.cr0 == b.cr0 && a.cr2 == b.cr2 && a.cr3 == b.cr3 && a.cr4 == b.cr4 && a.cr8 == b.cr8
+            && a.efer == b.efer
+            && a.dr0 == b.dr0 && a.dr1 == b.dr1 && a.dr2 == b.dr2 && a.dr3 == b.dr3
+            && a.dr6 == b.dr6 && a.dr7 == b.dr7 && a.msrs == b.msrs
+    }
+
+    public subscript(_ r: GPR) -> UInt64 {
+        get { gpr[r.rawValue] }
+        set { gpr[r.rawValue] = newValue }
+    }
+
+    /// The execution mode the current state implies.
+    public var mode: ExecutionMode {
+        if cr0 & 1 == 0 { return .real }
+        if rflags & (1 << 17) != 0 { return .virtual8086 }
+        if efer & EFER.lma != 0 && cs.long { return .long64 }
+        return cs.defaultBig ? .protected32 : .protected16
+    }
+
+    /// Interrupt flag.
+    public var interruptsEnabled: Bool { rflags & (1 << 9) != 0 }
+}
+
+/// MSRs kept as storage in the CPU state (EFER is a field of its own).
+public struct ModelSpecificRegisters: Equatable, Hashable, Sendable {
+    public var star: UInt64 = 0
+    public var lstar: UInt64 = 0
+    public var cstar: UInt64 = 0
+    public var fmask: UInt64 = 0
+    public var kernelGSBase: UInt64 = 0
+    public var sysenterCS: UInt64 = 0
+    public var sysenterESP: UInt64 = 0
+    public var sysenterEIP: UInt64 = 0
+    public var tsc: UInt64 = 0
+    public var pat: UInt64 = 0x0007_0406_0007_0406
+    public var apicBase: UInt64 = 0xFEE0_0000 | (1 << 11)
+
+    public init() {}
+}
+
+/// Architectural MSR numbers.
+public enum MSR {
+    public static let tsc: UInt32 = 0x10
+    public static let apicBase: UInt32 = 0x1B
+    public static let sysenterCS: UInt32 = 0x174
+    public static let sysenterESP: UInt32 = 0x175
+    public static let sysenterEIP: UInt32 = 0x176
+    public static let pat: UInt32 = 0x277
+    public static let efer: UInt32 = 0xC000_0080
+    public static let star: UInt32 = 0xC000_0081
+    public static let lstar: UInt32 = 0xC000_0082
+    public static let cstar: UInt32 = 0xC000_0083
+    public static let fmask: UInt32 = 0xC000_0084
+    public static let fsBase: UInt32 = 0xC000_0100
+    public static let gsBase: UInt32 = 0xC000_0101
+    public static let kernelGSBase: UInt32 = 0xC000_0102
+}
+
+public enum EFER {
+    public static let sce: UInt64 = 1 << 0
+    public static let lme: UInt64 = 1 << 8
+    public static let lma: UInt64 = 1 << 10
+    public static let nxe: UInt64 = 1 << 11
+}
+
+public enum CR0 {
+    public static let pe: UInt64 = 1 << 0
+    public static let mp: UInt64 = 1 << 1
+    public static let em: UInt64 = 1 << 2
+    public static let ts: UInt64 = 1 << 3
+    public static let et: UInt64 = 1 << 4
+    public static let ne: UInt64 = 1 << 5
+    public static let wp: UInt64 = 1 << 16
+    public static let pg: UInt64 = 1 << 31
+}
+
+public enum CR4 {
+    public static let pse: UInt64 = 1 << 4
+    public static let pae: UInt64 = 1 << 5
+    public static let pge: UInt64 = 1 << 7
+}
+
+public enum ExecutionMode: String, Sendable {
+    case real, virtual8086 = "vm86", protected16 = "prot16", protected32 = "prot32", long64 = "long64"
+
+    /// Default operand/address size in bits.
+    public var bits: Int {
+        switch self {
+        case .real, .virtual8086, .protected16: 16
+        case .protected32: 32
+        case .long64: 64
+        }
+    }
+}

@@ -1,0 +1,55 @@
+/// Why a backend stopped executing guest instructions and returned to the shared run loop.
+///
+/// Both backends produce these; `Machine`'s vCPU loop handles them the same way for
+/// both. Port and MMIO data buffers belong to the backend and stay valid until its
+/// next `run()`: for an `in` the loop fills the buffer, for an `out` it reads it.
+public enum VCPUExit {
+    /// `in`/`ins`: `count` values of `size` bytes each, to be read from `port` into `data`.
+    case portIn(port: UInt16, size: Int, count: Int, data: UnsafeMutableRawPointer)
+    /// `out`/`outs`: `count` values of `size` bytes each, from `data`, to `port`.
+    case portOut(port: UInt16, size: Int, count: Int, data: UnsafeRawPointer)
+    /// A read of `size` bytes from a physical address no RAM backs.
+    case mmioRead(address: UInt64, size: Int, data: UnsafeMutableRawPointer)
+    /// A write of `size` bytes to a physical address no RAM backs (or to ROM).
+    case mmioWrite(address: UInt64, size: Int, data: UnsafeRawPointer)
+    /// `hlt` executed.
+    case halt
+    /// The vCPU shut down (triple fault).
+    case shutdown
+    /// An instruction the backend cannot execute.
+    case unsupportedInstruction(String)
+    /// The hardware refused to enter the guest.
+    case failedEntry(reason: UInt64)
+    /// The backend reported an internal error it could not classify.
+    case internalError(String)
+    /// A single step completed (debugging / lockstep).
+    case debugStep
+    /// `run()` was interrupted by `kick()` or a signal; nothing happened in the guest.
+    case interrupted
+    /// The backend ran out of its instruction budget.
+    case instructionLimit
+}
+
+/// An error from a backend's own machinery (not the guest's behaviour).
+public struct BackendError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// An execution backend for one vCPU: executes guest instructions and reports exits.
+///
+/// The shared vCPU loop owns everything else (devices, stop handling, reporting).
+/// One instance per vCPU; `run()` is only called from that vCPU's thread, `kick()`
+/// from any thread.
+public protocol VCPUBackend: AnyObject {
+    /// Runs the guest until something needs the shared loop's attention.
+    func run() throws(BackendError) -> VCPUExit
+    /// Reads the complete architectural state.
+    func readState() throws(BackendError) -> CPUState
+    /// Replaces the complete architectural state.
+    func writeState(_ state: CPUState) throws(BackendError)
+    /// Translates a linear address through the guest's page tables (nil when unmapped).
+    func translate(linear: UInt64) -> UInt64?
+    /// Makes a `run()` in progress on another thread return `.interrupted` soon.
+    func kick()
+}

@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Devices
+import Loaders
+import Machine
+
+/// The `tandem` command line.
+@main
+struct Tandem: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tandem",
+        abstract: "An x86 guest emulator: one guest image, on KVM or on an interpreter.",
+        subcommands: [Run.self]
+    )
+
+    /// Parses and runs, mapping every usage error to status 200 (the guest contract
+    /// keeps 200-254 for Tandem's own statuses) and help to status 0.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                terminate(0)
+            }
+            if let failure = error as? Failure {
+                printError("tandem: \(failure.message)\n")
+                terminate(failure.status)
+            }
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            printError("tandem: \(message)\n")
+            if code == .validationFailure || error is ValidationError || code.rawValue == 64 {
+                printError("Run 'tandem help' for usage.\n")
+            }
+            terminate(ExitStatus.usage.rawValue)
+        }
+    }
+}
+
+/// A failure with its own exit status, reported in one line.
+struct Failure: Error {
+    var status: Int32
+    var message: String
+}
+
+extension ImageFormat: ExpressibleByArgument {}
+extension BackendKind: ExpressibleByArgument {}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a guest image.",
+        discussion: """
+        Exit status: the guest's own (a value written to port 0xF4, & 0xFF); 0 when every \
+        vCPU halted with nothing to wake it; or one of Tandem's: \
+        \(ExitStatus.allCases.map { "\($0.rawValue) \($0.meaning)" }.joined(separator: "; ")).
+        """
+    )
+
+    @Option(help: "Execution backend: auto (KVM if it opens, else the interpreter), kvm, interp.")
+    var backend: BackendKind = .auto
+
+    @Option(help: "Number of vCPUs (1-\(MachineConfiguration.maxCPUs)); each is a host thread named vcpuN.")
+    var cpus: Int = 1
+
+    @Option(help: "Guest RAM, e.g. 128M, 4G, 64G (reserved lazily: untouched pages cost nothing).")
+    var mem: String = "128M"
+
+    @Option(help: "Image format: auto, boot, bios, multiboot, elf64.")
+    var format: ImageFormat = .auto
+
+    @Option(help: "Where COM1 and port 0xE9 output goes: stdio, file:PATH, none.")
+    var serial: String = "stdio"
+
+    @Option(help: "Stop the guest after this many seconds (status 206).")
+    var timeout: Double?
+
+    @Option(help: "Multiboot command line passed to the kernel.")
+    var cmdline: String = ""
+
+    @Option(name: .customLong("module"), help: "Multiboot module: \"PATH [ARGS]\" (repeatable).")
+    var modules: [String] = []
+
+    @Option(help: "KVM device path (default /dev/kvm, or $TANDEM_KVM_DEVICE).")
+    var kvmDevice: String?
+
+    @Flag(help: "Do not say which backend --backend auto chose.")
+    var quiet = false
+
+    @Argument(help: "The guest image.")
+    var image: String
+
+    func validate() throws {
+        guard parseMemorySize(mem) != nil else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
+        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+        _ = try serialSink()
+    }
+
+    func serialSink() throws -> Console.Sink {
+        switch serial {
+        case "stdio": return .stdout
+        case "none": return .none
+        case let s where s.hasPrefix("file:") && s.count > 5: return .file(String(s.dropFirst(5)))
+        default: throw ValidationError("--serial '\(serial)' must be stdio, file:PATH or none")
+        }
+    }
+
+    func run() throws {
+        var c = MachineConfiguration(imagePath: image)
+        c.backend = backend
+        c.cpus = cpus
+        c.memorySize = parseMemorySize(mem)!
+        c.format = format
+        c.serial = try serialSink()
+        c.input = c.serial == .stdout ? .stdin() : .none()
+        c.timeout = timeout
+        c.commandLine = cmdline
+        c.modules = modules
+        c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
+        c.announceBackend = !quiet
+        let machine: Machine
+        do { machine = try Machine(c) } catch {
+            throw Failure(status: error.status.rawValue, message: error.description)
+        }
+        if backend == .auto && !quiet {
+            printError("tandem: --backend auto chose \(machine.backendName)\n")
+        }
+        let outcome = machine.run()
+        if let message = outcome.message { printError(message + "\n") }
+        terminate(outcome.status)
+    }
+}
+
+/// Writes `text` to standard error unbuffered (`write(2)`), so it is ordered with guest output.
+func printError(_ text: String) {
+    var bytes = Array(text.utf8)
+    if bytes.last != 0x0A { bytes.append(0x0A) }
+    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// Ends the process with `status` (`exit(3)`).
+func terminate(_ status: Int32) -> Never {
+    Glibc.exit(status)
+}
