@@ -60,9 +60,11 @@ public final class KVMDevice: @unchecked Sendable {
         self.fd = fd
         self.path = path
         let version = ckvm_ioctl_int(fd, CKVM_GET_API_VERSION, 0)
+        let failure = Errno.current
         guard version == Self.expectedAPIVersion else {
             close(fd)
-            throw KVMError("KVM_GET_API_VERSION returned \(version), expected \(Self.expectedAPIVersion)", Errno(EINVAL))
+            if version < 0 { throw KVMError("\(path) is not a KVM device (KVM_GET_API_VERSION)", failure) }
+            throw KVMError("\(path) speaks KVM API version \(version), Tandem needs \(Self.expectedAPIVersion)", Errno(EINVAL))
         }
     }
 

@@ -90,6 +90,8 @@ public final class Machine: @unchecked Sendable {
     }
     private let control: Mutex<Control>
     private let stopped = DispatchSemaphore(value: 0)
+    /// Signalled once at stop, for every vCPU thread parked in `halt`.
+    private let released = DispatchSemaphore(value: 0)
     private let stopFlag = Atomic<Bool>(false)
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
@@ -246,6 +248,7 @@ public final class Machine: @unchecked Sendable {
         guard first else { return }
         stopFlag.store(true, ordering: .sequentiallyConsistent)
         for b in backends { b.kick() }
+        for _ in backends { released.signal() }
         stopped.signal()
     }
 
@@ -305,9 +308,10 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// A vCPU halted for good (nothing can deliver an interrupt yet): when all have, the
-    /// machine stops with status 0.
+    /// A vCPU halted for good (nothing can deliver an interrupt or a SIPI yet): its thread
+    /// stays parked until the machine stops; when all have halted, it stops with status 0.
     private func halt(_ index: Int, interruptsEnabled: Bool) {
+        defer { released.wait() }
         let all = control.withLock { c -> Bool in
             c.halted += 1
             if interruptsEnabled { c.haltedWithInterruptsEnabled += 1 }
