@@ -4,7 +4,7 @@ import PackageDescription
 // One module per layer; each depends only on the layers below it.
 //   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
 //   Loaders (images into memory + initial CPU state)
-//   KVM (backend over /dev/kvm)
+//   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
 //   Machine (VM, vCPU threads, the shared run loop)
 //   tandem (command line)
 let package = Package(
@@ -29,10 +29,11 @@ let package = Package(
         .target(name: "Devices", dependencies: ["HostOS"]),
         .target(name: "Disassembler", dependencies: ["CCapstone", "X86"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
+        .target(name: "Interpreter", dependencies: ["CCapstone", "X86", "GuestMemory", "HostOS"]),
         .target(name: "KVM", dependencies: ["CKVM", "X86", "GuestMemory", "HostOS"]),
         .target(
             name: "Machine",
-            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "HostOS"]
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
         ),
         .executableTarget(
             name: "tandem",
@@ -43,7 +44,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Disassembler", "HostOS"]
+            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS"]
         ),
     ],
     swiftLanguageModes: [.v6]

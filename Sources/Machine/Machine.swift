@@ -6,6 +6,7 @@ import Devices
 import Disassembler
 import GuestMemory
 import HostOS
+import Interpreter
 import KVM
 import Loaders
 import Synchronization
@@ -78,6 +79,8 @@ public final class Machine: @unchecked Sendable {
     public let devices: DeviceModel
     public let plan: BootPlan
     public let backendName: String
+    /// Why `auto` did not choose KVM, if it did not.
+    public let backendNote: String?
     private let backends: [any VCPUBackend]
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
@@ -136,21 +139,27 @@ public final class Machine: @unchecked Sendable {
         let stopper = WeakBox<Machine>()
         devices = DeviceModel(console: console, input: c.input) { value in stopper.value?.requestStop(.guestExit(value)) }
 
+        var backendNote: String? = nil
         switch c.backend {
         case .interp:
-            throw MachineError(.backendUnavailable, "the interpreter backend is not implemented yet; use --backend kvm")
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            kvm = nil
+            backendName = "interp"
         case .kvm, .auto:
-            let built: (KVMVirtualMachine, [KVMVCPU])
-            do { built = try Self.buildKVM(c, memory: memory, plan: plan) } catch {
-                if c.backend == .auto {
-                    throw MachineError(.backendUnavailable, "no usable backend: KVM is unavailable (\(error)) and the interpreter backend is not implemented yet")
-                }
-                throw MachineError(.backendUnavailable, "KVM is unavailable: \(error)")
+            do {
+                let built = try Self.buildKVM(c, memory: memory, plan: plan)
+                kvm = built.0
+                backends = built.1
+                backendName = "kvm"
+            } catch {
+                guard c.backend == .auto else { throw MachineError(.backendUnavailable, "KVM is unavailable: \(error)") }
+                backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+                kvm = nil
+                backendName = "interp"
+                backendNote = "KVM is unavailable: \(error)"
             }
-            kvm = built.0
-            backends = built.1
-            backendName = "kvm"
         }
+        self.backendNote = backendNote
         stopper.value = self
     }
 
@@ -178,6 +187,15 @@ public final class Machine: @unchecked Sendable {
             offset += n
         }
         return bytes
+    }
+
+    private static func buildInterpreter(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) -> [InterpreterVCPU] {
+        let machine = InterpreterMachine(memory: memory, cpuCount: c.cpus)
+        return (0..<c.cpus).map { i in
+            let vcpu = machine.makeVCPU(index: i)
+            try? vcpu.writeState(plan.initialState(cpu: i, of: c.cpus))
+            return vcpu
+        }
     }
 
     private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {

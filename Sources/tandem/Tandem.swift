@@ -31,11 +31,9 @@ struct Tandem: ParsableCommand {
                 printError("tandem: \(failure.message)\n")
                 terminate(failure.status)
             }
+            // One line, as the guest contract asks of every failure report.
             let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            printError("tandem: \(message)\n")
-            if code == .validationFailure || error is ValidationError || code.rawValue == 64 {
-                printError("Run 'tandem help' for usage.\n")
-            }
+            printError("tandem: \(message) (see 'tandem help')\n")
             terminate(ExitStatus.usage.rawValue)
         }
     }
@@ -94,7 +92,9 @@ struct Run: ParsableCommand {
     var image: String
 
     func validate() throws {
-        guard parseMemorySize(mem) != nil else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
+        guard let size = parseMemorySize(mem) else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
+        // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
+        guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
         if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
         _ = try serialSink()
     }
@@ -126,7 +126,8 @@ struct Run: ParsableCommand {
             throw Failure(status: error.status.rawValue, message: error.description)
         }
         if backend == .auto && !quiet {
-            printError("tandem: --backend auto chose \(machine.backendName)\n")
+            let why = machine.backendNote.map { " (\($0))" } ?? ""
+            printError("tandem: --backend auto chose \(machine.backendName)\(why)")
         }
         let outcome = machine.run()
         if let message = outcome.message { printError(message + "\n") }

@@ -1,0 +1,255 @@
+import X86
+
+extension InterpreterVCPU {
+    /// Executes one instruction. State changes only when it completes, except for the
+    /// iterations a REP string instruction has finished.
+    @inline(__always)
+    func step() throws(Fault) {
+        let d = try fetch()
+        let rip = s.pointee.rip
+        let next = codeBits == 64 ? rip &+ UInt64(d.pointee.length) : (codeBits == 32 ? (rip &+ UInt64(d.pointee.length)) & 0xFFFF_FFFF : (rip &+ UInt64(d.pointee.length)) & 0xFFFF)
+        if _slowPath(interruptShadow) { interruptShadow = false }
+        try execute(d, next: next)
+    }
+
+    @inline(__always)
+    func execute(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
+        let op = d.pointee.op
+        if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try checkLock(d) }
+        switch op {
+        case .mov, .movabs:
+            if d.pointee.o0.kind == .register && d.pointee.o1.kind != .segment && d.pointee.o1.kind != .control && d.pointee.o1.kind != .debug {
+                let size = Int(d.pointee.o0.size)
+                writeReg(d.pointee.o0.reg, size, try readOperand(d.pointee.o1, d, size, next: next))
+            } else {
+                try moveSpecial(d, next: next)
+            }
+        case .add, .adc, .sub, .sbb, .and, .or, .xor, .cmp, .test:
+            try arithmetic(d, next: next)
+        case .inc, .dec:
+            let size = Int(d.pointee.o0.size)
+            let a = try readOperand(d.pointee.o0, d, size, next: next)
+            let res: UInt64
+            let f: UInt64
+            if op == .inc { res = a &+ 1; f = addFlags(a, 1, res, 0, size) } else { res = a &- 1; f = subFlags(a, 1, res, 0, size) }
+            try writeOperand(d.pointee.o0, d, size, res, next: next)
+            setFlags(Flag.arithmetic & ~Flag.cf, f)
+        case .neg:
+            let size = Int(d.pointee.o0.size)
+            let a = try readOperand(d.pointee.o0, d, size, next: next)
+            let res = 0 &- a
+            try writeOperand(d.pointee.o0, d, size, res, next: next)
+            setFlags(Flag.arithmetic, subFlags(0, a, res, 0, size))
+        case .not:
+            let size = Int(d.pointee.o0.size)
+            let a = try readOperand(d.pointee.o0, d, size, next: next)
+            try writeOperand(d.pointee.o0, d, size, ~a, next: next)
+        case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
+            let cc = Int(op.rawValue - Op.jo.rawValue)
+            s.pointee.rip = condition(cc) ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
+            return
+        case .jmp:
+            if d.pointee.opcode == 0xE9 || d.pointee.opcode == 0xEB {
+                s.pointee.rip = maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize))
+            } else {
+                let size = codeBits == 64 ? 8 : Int(d.pointee.operandSize)
+                s.pointee.rip = try readOperand(d.pointee.o0, d, size, next: next)
+            }
+            return
+        case .call:
+            let size = stackOperandSize(d)
+            let target: UInt64
+            if d.pointee.opcode == 0xE8 {
+                target = maskIP(next &+ UInt64(bitPattern: d.pointee.relative), size)
+            } else {
+                target = try readOperand(d.pointee.o0, d, size, next: next)
+            }
+            try push(next, size)
+            s.pointee.rip = target
+            return
+        case .ret:
+            let size = stackOperandSize(d)
+            let target = try peek(0, size)
+            let release = d.pointee.operandCount > 0 ? UInt64(bitPattern: d.pointee.o0.value) & 0xFFFF : 0
+            if codeBits != 64 && target > UInt64(seg[1].pointee.limit) { throw .gp() }
+            setStackPointer((r[4] &+ UInt64(size) &+ release) & stackMask)
+            s.pointee.rip = target
+            return
+        case .push:
+            let size = stackOperandSize(d)
+            let o = d.pointee.o0
+            var v: UInt64
+            if o.kind == .immediate { v = UInt64(bitPattern: o.value) & sizeMask(size) }
+            else if o.kind == .segment { v = UInt64(seg[Int(o.reg)].pointee.selector) }
+            else { v = try readOperand(o, d, size, next: next) }
+            if o.kind == .immediate && o.size < size { v = signExtend(UInt64(bitPattern: o.value), Int(o.size)) & sizeMask(size) }
+            try push(v, size)
+        case .pop:
+            let size = stackOperandSize(d)
+            let o = d.pointee.o0
+            if o.kind == .segment {
+                let v = try peek(0, size)
+                try loadSegment(o.reg, UInt16(truncatingIfNeeded: v))
+                setStackPointer((r[4] &+ UInt64(size)) & stackMask)
+                if o.reg == Segment.ss { interruptShadow = true }
+            } else if o.kind == .register {
+                writeReg(o.reg, size, try pop(size))
+            } else {
+                let saved = r[4]
+                let v = try pop(size)
+                do throws(Fault) { try writeOperand(o, d, size, v, next: next) } catch { r[4] = saved; throw error }
+            }
+        case .lea:
+            let size = Int(d.pointee.o0.size)
+            writeReg(d.pointee.o0.reg, size, effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next))
+        case .nop, .pause, .prefetch, .prefetchw, .prefetcht0, .prefetcht1, .prefetcht2, .prefetchnta, .lfence, .sfence, .mfence, .clflush:
+            break
+        case .loop, .loope, .loopne:
+            let asz = Int(d.pointee.addressSize)
+            let count = (r[1] &- 1) & sizeMask(asz)
+            writeReg(1, asz, count)
+            var taken = count != 0
+            if op == .loope { taken = taken && flag(Flag.zf) }
+            if op == .loopne { taken = taken && !flag(Flag.zf) }
+            s.pointee.rip = taken ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
+            return
+        case .jcxz, .jecxz, .jrcxz:
+            let asz = op == .jcxz ? 2 : op == .jecxz ? 4 : 8
+            s.pointee.rip = r[1] & sizeMask(asz) == 0 ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
+            return
+        case .seto, .setno, .setb, .setae, .sete, .setne, .setbe, .seta, .sets, .setns, .setp, .setnp, .setl, .setge, .setle, .setg:
+            let cc = Int(op.rawValue - Op.seto.rawValue)
+            try writeOperand(d.pointee.o0, d, 1, condition(cc) ? 1 : 0, next: next)
+        case .cmovo, .cmovno, .cmovb, .cmovae, .cmove, .cmovne, .cmovbe, .cmova, .cmovs, .cmovns, .cmovp, .cmovnp, .cmovl, .cmovge, .cmovle, .cmovg:
+            let cc = Int(op.rawValue - Op.cmovo.rawValue)
+            let size = Int(d.pointee.o0.size)
+            let v = try readOperand(d.pointee.o1, d, size, next: next)   // the read happens (and can fault) either way
+            if condition(cc) { writeReg(d.pointee.o0.reg, size, v) } else if size == 4 { writeReg(d.pointee.o0.reg, 4, readReg(d.pointee.o0.reg, 4)) }
+        case .rol, .ror, .rcl, .rcr, .shl, .sal, .shr, .sar:
+            try shift(d, next: next)
+        default:
+            try executeMore(d, next: next)
+            return
+        }
+        s.pointee.rip = next
+    }
+
+    /// add, adc, sub, sbb, and, or, xor, cmp, test.
+    @inline(__always)
+    func arithmetic(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
+        let op = d.pointee.op
+        let size = Int(d.pointee.o0.size)
+        let o0 = d.pointee.o0
+        var b = try readOperand(d.pointee.o1, d, size, next: next)
+        if d.pointee.o1.kind == .immediate && d.pointee.o1.size != 0 && Int(d.pointee.o1.size) < size {
+            b = signExtend(UInt64(bitPattern: d.pointee.o1.value), Int(d.pointee.o1.size)) & sizeMask(size)
+        }
+        let locked = d.pointee.prefixes & PrefixBits.lock != 0
+        if locked { atomicLock.lock() }
+        defer { if locked { atomicLock.unlock() } }
+        // Memory destinations: translate once for the read and the write.
+        var linear: UInt64 = 0
+        let a: UInt64
+        if o0.kind == .register {
+            a = readReg(o0.reg, size)
+        } else {
+            let writes = op != .cmp && op != .test
+            linear = try operandLinear(o0, d, size, writes ? .write : .read, next: next)
+            a = try readLinear(linear, size)
+        }
+        var res: UInt64
+        var f: UInt64
+        switch op {
+        case .add: res = a &+ b; f = addFlags(a, b, res, 0, size)
+        case .adc:
+            let c: UInt64 = flag(Flag.cf) ? 1 : 0
+            res = a &+ b &+ c; f = addFlags(a, b, res, c, size)
+        case .sub, .cmp: res = a &- b; f = subFlags(a, b, res, 0, size)
+        case .sbb:
+            let c: UInt64 = flag(Flag.cf) ? 1 : 0
+            res = a &- b &- c; f = subFlags(a, b, res, c, size)
+        case .and, .test: res = a & b; f = resultFlags(res, size)
+        case .or: res = a | b; f = resultFlags(res, size)
+        default: res = a ^ b; f = resultFlags(res, size)
+        }
+        if op != .cmp && op != .test {
+            if o0.kind == .register { writeReg(o0.reg, size, res) } else { try writeLinear(linear, size, res) }
+        }
+        setFlags(Flag.arithmetic, f)
+    }
+
+    /// Shifts and rotates, with the count masked as hardware masks it.
+    func shift(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
+        let op = d.pointee.op
+        let size = Int(d.pointee.o0.size)
+        let bits = UInt64(size * 8)
+        var count: UInt64 = d.pointee.operandCount > 1 ? try readOperand(d.pointee.o1, d, 1, next: next) : 1
+        count &= size == 8 ? 0x3F : 0x1F
+        let a = try readOperand(d.pointee.o0, d, size, next: next)
+        if count == 0 {
+            // Still a write cycle (and fault checks) on hardware; flags untouched.
+            try writeOperand(d.pointee.o0, d, size, a, next: next)
+            return
+        }
+        let m = sizeMask(size)
+        let sb = signBit(size)
+        var res: UInt64 = 0
+        var f: UInt64 = 0
+        var flagMask: UInt64 = Flag.cf | Flag.of
+        var cf = false
+        var of = false
+        switch op {
+        case .rol:
+            let c = count % bits
+            res = c == 0 ? a : ((a << c) | (a >> (bits - c))) & m
+            cf = res & 1 != 0
+            of = (res & sb != 0) != cf
+            f = (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
+        case .ror:
+            let c = count % bits
+            res = c == 0 ? a : ((a >> c) | (a << (bits - c))) & m
+            cf = res & sb != 0
+            of = (res & sb != 0) != (res & (sb >> 1) != 0)
+            f = (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
+        case .rcl, .rcr:
+            let c = count % (bits + 1)
+            var v = a
+            var carry: UInt64 = flag(Flag.cf) ? 1 : 0
+            for _ in 0..<c {
+                if op == .rcl {
+                    let out = (v & sb) != 0 ? UInt64(1) : 0
+                    v = ((v << 1) | carry) & m
+                    carry = out
+                } else {
+                    let out = v & 1
+                    v = (v >> 1) | (carry != 0 ? sb : 0)
+                    carry = out
+                }
+            }
+            res = v
+            cf = carry != 0
+            of = op == .rcl ? ((res & sb != 0) != cf) : ((res & sb != 0) != (res & (sb >> 1) != 0))
+            f = (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
+        case .shl, .sal:
+            res = count >= 64 ? 0 : (a << count) & m
+            cf = count <= bits ? (a >> (bits - count)) & 1 != 0 : false
+            of = (res & sb != 0) != cf
+            f = resultFlags(res, size) | (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
+            flagMask = Flag.arithmetic
+        case .shr:
+            res = count >= 64 ? 0 : a >> count
+            cf = (a >> (count - 1)) & 1 != 0 && count <= bits
+            of = a & sb != 0
+            f = resultFlags(res, size) | (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
+            flagMask = Flag.arithmetic
+        default: // sar
+            let sa = Int64(bitPattern: signExtend(a, size))
+            res = UInt64(bitPattern: sa >> Int64(min(count, 63))) & m
+            cf = (sa >> Int64(min(count - 1, 63))) & 1 != 0
+            f = resultFlags(res, size) | (cf ? Flag.cf : 0)
+            flagMask = Flag.arithmetic
+        }
+        try writeOperand(d.pointee.o0, d, size, res, next: next)
+        setFlags(flagMask, f)
+    }
+}

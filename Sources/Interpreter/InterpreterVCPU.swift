@@ -1,0 +1,266 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import GuestMemory
+import Synchronization
+import X86
+
+/// One cached decode: tag = physical address << 2 | mode, and the code-page word it was
+/// decoded under.
+struct CacheEntry {
+    var tag: UInt64 = .max
+    var version: UInt32 = 0
+    var instruction = DecodedInstruction()
+}
+
+enum Access: UInt8 { case read, write, execute }
+
+/// The interpreter backend for one vCPU: Capstone decodes once per instruction address,
+/// Swift executes, on the machine's shared guest memory.
+///
+/// Hot state lives behind unsafe pointers (the CPU state, the decode cache), never in
+/// arrays or class-property collections, so the inner loop pays no exclusivity or
+/// bounds checks; slow paths are `@inline(never)`.
+public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
+    public let index: Int
+    let s: UnsafeMutablePointer<CPUState>
+    /// The general registers inside `s`.
+    let r: UnsafeMutablePointer<UInt64>
+    /// ES, CS, SS, DS, FS, GS inside `s`, by encoding index.
+    let seg: UnsafeMutablePointer<UnsafeMutablePointer<SegmentRegister>>
+    let memory: GuestMemoryMap
+    let codePages: CodePages
+    let shared: InterpreterMachine
+    let decoder = Decoder()
+    let cache: UnsafeMutablePointer<CacheEntry>
+    static let cacheSize = 1 << 14
+
+    // The first RAM region (from 0): the fast path for every access with paging off.
+    let lowHost: UnsafeMutableRawPointer
+    let lowEnd: UInt64
+
+    // Derived from the state by `refreshMode()`.
+    var codeBits = 16
+    var cpl: UInt8 = 0
+    var paging = false
+    var longMode = false
+    var protectedMode = false
+    var stackMask: UInt64 = 0xFFFF
+
+    var tlb: TLB
+    let kicked = Atomic<Bool>(false)
+    /// The exit `run()` returns after a `Fault.exit`.
+    var pendingExit: VCPUExit = .interrupted
+    /// What to do with the value the shared loop put in `ioBuffer` for an `in`.
+    var pendingIn: PendingIn? = nil
+    let ioBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+    /// An MMIO read answered by the loop: the instruction is re-executed and takes it.
+    var mmioAnswer: (address: UInt64, size: Int, value: UInt64)? = nil
+    var mmioWrite: (address: UInt64, size: Int, value: UInt64)? = nil
+    var pendingMMIORead: (address: UInt64, size: Int)? = nil
+    /// MTRRs, kept as storage.
+    var mtrrs: [UInt32: UInt64] = [:]
+    /// Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
+    var interruptShadow = false
+    var halted = false
+
+    /// Stops `run()` with `.instructionLimit` after this many retired instructions.
+    public var instructionLimit: UInt64 = .max
+    public private(set) var retired: UInt64 = 0
+    /// Single-step: `run()` returns `.debugStep` after each instruction.
+    public var singleStep = false
+
+    /// Creates a vCPU of `shared` in the reset state; `writeState` sets the boot state.
+    init(index: Int, shared: InterpreterMachine) {
+        self.index = index
+        self.shared = shared
+        self.memory = shared.memory
+        self.codePages = shared.codePages
+        s = .allocate(capacity: 1)
+        s.initialize(to: CPUState())
+        let raw = UnsafeMutableRawPointer(s)
+        r = (raw + MemoryLayout<CPUState>.offset(of: \CPUState.gpr)!).assumingMemoryBound(to: UInt64.self)
+        seg = .allocate(capacity: 6)
+        let paths: [WritableKeyPath<CPUState, SegmentRegister>] = [\.es, \.cs, \.ss, \.ds, \.fs, \.gs]
+        for (i, p) in paths.enumerated() {
+            seg[i] = (raw + MemoryLayout<CPUState>.offset(of: p)!).assumingMemoryBound(to: SegmentRegister.self)
+        }
+        cache = .allocate(capacity: Self.cacheSize)
+        cache.initialize(repeating: CacheEntry(), count: Self.cacheSize)
+        if let low = memory.regions.first, low.start == 0, low.kind == .ram {
+            lowHost = low.host
+            lowEnd = low.size
+        } else {
+            lowHost = UnsafeMutableRawPointer(bitPattern: 0x1000)!
+            lowEnd = 0
+        }
+        tlb = TLB()
+        refreshMode()
+    }
+
+    deinit {
+        s.deinitialize(count: 1)
+        s.deallocate()
+        seg.deallocate()
+        cache.deinitialize(count: Self.cacheSize)
+        cache.deallocate()
+        ioBuffer.deallocate()
+    }
+
+    // MARK: VCPUBackend
+
+    public func readState() throws(BackendError) -> CPUState {
+        var state = s.pointee
+        state.msrs.tsc = readTSC()
+        return state
+    }
+
+    public func writeState(_ state: CPUState) throws(BackendError) {
+        s.pointee = state
+        tscOffset = state.msrs.tsc &- hostTSC()
+        pendingIn = nil
+        mmioAnswer = nil
+        refreshMode()
+        tlb.flushAll()
+    }
+
+    public func kick() { kicked.store(true, ordering: .relaxed) }
+
+    public func translate(linear: UInt64) -> UInt64? {
+        guard paging else { return linear }
+        return try? walk(linear, access: .read, user: false, setBits: false).physical
+    }
+
+    var tscOffset: UInt64 = 0
+    func hostTSC() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+    }
+    func readTSC() -> UInt64 { hostTSC() &+ tscOffset }
+
+    /// Runs until an exit: port or MMIO access, HLT, a kick, a triple fault, the limit.
+    public func run() throws(BackendError) -> VCPUExit {
+        if let p = pendingIn {
+            pendingIn = nil
+            completeIn(p)
+        }
+        if let m = pendingMMIORead {
+            pendingMMIORead = nil
+            mmioAnswer = (m.address, m.size, load(ioBuffer, 8))
+        }
+        kicked.store(false, ordering: .relaxed)
+        while true {
+            var budget = singleStep ? 1 : 4096
+            if retired &+ UInt64(budget) > instructionLimit {
+                budget = Int(instructionLimit &- retired)
+                if budget <= 0 { return .instructionLimit }
+            }
+            let start = budget
+            do throws(Fault) {
+                while budget > 0 {
+                    try step()
+                    budget &-= 1
+                }
+            } catch {
+                retired &+= UInt64(start - budget)
+                if error.vector == Fault.exitVector {
+                    retired &+= 1   // the instruction that exited has retired (or will on completion)
+                    return pendingExit
+                }
+                if let exit = deliverException(error) { return exit }
+                if singleStep { return .debugStep }
+                continue
+            }
+            retired &+= UInt64(start)
+            if let w = mmioWrite {
+                mmioWrite = nil
+                withUnsafeBytes(of: w.value.littleEndian) { ioBuffer.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+                return .mmioWrite(address: w.address, size: w.size, data: UnsafeRawPointer(ioBuffer))
+            }
+            if singleStep { return .debugStep }
+            if kicked.load(ordering: .relaxed) { return .interrupted }
+        }
+    }
+
+    // MARK: Mode
+
+    /// Recomputes what the hot paths derive from CR0, EFER, RFLAGS.VM and CS/SS.
+    func refreshMode() {
+        let st = s.pointee
+        protectedMode = st.cr0 & CR0.pe != 0
+        paging = protectedMode && st.cr0 & CR0.pg != 0
+        longMode = st.efer & EFER.lma != 0 && st.cs.long && protectedMode
+        if longMode { codeBits = 64 } else if protectedMode && st.rflags & (1 << 17) == 0 && st.cs.defaultBig { codeBits = 32 } else { codeBits = 16 }
+        if !protectedMode { cpl = 0 } else if st.rflags & (1 << 17) != 0 { cpl = 3 } else { cpl = UInt8(st.cs.selector & 3) }
+        if longMode { stackMask = .max } else { stackMask = st.ss.defaultBig ? 0xFFFF_FFFF : 0xFFFF }
+    }
+
+    var virtual8086: Bool { s.pointee.rflags & (1 << 17) != 0 && protectedMode }
+
+    // MARK: Fetch
+
+    @inline(__always)
+    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        let rip = s.pointee.rip
+        let cs = seg[1]
+        if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
+        let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
+        let physical = paging ? try translateLinear(linear, .execute) : linear
+        let mode = UInt64(codeBits >> 5)   // 0, 1, 2
+        let key = physical << 2 | mode
+        let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
+        let page = Int(truncatingIfNeeded: physical >> 12)
+        if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
+            return instructionPointer(entry)
+        }
+        return try decodeInto(entry, key: key, linear: linear, physical: physical)
+    }
+
+    static let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
+
+    @inline(__always)
+    func instructionPointer(_ entry: UnsafeMutablePointer<CacheEntry>) -> UnsafeMutablePointer<DecodedInstruction> {
+        (UnsafeMutableRawPointer(entry) + Self.instructionOffset).assumingMemoryBound(to: DecodedInstruction.self)
+    }
+
+    @inline(never)
+    func decodeInto(_ entry: UnsafeMutablePointer<CacheEntry>, key: UInt64, linear: UInt64, physical: UInt64) throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        var bytes = (UInt64(0), UInt64(0))
+        var count = 0
+        try withUnsafeMutableBytes(of: &bytes) { (buffer) throws(Fault) in
+            // Read up to 15 bytes, stopping quietly at an unmapped page or the CS limit:
+            // the decoder then sees a truncated instruction only if it really is one.
+            let limit = codeBits == 64 ? UInt64.max : UInt64(seg[1].pointee.limit)
+            let rip = s.pointee.rip
+            while count < 15 {
+                if codeBits != 64 && rip &+ UInt64(count) > limit { break }
+                let la = codeBits == 64 ? linear &+ UInt64(count) : (linear &+ UInt64(count)) & 0xFFFF_FFFF
+                if count > 0 && la & 0xFFF == 0 && paging {
+                    guard let b = try? readLinear(la, 1, .execute) else { break }
+                    buffer[count] = UInt8(b)
+                } else {
+                    buffer[count] = UInt8(truncatingIfNeeded: try readLinear(la, 1, .execute))
+                }
+                count += 1
+            }
+        }
+        let decoded = withUnsafeBytes(of: &bytes) { decoder.decode(UnsafeRawBufferPointer(rebasing: $0[0..<count]), bits: codeBits) }
+        guard let decoded else {
+            // Not an instruction: #UD, or #GP/#PF if it ran off the segment or the page.
+            if count < 15 && codeBits != 64 && s.pointee.rip &+ UInt64(count) > UInt64(seg[1].pointee.limit) { throw .gp() }
+            throw .ud()
+        }
+        entry.pointee.tag = key
+        entry.pointee.version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
+        entry.pointee.instruction = decoded
+        return instructionPointer(entry)
+    }
+}
+
+/// Where an `in`'s value goes once the shared loop has read the port.
+enum PendingIn {
+    case register(size: Int)
+    /// `ins`: the string element's destination, already checked.
+    case memory(linear: UInt64, size: Int)
+}

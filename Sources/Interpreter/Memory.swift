@@ -1,0 +1,237 @@
+import GuestMemory
+import X86
+
+extension InterpreterVCPU {
+    /// Segment `seg`:`offset` → linear address, with the limit, type and canonical checks
+    /// of the current mode. `size` is the access width in bytes.
+    @inline(__always)
+    func linearAddress(_ segment: UInt8, _ offset: UInt64, _ size: Int, _ access: Access) throws(Fault) -> UInt64 {
+        let sr = seg[Int(segment)]
+        if longMode {
+            let la = segment >= Segment.fs ? sr.pointee.base &+ offset : offset
+            if _slowPath(UInt64(bitPattern: Int64(bitPattern: la << 16) >> 16) != la) {
+                throw segment == Segment.ss ? .ss() : .gp()
+            }
+            return la
+        }
+        let limit = UInt64(sr.pointee.limit)
+        let attributes = sr.pointee.attributes
+        let last = offset &+ UInt64(size &- 1)
+        if _slowPath(attributes & 0x1_000C != 0 || last > limit || last < offset) {
+            try checkSegmentSlow(segment, offset: offset, size: size, access: access)
+        } else if protectedMode && _slowPath(access == .write && attributes & 0xA != 0x2) {
+            // Writes need a writable data segment (type 001x / 011x).
+            throw segment == Segment.ss ? .ss() : .gp()
+        }
+        return (sr.pointee.base &+ offset) & 0xFFFF_FFFF
+    }
+
+    /// The rare cases: expand-down or conforming/unusable segments, and limit violations.
+    @inline(never)
+    func checkSegmentSlow(_ segment: UInt8, offset: UInt64, size: Int, access: Access) throws(Fault) {
+        let sr = seg[Int(segment)].pointee
+        let fault: Fault = segment == Segment.ss ? .ss() : .gp()
+        if protectedMode && !virtual8086 {
+            if sr.unusable { throw fault }
+            let code = sr.type & 0x8 != 0
+            if access == .write && (code || sr.type & 0x2 == 0) { throw fault }
+            if access == .read && code && sr.type & 0x2 == 0 { throw fault }
+        }
+        let last = offset &+ UInt64(size - 1)
+        let expandDown = sr.type & 0xC == 0x4 && !sr.isSystem
+        if expandDown {
+            let upper: UInt64 = sr.defaultBig ? 0xFFFF_FFFF : 0xFFFF
+            if offset <= UInt64(sr.limit) || last > upper || last < offset { throw fault }
+        } else if last > UInt64(sr.limit) || last < offset {
+            throw fault
+        }
+    }
+
+    /// Linear → physical for an access of the current privilege.
+    @inline(__always)
+    func translateLinear(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
+        let tag = linear >> 12
+        let e = tlb.entries + Int(tag & UInt64(TLB.size - 1))
+        let user = cpl == 3
+        if _fastPath(e.pointee.tag == tag && e.pointee.allows(access, user: user)) {
+            return e.pointee.frame | (linear & 0xFFF)
+        }
+        return try translateSlow(linear, access)
+    }
+
+    @inline(never)
+    func translateSlow(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
+        let w = try walk(linear, access: access, user: cpl == 3, setBits: true)
+        tlb.insert(linear: linear, walk: w)
+        return w.physical
+    }
+
+    // MARK: Loads and stores
+
+    @inline(__always)
+    func load(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
+        switch size {
+        case 1: UInt64(p.load(as: UInt8.self))
+        case 2: UInt64(p.loadUnaligned(as: UInt16.self))
+        case 4: UInt64(p.loadUnaligned(as: UInt32.self))
+        default: p.loadUnaligned(as: UInt64.self)
+        }
+    }
+
+    @inline(__always)
+    func store(_ p: UnsafeMutableRawPointer, _ size: Int, _ value: UInt64) {
+        switch size {
+        case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+        case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
+        case 4: p.storeBytes(of: UInt32(truncatingIfNeeded: value), as: UInt32.self)
+        default: p.storeBytes(of: value, as: UInt64.self)
+        }
+    }
+
+    /// Reads `size` bytes at a linear address.
+    @inline(__always)
+    func readLinear(_ linear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
+        if !paging {
+            if _fastPath(linear &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(linear), size) }
+        } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
+            let physical = try translateLinear(linear, access)
+            if _fastPath(physical &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(physical), size) }
+            return try readPhysicalSlow(physical, size)
+        }
+        return try readLinearSlow(linear, size, access)
+    }
+
+    @inline(never)
+    func readLinearSlow(_ linear: UInt64, _ size: Int, _ access: Access) throws(Fault) -> UInt64 {
+        if !paging { return try readPhysicalSlow(linear, size) }
+        // Crosses a page: byte by byte, each through the page tables.
+        var value: UInt64 = 0
+        for i in 0..<size {
+            let physical = try translateLinear(linear &+ UInt64(i), access)
+            value |= try readPhysicalSlow(physical, 1) << (8 * UInt64(i))
+        }
+        return value
+    }
+
+    /// Physical reads outside the low-RAM fast path: other RAM, ROM, or MMIO (an exit).
+    @inline(never)
+    func readPhysicalSlow(_ physical: UInt64, _ size: Int) throws(Fault) -> UInt64 {
+        if let p = memory.hostPointer(physical, length: UInt64(size)) { return load(p, size) }
+        if memory.region(containing: physical) != nil || memory.region(containing: physical &+ UInt64(size - 1)) != nil {
+            // Straddles regions: byte by byte.
+            var value: UInt64 = 0
+            for i in 0..<size { value |= try readPhysicalSlow(physical &+ UInt64(i), 1) << (8 * UInt64(i)) }
+            return value
+        }
+        if let answer = mmioAnswer, answer.address == physical, answer.size == size {
+            mmioAnswer = nil
+            return answer.value & (size == 8 ? .max : (1 << (8 * UInt64(size))) - 1)
+        }
+        // Ask the shared loop; the instruction restarts and takes the answer above.
+        pendingExit = .mmioRead(address: physical, size: size, data: ioBuffer)
+        pendingMMIORead = (physical, size)
+        throw .exit
+    }
+
+    /// Writes `size` bytes at a linear address.
+    @inline(__always)
+    func writeLinear(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        if !paging {
+            if _fastPath(linear &+ UInt64(size) <= lowEnd) {
+                codePages.noteWrite(Int(truncatingIfNeeded: linear >> 12))
+                if _slowPath((linear &+ UInt64(size) &- 1) & ~0xFFF != linear & ~0xFFF) {
+                    codePages.noteWrite(Int(truncatingIfNeeded: (linear &+ UInt64(size) &- 1) >> 12))
+                }
+                store(lowHost + Int(linear), size, value)
+                return
+            }
+        } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
+            let physical = try translateLinear(linear, .write)
+            if _fastPath(physical &+ UInt64(size) <= lowEnd) {
+                codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
+                store(lowHost + Int(physical), size, value)
+                return
+            }
+            return try writePhysicalSlow(physical, size, value)
+        }
+        try writeLinearSlow(linear, size, value)
+    }
+
+    @inline(never)
+    func writeLinearSlow(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        if !paging { return try writePhysicalSlow(linear, size, value) }
+        // Check every page first so a fault leaves memory untouched.
+        var physical: [UInt64] = []
+        for i in 0..<size { physical.append(try translateLinear(linear &+ UInt64(i), .write)) }
+        for i in 0..<size { try writePhysicalSlow(physical[i], 1, value >> (8 * UInt64(i))) }
+    }
+
+    @inline(never)
+    func writePhysicalSlow(_ physical: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        if let p = memory.hostPointer(physical, length: UInt64(size), kind: .ram) {
+            codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
+            codePages.noteWrite(Int(truncatingIfNeeded: (physical &+ UInt64(size) &- 1) >> 12))
+            store(p, size, value)
+            return
+        }
+        if memory.region(containing: physical) != nil || memory.region(containing: physical &+ UInt64(size - 1)) != nil {
+            // ROM (writes are dropped, as on hardware) or a straddle.
+            for i in 0..<size where memory.region(containing: physical &+ UInt64(i))?.kind == .ram {
+                try writePhysicalSlow(physical &+ UInt64(i), 1, value >> (8 * UInt64(i)))
+            }
+            return
+        }
+        // MMIO: reported to the shared loop once the instruction retires.
+        mmioWrite = (physical, size, value)
+    }
+
+    // MARK: Segment-relative access
+
+    @inline(__always)
+    func read(_ segment: UInt8, _ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 {
+        try readLinear(try linearAddress(segment, offset, size, .read), size)
+    }
+
+    @inline(__always)
+    func write(_ segment: UInt8, _ offset: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        try writeLinear(try linearAddress(segment, offset, size, .write), size, value)
+    }
+
+    /// Checks that a write would succeed without performing it.
+    func probeWrite(_ segment: UInt8, _ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 {
+        let la = try linearAddress(segment, offset, size, .write)
+        if paging { _ = try translateLinear(la, .write) }
+        return la
+    }
+
+    // MARK: Stack
+
+    /// Pushes `size` bytes; RSP changes only when the write succeeded.
+    @inline(__always)
+    func push(_ value: UInt64, _ size: Int) throws(Fault) {
+        let sp = (r[4] &- UInt64(size)) & stackMask
+        try write(Segment.ss, sp, size, value)
+        setStackPointer(sp)
+    }
+
+    @inline(__always)
+    func pop(_ size: Int) throws(Fault) -> UInt64 {
+        let sp = r[4] & stackMask
+        let v = try read(Segment.ss, sp, size)
+        setStackPointer(sp &+ UInt64(size))
+        return v
+    }
+
+    /// Reads the stack `offset` bytes above the top without popping.
+    @inline(__always)
+    func peek(_ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 {
+        try read(Segment.ss, (r[4] &+ offset) & stackMask, size)
+    }
+
+    @inline(__always)
+    func setStackPointer(_ value: UInt64) {
+        if stackMask == 0xFFFF { r[4] = r[4] & ~0xFFFF | value & 0xFFFF }
+        else if stackMask == 0xFFFF_FFFF { r[4] = value & 0xFFFF_FFFF }
+        else { r[4] = value }
+    }
+}
