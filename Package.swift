@@ -5,7 +5,7 @@ import PackageDescription
 //   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
 //   Loaders (images into memory + initial CPU state)
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
-//   Machine (VM, vCPU threads, the shared run loop)
+//   Machine (VM, vCPU threads, the shared run loop) · Conformance (hardware-captured test suites)
 //   tandem (command line)
 let package = Package(
     name: "Tandem",
@@ -23,6 +23,7 @@ let package = Package(
             providers: [.apt(["libcapstone-dev"])]
         ),
         .target(name: "CKVM"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "X86"),
         .target(name: "HostOS"),
         .target(name: "GuestMemory"),
@@ -31,6 +32,7 @@ let package = Package(
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         .target(name: "Interpreter", dependencies: ["CCapstone", "X86", "GuestMemory", "HostOS"]),
         .target(name: "KVM", dependencies: ["CKVM", "X86", "GuestMemory", "HostOS"]),
+        .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory"]),
         .target(
             name: "Machine",
             dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
@@ -39,12 +41,17 @@ let package = Package(
             name: "tandem",
             dependencies: [
                 "Machine",
+                "Conformance",
+                "Interpreter",
+                "KVM",
+                "X86",
+                "GuestMemory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS"]
+            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance"]
         ),
     ],
     swiftLanguageModes: [.v6]

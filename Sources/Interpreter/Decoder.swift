@@ -122,6 +122,29 @@ final class Decoder {
     /// Decodes one instruction from `bytes` in a `bits`-bit code segment.
     /// Returns nil for bytes that are not a valid instruction (#UD).
     func decode(_ bytes: UnsafeRawBufferPointer, bits: Int) -> DecodedInstruction? {
+        if bits != 64, let legacy = decodeLegacyForm(bytes, bits: bits) { return legacy.instruction }
+        return decodeWithCapstone(bytes, bits: bits)
+    }
+
+    /// Outside 64-bit mode, C4, C5 and 62 with a memory operand are LES, LDS and BOUND,
+    /// never VEX or EVEX; Capstone 4 decodes them as VEX/EVEX regardless. They are decoded
+    /// as `mov r, r/m` (the same ModRM encoding) and renamed. With a register operand
+    /// they are #UD here (VEX/EVEX need CR4.OSXSAVE, which the interpreter never offers).
+    private func decodeLegacyForm(_ bytes: UnsafeRawBufferPointer, bits: Int) -> (instruction: DecodedInstruction?, Void)? {
+        let prefixes: Set<UInt8> = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3]
+        guard let i = bytes.firstIndex(where: { !prefixes.contains($0) }), [0xC4, 0xC5, 0x62].contains(bytes[i]) else { return nil }
+        guard i + 1 < bytes.count, bytes[i + 1] >> 6 != 3 else { return (nil, ()) }
+        var copy = Array(bytes)
+        let original = copy[i]
+        copy[i] = 0x8B
+        let decoded = copy.withUnsafeBytes { decodeWithCapstone($0, bits: bits) }
+        guard var d = decoded else { return (nil, ()) }
+        d.op = original == 0xC4 ? .les : original == 0xC5 ? .lds : .bound
+        d.opcode = original
+        return (d, ())
+    }
+
+    private func decodeWithCapstone(_ bytes: UnsafeRawBufferPointer, bits: Int) -> DecodedInstruction? {
         let h = handles[bits == 64 ? 2 : bits == 32 ? 1 : 0]
         var code: UnsafePointer<UInt8>? = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         var size = bytes.count
@@ -135,7 +158,9 @@ final class Decoder {
         let rexW = bits == 64 && x.rex & 0x08 != 0
         let opsizePrefix = x.prefix.2 == 0x66
         d.operandSize = rexW ? 8 : bits == 16 ? (opsizePrefix ? 4 : 2) : (opsizePrefix ? 2 : 4)
-        d.addressSize = x.addr_size
+        // Capstone 4's addr_size is unreliable in 16-bit code: derive it from the mode and 0x67.
+        let addressOverride = x.prefix.3 == 0x67
+        d.addressSize = bits == 64 ? (addressOverride ? 4 : 8) : bits == 32 ? (addressOverride ? 2 : 4) : (addressOverride ? 4 : 2)
         switch x.prefix.0 {
         case 0xF0: d.prefixes |= PrefixBits.lock
         case 0xF3: d.prefixes |= PrefixBits.rep
@@ -177,6 +202,27 @@ final class Decoder {
                 case 1: d.o1 = o
                 default: d.o2 = o
                 }
+            }
+        }
+        // Forms whose width Capstone 4 names by the wrong mode in 16-bit code: go by opcode and operand size.
+        if !d.twoByte {
+            let wide = d.operandSize
+            switch d.opcode {
+            case 0x98: d.op = wide == 2 ? .cbw : wide == 4 ? .cwde : .cdqe
+            case 0x99: d.op = wide == 2 ? .cwd : wide == 4 ? .cdq : .cqo
+            case 0xA5: d.op = wide == 2 ? .movsw : wide == 4 ? .movsd : .movsq
+            case 0xA7: d.op = wide == 2 ? .cmpsw : wide == 4 ? .cmpsd : .cmpsq
+            case 0xAB: d.op = wide == 2 ? .stosw : wide == 4 ? .stosd : .stosq
+            case 0xAD: d.op = wide == 2 ? .lodsw : wide == 4 ? .lodsd : .lodsq
+            case 0xAF: d.op = wide == 2 ? .scasw : wide == 4 ? .scasd : .scasq
+            case 0x6D: d.op = wide == 2 ? .insw : .insd
+            case 0x6F: d.op = wide == 2 ? .outsw : .outsd
+            case 0x60 where bits != 64: d.op = wide == 2 ? .pushaw : .pushal
+            case 0x61 where bits != 64: d.op = wide == 2 ? .popaw : .popal
+            case 0x9C: d.op = bits == 64 ? (wide == 2 ? .pushf : .pushfq) : (wide == 2 ? .pushf : .pushfd)
+            case 0x9D: d.op = bits == 64 ? (wide == 2 ? .popf : .popfq) : (wide == 2 ? .popf : .popfd)
+            case 0xCF: d.op = wide == 2 ? .iret : wide == 4 ? .iretd : .iretq
+            default: break
             }
         }
         // Fix up the forms Capstone names alike or describes with implicit operands.

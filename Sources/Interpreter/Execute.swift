@@ -239,7 +239,7 @@ extension InterpreterVCPU {
         case .shr:
             res = count >= 64 ? 0 : a >> count
             cf = (a >> (count - 1)) & 1 != 0 && count <= bits
-            of = a & sb != 0
+            of = count <= bits && (a >> (count - 1)) & sb != 0   // the MSB before the last step
             f = resultFlags(res, size) | (cf ? Flag.cf : 0) | (of ? Flag.of : 0)
             flagMask = Flag.arithmetic
         default: // sar

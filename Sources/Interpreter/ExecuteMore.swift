@@ -356,14 +356,14 @@ extension InterpreterVCPU {
                 setFlags(Flag.af | Flag.cf, 0)
             }
         case .aam:
-            let base = UInt64(bitPattern: d.pointee.o0.value) & 0xFF
+            let base = d.pointee.operandCount == 0 ? 10 : UInt64(bitPattern: d.pointee.o0.value) & 0xFF
             if base == 0 { throw .de() }
             let ah = al / base
             al = al % base
             writeReg(0, 2, ah << 8 | al)
             setFlags(Flag.arithmetic, resultFlags(al, 1))
         case .aad:
-            let base = UInt64(bitPattern: d.pointee.o0.value) & 0xFF
+            let base = d.pointee.operandCount == 0 ? 10 : UInt64(bitPattern: d.pointee.o0.value) & 0xFF
             let ah = readReg(16, 1)
             let res = (al &+ ah &* base) & 0xFF
             writeReg(0, 2, res)

@@ -58,6 +58,9 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
     var mmioAnswer: (address: UInt64, size: Int, value: UInt64)? = nil
     var mmioWrite: (address: UInt64, size: Int, value: UInt64)? = nil
     var pendingMMIORead: (address: UInt64, size: Int)? = nil
+    /// The offset and width of the last access that failed a segment-limit check
+    /// (diagnostics: the conformance runner tells wraparound from other faults with it).
+    public internal(set) var lastLimitViolation: (offset: UInt64, size: Int)? = nil
     /// MTRRs, kept as storage.
     var mtrrs: [UInt32: UInt64] = [:]
     /// Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
@@ -120,11 +123,21 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
         tscOffset = state.msrs.tsc &- hostTSC()
         pendingIn = nil
         mmioAnswer = nil
+        lastLimitViolation = nil
         refreshMode()
         tlb.flushAll()
     }
 
     public func kick() { kicked.store(true, ordering: .relaxed) }
+
+    /// Tells the decode caches that something other than an interpreter vCPU (a loader,
+    /// a test harness, another backend) wrote `length` bytes at `physical`.
+    public func memoryWritten(at physical: UInt64, length: Int) {
+        guard length > 0 else { return }
+        for page in (physical >> 12)...((physical &+ UInt64(length) &- 1) >> 12) {
+            codePages.noteWrite(Int(truncatingIfNeeded: page))
+        }
+    }
 
     public func translate(linear: UInt64) -> UInt64? {
         guard paging else { return linear }

@@ -38,6 +38,7 @@ extension InterpreterVCPU {
             if access == .read && code && sr.type & 0x2 == 0 { throw fault }
         }
         let last = offset &+ UInt64(size - 1)
+        lastLimitViolation = (offset, size)
         let expandDown = sr.type & 0xC == 0x4 && !sr.isSystem
         if expandDown {
             let upper: UInt64 = sr.defaultBig ? 0xFFFF_FFFF : 0xFFFF

@@ -46,13 +46,28 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         sigaction(kickSignal, &action, nil)
     }()
 
+    /// Unblocks the kick signal on the calling thread. A thread inherits its signal mask
+    /// from the thread that created it (and a process from its parent): Dispatch and
+    /// Swift concurrency workers, for one, block every signal. With the kick signal
+    /// blocked, `KVM_RUN` on a guest that never exits (a `jmp $` at CPL 0) could not be
+    /// interrupted: no timeout, no Ctrl-C, no stop from another vCPU.
+    private static func unblockKickSignal() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, kickSignal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
     // MARK: Running
 
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
+        let me = pthread_self()
         pthread_mutex_lock(runnerLock)
-        runner = pthread_self()
+        let newThread = runner.map { pthread_equal($0, me) == 0 } ?? true
+        runner = me
         pthread_mutex_unlock(runnerLock)
+        if newThread { Self.unblockKickSignal() }
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
         if result < 0 {

@@ -199,28 +199,11 @@ public final class Machine: @unchecked Sendable {
     }
 
     private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
-        let device = try KVMDevice(path: c.kvmDevicePath)
-        let vm = try device.createVM()
-        // The ROM is mapped writable: on PVM hosts, a descriptor load from a GDT in a
-        // read-only memslot (the CPU setting the accessed bit) loops forever in the host's
-        // emulator. See Documentation/KVM.md.
-        for (slot, region) in memory.regions.enumerated() {
-            try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false)
-        }
-        let cpuid = try device.supportedCPUID()
-        var vcpus: [KVMVCPU] = []
-        for i in 0..<c.cpus {
-            let vcpu = try vm.createVCPU(index: i)
-            try vcpu.setCPUID(cpuid.map { e in
-                var e = e
-                if e.function == 1 { e.ebx = e.ebx & 0x00FF_FFFF | UInt32(i & 0xFF) << 24 }
-                if e.function == 0xB || e.function == 0x1F { e.edx = UInt32(i) }
-                return e
-            })
+        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus)
+        for (i, vcpu) in vcpus.enumerated() {
             do { try vcpu.writeState(plan.initialState(cpu: i, of: c.cpus)) } catch {
                 throw KVMError("setting the initial state of vCPU \(i): \(error)", Errno(EINVAL))
             }
-            vcpus.append(vcpu)
         }
         return (vm, vcpus)
     }
