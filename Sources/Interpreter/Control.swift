@@ -152,8 +152,12 @@ extension InterpreterVCPU {
             } catch { r[4] = sp; throw error }
             try setCodeSegment(target, selector: targetSelector, cpl: cpl, address: targetAddress)
             s.pointee.rip = gateOffset
+        case 0x1, 0x9, 0x5:
+            if d.dpl < cpl || d.dpl < rpl { throw .gp(code) }
+            if !d.present { throw .np(code) }
+            try switchTask(through: selector, descriptorAddress: address, descriptor: d, reason: call ? .call : .jump, returnAddress: next)
         default:
-            try taskSwitchUnsupported()
+            throw .gp(code)
         }
     }
 
@@ -178,11 +182,6 @@ extension InterpreterVCPU {
         return (UInt16(ss), sp)
     }
 
-    @inline(never)
-    func taskSwitchUnsupported() throws(Fault) {
-        pendingExit = .unsupportedInstruction("hardware task switch (not implemented by the interpreter yet)")
-        throw .exit
-    }
 
     func farReturn(operandSize osz: Int, release: UInt64) throws(Fault) {
         let ip = try peek(0, osz)
@@ -274,7 +273,10 @@ extension InterpreterVCPU {
             writeFlags(flags, size: osz)
             return
         }
-        if flag(Flag.nt) && !longMode { try taskSwitchUnsupported() }
+        if flag(Flag.nt) && !longMode {
+            try taskReturn()
+            return
+        }
         let ip = try peek(0, osz)
         let cs = UInt16(truncatingIfNeeded: try peek(UInt64(osz), osz))
         let flags = try peek(UInt64(2 * osz), osz)

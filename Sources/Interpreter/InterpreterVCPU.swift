@@ -70,6 +70,7 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
     /// Stops `run()` with `.instructionLimit` after this many retired instructions.
     public var instructionLimit: UInt64 = .max
     public private(set) var retired: UInt64 = 0
+    public var instructionsRetired: UInt64? { retired }
     /// Single-step: `run()` returns `.debugStep` after each instruction.
     public var singleStep = false
 

@@ -60,7 +60,14 @@ extension InterpreterVCPU {
         if !gate.isSystem || !validTypes.contains(type) { throw .gp(idtCode) }
         if software && gate.dpl < cpl { throw .gp(idtCode) }
         if !gate.present { throw .np(idtCode) }
-        if type == 0x5 { try taskSwitchUnsupported() }
+        if type == 0x5 {
+            let tss = gate.gateSelector
+            if tss & 4 != 0 { throw .gp(UInt32(tss & 0xFFFC) + external) }
+            let (address, d) = try readDescriptor(tss) { .gp($0 + external) }
+            try performTaskSwitch(to: tss, address: address, descriptor: d, reason: .interrupt,
+                                  returnAddress: returnAddress, errorCode: errorCode)
+            return
+        }
         var offset = gate.gateOffset
         var ist = 0
         if longMode {

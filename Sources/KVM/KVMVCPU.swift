@@ -115,6 +115,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         pthread_mutex_unlock(runnerLock)
     }
 
+    /// KVM does not count guest instructions.
+    public var instructionsRetired: UInt64? { nil }
+
     /// `KVM_SET_GUEST_DEBUG` with single-stepping on or off.
     public func setSingleStep(_ enabled: Bool) throws(BackendError) {
         var debug = kvm_guest_debug()

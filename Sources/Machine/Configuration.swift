@@ -22,6 +22,8 @@ public struct MachineConfiguration: Sendable {
     public var input: ConsoleInput = .none()
     /// Seconds of wall-clock time before the run is stopped (nil: no limit).
     public var timeout: Double? = nil
+    /// Stop each vCPU after this many instructions (backends that count them: interp).
+    public var maxInstructions: UInt64? = nil
     public var commandLine: String = ""
     /// `--module` values: "PATH [ARGS]"; the whole value is the module's string.
     public var modules: [String] = []

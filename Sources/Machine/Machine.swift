@@ -59,6 +59,35 @@ public struct RunOutcome: Sendable {
     public var status: Int32
     public var message: String?
     public var reason: StopReason?
+    public var statistics: RunStatistics
+}
+
+/// What `--stats` reports.
+public struct RunStatistics: Sendable, CustomStringConvertible {
+    public var backend: String
+    public var seconds: Double
+    /// Per vCPU; nil where the backend does not count.
+    public var instructions: [UInt64?]
+
+    public var description: String {
+        var text = "backend \(backend), \(instructions.count) vCPU\(instructions.count == 1 ? "" : "s"), \(String(format3: seconds)) s"
+        let counted = instructions.compactMap { $0 }
+        if counted.count == instructions.count {
+            let total = counted.reduce(0, +)
+            text += ", \(total) instructions (\(String(format3: Double(total) / max(seconds, 1e-9) / 1e6)) M/s)"
+            if instructions.count > 1 { text += ", per vCPU: " + counted.map(String.init).joined(separator: " ") }
+        } else {
+            text += ", instructions not counted by this backend"
+        }
+        return text
+    }
+}
+
+extension String {
+    init(format3 value: Double) {
+        let scaled = (value * 1000).rounded() / 1000
+        self = String(scaled)
+    }
 }
 
 /// An error that keeps a machine from being built or started.
@@ -160,6 +189,9 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.backendNote = backendNote
+        if c.maxInstructions != nil && backendName == "kvm" {
+            throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
+        }
         stopper.value = self
     }
 
@@ -194,6 +226,7 @@ public final class Machine: @unchecked Sendable {
         return (0..<c.cpus).map { i in
             let vcpu = machine.makeVCPU(index: i)
             try? vcpu.writeState(plan.initialState(cpu: i, of: c.cpus))
+            if let limit = c.maxInstructions { vcpu.instructionLimit = limit }
             return vcpu
         }
     }
@@ -225,6 +258,7 @@ public final class Machine: @unchecked Sendable {
             signal(SIGINT, SIG_DFL)
             signal(SIGTERM, SIG_DFL)
         }
+        let started = DispatchTime.now()
         let threads = (0..<backends.count).map { i in
             HostThread.spawn(name: "vcpu\(i)") { [self] in vcpuMain(i) }
         }
@@ -235,8 +269,10 @@ public final class Machine: @unchecked Sendable {
         }
         for t in threads { t.join() }
         devices.console.flush()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         let reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
-        return RunOutcome(status: reason.status, message: message(for: reason), reason: reason)
+        let statistics = RunStatistics(backend: backendName, seconds: seconds, instructions: backends.map(\.instructionsRetired))
+        return RunOutcome(status: reason.status, message: message(for: reason), reason: reason, statistics: statistics)
     }
 
     /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.

@@ -52,4 +52,6 @@ public protocol VCPUBackend: AnyObject {
     func translate(linear: UInt64) -> UInt64?
     /// Makes a `run()` in progress on another thread return `.interrupted` soon.
     func kick()
+    /// Instructions this vCPU has retired, or nil when the backend does not count them (KVM).
+    var instructionsRetired: UInt64? { get }
 }

@@ -77,6 +77,12 @@ struct Run: ParsableCommand {
     @Option(help: "Stop the guest after this many seconds (status 206).")
     var timeout: Double?
 
+    @Option(help: "Stop each vCPU after this many instructions (status 207; interpreter only).")
+    var maxInstructions: UInt64?
+
+    @Flag(help: "Print run statistics (backend, seconds, instructions) on stderr at the end.")
+    var stats = false
+
     @Option(help: "Multiboot command line passed to the kernel.")
     var cmdline: String = ""
 
@@ -118,6 +124,7 @@ struct Run: ParsableCommand {
         c.serial = try serialSink()
         c.input = c.serial == .stdout ? .stdin() : .none()
         c.timeout = timeout
+        c.maxInstructions = maxInstructions
         c.commandLine = cmdline
         c.modules = modules
         c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
@@ -131,7 +138,8 @@ struct Run: ParsableCommand {
             printError("tandem: --backend auto chose \(machine.backendName)\(why)")
         }
         let outcome = machine.run()
-        if let message = outcome.message { printError(message + "\n") }
+        if let message = outcome.message { printError(message) }
+        if stats { printError("tandem: stats: \(outcome.statistics)") }
         terminate(outcome.status)
     }
 }
