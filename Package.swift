@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "X86"),
         .target(name: "HostOS"),
         .target(name: "GuestMemory"),
-        .target(name: "Devices", dependencies: ["HostOS"]),
+        .target(name: "Devices", dependencies: ["HostOS", "GuestMemory"]),
         .target(name: "Disassembler", dependencies: ["CCapstone", "X86"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         .target(name: "Interpreter", dependencies: ["CCapstone", "X86", "GuestMemory", "HostOS"]),

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// The one place that knows the physical memory layout of a Tandem guest.
 ///
@@ -60,6 +61,9 @@ public final class GuestMemoryMap: @unchecked Sendable {
     /// RAM and ROM regions, sorted by address, never overlapping.
     public let regions: [MemoryRegion]
     public let ramSize: UInt64
+    /// The A20 gate (port 0x92): when off, physical address bit 20 is forced to 0, as on
+    /// PCs. Honoured by the interpreter; KVM cannot mask it (see Documentation/KVM.md).
+    public let a20Enabled = Atomic<Bool>(true)
     private let mappings: [(UnsafeMutableRawPointer, Int)]
 
     /// Lays out `ramSize` bytes of RAM and, for a `bios` image, its ROM.

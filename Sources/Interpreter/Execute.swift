@@ -102,7 +102,9 @@ extension InterpreterVCPU {
         case .lea:
             let size = Int(d.pointee.o0.size)
             writeReg(d.pointee.o0.reg, size, effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next))
-        case .nop, .pause, .prefetch, .prefetchw, .prefetcht0, .prefetcht1, .prefetcht2, .prefetchnta, .lfence, .sfence, .mfence, .clflush:
+        case .pause:
+            pauseHint()
+        case .nop, .prefetch, .prefetchw, .prefetcht0, .prefetcht1, .prefetcht2, .prefetchnta, .lfence, .sfence, .mfence, .clflush:
             break
         case .loop, .loope, .loopne:
             let asz = Int(d.pointee.addressSize)

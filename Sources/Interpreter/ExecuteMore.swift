@@ -196,6 +196,12 @@ extension InterpreterVCPU {
 
     var iopl: UInt8 { UInt8((s.pointee.rflags >> 12) & 3) }
 
+    /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run.
+    @inline(never)
+    func pauseHint() {
+        if shared.cpuCount > 1 { sched_yield() }
+    }
+
     /// POPF/IRET flag loading with the privilege rules of the current mode.
     func writeFlags(_ value: UInt64, size: Int) {
         var changeable: UInt64 = Flag.arithmetic | Flag.tf | Flag.df | Flag.nt | Flag.ac | Flag.id

@@ -47,6 +47,8 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
     var protectedMode = false
     var stackMask: UInt64 = 0xFFFF
 
+    /// ~(1 << 20) while the A20 gate is off; read from the memory map at each `run()`.
+    var a20Mask: UInt64 = .max
     var tlb: TLB
     let kicked = Atomic<Bool>(false)
     /// The exit `run()` returns after a `Fault.exit`.
@@ -164,6 +166,11 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
             mmioAnswer = (m.address, m.size, load(ioBuffer, 8))
         }
         kicked.store(false, ordering: .relaxed)
+        let mask: UInt64 = memory.a20Enabled.load(ordering: .relaxed) ? .max : ~(1 << 20)
+        if mask != a20Mask {
+            a20Mask = mask
+            tlb.flushAll()
+        }
         while true {
             var budget = singleStep ? 1 : 4096
             if retired &+ UInt64(budget) > instructionLimit {
@@ -220,7 +227,7 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
         let cs = seg[1]
         if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
         let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
-        let physical = paging ? try translateLinear(linear, .execute) : linear
+        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
         let mode = UInt64(codeBits >> 5)   // 0, 1, 2
         let key = physical << 2 | mode
         let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))

@@ -62,7 +62,8 @@ extension InterpreterVCPU {
 
     @inline(never)
     func translateSlow(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
-        let w = try walk(linear, access: access, user: cpl == 3, setBits: true)
+        var w = try walk(linear, access: access, user: cpl == 3, setBits: true)
+        w.physical &= a20Mask
         tlb.insert(linear: linear, walk: w)
         return w.physical
     }
@@ -91,7 +92,8 @@ extension InterpreterVCPU {
 
     /// Reads `size` bytes at a linear address.
     @inline(__always)
-    func readLinear(_ linear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
+    func readLinear(_ rawLinear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
+        let linear = paging ? rawLinear : rawLinear & a20Mask
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(linear), size) }
         } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
@@ -136,7 +138,8 @@ extension InterpreterVCPU {
 
     /// Writes `size` bytes at a linear address.
     @inline(__always)
-    func writeLinear(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+    func writeLinear(_ rawLinear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        let linear = paging ? rawLinear : rawLinear & a20Mask
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) {
                 codePages.noteWrite(Int(truncatingIfNeeded: linear >> 12))

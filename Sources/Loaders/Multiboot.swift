@@ -40,11 +40,13 @@ enum Multiboot {
             entry = elf.physicalEntry
         }
         let kernelEnd = placement.occupied.map(\.upperBound).max() ?? 0x100000
+        // The information structure holds 32-bit addresses: everything it points to stays below 4 GiB.
+        let addressLimit: UInt64 = 1 << 32
 
         // Modules, page-aligned after the kernel.
         var moduleRanges: [(UInt64, UInt64)] = []
         for (i, module) in options.modules.enumerated() {
-            let start = try placement.allocate(UInt64(max(module.bytes.count, 1)), from: kernelEnd, what: "module \(i + 1)")
+            let start = try placement.allocate(UInt64(max(module.bytes.count, 1)), from: kernelEnd, below: addressLimit, what: "module \(i + 1)")
             try Loader.place(module.bytes[...], at: start, memory: memory, what: "module \(i + 1)")
             moduleRanges.append((start, start + UInt64(module.bytes.count)))
         }
@@ -58,7 +60,7 @@ enum Multiboot {
         let ramRegions = memory.regions.filter { $0.kind == .ram }
         let infoSize = 0x80, moduleListSize = 16 * options.modules.count, mmapSize = 24 * ramRegions.count
         let total = UInt64(infoSize + moduleListSize + mmapSize + strings.count)
-        let info = try placement.allocate(total, from: 0x1000, what: "Multiboot information")
+        let info = try placement.allocate(total, from: 0x1000, below: addressLimit, what: "Multiboot information")
         let moduleList = info + UInt64(infoSize)
         let mmap = moduleList + UInt64(moduleListSize)
         let stringBase = mmap + UInt64(mmapSize)
@@ -98,7 +100,7 @@ enum Multiboot {
 
         // A flat GDT: null, code 0x08, data 0x10. The kernel must load its own; this one
         // just makes the state consistent.
-        let gdt = try placement.allocate(24, align: 8, from: 0x1000, what: "GDT")
+        let gdt = try placement.allocate(24, align: 8, from: 0x1000, below: addressLimit, what: "GDT")
         for (i, d) in [UInt64(0), 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF].enumerated() {
             memory.write(gdt + UInt64(i * 8), d)
         }

@@ -12,12 +12,13 @@ struct Placement {
         if !range.isEmpty { occupied.append(range) }
     }
 
-    /// The lowest `align`-aligned RAM range of `size` bytes at or above `from` that
-    /// overlaps nothing reserved; it is then reserved.
-    mutating func allocate(_ size: UInt64, align: UInt64 = 0x1000, from: UInt64 = 0x1000, what: String) throws(ImageError) -> UInt64 {
+    /// The lowest `align`-aligned RAM range of `size` bytes at or above `from`, ending at
+    /// or below `below`, that overlaps nothing reserved; it is then reserved.
+    mutating func allocate(_ size: UInt64, align: UInt64 = 0x1000, from: UInt64 = 0x1000, below: UInt64 = .max,
+                           what: String) throws(ImageError) -> UInt64 {
         var candidate = (from + align - 1) / align * align
-        let limit = memory.ramEnd
-        while candidate < limit {
+        let limit = min(memory.ramEnd, below)
+        while candidate < limit, size <= limit - candidate {
             let range = candidate..<(candidate + size)
             if let clash = occupied.first(where: { $0.overlaps(range) }) {
                 candidate = (clash.upperBound + align - 1) / align * align
@@ -31,6 +32,7 @@ struct Placement {
             guard let next = memory.regions.first(where: { $0.kind == .ram && $0.start > candidate }) else { break }
             candidate = (next.start + align - 1) / align * align
         }
-        throw .doesNotFit("no room in guest RAM for the \(what) (\(size) bytes) beside the image; give the guest more --mem")
+        let where_ = below < memory.ramEnd ? " below \(below >> 30) GiB" : ""
+        throw .doesNotFit("no room in guest RAM\(where_) for the \(what) (\(size) bytes) beside the image; give the guest more --mem")
     }
 }

@@ -166,7 +166,7 @@ public final class Machine: @unchecked Sendable {
         control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
         // The exit device stops the machine; it must not keep it alive.
         let stopper = WeakBox<Machine>()
-        devices = DeviceModel(console: console, input: c.input) { value in stopper.value?.requestStop(.guestExit(value)) }
+        devices = DeviceModel(console: console, input: c.input, memory: memory) { value in stopper.value?.requestStop(.guestExit(value)) }
 
         var backendNote: String? = nil
         switch c.backend {

@@ -1,0 +1,336 @@
+// The interpreter backend: the same guests give the same results as on KVM, small
+// hand-assembled programs pin down instruction and system behaviour, SMP is atomic.
+import Conformance
+import Foundation
+import GuestMemory
+import Interpreter
+import Machine
+import Testing
+import X86
+
+/// Assembles `source` with nasm into a flat binary (`bits 16` etc. inside the source).
+func assemble(_ source: String) throws -> [UInt8] {
+    let input = try writeScratchFile(Array(source.utf8), name: "program.asm")
+    let output = scratchPath("program.bin")
+    let result = try runProcess("/usr/bin/env", ["nasm", "-f", "bin", "-o", output, input])
+    guard result.status == 0 else { throw GuestBuildFailure(description: "nasm: \(result.stderr)") }
+    return try readFileBytes(output)
+}
+
+/// A boot-sector program: real mode at 0x7C00; `body` ends by writing the exit device.
+func bootProgram(_ body: String) -> String {
+    """
+    bits 16
+    org 0x7c00
+    \(body)
+    """
+}
+
+/// Prints AL-sized hex helpers used by several tests: `call hex16` prints AX in hex on 0xE9.
+let hexHelpers = """
+hex16:  push cx
+        mov cx, 4
+.next:  rol ax, 4
+        push ax
+        and al, 0x0f
+        add al, '0'
+        cmp al, '9'
+        jbe .out
+        add al, 'a' - '9' - 1
+.out:   out 0xe9, al
+        pop ax
+        loop .next
+        pop cx
+        ret
+"""
+
+@Suite("Both backends agree")
+struct BackendAgreementTests {
+    @Test("loop32 computes the documented value over its full 80M instructions on the interpreter")
+    func loop32() throws {
+        let run = runGuest(try guest("loop32.elf"), backend: .interp)
+        #expect(run.output == "loop32 done edx=2c653f59\n")
+    }
+
+    @Test("every guest gives the same output and status on both backends", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func sameOnBothBackends() throws {
+        let guests = ["hello-boot.bin", "hello-bios.rom", "hello-multiboot.elf", "hello-multiboot-aout.bin", "hello-elf64.elf", "smp-counter.elf"]
+        for name in guests {
+            let cpus = name.hasSuffix("elf64.elf") || name.hasPrefix("smp") ? 2 : 1
+            let kvm = runGuest(try guest(name), backend: .kvm, cpus: cpus) { $0.commandLine = "same args" }
+            let interp = runGuest(try guest(name), backend: .interp, cpus: cpus) { $0.commandLine = "same args" }
+            #expect(kvm.output == interp.output, "\(name)")
+            #expect(kvm.status == interp.status, "\(name)")
+            #expect(!interp.output.isEmpty, "\(name)")
+        }
+    }
+}
+
+@Suite("Interpreter instructions and system behaviour")
+struct InterpreterProgramTests {
+    func run(_ body: String, timeout: Double = 20, configure: (inout MachineConfiguration) -> Void = { _ in }) throws -> GuestRun {
+        try runImage(try assemble(bootProgram(body + "\n" + hexHelpers)), backend: .interp, name: "test.bin", timeout: timeout, configure: configure)
+    }
+
+    @Test("self-modifying code: a patched immediate takes effect")
+    func selfModifyingCode() throws {
+        let r = try run("""
+                mov cx, 3
+        again:  call patched
+                call hex16
+                mov al, ' '
+                out 0xe9, al
+                inc word [patched + 1]     ; patch the immediate of the mov below
+                loop again
+                mov al, 0
+                out 0xf4, al
+        patched: mov ax, 0x1234
+                ret
+        """)
+        #expect(r.output == "1234 1235 1236 ")
+        #expect(r.status == 0)
+    }
+
+    @Test("code copied into a buffer and rewritten between runs")
+    func copiedCode() throws {
+        let r = try run("""
+                mov si, template
+                mov di, 0x1000
+                mov cx, template_end - template
+                rep movsb
+                call 0x1000
+                call hex16
+                mov byte [0x1001], 0x77     ; rewrite the low byte of the immediate
+                call 0x1000
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        template: mov ax, 0xab00
+                ret
+        template_end:
+        """)
+        #expect(r.output == "ab00ab77")
+    }
+
+    @Test("divide error in real mode vectors through the IVT with the faulting IP")
+    func divideError() throws {
+        let r = try run("""
+                mov word [0], handler
+                mov word [2], 0
+                xor cx, cx
+                mov ax, 100
+        fault:  div cl
+                mov al, 1
+                out 0xf4, al
+        handler: pop ax                ; the pushed IP: the div itself
+                cmp ax, fault
+                jne bad
+                mov al, 'D'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        bad:    mov al, 2
+                out 0xf4, al
+        """)
+        #expect(r.output == "D")
+        #expect(r.status == 0)
+    }
+
+    @Test("arithmetic flags: add, sub, adc, sbb, inc, neg, shifts")
+    func flags() throws {
+        // Each line pushes FLAGS after an operation and prints the low byte of the arithmetic flags.
+        let r = try run("""
+                mov ax, 0x7fff
+                add ax, 1            ; OF SF AF PF? -> 0x8000: OF=1 SF=1 AF=1 PF=1 ZF=0 CF=0
+                pushf
+                pop ax
+                and ax, 0x08d5
+                call hex16
+                mov al, 0xff
+                add al, 1            ; CF=1 ZF=1 AF=1 PF=1
+                pushf
+                pop ax
+                and ax, 0x08d5
+                call hex16
+                mov ax, 0
+                sub ax, 1            ; CF=1 SF=1 AF=1 PF=1
+                pushf
+                pop ax
+                and ax, 0x08d5
+                call hex16
+                stc
+                mov al, 0x10
+                sbb al, 0x0f         ; 0x10 - 0x0f - 1 = 0: ZF=1 PF=1 AF=1
+                pushf
+                pop ax
+                and ax, 0x08d5
+                call hex16
+                mov al, 0x80
+                shl al, 1            ; CF=1 OF=1 ZF=1 PF=1
+                pushf
+                pop ax
+                and ax, 0x08c5
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "0894" + "0055" + "0095" + "0054" + "0845")
+    }
+
+    @Test("rep movsw and repne scasb")
+    func strings() throws {
+        let r = try run("""
+                push cs
+                pop es
+                mov si, src
+                mov di, 0x2000
+                mov cx, 3
+                cld
+                rep movsw
+                mov ax, [0x2004]
+                call hex16
+                mov di, src
+                mov al, 0x56
+                mov cx, 10
+                repne scasb
+                mov ax, cx
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        src:    db 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc
+        """)
+        #expect(r.output == "bc9a" + "0007")
+    }
+
+    @Test("unmapped ports read as all ones, the debug console reads 0xE9")
+    func ports() throws {
+        let r = try run("""
+                mov dx, 0x1234
+                in ax, dx
+                call hex16
+                in al, 0xe9
+                mov ah, 0
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "ffff00e9")
+    }
+
+    @Test("A20 off through port 0x92 wraps addresses at 1 MiB")
+    func a20() throws {
+        let r = try run("""
+                mov ax, 0xffff
+                mov es, ax
+                mov word [0x0010], 0x1111     ; physical 0x10 (segment 0)
+                mov word [es:0x0020], 0x2222  ; physical 0x100010 with A20 on
+                mov ax, [0x0010]
+                call hex16
+                in al, 0x92
+                and al, ~2
+                out 0x92, al                  ; A20 off
+                mov word [es:0x0020], 0x3333  ; now aliases physical 0x10
+                mov ax, [0x0010]
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "1111" + "3333")
+    }
+
+    @Test("an x87 instruction stops the run with the contract's report (no FPU, CR0.EM clear)")
+    func x87() throws {
+        let r = try run("""
+                fld1
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.status == ExitStatus.unsupportedInstruction.rawValue)
+        #expect(r.message?.contains("vcpu0") == true)
+        #expect(r.message?.contains("fld1") == true)
+    }
+
+    @Test("x87 with CR0.EM set raises #NM (vector 7)")
+    func x87WithEM() throws {
+        let r = try run("""
+                mov word [7*4], handler
+                mov word [7*4+2], 0
+                smsw ax
+                or ax, 4
+                lmsw ax
+                fld1
+                mov al, 1
+                out 0xf4, al
+        handler: mov al, 'N'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "N")
+        #expect(r.status == 0)
+    }
+
+    @Test("--max-instructions stops with status 207 and names the instruction")
+    func instructionLimit() throws {
+        let r = try run("spin: jmp spin") { $0.maxInstructions = 1000 }
+        #expect(r.status == ExitStatus.instructionLimit.rawValue)
+        #expect(r.message?.contains("jmp 0x7c00") == true)
+    }
+
+    @Test("cli; hlt ends the run with status 0")
+    func halt() throws {
+        let r = try run("cli\nhlt")
+        #expect(r.status == 0)
+        #expect(r.message?.contains("halted") == true)
+    }
+
+    @Test("a triple fault is status 204")
+    func tripleFault() throws {
+        // An IDT limit of 0 in protected mode: #UD cannot be delivered, nor #GP, nor #DF.
+        let r = try run("""
+                cli
+                lgdt [gdtr]
+                lidt [idtr]
+                mov eax, cr0
+                or al, 1
+                mov cr0, eax
+                jmp 8:pm
+        bits 32
+        pm:     ud2
+        gdtr:   dw 15
+                dd gdt
+        idtr:   dw 0
+                dd 0
+        gdt:    dq 0
+                dq 0x00cf9a000000ffff
+        bits 16
+        """)
+        #expect(r.status == ExitStatus.tripleFault.rawValue)
+        #expect(r.message?.contains("ud2") == true)
+    }
+}
+
+@Suite("Conformance")
+struct ConformanceSuiteTests {
+    static let suite = "\(repoRoot)/../shared/conformance/sst286"
+
+    @Test("every applicable SingleStepTests 286 test passes on the interpreter",
+          .enabled(if: FileManager.default.fileExists(atPath: suite + "/metadata.json"),
+                   "shared/conformance/sst286 is not beside this clone"))
+    func sst286() throws {
+        let memory = try GuestMemoryMap(ramSize: 32 << 20)
+        let vcpu = InterpreterMachine(memory: memory, cpuCount: 1).makeVCPU(index: 0)
+        let runner = try SST286Runner(directory: Self.suite, memory: memory, vcpu: vcpu) { vcpu.memoryWritten(at: $0, length: $1) }
+        runner.beforeEach = { vcpu.instructionLimit = vcpu.retired + 1_000 }
+        runner.lastFaultWasWraparound = {
+            guard let l = vcpu.lastLimitViolation else { return false }
+            return l.offset <= 0xFFFF && l.offset + UInt64(l.size) - 1 > 0xFFFF
+        }
+        let summary = runner.run(forms: runner.forms())
+        let shown = summary.failures.prefix(20).map { "\($0.form) \($0.name): \($0.details.joined(separator: "; "))" }
+        #expect(summary.failed == 0, "\(summary.line)\n\(shown.joined(separator: "\n"))")
+        #expect(summary.passed >= 59_000, "\(summary.line)")
+        // Only the documented 286-versus-modern groups are skipped.
+        #expect(summary.skipped < 2_000, "\(summary.skipReasons)")
+    }
+}
