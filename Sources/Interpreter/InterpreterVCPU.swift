@@ -133,6 +133,11 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
 
     public func kick() { kicked.store(true, ordering: .relaxed) }
 
+    /// Forgets every decoded instruction of this vCPU (after another backend ran the guest).
+    public func flushDecodeCache() {
+        for i in 0..<Self.cacheSize { cache[i].tag = .max }
+    }
+
     /// Tells the decode caches that something other than an interpreter vCPU (a loader,
     /// a test harness, another backend) wrote `length` bytes at `physical`.
     public func memoryWritten(at physical: UInt64, length: Int) {

@@ -68,6 +68,10 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     public var seconds: Double
     /// Per vCPU; nil where the backend does not count.
     public var instructions: [UInt64?]
+    /// KVM → interpreter handoffs (instructions KVM could not emulate).
+    public var handoffs: Int = 0
+    /// Instructions the interpreter ran during those handoffs.
+    public var fallbackInstructions: UInt64 = 0
 
     public var description: String {
         var text = "backend \(backend), \(instructions.count) vCPU\(instructions.count == 1 ? "" : "s"), \(String(format3: seconds)) s"
@@ -78,6 +82,9 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
             if instructions.count > 1 { text += ", per vCPU: " + counted.map(String.init).joined(separator: " ") }
         } else {
             text += ", instructions not counted by this backend"
+        }
+        if backend == "kvm" {
+            text += ", \(handoffs) handoff\(handoffs == 1 ? "" : "s") to the interpreter (\(fallbackInstructions) instructions)"
         }
         return text
     }
@@ -111,6 +118,10 @@ public final class Machine: @unchecked Sendable {
     /// Why `auto` did not choose KVM, if it did not.
     public let backendNote: String?
     private let backends: [any VCPUBackend]
+    /// Per vCPU: the backend running it now (KVM, or the interpreter during a fallback).
+    private let slots: [VCPUSlot]
+    /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
+    private let fallback: InterpreterMachine?
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
 
@@ -189,6 +200,8 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.backendNote = backendNote
+        slots = backends.map { VCPUSlot(active: $0) }
+        fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
@@ -271,7 +284,10 @@ public final class Machine: @unchecked Sendable {
         devices.console.flush()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         let reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
-        let statistics = RunStatistics(backend: backendName, seconds: seconds, instructions: backends.map(\.instructionsRetired))
+        let statistics = RunStatistics(
+            backend: backendName, seconds: seconds, instructions: backends.map(\.instructionsRetired),
+            handoffs: slots.map(\.handoffs).reduce(0, +),
+            fallbackInstructions: slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +))
         return RunOutcome(status: reason.status, message: message(for: reason), reason: reason, statistics: statistics)
     }
 
@@ -293,14 +309,15 @@ public final class Machine: @unchecked Sendable {
 
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
     private func vcpuMain(_ index: Int) {
-        let backend = backends[index]
-        defer { control.withLock { $0.finalStates[index] = try? backend.readState() } }
+        let slot = slots[index]
+        defer { control.withLock { $0.finalStates[index] = try? slot.active.readState() } }
         if !plan.startsAllCPUs && index > 0 {
             // Application processors wait for INIT/SIPI, which nothing can send yet.
             halt(index, interruptsEnabled: false)
             return
         }
         while !stopRequested {
+            let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
                 requestStop(.hostError("vcpu\(index): \(error)"))
@@ -332,17 +349,57 @@ public final class Machine: @unchecked Sendable {
             case .shutdown:
                 requestStop(.tripleFault(report(index)))
             case .unsupportedInstruction(let detail):
-                requestStop(.unsupportedInstruction(report(index), detail))
+                if slot.interpreter == nil, let fallback, handOff(slot, index: index, machine: fallback) { continue }
+                let what = slot.interpreter != nil ? "\(detail) (after KVM could not emulate it either)" : detail
+                requestStop(.unsupportedInstruction(report(index), what))
             case .failedEntry(let reason):
                 requestStop(.entryFailed(report(index), reason))
             case .internalError(let detail):
                 requestStop(.hostError("vcpu\(index): \(detail); \(report(index))"))
             case .instructionLimit:
+                if slot.interpreter != nil {
+                    if handBack(slot, index: index) { continue }
+                    return
+                }
                 requestStop(.instructionLimit)
             case .debugStep, .interrupted:
                 continue
             }
         }
+    }
+
+    /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
+    /// the interpreter (same memory, same devices) for that one instruction.
+    private func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine) -> Bool {
+        let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
+        slot.fallbackVCPU = interpreter
+        do {
+            let state = try slot.active.readState()
+            // KVM may have rewritten any code since the interpreter last ran.
+            interpreter.flushDecodeCache()
+            try interpreter.writeState(state)
+        } catch {
+            requestStop(.hostError("vcpu\(index): handing over to the interpreter: \(error)"))
+            return false
+        }
+        interpreter.instructionLimit = interpreter.retired + 1
+        slot.kvm = slot.active
+        slot.active = interpreter
+        slot.interpreter = interpreter
+        slot.handoffs += 1
+        return true
+    }
+
+    /// The interpreter ran the instruction: the vCPU goes back to KVM.
+    private func handBack(_ slot: VCPUSlot, index: Int) -> Bool {
+        guard let interpreter = slot.interpreter, let kvm = slot.kvm else { return false }
+        do { try kvm.writeState(try interpreter.readState()) } catch {
+            requestStop(.hostError("vcpu\(index): handing back to KVM: \(error)"))
+            return false
+        }
+        slot.active = kvm
+        slot.interpreter = nil
+        return true
     }
 
     /// A vCPU halted for good (nothing can deliver an interrupt or a SIPI yet): its thread
@@ -362,7 +419,7 @@ public final class Machine: @unchecked Sendable {
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
     func report(_ index: Int) -> VCPUReport {
-        let state = (try? backends[index].readState()) ?? CPUState()
+        let state = (try? slots[index].active.readState()) ?? CPUState()
         return report(index, state: state)
     }
 
@@ -370,7 +427,7 @@ public final class Machine: @unchecked Sendable {
         let mode = state.mode
         var linear = state.cs.base &+ state.rip
         if mode.bits < 64 { linear &= 0xFFFF_FFFF }
-        let physical = state.cr0 & CR0.pg != 0 ? backends[index].translate(linear: linear) : linear
+        let physical = state.cr0 & CR0.pg != 0 ? slots[index].active.translate(linear: linear) : linear
         guard let physical else {
             return VCPUReport(vcpu: index, state: state, bytes: [], disassembly: "(instruction at unmapped linear address 0x\(String(linear, radix: 16)))")
         }
@@ -408,6 +465,17 @@ public final class Machine: @unchecked Sendable {
 
     /// The console output so far when the serial sink is `.capture` (tests).
     public var capturedOutput: String { String(decoding: devices.console.captured, as: UTF8.self) }
+}
+
+/// One vCPU's backends, touched only by its own thread (and by `requestStop`'s kick).
+final class VCPUSlot: @unchecked Sendable {
+    var active: any VCPUBackend
+    /// Set while the interpreter runs an instruction KVM could not.
+    var interpreter: InterpreterVCPU?
+    var kvm: (any VCPUBackend)?
+    var fallbackVCPU: InterpreterVCPU?
+    var handoffs = 0
+    init(active: any VCPUBackend) { self.active = active }
 }
 
 final class WeakBox<T: AnyObject>: @unchecked Sendable {
