@@ -12,7 +12,7 @@ struct Tandem: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "An x86 guest emulator: one guest image, on KVM or on an interpreter.",
-        subcommands: [Run.self, ConformanceCommand.self]
+        subcommands: [Run.self, Check.self, ConformanceCommand.self]
     )
 
     /// Parses and runs, mapping every usage error to status 200 (the guest contract
@@ -23,7 +23,7 @@ struct Tandem: ParsableCommand {
             try command.run()
         } catch {
             let code = exitCode(for: error)
-            if let exit = error as? ExitCode, exit != .success, exit != .validationFailure { terminate(exit.rawValue) }
+            if let exit = error as? ExitCode, exit != .validationFailure { terminate(exit.rawValue) }
             if code == .success {
                 print(fullMessage(for: error))
                 terminate(0)
