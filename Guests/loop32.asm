@@ -1,13 +1,21 @@
 ; loop32.asm -> loop32.elf                    (format: multiboot, ELF32 at 1 MiB)
 ;
 ; Tests: raw 32-bit integer throughput, a benchmark. Runs this exact
-; 8-instruction loop 10,000,000 times (80M instructions), starting from
+; 8-instruction loop N times (8*N instructions), starting from
 ; EAX = 0, EBX = 1, ECX = 7, EDX = 0, ESI -> a buffer in .bss:
 ;     .l: add eax, ebx / xor edx, eax / mov [esi], edx / add ebx, ecx
 ;         and ebx, 0x7fffffff / rol edx, 3 / dec edi / jnz .l
 ; The result is fully deterministic.
 ;
-; Expected COM1 output (exactly):  "loop32 done edx=2c653f59\n"
+; N is 10,000,000 unless the Multiboot command line (flags bit 2, EAX =
+; 0x2BADB002) has a word "iterations=N", N in decimal: a word starts the
+; line or follows a space. Digits after the '=' are read until the first
+; non-digit, modulo 2^32; N = 0 (or no digit) runs the loop zero times.
+;
+; Expected COM1 output (exactly):
+;     N = 10,000,000 (default):   "loop32 done edx=2c653f59\n"
+;     N =  1,000,000:             "loop32 done edx=01a9282c\n"
+;     N = 0:                      "loop32 done edx=00000000\n"
 ; Expected exit: status 0.
 
 bits 32
@@ -20,7 +28,9 @@ section .multiboot progbits alloc noexec nowrite align=4
         dd MBH_FLAGS
         dd -(MBH_MAGIC + MBH_FLAGS)
 
-ITERATIONS equ 10000000
+ITERATIONS equ 10000000        ; the default N
+MB_MAGIC   equ 0x2BADB002
+MBI_CMDLINE equ 16              ; valid if flags bit 2
 
 section .text
 global _start
@@ -29,13 +39,15 @@ _start:
         cld
         mov esp, stack_top
         call uart_init
+        call iterations         ; EDI = N
 
         xor eax, eax            ; fixed starting values: the result depends on them
         mov ebx, 1
         mov ecx, 7
         xor edx, edx
         mov esi, buf
-        mov edi, ITERATIONS
+        test edi, edi
+        jz .done                ; N = 0: the loop below would run 2^32 times
 .l:     add eax, ebx
         xor edx, eax
         mov [esi], edx
@@ -45,7 +57,7 @@ _start:
         dec edi
         jnz .l
 
-        mov esi, s_done
+.done:  mov esi, s_done
         call puts
         mov eax, edx
         call puthex32
@@ -54,8 +66,50 @@ _start:
         mov al, 0
         jmp exit_with
 
+; iterations: EAX = entry EAX, EBX = entry EBX (Multiboot info).
+; Returns EDI = N from "iterations=N" on the command line, else ITERATIONS.
+; Clobbers EAX, ECX, EDX, ESI.
+iterations:
+        mov edi, ITERATIONS
+        cmp eax, MB_MAGIC
+        jne .ret
+        test dword [ebx], 1 << 2        ; cmdline valid?
+        jz .ret
+        mov esi, [ebx + MBI_CMDLINE]
+        test esi, esi
+        jz .ret
+        mov dl, ' '                     ; the byte before the line counts as a space
+.scan:  mov al, [esi]
+        test al, al
+        jz .ret
+        cmp dl, ' '                     ; a word starts here?
+        jne .skip
+        xor ecx, ecx
+.cmp:   mov al, [s_key + ecx]
+        test al, al
+        jz .found                       ; the whole key matched
+        cmp al, [esi + ecx]
+        jne .skip
+        inc ecx
+        jmp .cmp
+.skip:  mov dl, [esi]
+        inc esi
+        jmp .scan
+.found: add esi, ecx                    ; first digit
+        xor edi, edi
+.digit: movzx eax, byte [esi]
+        sub eax, '0'
+        cmp eax, 9
+        ja .ret                         ; not a digit (unsigned compare)
+        imul edi, edi, 10
+        add edi, eax
+        inc esi
+        jmp .digit
+.ret:   ret
+
 section .data
 s_done: db "loop32 done edx=", 0
+s_key:  db "iterations=", 0
 
 section .bss
         alignb 64

@@ -21,7 +21,7 @@ enum Access: UInt8 { case read, write, execute }
 /// Hot state lives behind unsafe pointers (the CPU state, the decode cache), never in
 /// arrays or class-property collections, so the inner loop pays no exclusivity or
 /// bounds checks; slow paths are `@inline(never)`.
-public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
+public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendable {
     public let index: Int
     let s: UnsafeMutablePointer<CPUState>
     /// The general registers inside `s`.
@@ -73,8 +73,24 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
     public var instructionLimit: UInt64 = .max
     public private(set) var retired: UInt64 = 0
     public var instructionsRetired: UInt64? { retired }
-    /// Single-step: `run()` returns `.debugStep` after each instruction.
+    /// Single-step: `run()` returns `.debugStep` after each instruction (after each
+    /// iteration of a REP string instruction, and after the exit of an I/O one, as KVM does).
     public var singleStep = false
+    /// Set after an exit in single-step mode: the next `run()` only completes it.
+    var stepCompletedByExit = false
+    /// Tracing: single-step and log memory accesses and interrupt deliveries.
+    public var tracing: Bool {
+        get { logAccesses }
+        set { logAccesses = newValue; singleStep = newValue }
+    }
+    var logAccesses = false
+    var accessLog: [MemoryAccess] = []
+    var eventLog: [InterruptEvent] = []
+
+    public func drainTrace() -> (accesses: [MemoryAccess], events: [InterruptEvent]) {
+        defer { accessLog.removeAll(keepingCapacity: true); eventLog.removeAll(keepingCapacity: true) }
+        return (accessLog, eventLog)
+    }
 
     /// Creates a vCPU of `shared` in the reset state; `writeState` sets the boot state.
     init(index: Int, shared: InterpreterMachine) {
@@ -171,6 +187,10 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
             mmioAnswer = (m.address, m.size, load(ioBuffer, 8))
         }
         kicked.store(false, ordering: .relaxed)
+        if stepCompletedByExit {
+            stepCompletedByExit = false
+            return .debugStep
+        }
         let mask: UInt64 = memory.a20Enabled.load(ordering: .relaxed) ? .max : ~(1 << 20)
         if mask != a20Mask {
             a20Mask = mask
@@ -192,6 +212,7 @@ public final class InterpreterVCPU: VCPUBackend, @unchecked Sendable {
                 retired &+= UInt64(start - budget)
                 if error.vector == Fault.exitVector {
                     retired &+= 1   // the instruction that exited has retired (or will on completion)
+                    if singleStep { stepCompletedByExit = true }
                     return pendingExit
                 }
                 if let exit = deliverException(error) { return exit }

@@ -9,6 +9,9 @@ extension InterpreterVCPU {
         while true {
             do throws(Fault) {
                 let code: UInt32? = [8, 10, 11, 12, 13, 14, 17].contains(current.vector) && protectedMode ? (current.errorCode ?? 0) : nil
+                if logAccesses {
+                    eventLog.append(InterruptEvent(kind: .exception, vector: current.vector, errorCode: code, cs: seg[1].pointee.selector, rip: s.pointee.rip))
+                }
                 try deliver(vector: current.vector, errorCode: code, returnAddress: s.pointee.rip, software: false)
                 return nil
             } catch {
@@ -32,6 +35,9 @@ extension InterpreterVCPU {
     /// mode), pushing the return frame and switching stacks as the gate demands.
     func deliver(vector: UInt8, errorCode: UInt32?, returnAddress: UInt64, software: Bool) throws(Fault) {
         halted = false
+        if software && logAccesses {
+            eventLog.append(InterruptEvent(kind: .software, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))
+        }
         if !protectedMode {
             let entry = UInt64(vector) * 4
             if entry + 3 > UInt64(s.pointee.idtr.limit) { throw .gp() }

@@ -93,6 +93,7 @@ extension InterpreterVCPU {
     /// Reads `size` bytes at a linear address.
     @inline(__always)
     func readLinear(_ rawLinear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
+        if _slowPath(logAccesses) && access != .execute { return try readLogged(rawLinear, size) }
         let linear = paging ? rawLinear : rawLinear & a20Mask
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(linear), size) }
@@ -114,6 +115,28 @@ extension InterpreterVCPU {
             value |= try readPhysicalSlow(physical, 1) << (8 * UInt64(i))
         }
         return value
+    }
+
+    /// Tracing: the same access, recorded with its physical address.
+    @inline(never)
+    func readLogged(_ linear: UInt64, _ size: Int) throws(Fault) -> UInt64 {
+        logAccesses = false
+        defer { logAccesses = true }
+        let value = try readLinear(linear, size)
+        accessLog.append(MemoryAccess(write: false, linear: linear, physical: physicalForLog(linear), size: size, value: value))
+        return value
+    }
+
+    @inline(never)
+    func writeLogged(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        logAccesses = false
+        defer { logAccesses = true }
+        try writeLinear(linear, size, value)
+        accessLog.append(MemoryAccess(write: true, linear: linear, physical: physicalForLog(linear), size: size, value: value & sizeMask(size)))
+    }
+
+    func physicalForLog(_ linear: UInt64) -> UInt64 {
+        paging ? ((try? translateLinear(linear, .read)) ?? linear) : linear & a20Mask
     }
 
     /// Physical reads outside the low-RAM fast path: other RAM, ROM, or MMIO (an exit).
@@ -139,6 +162,7 @@ extension InterpreterVCPU {
     /// Writes `size` bytes at a linear address.
     @inline(__always)
     func writeLinear(_ rawLinear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        if _slowPath(logAccesses) { return try writeLogged(rawLinear, size, value) }
         let linear = paging ? rawLinear : rawLinear & a20Mask
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) {

@@ -67,8 +67,9 @@ extension InterpreterVCPU {
                 if repne ? flag(Flag.zf) : !flag(Flag.zf) { break }
             }
             iterations += 1
-            // Long REP runs stay interruptible by kicks: RIP still points at the instruction.
-            if iterations >= 65536 && r[1] & am != 0 { return }
+            // Long REP runs stay interruptible by kicks, and single-stepping takes one
+            // iteration per step as on hardware: RIP still points at the instruction.
+            if (iterations >= 65536 || singleStep) && r[1] & am != 0 { return }
         }
         s.pointee.rip = next
     }

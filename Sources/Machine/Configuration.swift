@@ -28,6 +28,8 @@ public struct MachineConfiguration: Sendable {
     /// `--module` values: "PATH [ARGS]"; the whole value is the module's string.
     public var modules: [String] = []
     public var kvmDevicePath: String = KVMDevice.defaultPath
+    /// `--trace` and its filters (nil: no trace).
+    public var trace: TraceOptions? = nil
     /// Print a line naming the backend chosen by `auto` on stderr.
     public var announceBackend = true
 

@@ -122,6 +122,7 @@ public final class Machine: @unchecked Sendable {
     private let slots: [VCPUSlot]
     /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
     private let fallback: InterpreterMachine?
+    private let traceWriter: TraceWriter?
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
 
@@ -201,6 +202,7 @@ public final class Machine: @unchecked Sendable {
         }
         self.backendNote = backendNote
         slots = backends.map { VCPUSlot(active: $0) }
+        traceWriter = try c.trace.map { (o) throws(MachineError) in try TraceWriter(o) }
         fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
@@ -282,6 +284,7 @@ public final class Machine: @unchecked Sendable {
         }
         for t in threads { t.join() }
         devices.console.flush()
+        traceWriter?.finish(status: control.withLock { $0.reason?.status } ?? 0)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         let reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
         let statistics = RunStatistics(
@@ -316,6 +319,10 @@ public final class Machine: @unchecked Sendable {
             halt(index, interruptsEnabled: false)
             return
         }
+        let tracer = traceWriter.map { VCPUTracer(vcpu: index, writer: $0, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
+        let stepping = tracer != nil && !(traceWriter?.options.exitsOnly ?? true)
+        if stepping { setStepping(slot.active, true) }
+        defer { if let tracer, stepping { tracer.step(slot.active) } }
         while !stopRequested {
             let backend = slot.active
             let exit: VCPUExit
@@ -323,17 +330,28 @@ public final class Machine: @unchecked Sendable {
                 requestStop(.hostError("vcpu\(index): \(error)"))
                 return
             }
+            if let tracer {
+                if !stepping {
+                    tracer.exit(exit, backend)
+                } else if traceWriter!.full.load(ordering: .relaxed) {
+                    setStepping(backend, false)
+                } else if case .debugStep = exit {
+                    tracer.step(backend)
+                }
+            }
             switch exit {
             case let .portIn(port, size, count, data):
                 for k in 0..<count {
                     let v = devices.ports.read(port, size: size)
                     withUnsafeBytes(of: v.littleEndian) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+                    if stepping { tracer?.io.append((false, port, size, v)) }
                 }
             case let .portOut(port, size, count, data):
                 for k in 0..<count {
                     var v: UInt32 = 0
                     withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
                     devices.ports.write(port, size: size, value: UInt32(littleEndian: v))
+                    if stepping { tracer?.io.append((true, port, size, UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
                 let v = devices.mmio.read(address, size: size)
@@ -383,6 +401,7 @@ public final class Machine: @unchecked Sendable {
             return false
         }
         interpreter.instructionLimit = interpreter.retired + 1
+        interpreter.tracing = traceWriter != nil && !(traceWriter?.options.exitsOnly ?? true)
         slot.kvm = slot.active
         slot.active = interpreter
         slot.interpreter = interpreter
@@ -400,6 +419,12 @@ public final class Machine: @unchecked Sendable {
         slot.active = kvm
         slot.interpreter = nil
         return true
+    }
+
+    /// Single-steps `backend` (for `--trace`), or stops doing so.
+    private func setStepping(_ backend: any VCPUBackend, _ on: Bool) {
+        if let source = backend as? TraceSource { source.tracing = on }
+        if let kvm = backend as? KVMVCPU { try? kvm.setSingleStep(on) }
     }
 
     /// A vCPU halted for good (nothing can deliver an interrupt or a SIPI yet): its thread

@@ -55,3 +55,46 @@ public protocol VCPUBackend: AnyObject {
     /// Instructions this vCPU has retired, or nil when the backend does not count them (KVM).
     var instructionsRetired: UInt64? { get }
 }
+
+/// One guest memory access, as the interpreter's trace records it.
+public struct MemoryAccess: Sendable, Equatable {
+    public var write: Bool
+    public var linear: UInt64
+    public var physical: UInt64
+    public var size: Int
+    public var value: UInt64
+    public init(write: Bool, linear: UInt64, physical: UInt64, size: Int, value: UInt64) {
+        self.write = write
+        self.linear = linear
+        self.physical = physical
+        self.size = size
+        self.value = value
+    }
+}
+
+/// An exception or interrupt a backend delivered to the guest.
+public struct InterruptEvent: Sendable, Equatable {
+    public enum Kind: String, Sendable { case exception, software, external }
+    public var kind: Kind
+    public var vector: UInt8
+    public var errorCode: UInt32?
+    /// Where the guest was when it happened (CS:RIP of the faulting or interrupted instruction).
+    public var cs: UInt16
+    public var rip: UInt64
+    public init(kind: Kind, vector: UInt8, errorCode: UInt32?, cs: UInt16, rip: UInt64) {
+        self.kind = kind
+        self.vector = vector
+        self.errorCode = errorCode
+        self.cs = cs
+        self.rip = rip
+    }
+}
+
+/// A backend that can report the memory accesses and interrupts of single-stepped
+/// instructions (the interpreter; KVM cannot see them).
+public protocol TraceSource: AnyObject {
+    /// Single-step and record memory accesses and interrupt deliveries.
+    var tracing: Bool { get set }
+    /// The accesses and events since the last call.
+    func drainTrace() -> (accesses: [MemoryAccess], events: [InterruptEvent])
+}

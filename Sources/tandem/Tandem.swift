@@ -48,6 +48,7 @@ struct Failure: Error {
 
 extension ImageFormat: ExpressibleByArgument {}
 extension BackendKind: ExpressibleByArgument {}
+extension TraceFormat: ExpressibleByArgument {}
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -83,6 +84,27 @@ struct Run: ParsableCommand {
     @Flag(help: "Print run statistics (backend, seconds, instructions) on stderr at the end.")
     var stats = false
 
+    @Option(help: "Write an instruction trace to this file (single-steps the guest).")
+    var trace: String?
+
+    @Option(help: "Trace format: text (QEMU -d in_asm,cpu style) or jsonl (one JSON object per line).")
+    var traceFormat: TraceFormat = .text
+
+    @Flag(help: "Trace only VM exits, at full speed (no single-stepping).")
+    var traceExits = false
+
+    @Option(help: "Trace only instructions with RIP in START-END (hex).")
+    var traceRange: String?
+
+    @Option(help: "Trace from this sequence number on.")
+    var traceFrom: UInt64 = 0
+
+    @Option(help: "Trace at most this many records, then run at full speed.")
+    var traceCount: UInt64?
+
+    @Option(help: "Keep the last N records in memory; write them only if the run ends with a nonzero status.")
+    var traceLast: Int?
+
     @Option(help: "Multiboot command line passed to the kernel.")
     var cmdline: String = ""
 
@@ -98,7 +120,34 @@ struct Run: ParsableCommand {
     @Argument(help: "The guest image.")
     var image: String
 
+    func traceOptions() throws -> TraceOptions? {
+        guard let trace else {
+            if traceExits || traceRange != nil || traceCount != nil || traceLast != nil || traceFrom != 0 {
+                throw ValidationError("the --trace-* options need --trace FILE")
+            }
+            return nil
+        }
+        var o = TraceOptions(path: trace)
+        o.format = traceFormat
+        o.exitsOnly = traceExits
+        o.from = traceFrom
+        o.count = traceCount
+        if let last = traceLast {
+            guard last > 0 else { throw ValidationError("--trace-last must be positive") }
+            o.last = last
+        }
+        if let range = traceRange {
+            let parts = range.split(separator: "-").map { $0.hasPrefix("0x") ? $0.dropFirst(2) : $0 }
+            guard parts.count == 2, let a = UInt64(parts[0], radix: 16), let b = UInt64(parts[1], radix: 16), a <= b else {
+                throw ValidationError("--trace-range '\(range)' must be START-END in hex, e.g. 7c00-7dff")
+            }
+            o.range = a...b
+        }
+        return o
+    }
+
     func validate() throws {
+        _ = try traceOptions()
         guard let size = parseMemorySize(mem) else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
         // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
         guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
@@ -125,6 +174,7 @@ struct Run: ParsableCommand {
         c.input = c.serial == .stdout ? .stdin() : .none()
         c.timeout = timeout
         c.maxInstructions = maxInstructions
+        c.trace = try traceOptions()
         c.commandLine = cmdline
         c.modules = modules
         c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
