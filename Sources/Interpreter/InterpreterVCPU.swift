@@ -84,6 +84,20 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         set { logAccesses = newValue; singleStep = newValue }
     }
     var logAccesses = false
+    /// The operation of the last instruction, kept while single-stepping.
+    var lastOp: Op = .invalid
+    /// A deliberate bug for testing the differential tester: flip these RFLAGS bits after
+    /// every single-stepped instruction of this operation.
+    var injectedFault: (op: Op, flags: UInt64)? = nil
+
+    /// Injects a deliberate bug (see `injectedFault`): after each single-stepped `mnemonic`
+    /// (Capstone's name, e.g. "add"), RFLAGS ^= `flags`. False when the mnemonic is unknown.
+    @discardableResult
+    public func injectFault(mnemonic: String, flipFlags flags: UInt64) -> Bool {
+        guard let op = Op.allCases.first(where: { "\($0)" == mnemonic }) else { return false }
+        injectedFault = (op, flags)
+        return true
+    }
     var accessLog: [MemoryAccess] = []
     var eventLog: [InterruptEvent] = []
 
@@ -220,6 +234,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 continue
             }
             retired &+= UInt64(start)
+            if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
             if let w = mmioWrite {
                 mmioWrite = nil
                 withUnsafeBytes(of: w.value.littleEndian) { ioBuffer.copyMemory(from: $0.baseAddress!, byteCount: 8) }

@@ -12,7 +12,11 @@ extension InterpreterVCPU {
                 if logAccesses {
                     eventLog.append(InterruptEvent(kind: .exception, vector: current.vector, errorCode: code, cs: seg[1].pointee.selector, rip: s.pointee.rip))
                 }
-                try deliver(vector: current.vector, errorCode: code, returnAddress: s.pointee.rip, software: false)
+                // Fault-class exceptions push EFLAGS with RF set, so that the IRET back to the
+                // faulting instruction does not retrigger an instruction breakpoint.
+                let faultClass: Set<UInt8> = [0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20]
+                try deliver(vector: current.vector, errorCode: code, returnAddress: s.pointee.rip, software: false,
+                            pushResumeFlag: faultClass.contains(current.vector))
                 return nil
             } catch {
                 if error.vector == Fault.exitVector { return pendingExit }
@@ -33,7 +37,7 @@ extension InterpreterVCPU {
 
     /// Delivers interrupt `vector` through the IVT (real mode) or IDT (protected and long
     /// mode), pushing the return frame and switching stacks as the gate demands.
-    func deliver(vector: UInt8, errorCode: UInt32?, returnAddress: UInt64, software: Bool) throws(Fault) {
+    func deliver(vector: UInt8, errorCode: UInt32?, returnAddress: UInt64, software: Bool, pushResumeFlag: Bool = false) throws(Fault) {
         halted = false
         if software && logAccesses {
             eventLog.append(InterruptEvent(kind: .software, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))
@@ -91,7 +95,7 @@ extension InterpreterVCPU {
         if longMode && !(target.long && !target.raw.bit(54)) { throw .gp(tcode) }
         let size = longMode ? 8 : is16 ? 2 : 4
         let fromV86 = virtual8086
-        let oldFlags = s.pointee.rflags
+        let oldFlags = s.pointee.rflags | (pushResumeFlag ? Flag.rf : 0)
         let oldCS = UInt64(seg[1].pointee.selector)
         let oldSS = UInt64(seg[2].pointee.selector)
         let oldSP = r[4]

@@ -130,13 +130,40 @@ public final class KVMVirtualMachine: @unchecked Sendable {
 
     /// `KVM_SET_USER_MEMORY_REGION`: backs `size` bytes of guest-physical memory at
     /// `guestAddress` with host memory at `host` (read-only if `readonly`).
-    public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readonly: Bool) throws(KVMError) {
+    public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readonly: Bool,
+                          logDirtyPages: Bool = false) throws(KVMError) {
+        var flags: UInt32 = readonly ? UInt32(KVM_MEM_READONLY) : 0
+        if logDirtyPages { flags |= UInt32(KVM_MEM_LOG_DIRTY_PAGES) }
         var region = kvm_userspace_memory_region(
-            slot: slot, flags: readonly ? UInt32(KVM_MEM_READONLY) : 0,
+            slot: slot, flags: flags,
             guest_phys_addr: guestAddress, memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
         guard ckvm_ioctl_ptr(fd, CKVM_SET_USER_MEMORY_REGION, &region) == 0 else {
             throw KVMError("KVM_SET_USER_MEMORY_REGION slot \(slot) at 0x\(String(guestAddress, radix: 16)) (\(size) bytes)")
         }
+    }
+
+    /// `KVM_GET_DIRTY_LOG`: the pages of memslot `slot` (of `pages` pages) written since
+    /// the last call, as page indices within the slot. Needs `logDirtyPages` at mapping.
+    public func dirtyPages(slot: UInt32, pages: Int) throws(KVMError) -> [Int] {
+        let words = (pages + 63) / 64
+        var bitmap = [UInt64](repeating: 0, count: max(words, 1))
+        let result = bitmap.withUnsafeMutableBytes { bytes -> Int32 in
+            var log = kvm_dirty_log()
+            log.slot = slot
+            log.dirty_bitmap = bytes.baseAddress
+            return ckvm_ioctl_ptr(fd, CKVM_GET_DIRTY_LOG, &log)
+        }
+        guard result == 0 else { throw KVMError("KVM_GET_DIRTY_LOG slot \(slot)") }
+        var dirty: [Int] = []
+        for (w, word) in bitmap.enumerated() where word != 0 {
+            var bits = word
+            while bits != 0 {
+                let b = bits.trailingZeroBitCount
+                dirty.append(w * 64 + b)
+                bits &= bits - 1
+            }
+        }
+        return dirty
     }
 
     /// `KVM_CREATE_VCPU` and the mmap of its `kvm_run` area.

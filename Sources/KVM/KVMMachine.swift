@@ -8,10 +8,13 @@ extension KVMDevice {
     /// interpreter uses. ROM is mapped writable: on PVM hosts, a descriptor load from a
     /// GDT in a read-only memslot (the CPU setting the accessed bit) loops forever in
     /// the host's instruction emulator (see Documentation/KVM.md).
-    public func makeMachine(memory: GuestMemoryMap, cpus: Int) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+    /// With `logDirtyPages`, RAM slots track writes for `KVMVirtualMachine.dirtyPages`
+    /// (slot numbers are the indices of `memory.regions`).
+    public func makeMachine(memory: GuestMemoryMap, cpus: Int, logDirtyPages: Bool = false) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
         let vm = try createVM()
         for (slot, region) in memory.regions.enumerated() {
-            try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false)
+            try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
+                             logDirtyPages: logDirtyPages && region.kind == .ram)
         }
         let cpuid = try supportedCPUID()
         var vcpus: [KVMVCPU] = []

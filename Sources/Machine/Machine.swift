@@ -217,7 +217,7 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    static func readFile(_ path: String, what: String) throws(MachineError) -> [UInt8] {
+    public static func readFile(_ path: String, what: String) throws(MachineError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(Errno.current)") }
         defer { close(fd) }

@@ -12,7 +12,7 @@ struct Tandem: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "An x86 guest emulator: one guest image, on KVM or on an interpreter.",
-        subcommands: [Run.self, Check.self, ConformanceCommand.self]
+        subcommands: [Run.self, Diff.self, Check.self, ConformanceCommand.self]
     )
 
     /// Parses and runs, mapping every usage error to status 200 (the guest contract
@@ -63,17 +63,7 @@ struct Run: ParsableCommand {
     @Option(help: "Execution backend: auto (KVM if it opens, else the interpreter), kvm, interp.")
     var backend: BackendKind = .auto
 
-    @Option(help: "Number of vCPUs (1-\(MachineConfiguration.maxCPUs)); each is a host thread named vcpuN.")
-    var cpus: Int = 1
-
-    @Option(help: "Guest RAM, e.g. 128M, 4G, 64G (reserved lazily: untouched pages cost nothing).")
-    var mem: String = "128M"
-
-    @Option(help: "Image format: auto, boot, bios, multiboot, elf64.")
-    var format: ImageFormat = .auto
-
-    @Option(help: "Where COM1 and port 0xE9 output goes: stdio, file:PATH, none.")
-    var serial: String = "stdio"
+    @OptionGroup var machine: MachineOptions
 
     @Option(help: "Stop the guest after this many seconds (status 206).")
     var timeout: Double?
@@ -105,20 +95,8 @@ struct Run: ParsableCommand {
     @Option(help: "Keep the last N records in memory; write them only if the run ends with a nonzero status.")
     var traceLast: Int?
 
-    @Option(help: "Multiboot command line passed to the kernel.")
-    var cmdline: String = ""
-
-    @Option(name: .customLong("module"), help: "Multiboot module: \"PATH [ARGS]\" (repeatable).")
-    var modules: [String] = []
-
-    @Option(help: "KVM device path (default /dev/kvm, or $TANDEM_KVM_DEVICE).")
-    var kvmDevice: String?
-
     @Flag(help: "Do not say which backend --backend auto chose.")
     var quiet = false
-
-    @Argument(help: "The guest image.")
-    var image: String
 
     func traceOptions() throws -> TraceOptions? {
         guard let trace else {
@@ -148,46 +126,25 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         _ = try traceOptions()
-        guard let size = parseMemorySize(mem) else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
-        // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
-        guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
         if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
-        _ = try serialSink()
-    }
-
-    func serialSink() throws -> Console.Sink {
-        switch serial {
-        case "stdio": return .stdout
-        case "none": return .none
-        case let s where s.hasPrefix("file:") && s.count > 5: return .file(String(s.dropFirst(5)))
-        default: throw ValidationError("--serial '\(serial)' must be stdio, file:PATH or none")
-        }
     }
 
     func run() throws {
-        var c = MachineConfiguration(imagePath: image)
+        var c = try machine.configuration()
         c.backend = backend
-        c.cpus = cpus
-        c.memorySize = parseMemorySize(mem)!
-        c.format = format
-        c.serial = try serialSink()
-        c.input = c.serial == .stdout ? .stdin() : .none()
         c.timeout = timeout
         c.maxInstructions = maxInstructions
         c.trace = try traceOptions()
-        c.commandLine = cmdline
-        c.modules = modules
-        c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
         c.announceBackend = !quiet
-        let machine: Machine
-        do { machine = try Machine(c) } catch {
+        let vm: Machine
+        do { vm = try Machine(c) } catch {
             throw Failure(status: error.status.rawValue, message: error.description)
         }
         if backend == .auto && !quiet {
-            let why = machine.backendNote.map { " (\($0))" } ?? ""
-            printError("tandem: --backend auto chose \(machine.backendName)\(why)")
+            let why = vm.backendNote.map { " (\($0))" } ?? ""
+            printError("tandem: --backend auto chose \(vm.backendName)\(why)")
         }
-        let outcome = machine.run()
+        let outcome = vm.run()
         if let message = outcome.message { printError(message) }
         if stats { printError("tandem: stats: \(outcome.statistics)") }
         terminate(outcome.status)

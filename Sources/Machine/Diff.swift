@@ -1,0 +1,499 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Devices
+import Disassembler
+import GuestMemory
+import HostOS
+import Interpreter
+import KVM
+import Loaders
+import X86
+
+/// RFLAGS bits an instruction leaves undefined (by mnemonic), which a differential
+/// comparison must not hold against either side.
+public enum UndefinedFlags {
+    static let cf: UInt64 = 1, pf: UInt64 = 4, af: UInt64 = 0x10, zf: UInt64 = 0x40, sf: UInt64 = 0x80, of: UInt64 = 0x800
+
+    public static func mask(for mnemonic: String) -> UInt64 {
+        switch mnemonic {
+        case "shl", "sal", "shr", "sar", "shld", "shrd": return af | of
+        case "rol", "ror", "rcl", "rcr": return of
+        case "mul", "imul": return sf | zf | af | pf
+        case "div", "idiv": return cf | of | sf | zf | af | pf
+        case "and", "or", "xor", "test": return af
+        case "bsf", "bsr": return cf | of | sf | af | pf
+        case "bt", "bts", "btr", "btc": return of | sf | af | pf
+        case "daa", "das": return of
+        case "aaa", "aas": return of | sf | zf | pf
+        case "aam", "aad": return of | af | cf
+        default: return 0
+        }
+    }
+}
+
+/// A known way this host's KVM differs from the architecture: such differences are
+/// reported as host limitations, not as interpreter bugs (see docs/host-limitations.md).
+struct HostLimitation {
+    var mnemonics: Set<String>
+    /// The RFLAGS bits where the host is known to be wrong (0: any field).
+    var flags: UInt64
+    var reason: String
+
+    static let pvm: [HostLimitation] = [
+        HostLimitation(mnemonics: ["aam", "aad"], flags: UndefinedFlags.sf | UndefinedFlags.zf | UndefinedFlags.pf,
+                       reason: "the host kernel's emulator computes AAM/AAD's SF, ZF and PF from AX instead of AL"),
+    ]
+}
+
+/// `tandem diff`: the image on KVM (single-stepped) and on the interpreter in lockstep,
+/// each on its own copy of guest memory, both answered by one device model.
+public final class DifferentialRun {
+    public struct Outcome: Sendable {
+        public var status: Int32
+        public var report: String
+    }
+
+    let configuration: MachineConfiguration
+    let steps: UInt64
+    let kvmMemory: GuestMemoryMap
+    let interpMemory: GuestMemoryMap
+    let devices: DeviceModel
+    let kvmVM: KVMVirtualMachine
+    let kvm: KVMVCPU
+    let interp: InterpreterVCPU
+    let disassembler = Disassembler()
+    let hostIsEmulated: Bool
+    private var exitStatus: UInt8? = nil
+    /// The pages the last memory comparison looked at (KVM's dirty log is read once).
+    private var comparedPages = Set<UInt64>()
+
+    /// Builds both sides. `injectFault` ("mnemonic:flag", e.g. "add:cf") plants a bug in the
+    /// interpreter (for testing the tester).
+    public init(_ c: MachineConfiguration, steps: UInt64, injectFault: String? = nil) throws(MachineError) {
+        configuration = c
+        self.steps = steps
+        guard c.cpus == 1 else { throw MachineError(.usage, "tandem diff runs one vCPU (--cpus 1)") }
+        let image = try Machine.readFile(c.imagePath, what: "image")
+        let format: ImageFormat
+        do { format = c.format == .auto ? try ImageFormat.detect(image, name: c.imagePath) : c.format } catch {
+            throw MachineError(error.isFit ? .imageDoesNotFit : .badImage, error.description)
+        }
+        var options = LoadOptions()
+        options.commandLine = c.commandLine
+        for module in c.modules {
+            let path = String(module.prefix { $0 != " " })
+            options.modules.append((try Machine.readFile(path, what: "module"), module))
+        }
+        func makeMemory() throws(MachineError) -> (GuestMemoryMap, BootPlan) {
+            let memory: GuestMemoryMap
+            do { memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image)) } catch {
+                throw MachineError(.hostError, error.description)
+            }
+            do { return (memory, try Loader.load(image, name: c.imagePath, as: format, into: memory, options: options)) } catch {
+                throw MachineError(error.isFit ? .imageDoesNotFit : .badImage, error.description)
+            }
+        }
+        let (km, plan) = try makeMemory()
+        let (im, _) = try makeMemory()
+        kvmMemory = km
+        interpMemory = im
+        let console: Console
+        do { console = try Console(c.serial) } catch { throw MachineError(.usage, error.description) }
+        let box = WeakBox<DifferentialRun>()
+        devices = DeviceModel(console: console, input: c.input, memory: km) { value in box.value?.exitStatus = value }
+        do {
+            let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true)
+            kvmVM = vm
+            kvm = vcpus[0]
+            try kvm.writeState(plan.initialState(cpu: 0, of: 1))
+            try kvm.setSingleStep(true)
+        } catch {
+            throw MachineError(.backendUnavailable, "tandem diff needs KVM: \(error)")
+        }
+        interp = InterpreterMachine(memory: im, cpuCount: 1).makeVCPU(index: 0)
+        do { try interp.writeState(plan.initialState(cpu: 0, of: 1)) } catch { throw MachineError(.hostError, "\(error)") }
+        interp.tracing = true
+        if let injectFault {
+            let parts = injectFault.split(separator: ":")
+            let flags: [String: UInt64] = ["cf": 1, "pf": 4, "af": 0x10, "zf": 0x40, "sf": 0x80, "of": 0x800]
+            guard parts.count == 2, let bit = flags[String(parts[1])], interp.injectFault(mnemonic: String(parts[0]), flipFlags: bit) else {
+                throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG, e.g. add:cf")
+            }
+        }
+        hostIsEmulated = HostCheck.cpuHasVirtualization() == false
+        box.value = self
+    }
+
+    struct Step {
+        var number: UInt64
+        var state: CPUState
+        var bytes: [UInt8]
+        var text: String
+    }
+
+    /// Runs to the end (exit device, both halted, `steps`) or the first divergence.
+    public func run() -> Outcome {
+        let start = DispatchTime.now()
+        var history: [Step] = []
+        var hostLimited: [String: Int] = [:]
+        var compared: UInt64 = 0
+        for number in 0..<steps {
+            guard let before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
+            let (bytes, text) = instruction(at: before)
+            let mnemonic = String(text.prefix { $0 != " " })
+            history.append(Step(number: number, state: before, bytes: bytes, text: text))
+            if history.count > 21 { history.removeFirst() }
+
+            // KVM first: it talks to the devices; port and MMIO reads are recorded.
+            var reads: [UInt64] = []
+            var writes: [(UInt16, Int, UInt32)] = []
+            var kvmEnd: String? = nil
+            var kvmCannot = false
+            kvmLoop: while true {
+                let exit: VCPUExit
+                do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
+                switch exit {
+                case let .portIn(port, size, count, data):
+                    for k in 0..<count {
+                        let v = devices.ports.read(port, size: size)
+                        reads.append(UInt64(v))
+                        withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+                    }
+                case let .portOut(port, size, count, data):
+                    for k in 0..<count {
+                        var v: UInt32 = 0
+                        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
+                        devices.ports.write(port, size: size, value: v)
+                        writes.append((port, size, v))
+                    }
+                case let .mmioRead(address, size, data):
+                    let v = devices.mmio.read(address, size: size)
+                    reads.append(v)
+                    withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
+                case let .mmioWrite(address, size, data):
+                    var v: UInt64 = 0
+                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
+                    devices.mmio.write(address, size: size, value: v)
+                case .debugStep: break kvmLoop
+                case .halt: kvmEnd = "hlt"; break kvmLoop
+                case .shutdown: kvmEnd = "triple fault"; break kvmLoop
+                case .unsupportedInstruction: kvmCannot = true; break kvmLoop
+                case .interrupted: continue
+                case .failedEntry(let r): return failure("KVM refused to enter the guest (reason \(hex(r)))")
+                case .internalError(let s): return failure("KVM: \(s)")
+                case .instructionLimit: break kvmLoop
+                }
+            }
+
+            // The interpreter replays the same device answers. PVM's KVM completes a port
+            // I/O instruction on re-entry and runs the next one before its single-step trap:
+            // the interpreter then takes a second step to catch up.
+            var replay = reads[...]
+            var outIndex = 0
+            var interpEnd: String? = nil
+            let kvmAfter = try? kvm.readState()
+            // Likewise it runs a whole REP string instruction in one step, where the
+            // interpreter (like hardware) takes one iteration per step.
+            let isString = mnemonic.hasPrefix("rep") && text.split(separator: " ").count > 1
+            // And after delivering an exception it runs the handler's first instruction
+            // before trapping: so does the interpreter then.
+            var catchUp = 0
+            var accesses: [MemoryAccess] = []
+            var events: [InterruptEvent] = []
+            while true {
+                if catchUp > 0 {
+                    let drained = interp.drainTrace()
+                    accesses += drained.accesses
+                    events += drained.events
+                    guard !kvmCannot, interpEnd == nil, let kvmAfter, let now = try? interp.readState(),
+                          now.rip != kvmAfter.rip || (isString && now[.rcx] != kvmAfter[.rcx]) else { break }
+                    let tookIO = !reads.isEmpty || !writes.isEmpty
+                    let delivered = !drained.events.isEmpty || mnemonic.hasPrefix("iret")
+                    let midString = isString && now.rip == before.rip
+                    guard ((tookIO || delivered) && catchUp == 1) || (midString && catchUp < 1 << 20) else { break }
+                }
+                catchUp += 1
+                interpLoop: while true {
+                    let exit: VCPUExit
+                    do { exit = try interp.run() } catch { return failure("interpreter: \(error)") }
+                    switch exit {
+                    case let .portIn(_, size, count, data):
+                        for k in 0..<count {
+                            let v = replay.popFirst() ?? 0xFFFF_FFFF
+                            withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+                        }
+                    case let .portOut(port, size, count, data):
+                        for k in 0..<count {
+                            var v: UInt32 = 0
+                            withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
+                            if kvmCannot { devices.ports.write(port, size: size, value: v) }
+                            else if outIndex >= writes.count || writes[outIndex] != (port, size, v) {
+                                return divergence(number, history, "port output differs: interpreter wrote \(hex(v)) to port \(hex(port)) (\(size) bytes)\(outIndex < writes.count ? ", KVM wrote \(hex(writes[outIndex].2)) to port \(hex(writes[outIndex].0))" : ", KVM wrote nothing")", compared: compared, start: start)
+                            }
+                            outIndex += 1
+                        }
+                    case let .mmioRead(_, size, data):
+                        let v = replay.popFirst() ?? .max
+                        withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
+                    case .mmioWrite: continue
+                    case .debugStep: break interpLoop
+                    case .halt: interpEnd = "hlt"; break interpLoop
+                    case .shutdown: interpEnd = "triple fault"; break interpLoop
+                    case .unsupportedInstruction(let s):
+                        return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
+                    case .interrupted, .instructionLimit: continue
+                    case .failedEntry, .internalError: return failure("interpreter stopped unexpectedly")
+                    }
+                }
+            }
+            // ...and, having finished the iterations, needs one more (empty) step to move RIP on.
+            if isString, !kvmCannot, let k = try? kvm.readState(), let i = try? interp.readState(),
+               k.rip == before.rip, i.rip != before.rip, k[.rcx] == i[.rcx] {
+                stepKVMOnce()
+            }
+            let last = interp.drainTrace()
+            accesses += last.accesses
+            events += last.events
+            compared += 1
+
+            if kvmCannot {
+                // This host's KVM cannot run it: the interpreter's result goes to both sides.
+                hostLimited["KVM cannot emulate \(mnemonic)", default: 0] += 1
+                if let s = try? interp.readState() { try? kvm.writeState(s) }
+                copyWrites(accesses)
+                _ = try? dirtyKVMPages()
+            } else {
+                // Compare.
+                guard let k = try? kvm.readState(), let i = try? interp.readState() else { return failure("cannot read state") }
+                var fields = Self.differences(k, i, undefinedFlags: UndefinedFlags.mask(for: mnemonic))
+                if !events.isEmpty { fixSingleStepTrapFlag(before: before, accesses) }
+                let memory = compareMemory(accesses)
+                if hostIsEmulated, i.cr0 & CR0.pg != 0, k.cr0 & CR0.pg == 0, i.cr4 & CR4.pae == 0, i.efer & EFER.lme == 0 {
+                    // PVM's KVM cannot enable legacy (non-PAE) paging at CPL 0: nothing after this compares.
+                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+                    return Outcome(status: 0, report: "tandem diff: no divergence in \(compared - 1) instructions (\(String(format3: seconds)) s); the comparison stops at step \(number), \(text): host limitation: this host's KVM cannot enable legacy 32-bit paging at CPL 0")
+                }
+                if kvmEnd != interpEnd {
+                    fields.append(("stop", kvmEnd ?? "running", interpEnd ?? "running"))
+                }
+                if !fields.isEmpty || !memory.isEmpty {
+                    if fields.isEmpty && memory.isEmpty {
+                        // nothing
+                    } else if let limitation = classify(mnemonic, fields, memory, before: before) {
+                        // The interpreter's result is the architectural one: KVM takes it over.
+                        hostLimited[limitation, default: 0] += 1
+                        try? kvm.writeState(i)
+                        copyDifferingPages(accesses)
+                    } else {
+                        return divergence(number, history, nil, kvm: k, interp: i, fields: fields, memory: memory, compared: compared, start: start)
+                    }
+                }
+                // Undefined flags may legitimately differ: carry KVM's forward so they do
+                // not show up as a divergence of the next instruction.
+                let undefined = UndefinedFlags.mask(for: mnemonic) | 1 << 16
+                if (k.rflags ^ i.rflags) & undefined != 0 {
+                    var synced = i
+                    synced.rflags = i.rflags & ~undefined | k.rflags & undefined
+                    try? interp.writeState(synced)
+                }
+            }
+            if exitStatus != nil || (kvmEnd != nil && interpEnd != nil) { break }
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        var lines = ["tandem diff: no divergence: \(compared) instructions compared in \(String(format3: seconds)) s" +
+                     (exitStatus.map { "; the guest exited with status \($0)" } ?? (compared >= steps ? "; stopped after --steps \(steps)" : ""))]
+        for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
+            lines.append("  host limitation (\(count)x): \(reason)")
+        }
+        return Outcome(status: 0, report: lines.joined(separator: "\n"))
+    }
+
+    /// KVM single-steps by setting RFLAGS.TF in the guest, and on this host the FLAGS image
+    /// an exception pushes keeps it. The interpreter's image (TF clear) is the architectural
+    /// one: KVM's memory gets it too, so the guest's IRET does not start tracing itself.
+    func fixSingleStepTrapFlag(before: CPUState, _ accesses: [MemoryAccess]) {
+        for a in accesses where a.write && a.size >= 2 && a.value == before.rflags & (a.size == 8 ? .max : (1 << UInt64(8 * a.size)) - 1) {
+            let k: UInt8 = kvmMemory.read(a.physical + 1), i: UInt8 = interpMemory.read(a.physical + 1)
+            if k ^ i == 0x01 { kvmMemory.write(a.physical + 1, i) }
+        }
+    }
+
+    /// One more single step on KVM, for an instruction that does no I/O.
+    func stepKVMOnce() {
+        for _ in 0..<4 {
+            guard let exit = try? kvm.run() else { return }
+            if case .debugStep = exit { return }
+            if case .interrupted = exit { continue }
+            return
+        }
+    }
+
+    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [String], before: CPUState) -> String? {
+        guard hostIsEmulated else { return nil }
+        if mnemonic == "int" && before.cs.selector & 3 == 3 && !before.cs.long {
+            return "INT n at CPL 3 raises #UD under this host's KVM"
+        }
+        guard memory.isEmpty else { return nil }
+        for limitation in HostLimitation.pvm where limitation.mnemonics.contains(mnemonic) {
+            if fields.allSatisfy({ $0.0 == "rflags" }) { return limitation.reason }
+        }
+        return nil
+    }
+
+    /// Copies what the interpreter wrote into KVM's memory (when KVM could not run the instruction).
+    func copyWrites(_ accesses: [MemoryAccess]) {
+        for a in accesses where a.write {
+            let bytes = interpMemory.bytes(at: a.physical, count: a.size)
+            bytes.withUnsafeBytes { kvmMemory.write(a.physical, from: $0) }
+        }
+    }
+
+    /// Makes KVM's memory equal the interpreter's on every page either side wrote.
+    func copyDifferingPages(_ accesses: [MemoryAccess]) {
+        let pages = comparedPages.union(accesses.filter(\.write).map { $0.physical & ~0xFFF })
+        for page in pages where kvmMemory.region(containing: page)?.kind == .ram {
+            let bytes = interpMemory.bytes(at: page, count: 4096)
+            bytes.withUnsafeBytes { kvmMemory.write(page, from: $0) }
+        }
+    }
+
+    /// The physical pages KVM wrote since the last call.
+    func dirtyKVMPages() throws -> [UInt64] {
+        var pages: [UInt64] = []
+        for (slot, region) in kvmMemory.regions.enumerated() where region.kind == .ram {
+            for p in try kvmVM.dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) {
+                pages.append(region.start + UInt64(p) << 12)
+            }
+        }
+        return pages
+    }
+
+    /// Bytes that differ on the pages either side wrote in this step.
+    func compareMemory(_ accesses: [MemoryAccess]) -> [String] {
+        var pages = Set(accesses.filter(\.write).flatMap { [$0.physical & ~0xFFF, ($0.physical + UInt64($0.size) - 1) & ~0xFFF] })
+        if let dirty = try? dirtyKVMPages() { pages.formUnion(dirty) }
+        comparedPages = pages
+        var out: [String] = []
+        // ROM is writable under KVM (a PVM workaround, see Documentation/KVM.md) and not in
+        // the interpreter; writes to it (descriptor accessed bits) are not divergences.
+        for page in pages.sorted() where kvmMemory.region(containing: page)?.kind != .rom {
+            let a = kvmMemory.bytes(at: page, count: 4096)
+            let b = interpMemory.bytes(at: page, count: 4096)
+            guard a != b else { continue }
+            for i in 0..<4096 where a[i] != b[i] {
+                out.append("\(hex(page + UInt64(i))): kvm \(byteHex(a[i])) interp \(byteHex(b[i]))")
+                if out.count >= 32 { return out }
+            }
+        }
+        return out
+    }
+
+    static func differences(_ k: CPUState, _ i: CPUState, undefinedFlags: UInt64) -> [(String, String, String)] {
+        var out: [(String, String, String)] = []
+        func check(_ name: String, _ a: UInt64, _ b: UInt64) { if a != b { out.append((name, hex(a), hex(b))) } }
+        for r in GPR.allCases { check(r.name, k[r], i[r]) }
+        check("rip", k.rip, i.rip)
+        // RF is a debug-exception artefact of single-stepping on KVM.
+        let flagMask = ~(undefinedFlags | 1 << 16)
+        check("rflags", k.rflags & flagMask, i.rflags & flagMask)
+        let segments: [(String, KeyPath<CPUState, SegmentRegister>)] = [("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("tr", \.tr), ("ldtr", \.ldtr)]
+        for (name, path) in segments {
+            let a = k[keyPath: path], b = i[keyPath: path]
+            check(name, UInt64(a.selector), UInt64(b.selector))
+            check(name + ".base", a.base, b.base)
+            // Hidden parts only matter for usable segments: KVM reports unusable ones loosely.
+            if !(a.unusable && b.unusable) && !(name == "ldtr" && a.selector == 0) {
+                check(name + ".limit", UInt64(a.limit), UInt64(b.limit))
+                check(name + ".attributes", UInt64(a.attributes & 0xF0FF & ~1), UInt64(b.attributes & 0xF0FF & ~1))
+            }
+        }
+        check("cr0", k.cr0, i.cr0)
+        check("cr2", k.cr2, i.cr2)
+        check("cr3", k.cr3, i.cr3)
+        check("cr4", k.cr4, i.cr4)
+        check("efer", k.efer, i.efer)
+        check("gdtr.base", k.gdtr.base, i.gdtr.base)
+        check("gdtr.limit", UInt64(k.gdtr.limit), UInt64(i.gdtr.limit))
+        check("idtr.base", k.idtr.base, i.idtr.base)
+        check("idtr.limit", UInt64(k.idtr.limit), UInt64(i.idtr.limit))
+        return out
+    }
+
+    func instruction(at s: CPUState) -> ([UInt8], String) {
+        var linear = s.cs.base &+ s.rip
+        if s.mode.bits < 64 { linear &= 0xFFFF_FFFF }
+        let physical = s.cr0 & CR0.pg != 0 ? interp.translate(linear: linear) : linear
+        let raw = physical.map { interpMemory.bytes(at: $0, count: 15) } ?? []
+        let d = disassembler.disassemble(raw, address: s.rip, bits: s.mode.bits)
+        return (Array(raw.prefix(d?.length ?? 0)), d?.text ?? "(undecodable)")
+    }
+
+    func failure(_ message: String) -> Outcome {
+        Outcome(status: ExitStatus.hostError.rawValue, report: "tandem diff: \(message)")
+    }
+
+    func describe(_ s: Step) -> String {
+        let cs = String(s.state.cs.selector, radix: 16)
+        return "#\(s.number) \(String(repeating: "0", count: max(0, 4 - cs.count)) + cs):\(hex(s.state.rip)) (\(s.state.mode.rawValue))  \(padRight(s.bytes.map(byteHex).joined(separator: " "), 24))\(s.text)"
+    }
+
+    func divergence(_ number: UInt64, _ history: [Step], _ problem: String?, kvm k: CPUState? = nil, interp i: CPUState? = nil,
+                    fields: [(String, String, String)] = [], memory: [String] = [], compared: UInt64, start: DispatchTime) -> Outcome {
+        var lines = ["tandem diff: divergence at step \(number) (vcpu0), after \(compared - 1) matching instructions"]
+        if let current = history.last { lines.append("  " + describe(current)) }
+        if let problem { lines.append("  " + problem) }
+        if let k, let i {
+            lines.append("  " + padRight("field", 18) + padRight("kvm", 22) + padRight("interp", 22))
+            let marked = Set(fields.map(\.0))
+            for (name, a, b) in Self.allFields(k, i) {
+                lines.append("  " + padRight(name, 18) + padRight(a, 22) + padRight(b, 22) + (marked.contains(name) ? "<<<" : ""))
+            }
+            for (name, a, b) in fields where name == "stop" { lines.append("  " + padRight(name, 18) + padRight(a, 22) + padRight(b, 22) + "<<<") }
+        }
+        if !memory.isEmpty {
+            lines.append("  memory that differs:")
+            lines += memory.map { "    " + $0 }
+        }
+        lines.append("  previous instructions:")
+        lines += history.dropLast().map { "    " + describe($0) }
+        return Outcome(status: 1, report: lines.joined(separator: "\n"))
+    }
+
+    static func allFields(_ k: CPUState, _ i: CPUState) -> [(String, String, String)] {
+        var out: [(String, String, String)] = []
+        for r in GPR.allCases { out.append((r.name, hex(k[r]), hex(i[r]))) }
+        out.append(("rip", hex(k.rip), hex(i.rip)))
+        out.append(("rflags", hex(k.rflags), hex(i.rflags)))
+        let segments: [(String, KeyPath<CPUState, SegmentRegister>)] = [("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("tr", \.tr), ("ldtr", \.ldtr)]
+        for (name, path) in segments {
+            out.append((name, hex(k[keyPath: path].selector), hex(i[keyPath: path].selector)))
+            out.append((name + ".base", hex(k[keyPath: path].base), hex(i[keyPath: path].base)))
+            out.append((name + ".limit", hex(k[keyPath: path].limit), hex(i[keyPath: path].limit)))
+            out.append((name + ".attributes", hex(k[keyPath: path].attributes & 0xF0FF & ~1), hex(i[keyPath: path].attributes & 0xF0FF & ~1)))
+        }
+        out.append(("cr0", hex(k.cr0), hex(i.cr0)))
+        out.append(("cr2", hex(k.cr2), hex(i.cr2)))
+        out.append(("cr3", hex(k.cr3), hex(i.cr3)))
+        out.append(("cr4", hex(k.cr4), hex(i.cr4)))
+        out.append(("efer", hex(k.efer), hex(i.efer)))
+        out.append(("gdtr.base", hex(k.gdtr.base), hex(i.gdtr.base)))
+        out.append(("gdtr.limit", hex(k.gdtr.limit), hex(i.gdtr.limit)))
+        out.append(("idtr.base", hex(k.idtr.base), hex(i.idtr.base)))
+        out.append(("idtr.limit", hex(k.idtr.limit), hex(i.idtr.limit)))
+        return out
+    }
+}
+
+extension ImageError {
+    var isFit: Bool { if case .doesNotFit = self { true } else { false } }
+}
+
+extension HostCheck {
+    /// Whether /proc/cpuinfo advertises VMX or SVM.
+    static func cpuHasVirtualization() -> Bool {
+        guard let text = try? readText("/proc/cpuinfo") else { return false }
+        return text.split(separator: "\n").contains { $0.hasPrefix("flags") && ($0.contains(" vmx") || $0.contains(" svm")) }
+    }
+}

@@ -1,0 +1,98 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Devices
+import Loaders
+import Machine
+
+/// The options that describe a machine and its image, shared by `run` and `diff`.
+struct MachineOptions: ParsableArguments {
+    @Option(help: "Number of vCPUs (1-\(MachineConfiguration.maxCPUs)); each is a host thread named vcpuN.")
+    var cpus: Int = 1
+
+    @Option(help: "Guest RAM, e.g. 128M, 4G, 64G (reserved lazily: untouched pages cost nothing).")
+    var mem: String = "128M"
+
+    @Option(help: "Image format: auto, boot, bios, multiboot, elf64.")
+    var format: ImageFormat = .auto
+
+    @Option(help: "Where COM1 and port 0xE9 output goes: stdio, file:PATH, none.")
+    var serial: String = "stdio"
+
+    @Option(help: "Multiboot command line passed to the kernel.")
+    var cmdline: String = ""
+
+    @Option(name: .customLong("module"), help: "Multiboot module: \"PATH [ARGS]\" (repeatable).")
+    var modules: [String] = []
+
+    @Option(help: "KVM device path (default /dev/kvm, or $TANDEM_KVM_DEVICE).")
+    var kvmDevice: String?
+
+    @Argument(help: "The guest image.")
+    var image: String
+
+    func validate() throws {
+        guard let size = parseMemorySize(mem) else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
+        // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
+        guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
+        _ = try serialSink()
+    }
+
+    func serialSink() throws -> Console.Sink {
+        switch serial {
+        case "stdio": return .stdout
+        case "none": return .none
+        case let s where s.hasPrefix("file:") && s.count > 5: return .file(String(s.dropFirst(5)))
+        default: throw ValidationError("--serial '\(serial)' must be stdio, file:PATH or none")
+        }
+    }
+
+    func configuration() throws -> MachineConfiguration {
+        var c = MachineConfiguration(imagePath: image)
+        c.cpus = cpus
+        c.memorySize = parseMemorySize(mem)!
+        c.format = format
+        c.serial = try serialSink()
+        c.input = c.serial == .stdout ? .stdin() : .none()
+        c.commandLine = cmdline
+        c.modules = modules
+        c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
+        return c
+    }
+}
+
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run an image on KVM (single-stepped) and on the interpreter in lockstep; report the first divergence.",
+        discussion: """
+        Each side has its own copy of guest memory; one device model answers both (a port \
+        or MMIO read happens once, on KVM, and its value is replayed to the interpreter). \
+        After every instruction the CPU state (undefined flags masked) and the memory the \
+        instruction wrote are compared. Exit status: 0 no divergence, 1 a divergence (with \
+        a report), or one of `tandem run`'s statuses when the machine cannot be built. \
+        Instructions this host's KVM cannot run are executed by the interpreter for both \
+        sides and listed as host limitations, not divergences.
+        """
+    )
+
+    @OptionGroup var machine: MachineOptions
+
+    @Option(help: "Compare at most this many instructions.")
+    var steps: UInt64 = 1_000_000
+
+    @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. add:cf), or $TANDEM_INJECT_FAULT.")
+    var injectFault: String?
+
+    func run() throws {
+        let c = try machine.configuration()
+        let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map { String(cString: $0) }
+        let diff: DifferentialRun
+        do { diff = try DifferentialRun(c, steps: steps, injectFault: fault) } catch {
+            throw Failure(status: error.status.rawValue, message: error.description)
+        }
+        let outcome = diff.run()
+        if outcome.status == 0 { print(outcome.report) } else { printError(outcome.report) }
+        throw ExitCode(outcome.status)
+    }
+}
