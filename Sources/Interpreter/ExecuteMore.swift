@@ -35,8 +35,14 @@ extension InterpreterVCPU {
             let a = try readOperand(d.pointee.o0, d, size, next: next)
             let b = readReg(d.pointee.o1.reg, size)
             let res = a &+ b
-            try writeOperand(d.pointee.o0, d, size, res, next: next)
-            writeReg(d.pointee.o1.reg, size, a)
+            // SRC ← DEST, then DEST ← sum: with one register as both, the sum wins.
+            if d.pointee.o0.kind == .memory {
+                try writeOperand(d.pointee.o0, d, size, res, next: next)
+                writeReg(d.pointee.o1.reg, size, a)
+            } else {
+                writeReg(d.pointee.o1.reg, size, a)
+                writeReg(d.pointee.o0.reg, size, res)
+            }
             setFlags(Flag.arithmetic, addFlags(a, b, res, 0, size))
         case .cmpxchg:
             let size = Int(d.pointee.o0.size)
@@ -49,6 +55,9 @@ extension InterpreterVCPU {
             if acc == dst {
                 try writeOperand(d.pointee.o0, d, size, readReg(d.pointee.o1.reg, size), next: next)
             } else {
+                // Memory is written back unchanged (the locked cycle); a register destination
+                // is left alone, upper half included (as AMD and Intel hardware do; Linux's
+                // instruction emulator zero-extends it: see docs/host-limitations.md).
                 if d.pointee.o0.kind == .memory { try writeOperand(d.pointee.o0, d, size, dst, next: next) }
                 writeReg(0, size, dst)
             }
@@ -385,7 +394,12 @@ extension InterpreterVCPU {
         var count = try readOperand(d.pointee.o2, d, 1, next: next)
         count &= size == 8 ? 0x3F : 0x1F
         let a = try readOperand(d.pointee.o0, d, size, next: next)
-        if count == 0 { return }
+        if count == 0 {
+            // No flags change, but the destination is still written (zero-extending a
+            // 32-bit register in 64-bit mode).
+            try writeOperand(d.pointee.o0, d, size, a, next: next)
+            return
+        }
         let b = readReg(d.pointee.o1.reg, size)
         var res: UInt64
         var cf: Bool

@@ -12,7 +12,7 @@ struct Tandem: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "An x86 guest emulator: one guest image, on KVM or on an interpreter.",
-        subcommands: [Run.self, Diff.self, Check.self, ConformanceCommand.self]
+        subcommands: [Run.self, Diff.self, Fuzz.self, Check.self, ConformanceCommand.self]
     )
 
     /// Parses and runs, mapping every usage error to status 200 (the guest contract
