@@ -1,0 +1,224 @@
+// tandem diff, tandem fuzz, traces, the host check and KVM's fallback to the interpreter.
+import Foundation
+import Interpreter
+import KVM
+import Machine
+import Testing
+import X86
+
+func diffGuest(_ name: String, steps: UInt64 = 2_000_000, inject: String? = nil, configure: (inout MachineConfiguration) -> Void = { _ in }) throws -> DifferentialRun.Outcome {
+    var c = MachineConfiguration(imagePath: try guest(name))
+    c.serial = .capture
+    configure(&c)
+    return try DifferentialRun(c, steps: steps, injectFault: inject).run()
+}
+
+@Suite("Differential testing", .serialized, .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+struct DifferentialTests {
+    @Test("a diff of every guest in Guests/ is clean", arguments: [
+        "hello-boot.bin", "hello-bios.rom", "hello-multiboot.elf", "hello-multiboot-aout.bin", "smc.elf",
+        "bcd16.bin", "hello-elf64.elf", "exceptions32.elf", "paging32.elf", "paging64.elf",
+    ])
+    func cleanDiff(_ name: String) throws {
+        let outcome = try diffGuest(name)
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.report.hasPrefix("tandem diff: no divergence"), "\(outcome.report)")
+    }
+
+    @Test("smp-counter and loop32 stay in lockstep for their first 20,000 instructions")
+    func longerGuests() throws {
+        for name in ["smp-counter.elf", "loop32.elf"] {
+            let outcome = try diffGuest(name, steps: 20_000)
+            #expect(outcome.status == 0, "\(name): \(outcome.report)")
+        }
+    }
+
+    @Test("a flag bug planted in the interpreter is caught at the first instruction it affects, with the field marked")
+    func injectedFault() throws {
+        let outcome = try diffGuest("hello-multiboot.elf", inject: "add:cf")
+        #expect(outcome.status == 1)
+        let lines = outcome.report.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("tandem diff: divergence at step") == true, "\(outcome.report)")
+        // The instruction named is an add, and only RFLAGS is marked.
+        #expect(lines.count > 1 && lines[1].contains(" add "), "\(outcome.report)")
+        let marked = lines.filter { $0.hasSuffix("<<<") }
+        #expect(marked.count == 1 && marked[0].trimmingCharacters(in: .whitespaces).hasPrefix("rflags"), "\(marked)")
+        // The kvm and interp values differ exactly in CF.
+        let values = marked[0].split(separator: " ").compactMap { UInt64($0.dropFirst(2), radix: 16) }
+        #expect(values.count == 2 && values[0] ^ values[1] == 1, "\(marked)")
+        #expect(outcome.report.contains("previous instructions:"))
+    }
+
+    @Test("the same planted bug on a mnemonic the guest never runs changes nothing")
+    func injectedFaultElsewhere() throws {
+        let outcome = try diffGuest("hello-boot.bin", inject: "sbb:cf")
+        #expect(outcome.status == 0, "\(outcome.report)")
+    }
+
+    @Test("a small fixed-seed fuzz campaign is clean in every mode", arguments: FuzzMode.allCases)
+    func fuzzCampaign(_ mode: FuzzMode) throws {
+        var o = FuzzCampaign.Options()
+        o.mode = mode
+        o.seed = 20261125
+        o.count = 300
+        let s = try FuzzCampaign(o).run()
+        #expect(s.sequences == 300)
+        #expect(s.divergenceCount == 0, "\(s.divergences)")
+    }
+
+    @Test("a fixed seed gives the same campaign")
+    func fuzzDeterminism() throws {
+        var o = FuzzCampaign.Options()
+        o.seed = 99
+        o.count = 50
+        let a = try FuzzCampaign(o).run(), b = try FuzzCampaign(o).run()
+        #expect(a.instructions == b.instructions)
+        #expect(a.divergences == b.divergences)
+    }
+}
+
+@Suite("Traces")
+struct TraceTests {
+    func trace(_ name: String, backend: BackendKind, format: TraceFormat, configure: (inout TraceOptions) -> Void = { _ in }) throws -> [String] {
+        var options = TraceOptions(path: scratchPath("trace.\(format.rawValue)"))
+        options.format = format
+        configure(&options)
+        let run = runGuest(try guest(name), backend: backend) { $0.trace = options }
+        #expect(run.status == 0)
+        return String(decoding: try readFileBytes(options.path), as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    func instructions(_ lines: [String]) throws -> [(String, String)] {
+        try lines.compactMap { line in
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            guard object?["type"] as? String == "insn" else { return nil }
+            return (object?["rip"] as? String ?? "", object?["bytes"] as? String ?? "")
+        }
+    }
+
+    @Test("JSONL traces: one object per line, with registers and memory accesses on the interpreter")
+    func jsonl() throws {
+        let lines = try trace("hello-boot.bin", backend: .interp, format: .jsonl)
+        #expect(lines.count > 200)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+        #expect(first?["type"] as? String == "insn")
+        #expect(first?["rip"] as? String == "0x7c00")
+        #expect(first?["mode"] as? String == "real")
+        // lodsb reads memory: the record says where, physically too.
+        let lods = try lines.first { $0.contains("\"asm\":\"lodsb") }.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let mem = (lods??["mem"] as? [[String: Any]])?.first
+        #expect(mem?["op"] as? String == "R")
+        #expect(mem?["size"] as? Int == 1)
+        #expect(mem?["physical"] != nil)
+        // Port output is recorded with its value.
+        #expect(lines.contains { $0.contains("\"io\":[{\"dir\":\"out\",\"port\":\"0x3f8\"") })
+    }
+
+    @Test("a deterministic guest gives the same instruction sequence (RIP and bytes) on both backends",
+          .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func sameOnBothBackends() throws {
+        for name in ["hello-boot.bin", "hello-multiboot.elf"] {
+            let a = try instructions(try trace(name, backend: .interp, format: .jsonl))
+            let b = try instructions(try trace(name, backend: .kvm, format: .jsonl))
+            #expect(a.count == b.count, "\(name)")
+            #expect(a.elementsEqual(b, by: { $0 == $1 }), "\(name)")
+        }
+    }
+
+    @Test("exceptions and mode switches get records of their own")
+    func events() throws {
+        let lines = try trace("exceptions32.elf", backend: .interp, format: .jsonl)
+        #expect(lines.contains { $0.contains("\"type\":\"exception\"") && $0.contains("\"vector\":0,") })
+        #expect(lines.contains { $0.contains("\"type\":\"exception\"") && $0.contains("\"vector\":13,") && $0.contains("error_code") })
+        let boot = try trace("hello-bios.rom", backend: .interp, format: .text)
+        #expect(boot.contains { $0.contains("mode real -> prot") })
+    }
+
+    @Test("filters: range, from and count")
+    func filters() throws {
+        let ranged = try trace("hello-boot.bin", backend: .interp, format: .text) { $0.range = 0x7C00...0x7C10 }
+        #expect(!ranged.isEmpty)
+        #expect(ranged.allSatisfy { $0.contains("0000:0x7c0") || $0.contains("0000:0x7c10") })
+        let counted = try trace("hello-boot.bin", backend: .interp, format: .text) { $0.from = 5; $0.count = 10 }
+        #expect(counted.count == 10)
+        #expect(counted.first?.hasPrefix("vcpu0 #5 ") == true)
+    }
+
+    @Test("--trace-last writes the ring only when the run ends badly")
+    func flightRecorder() throws {
+        let ok = try trace("hello-boot.bin", backend: .interp, format: .text) { $0.last = 5 }
+        #expect(ok.isEmpty)
+        var options = TraceOptions(path: scratchPath("last.txt"))
+        options.last = 5
+        let run = try runImage([0x0F, 0x0B] + [UInt8](repeating: 0, count: 16), backend: .interp, name: "ud.bin") {
+            // #UD in real mode through an IVT of zeros: runs into garbage until the limit.
+            $0.trace = options
+            $0.maxInstructions = 50
+        }
+        #expect(run.status != 0)
+        let lines = String(decoding: try readFileBytes(options.path), as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == 5)
+    }
+
+    @Test("--trace-exits records exits without single-stepping")
+    func exits() throws {
+        let lines = try trace("hello-boot.bin", backend: .interp, format: .jsonl) { $0.exitsOnly = true }
+        #expect(lines.allSatisfy { $0.contains("\"type\":\"exit\"") })
+        #expect(lines.contains { $0.contains("\"exit\":\"io-out\"") && $0.contains("\"port\":\"0x3f8\"") })
+        #expect(lines.count < 100)
+    }
+}
+
+@Suite("Host check and fallback")
+struct HostAndFallbackTests {
+    @Test("tandem check's verdict for a path that is not a KVM device")
+    func checkWithoutKVM() {
+        let check = HostCheck(devicePath: "/dev/null")
+        #expect(check.kind == .unavailable)
+        #expect(check.verdict == .noKVM)
+        #expect(check.openError?.contains("not a KVM device") == true)
+        #expect(check.autoChoice.hasPrefix("interp"))
+        let missing = HostCheck(devicePath: "/nonexistent/kvm")
+        #expect(missing.openError?.contains("does not exist") == true)
+    }
+
+    @Test("tandem check on this host", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func checkWithKVM() {
+        let check = HostCheck(devicePath: KVMDevice.defaultPath)
+        #expect(check.apiVersion == 12)
+        #expect(check.calibrationRate != nil)
+        if hostHasHardwareVirtualization() { #expect(check.kind == .hardware) } else { #expect(check.kind == .emulated) }
+        #expect(check.capabilities.contains { $0.name == "KVM_CAP_IMMEDIATE_EXIT" && $0.value > 0 })
+    }
+
+    @Test("--backend auto uses the interpreter where KVM cannot be opened")
+    func autoFallsBack() throws {
+        let run = runGuest(try guest("hello-boot.bin"), backend: .auto) { $0.kvmDevicePath = "/dev/null" }
+        #expect(run.output == "Hello from real mode!\n")
+        #expect(run.status == 0)
+    }
+
+    @Test("BCD and protected-mode iret complete on --backend kvm: the interpreter takes what KVM cannot emulate",
+          .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func fallback() throws {
+        var c = MachineConfiguration(imagePath: try guest("exceptions32.elf"))
+        c.backend = .kvm
+        c.serial = .capture
+        c.timeout = 60
+        let machine = try Machine(c)
+        let outcome = machine.run()
+        let interp = runGuest(try guest("exceptions32.elf"), backend: .interp)
+        if hostHasHardwareVirtualization() {
+            #expect(outcome.status == 0)
+        } else {
+            // Here KVM's emulator fails on iretd, bound, into, int3: each is handed over.
+            #expect(outcome.statistics.handoffs > 0)
+            #expect(outcome.statistics.fallbackInstructions >= UInt64(outcome.statistics.handoffs))
+            // Up to the INT 0x80 at CPL 3 this host turns into #UD, the outputs agree.
+            let prefix = interp.output.components(separatedBy: "exception 13").first ?? ""
+            #expect(machine.capturedOutput.hasPrefix(prefix), "\(machine.capturedOutput)")
+        }
+        let bcd = runGuest(try guest("smc.elf"), backend: .kvm)
+        #expect(bcd.status == 0)
+    }
+}
