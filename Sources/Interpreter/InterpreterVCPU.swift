@@ -69,6 +69,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var interruptShadow = false
     var halted = false
 
+    /// Where external interrupts come from (nil: no interrupt controller).
+    public var interruptController: (any InterruptController)? = nil
+
     /// Stops `run()` with `.instructionLimit` after this many retired instructions.
     public var instructionLimit: UInt64 = .max
     public private(set) var retired: UInt64 = 0
@@ -211,6 +214,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             tlb.flushAll()
         }
         while true {
+            if let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
             var budget = singleStep ? 1 : 4096
             if retired &+ UInt64(budget) > instructionLimit {
                 budget = Int(instructionLimit &- retired)
@@ -243,6 +247,24 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if singleStep { return .debugStep }
             if kicked.load(ordering: .relaxed) { return .interrupted }
         }
+    }
+
+    /// Delivers a pending external interrupt at this instruction boundary, if the
+    /// guest accepts one (IF set, no STI/MOV SS shadow).
+    @inline(never)
+    func takeInterrupt(_ controller: any InterruptController) -> VCPUExit? {
+        guard s.pointee.rflags & (1 << 9) != 0, !interruptShadow, controller.hasPendingInterrupt(vcpu: index),
+              let vector = controller.acknowledgeInterrupt(vcpu: index) else { return nil }
+        do throws(Fault) {
+            if logAccesses {
+                eventLog.append(InterruptEvent(kind: .external, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))
+            }
+            try deliver(vector: vector, errorCode: nil, returnAddress: s.pointee.rip, software: false)
+        } catch {
+            if error.vector == Fault.exitVector { return pendingExit }
+            return deliverException(error)
+        }
+        return nil
     }
 
     // MARK: Mode

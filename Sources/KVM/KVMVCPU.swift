@@ -60,8 +60,28 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     // MARK: Running
 
+    /// Where external interrupts come from (nil: no interrupt controller).
+    public var interruptController: (any InterruptController)? = nil
+
+    /// Injects a pending interrupt when KVM says the guest can take one (`KVM_INTERRUPT`),
+    /// or asks for an exit as soon as it can (`request_interrupt_window`).
+    private func offerInterrupt(_ controller: any InterruptController) {
+        guard controller.hasPendingInterrupt(vcpu: index) else {
+            shared.pointee.request_interrupt_window = 0
+            return
+        }
+        if shared.pointee.ready_for_interrupt_injection != 0, let vector = controller.acknowledgeInterrupt(vcpu: index) {
+            var irq = kvm_interrupt(irq: UInt32(vector))
+            _ = ckvm_ioctl_ptr(fd, CKVM_INTERRUPT, &irq)
+            shared.pointee.request_interrupt_window = 0
+        } else {
+            shared.pointee.request_interrupt_window = 1
+        }
+    }
+
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
+        if let controller = interruptController { offerInterrupt(controller) }
         let me = pthread_self()
         pthread_mutex_lock(runnerLock)
         let newThread = runner.map { pthread_equal($0, me) == 0 } ?? true
@@ -94,7 +114,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         case KVM_EXIT_HLT: return .halt
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_DEBUG: return .debugStep
-        case KVM_EXIT_INTR: return .interrupted
+        case KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN: return .interrupted
         case KVM_EXIT_FAIL_ENTRY: return .failedEntry(reason: r.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTERNAL_ERROR:
             if r.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {

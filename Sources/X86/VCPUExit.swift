@@ -98,3 +98,16 @@ public protocol TraceSource: AnyObject {
     /// The accesses and events since the last call.
     func drainTrace() -> (accesses: [MemoryAccess], events: [InterruptEvent])
 }
+
+/// The interrupt controllers' side of a vCPU (the PIC and APICs plug in here). Both
+/// backends use it the same way: at an instruction boundary with RFLAGS.IF set and no
+/// interrupt shadow, a pending interrupt is acknowledged and delivered through the
+/// guest's IVT or IDT. A controller that raises an interrupt kicks the vCPU, so a
+/// running backend reaches a boundary soon and a halted one wakes up.
+public protocol InterruptController: AnyObject, Sendable {
+    /// Whether a maskable interrupt is pending for `vcpu`.
+    func hasPendingInterrupt(vcpu: Int) -> Bool
+    /// Takes (acknowledges, as an INTA cycle does) the highest-priority pending
+    /// interrupt for `vcpu`, returning its vector.
+    func acknowledgeInterrupt(vcpu: Int) -> UInt8?
+}

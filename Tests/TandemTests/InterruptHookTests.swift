@@ -1,0 +1,93 @@
+// The interrupt-controller hook, used the same way by both backends.
+import GuestMemory
+import Interpreter
+import KVM
+import Synchronization
+import Testing
+import X86
+
+/// A stand-in interrupt controller: one pending vector until acknowledged.
+final class OneShotInterrupt: InterruptController, @unchecked Sendable {
+    let pending = Mutex<UInt8?>(nil)
+    func raise(_ vector: UInt8) { pending.withLock { $0 = vector } }
+    func hasPendingInterrupt(vcpu: Int) -> Bool { pending.withLock { $0 != nil } }
+    func acknowledgeInterrupt(vcpu: Int) -> UInt8? { pending.withLock { v in defer { v = nil }; return v } }
+}
+
+@Suite("Interrupt hook")
+struct InterruptHookTests {
+    /// Real mode: IVT[0x40] → a handler that writes 'I' to 0xE9 and irets; the main line
+    /// enables interrupts, writes 'A', halts, then writes 'B' and exits.
+    func program() throws -> [UInt8] {
+        try assemble("""
+        bits 16
+        org 0x7c00
+                xor ax, ax
+                mov ds, ax
+                mov word [0x40*4], handler
+                mov word [0x40*4+2], 0
+                mov al, 'A'
+                out 0xe9, al
+                sti
+                hlt
+                mov al, 'B'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        handler: mov al, 'I'
+                out 0xe9, al
+                iret
+        """)
+    }
+
+    func drive(_ vcpu: any VCPUBackend, _ controller: OneShotInterrupt) throws -> String {
+        var output = ""
+        for _ in 0..<10_000 {
+            switch try vcpu.run() {
+            case let .portOut(port, _, _, data):
+                if port == 0xE9 { output.append(Character(UnicodeScalar(data.load(as: UInt8.self)))) }
+                if port == 0xF4 { return output }
+                // The interrupt arrives once the guest has said 'A'.
+                if output == "A" { controller.raise(0x40) }
+            case .halt:
+                output.append("|")
+                if !controller.hasPendingInterrupt(vcpu: 0) { return output }
+            case .interrupted, .debugStep, .portIn, .mmioRead, .mmioWrite: continue
+            default: return output + "?"
+            }
+        }
+        return output
+    }
+
+    func start(_ memory: GuestMemoryMap) throws -> CPUState {
+        try memory.load(try program(), at: 0x7C00)
+        var s = CPUState()
+        s.cs = .realMode(0, code: true)
+        s.ds = .realMode(0); s.es = .realMode(0); s.ss = .realMode(0); s.fs = .realMode(0); s.gs = .realMode(0)
+        s.rip = 0x7C00
+        s[.rsp] = 0x7C00
+        s.cr0 = CR0.et
+        return s
+    }
+
+    @Test("the interpreter delivers a pending interrupt at a boundary with IF set, after the STI shadow, and HLT resumes")
+    func interpreter() throws {
+        let memory = try GuestMemoryMap(ramSize: 1 << 20)
+        let vcpu = InterpreterMachine(memory: memory, cpuCount: 1).makeVCPU(index: 0)
+        try vcpu.writeState(try start(memory))
+        let controller = OneShotInterrupt()
+        vcpu.interruptController = controller
+        #expect(try drive(vcpu, controller) == "A|IB")
+    }
+
+    @Test("KVM gets the same interrupt through KVM_INTERRUPT", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func kvm() throws {
+        let memory = try GuestMemoryMap(ramSize: 1 << 20)
+        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+        _ = vm
+        try vcpus[0].writeState(try start(memory))
+        let controller = OneShotInterrupt()
+        vcpus[0].interruptController = controller
+        #expect(try drive(vcpus[0], controller) == "A|IB")
+    }
+}
