@@ -57,7 +57,7 @@ extension InterpreterVCPU {
             } else {
                 // Memory is written back unchanged (the locked cycle); a register destination
                 // is left alone, upper half included (as AMD and Intel hardware do; Linux's
-                // instruction emulator zero-extends it: see docs/host-limitations.md).
+                // instruction emulator zero-extends it: see Documentation/HostLimitations.md).
                 if d.pointee.o0.kind == .memory { try writeOperand(d.pointee.o0, d, size, dst, next: next) }
                 writeReg(0, size, dst)
             }

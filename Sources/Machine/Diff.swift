@@ -34,7 +34,7 @@ public enum UndefinedFlags {
 }
 
 /// A known way this host's KVM differs from the architecture: such differences are
-/// reported as host limitations, not as interpreter bugs (see docs/host-limitations.md).
+/// reported as host limitations, not as interpreter bugs (see Documentation/HostLimitations.md).
 struct HostLimitation {
     var mnemonics: Set<String>
     /// The RFLAGS bits where the host is known to be wrong (0: any field).

@@ -169,7 +169,7 @@ public final class FuzzCampaign {
     }
 
     /// Differences that are this host's KVM (its instruction emulator) and not ours;
-    /// each is documented in docs/host-limitations.md.
+    /// each is documented in Documentation/HostLimitations.md.
     func knownHostDifference(_ program: Program) -> String? {
         guard options.mode != .user64, !HostCheck.cpuHasVirtualization() else { return nil }
         let (k, i) = execute(program)
