@@ -203,7 +203,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             pendingMMIORead = nil
             mmioAnswer = (m.address, m.size, load(ioBuffer, 8))
         }
-        kicked.store(false, ordering: .relaxed)
+        // A kick is never cleared before it is seen: one that lands between the caller's
+        // stop check and this call still ends this run.
         if stepCompletedByExit {
             stepCompletedByExit = false
             return .debugStep
@@ -235,6 +236,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 }
                 if let exit = deliverException(error) { return exit }
                 if singleStep { return .debugStep }
+                if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
                 continue
             }
             retired &+= UInt64(start)
@@ -245,7 +247,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 return .mmioWrite(address: w.address, size: w.size, data: UnsafeRawPointer(ioBuffer))
             }
             if singleStep { return .debugStep }
-            if kicked.load(ordering: .relaxed) { return .interrupted }
+            if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
         }
     }
 

@@ -113,7 +113,9 @@ extension InterpreterVCPU {
             writeOK = writeOK && entry & 2 != 0
             if pae && nxe && entry & (1 << 63) != 0 { execOK = false }
             let last = level == shifts.count - 1
-            let large = !last && entry & 0x80 != 0 && (shift == 21 || shift == 22 ? pse : shift == 30)
+            // 1 GiB pages are reserved: CPUID does not offer them (pdpe1gb).
+            if shift == 30 && entry & 0x80 != 0 { throw fault(present: true, reserved: true) }
+            let large = !last && entry & 0x80 != 0 && (shift == 21 || shift == 22) && pse
             if last || large {
                 let pageSize: UInt64 = 1 << shift
                 var base: UInt64

@@ -146,6 +146,10 @@ public final class Machine: @unchecked Sendable {
         guard (1...MachineConfiguration.maxCPUs).contains(c.cpus) else {
             throw MachineError(.usage, "--cpus must be between 1 and \(MachineConfiguration.maxCPUs), not \(c.cpus)")
         }
+        // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
+        guard c.memorySize % 4096 == 0 else {
+            throw MachineError(.usage, "--mem \(c.memorySize) bytes is not a whole number of 4 KiB pages")
+        }
         let image = try Self.readFile(c.imagePath, what: "image")
         let name = c.imagePath
         let format: ImageFormat
@@ -261,8 +265,14 @@ public final class Machine: @unchecked Sendable {
     /// Runs the guest to its end: starts one thread per vCPU, waits for a stop (the exit
     /// device, all vCPUs halted, a fault, `--timeout`, SIGINT/SIGTERM), and reports it.
     public func run() -> RunOutcome {
+        // SIGINT and SIGTERM stop the guest; the previous dispositions come back afterwards.
+        var previous: [(Int32, sigaction)] = []
         let signalSources = [SIGINT, SIGTERM].map { sig in
-            signal(sig, SIG_IGN)
+            var ignore = sigaction()
+            ignore.__sigaction_handler.sa_handler = SIG_IGN
+            var old = sigaction()
+            sigaction(sig, &ignore, &old)
+            previous.append((sig, old))
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [weak self] in self?.requestStop(.interrupted) }
             source.resume()
@@ -270,8 +280,10 @@ public final class Machine: @unchecked Sendable {
         }
         defer {
             for s in signalSources { s.cancel() }
-            signal(SIGINT, SIG_DFL)
-            signal(SIGTERM, SIG_DFL)
+            for (sig, old) in previous {
+                var old = old
+                sigaction(sig, &old, nil)
+            }
         }
         let started = DispatchTime.now()
         let threads = (0..<backends.count).map { i in
