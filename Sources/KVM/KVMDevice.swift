@@ -57,15 +57,17 @@ public final class KVMDevice: @unchecked Sendable {
     public init(path: String = defaultPath) throws(KVMError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw KVMError("open \(path)") }
-        self.fd = fd
-        self.path = path
         let version = ckvm_ioctl_int(fd, CKVM_GET_API_VERSION, 0)
         let failure = Errno.current
+        // Checked before the object exists: a failed class initializer still runs deinit,
+        // which would close the descriptor a second time (someone else's, by then).
         guard version == Self.expectedAPIVersion else {
             close(fd)
             if version < 0 { throw KVMError("\(path) is not a KVM device (KVM_GET_API_VERSION)", failure) }
             throw KVMError("\(path) speaks KVM API version \(version), Tandem needs \(Self.expectedAPIVersion)", Errno(EINVAL))
         }
+        self.fd = fd
+        self.path = path
     }
 
     deinit { close(fd) }
@@ -117,6 +119,8 @@ public final class KVMDevice: @unchecked Sendable {
 public final class KVMVirtualMachine: @unchecked Sendable {
     let fd: Int32
     public let device: KVMDevice
+    /// The owner of the host memory behind the memslots: it must outlive the VM fd.
+    var memoryOwner: AnyObject?
 
     init(fd: Int32, device: KVMDevice) {
         self.fd = fd

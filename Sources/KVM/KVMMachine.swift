@@ -12,6 +12,7 @@ extension KVMDevice {
     /// (slot numbers are the indices of `memory.regions`).
     public func makeMachine(memory: GuestMemoryMap, cpus: Int, logDirtyPages: Bool = false) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
         let vm = try createVM()
+        vm.memoryOwner = memory
         for (slot, region) in memory.regions.enumerated() {
             try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
                              logDirtyPages: logDirtyPages && region.kind == .ram)

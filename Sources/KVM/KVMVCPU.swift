@@ -14,6 +14,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     let vm: KVMVirtualMachine
     /// The thread inside `run()`, for `kick()`.
     private var runner: pthread_t?
+    /// The thread of the previous `run()` (compared only, never signalled).
+    private var lastRunner: pthread_t?
     private let runnerLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     /// The signal that interrupts `KVM_RUN` on another thread.
@@ -84,12 +86,18 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         if let controller = interruptController { offerInterrupt(controller) }
         let me = pthread_self()
         pthread_mutex_lock(runnerLock)
-        let newThread = runner.map { pthread_equal($0, me) == 0 } ?? true
+        let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
         runner = me
+        lastRunner = me
         pthread_mutex_unlock(runnerLock)
         if newThread { Self.unblockKickSignal() }
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
+        // Only a thread inside (or entering) KVM_RUN may be signalled: a pthread_t kept
+        // after its thread exits would make pthread_kill write into freed memory.
+        pthread_mutex_lock(runnerLock)
+        runner = nil
+        pthread_mutex_unlock(runnerLock)
         if result < 0 {
             if error == EINTR || error == EAGAIN {
                 shared.pointee.immediate_exit = 0

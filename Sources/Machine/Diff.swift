@@ -168,6 +168,9 @@ public final class DifferentialRun {
                         devices.ports.write(port, size: size, value: v)
                         writes.append((port, size, v))
                     }
+                    // The guest has exited: KVM must not run on (PVM would run the next
+                    // instruction before trapping).
+                    if exitStatus != nil { break kvmLoop }
                 case let .mmioRead(address, size, data):
                     let v = devices.mmio.read(address, size: size)
                     reads.append(v)
@@ -253,6 +256,7 @@ public final class DifferentialRun {
                k.rip == before.rip, i.rip != before.rip, k[.rcx] == i[.rcx] {
                 stepKVMOnce()
             }
+            if exitStatus != nil { compared += 1; break }
             let last = interp.drainTrace()
             accesses += last.accesses
             events += last.events
@@ -270,6 +274,10 @@ public final class DifferentialRun {
                 var fields = Self.differences(k, i, undefinedFlags: UndefinedFlags.mask(for: mnemonic))
                 if !events.isEmpty { fixSingleStepTrapFlag(before: before, accesses) }
                 let memory = compareMemory(accesses)
+                if hostIsEmulated, i.rflags & 1 << 17 != 0, k.rflags & 1 << 17 == 0 {
+                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+                    return Outcome(status: 0, report: "tandem diff: no divergence in \(compared - 1) instructions (\(String(format3: seconds)) s); the comparison stops at step \(number), \(text): host limitation: this host's KVM does not run virtual-8086 mode")
+                }
                 if hostIsEmulated, i.cr0 & CR0.pg != 0, k.cr0 & CR0.pg == 0, i.cr4 & CR4.pae == 0, i.efer & EFER.lme == 0 {
                     // PVM's KVM cannot enable legacy (non-PAE) paging at CPL 0: nothing after this compares.
                     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9

@@ -82,12 +82,14 @@ let readmeGuests: [String: String] = {
 
 /// The image file of a README guest ("smc" -> "smc.elf").
 func readmeImage(_ name: String) -> String {
-    ["bcd16": "bcd16.bin"][name] ?? "\(name).elf"
+    // Boot images are .bin, the rest .elf (Tools/build-guests names them so).
+    let bin = "\(name).bin"
+    return (try? FileManager.default.fileExists(atPath: guest(bin))) == true ? bin : "\(name).elf"
 }
 
 /// Guests that KVM without VMX/SVM is known to run differently (Guests/README.md, Notes):
-/// AAM/AAD flags, `int 0x80` at CPL 3, non-PAE paging.
-let pvmDivergentGuests: Set<String> = ["bcd16", "exceptions32", "paging32"]
+/// AAM/AAD flags, `int 0x80` at CPL 3, non-PAE paging, virtual-8086 mode.
+let pvmDivergentGuests: Set<String> = ["bcd16", "exceptions32", "paging32", "v86"]
 
 /// An elf64 image whose every CPU spins on `jmp $` at 2 MiB.
 private let spinningELF64 = ELFFile(entry: 0x200000, segments: [.init(at: 0x200000, [0xEB, 0xFE])]).bytes
