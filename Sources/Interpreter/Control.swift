@@ -50,13 +50,7 @@ extension InterpreterVCPU {
 
     func farTransfer(selector: UInt16, offset: UInt64, call: Bool, operandSize osz: Int, next: UInt64) throws(Fault) {
         if !protectedMode || virtual8086 {
-            if call {
-                let sp = r[4]
-                do throws(Fault) {
-                    try push(UInt64(seg[1].pointee.selector), osz)
-                    try push(next, osz)
-                } catch { r[4] = sp; throw error }
-            }
+            if call { try pushReturnAddress(next, size: osz) }
             seg[1].pointee.selector = selector
             seg[1].pointee.base = UInt64(selector) << 4
             s.pointee.rip = offset & sizeMask(osz)
@@ -74,13 +68,7 @@ extension InterpreterVCPU {
             if longMode && d.long && osz == 4 && call { size = 4 }
             let target = d.long && longMode ? offset : offset & sizeMask(osz)
             if !(longMode && d.long) && target > UInt64(d.limit) { throw .gp() }
-            if call {
-                let sp = r[4]
-                do throws(Fault) {
-                    try push(UInt64(seg[1].pointee.selector), size)
-                    try push(next, size)
-                } catch { r[4] = sp; throw error }
-            }
+            if call { try pushReturnAddress(next, size: size) }
             try setCodeSegment(d, selector: selector, cpl: cpl, address: address)
             s.pointee.rip = target
             return
@@ -145,11 +133,7 @@ extension InterpreterVCPU {
                 s.pointee.rip = gateOffset
                 return
             }
-            let sp = r[4]
-            do throws(Fault) {
-                try push(UInt64(seg[1].pointee.selector), gateSize)
-                try push(next, gateSize)
-            } catch { r[4] = sp; throw error }
+            try pushReturnAddress(next, size: gateSize)
             try setCodeSegment(target, selector: targetSelector, cpl: cpl, address: targetAddress)
             s.pointee.rip = gateOffset
         case 0x1, 0x9, 0x5:
@@ -158,6 +142,18 @@ extension InterpreterVCPU {
             try switchTask(through: selector, descriptorAddress: address, descriptor: d, reason: call ? .call : .jump, returnAddress: next)
         default:
             throw .gp(code)
+        }
+    }
+
+    /// A far call's return address: CS, then the next IP; SP is unchanged if either faults.
+    func pushReturnAddress(_ next: UInt64, size: Int) throws(Fault) {
+        let sp = r[4]
+        do throws(Fault) {
+            try push(UInt64(seg[1].pointee.selector), size)
+            try push(next, size)
+        } catch {
+            r[4] = sp
+            throw error
         }
     }
 

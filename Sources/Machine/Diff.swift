@@ -399,33 +399,22 @@ public final class DifferentialRun {
     }
 
     static func differences(_ k: CPUState, _ i: CPUState, undefinedFlags: UInt64) -> [(String, String, String)] {
-        var out: [(String, String, String)] = []
-        func check(_ name: String, _ a: UInt64, _ b: UInt64) { if a != b { out.append((name, hex(a), hex(b))) } }
-        for r in GPR.allCases { check(r.name, k[r], i[r]) }
-        check("rip", k.rip, i.rip)
-        // RF is a debug-exception artefact of single-stepping on KVM.
+        // RF is a debug-exception artefact of single-stepping on KVM; the accessed bit of a
+        // segment's type is KVM's to report loosely, and so are the hidden parts of unusable
+        // segments (and of a null LDTR).
         let flagMask = ~(undefinedFlags | 1 << 16)
-        check("rflags", k.rflags & flagMask, i.rflags & flagMask)
-        let segments: [(String, KeyPath<CPUState, SegmentRegister>)] = [("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("tr", \.tr), ("ldtr", \.ldtr)]
-        for (name, path) in segments {
+        var loose = Set<String>()
+        for (name, path) in CPUState.segmentRegisters {
             let a = k[keyPath: path], b = i[keyPath: path]
-            check(name, UInt64(a.selector), UInt64(b.selector))
-            check(name + ".base", a.base, b.base)
-            // Hidden parts only matter for usable segments: KVM reports unusable ones loosely.
-            if !(a.unusable && b.unusable) && !(name == "ldtr" && a.selector == 0) {
-                check(name + ".limit", UInt64(a.limit), UInt64(b.limit))
-                check(name + ".attributes", UInt64(a.attributes & 0xF0FF & ~1), UInt64(b.attributes & 0xF0FF & ~1))
-            }
+            if (a.unusable && b.unusable) || (name == "ldtr" && a.selector == 0) { loose.formUnion([name + ".limit", name + ".attributes"]) }
         }
-        check("cr0", k.cr0, i.cr0)
-        check("cr2", k.cr2, i.cr2)
-        check("cr3", k.cr3, i.cr3)
-        check("cr4", k.cr4, i.cr4)
-        check("efer", k.efer, i.efer)
-        check("gdtr.base", k.gdtr.base, i.gdtr.base)
-        check("gdtr.limit", UInt64(k.gdtr.limit), UInt64(i.gdtr.limit))
-        check("idtr.base", k.idtr.base, i.idtr.base)
-        check("idtr.limit", UInt64(k.idtr.limit), UInt64(i.idtr.limit))
+        var out: [(String, String, String)] = []
+        for (a, b) in zip(k.namedFields, i.namedFields) where !loose.contains(a.name) {
+            var (x, y) = (a.value, b.value)
+            if a.name == "rflags" { x &= flagMask; y &= flagMask }
+            if a.name.hasSuffix(".attributes") { x &= ~1; y &= ~1 }
+            if x != y { out.append((a.name, hex(x), hex(y))) }
+        }
         return out
     }
 
@@ -470,27 +459,7 @@ public final class DifferentialRun {
     }
 
     static func allFields(_ k: CPUState, _ i: CPUState) -> [(String, String, String)] {
-        var out: [(String, String, String)] = []
-        for r in GPR.allCases { out.append((r.name, hex(k[r]), hex(i[r]))) }
-        out.append(("rip", hex(k.rip), hex(i.rip)))
-        out.append(("rflags", hex(k.rflags), hex(i.rflags)))
-        let segments: [(String, KeyPath<CPUState, SegmentRegister>)] = [("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("tr", \.tr), ("ldtr", \.ldtr)]
-        for (name, path) in segments {
-            out.append((name, hex(k[keyPath: path].selector), hex(i[keyPath: path].selector)))
-            out.append((name + ".base", hex(k[keyPath: path].base), hex(i[keyPath: path].base)))
-            out.append((name + ".limit", hex(k[keyPath: path].limit), hex(i[keyPath: path].limit)))
-            out.append((name + ".attributes", hex(k[keyPath: path].attributes & 0xF0FF & ~1), hex(i[keyPath: path].attributes & 0xF0FF & ~1)))
-        }
-        out.append(("cr0", hex(k.cr0), hex(i.cr0)))
-        out.append(("cr2", hex(k.cr2), hex(i.cr2)))
-        out.append(("cr3", hex(k.cr3), hex(i.cr3)))
-        out.append(("cr4", hex(k.cr4), hex(i.cr4)))
-        out.append(("efer", hex(k.efer), hex(i.efer)))
-        out.append(("gdtr.base", hex(k.gdtr.base), hex(i.gdtr.base)))
-        out.append(("gdtr.limit", hex(k.gdtr.limit), hex(i.gdtr.limit)))
-        out.append(("idtr.base", hex(k.idtr.base), hex(i.idtr.base)))
-        out.append(("idtr.limit", hex(k.idtr.limit), hex(i.idtr.limit)))
-        return out
+        zip(k.namedFields, i.namedFields).map { ($0.name, hex($0.value), hex($1.value)) }
     }
 }
 

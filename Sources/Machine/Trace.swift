@@ -245,19 +245,7 @@ final class VCPUTracer {
 
     /// The registers an instruction changed, with their new values.
     static func changes(_ a: CPUState, _ b: CPUState) -> [(String, UInt64)] {
-        var out: [(String, UInt64)] = []
-        for r in GPR.allCases where a[r] != b[r] { out.append((r.name, b[r])) }
-        if a.rflags != b.rflags { out.append(("rflags", b.rflags)) }
-        let segments: [(String, KeyPath<CPUState, SegmentRegister>)] = [("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("ldtr", \.ldtr), ("tr", \.tr)]
-        for (name, path) in segments {
-            if a[keyPath: path].selector != b[keyPath: path].selector { out.append((name, UInt64(b[keyPath: path].selector))) }
-            if a[keyPath: path].base != b[keyPath: path].base { out.append((name + ".base", b[keyPath: path].base)) }
-        }
-        let controls: [(String, KeyPath<CPUState, UInt64>)] = [("cr0", \.cr0), ("cr2", \.cr2), ("cr3", \.cr3), ("cr4", \.cr4), ("efer", \.efer)]
-        for (name, path) in controls where a[keyPath: path] != b[keyPath: path] { out.append((name, b[keyPath: path])) }
-        if a.gdtr != b.gdtr { out.append(("gdtr.base", b.gdtr.base)) }
-        if a.idtr != b.idtr { out.append(("idtr.base", b.idtr.base)) }
-        return out
+        zip(a.namedFields, b.namedFields).filter { $0.value != $1.value && $0.name != "rip" }.map { ($1.name, $1.value) }
     }
 }
 

@@ -204,3 +204,27 @@ public enum ExecutionMode: String, Sendable {
         }
     }
 }
+
+extension CPUState {
+    /// The segment registers by name, in the order reports list them.
+    public nonisolated(unsafe) static let segmentRegisters: [(name: String, path: KeyPath<CPUState, SegmentRegister>)] = [
+        ("es", \.es), ("cs", \.cs), ("ss", \.ss), ("ds", \.ds), ("fs", \.fs), ("gs", \.gs), ("tr", \.tr), ("ldtr", \.ldtr),
+    ]
+
+    /// Every field that traces and diffs show, by name, in a fixed order: general registers,
+    /// RIP, RFLAGS, each segment's selector, base, limit and attributes (type, S, DPL, P,
+    /// AVL, L, D/B, G), control registers, EFER, GDTR and IDTR.
+    public var namedFields: [(name: String, value: UInt64)] {
+        var out: [(String, UInt64)] = GPR.allCases.map { ($0.name, self[$0]) }
+        out.append(("rip", rip))
+        out.append(("rflags", rflags))
+        for (name, path) in Self.segmentRegisters {
+            let s = self[keyPath: path]
+            out += [(name, UInt64(s.selector)), (name + ".base", s.base), (name + ".limit", UInt64(s.limit)),
+                    (name + ".attributes", UInt64(s.attributes & 0xF0FF))]
+        }
+        out += [("cr0", cr0), ("cr2", cr2), ("cr3", cr3), ("cr4", cr4), ("efer", efer),
+                ("gdtr.base", gdtr.base), ("gdtr.limit", UInt64(gdtr.limit)), ("idtr.base", idtr.base), ("idtr.limit", UInt64(idtr.limit))]
+        return out
+    }
+}
