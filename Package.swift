@@ -28,9 +28,9 @@ let package = Package(
         .target(name: "HostOS"),
         .target(name: "GuestMemory"),
         .target(name: "Devices", dependencies: ["HostOS", "GuestMemory"]),
-        .target(name: "Disassembler", dependencies: ["CCapstone", "X86"]),
+        .target(name: "Disassembler", dependencies: ["CCapstone", "X86", "HostOS"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
-        .target(name: "Interpreter", dependencies: ["CCapstone", "X86", "GuestMemory", "HostOS"]),
+        .target(name: "Interpreter", dependencies: ["CCapstone", "X86", "GuestMemory", "HostOS", "Disassembler"]),
         .target(name: "KVM", dependencies: ["CKVM", "X86", "GuestMemory", "HostOS"]),
         .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory"]),
         .target(

@@ -1,5 +1,13 @@
 import CCapstone
+import HostOS
 import X86
+
+/// Serialises every Capstone call in the process. Capstone 4 is documented as thread-safe
+/// with one handle per thread, but decoding on several threads at once was measured to
+/// return other threads' instructions now and then (interpreter tests running in
+/// parallel executed wrong code). Decoding happens once per instruction address, so the
+/// lock costs nothing measurable.
+public let capstoneLock = HostLock()
 
 /// Capstone, for human-readable disassembly (stop reports, traces, diffs).
 /// One instance per thread: a Capstone handle is not thread-safe.
@@ -9,6 +17,8 @@ public final class Disassembler {
     public init() {}
 
     deinit {
+        capstoneLock.lock()
+        defer { capstoneLock.unlock() }
         for (_, h) in handles { var h = h; cs_close(&h) }
     }
 
@@ -24,7 +34,10 @@ public final class Disassembler {
     /// Disassembles the first instruction of `bytes` at `address` in `bits`-bit code:
     /// its text ("mov eax, 1") and length, or nil when the bytes are not an instruction.
     public func disassemble(_ bytes: [UInt8], address: UInt64, bits: Int) -> (text: String, length: Int)? {
-        guard let h = handle(bits: bits), !bytes.isEmpty else { return nil }
+        guard !bytes.isEmpty else { return nil }
+        capstoneLock.lock()
+        defer { capstoneLock.unlock() }
+        guard let h = handle(bits: bits) else { return nil }
         var insn: UnsafeMutablePointer<cs_insn>?
         let count = bytes.withUnsafeBufferPointer { cs_disasm(h, $0.baseAddress, $0.count, address, 1, &insn) }
         guard count > 0, let insn else { return nil }

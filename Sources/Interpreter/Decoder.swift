@@ -1,4 +1,5 @@
 import CCapstone
+import Disassembler
 
 /// Where an operand lives.
 enum OperandKind: UInt8 {
@@ -70,6 +71,8 @@ final class Decoder {
     private let insn: UnsafeMutablePointer<cs_insn>
 
     init() {
+        capstoneLock.lock()
+        defer { capstoneLock.unlock() }
         for mode in [CS_MODE_16, CS_MODE_32, CS_MODE_64] {
             var h = csh()
             precondition(cs_open(CS_ARCH_X86, mode, &h) == CS_ERR_OK, "Capstone could not be opened")
@@ -90,6 +93,8 @@ final class Decoder {
     }
 
     deinit {
+        capstoneLock.lock()
+        defer { capstoneLock.unlock() }
         var i = insn
         cs_free(i, 1)
         _ = i
@@ -145,6 +150,8 @@ final class Decoder {
     }
 
     private func decodeWithCapstone(_ bytes: UnsafeRawBufferPointer, bits: Int) -> DecodedInstruction? {
+        capstoneLock.lock()
+        defer { capstoneLock.unlock() }
         let h = handles[bits == 64 ? 2 : bits == 32 ? 1 : 0]
         var code: UnsafePointer<UInt8>? = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         var size = bytes.count

@@ -108,8 +108,7 @@ struct FuzzSandbox {
                 c += [0x8B, 0x05 | UInt8(r) << 3] + le(base + Self.stateBlock + UInt64(r * 8), 4)
             }
             c += [0xA1] + le(base + Self.stateBlock, 4)                            // mov eax
-            code = [UInt8](repeating: 0x90, count: 0x20 - 0) + c                   // code starts at 0x20
-            put(0, header)
+            code = [UInt8](repeating: 0x90, count: 0x20) + c                       // after the header
         case .real16:
             // The IDT register points at a real-mode vector table inside the image.
             for v in 0..<32 { put(Self.idt + UInt64(v) * 4, le(base + Self.handlers + UInt64(v) * 16, 2) + [0, 0]) }
@@ -118,7 +117,6 @@ struct FuzzSandbox {
             c += [0xBC] + le(base + Self.userStack, 2)                             // below 64 KiB
             c += [0x0F, 0x01, 0x1E] + le(base + Self.idt + 0x200, 2)               // lidt
             c += [0x68] + le(flags & 0xFFFF, 2) + [0x9D]                           // popf
-            c += [0xBC] + le(base + Self.userStack, 2)
             for r in 1..<8 where r != 4 {
                 c += [0x66, 0x8B, 0x06 | UInt8(r) << 3] + le(base + Self.stateBlock + UInt64(r * 8), 2)
             }

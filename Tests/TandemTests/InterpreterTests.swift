@@ -87,7 +87,7 @@ struct InterpreterProgramTests {
         patched: mov ax, 0x1234
                 ret
         """)
-        #expect(r.output == "1234 1235 1236 ")
+        #expect(r.output == "1234 1235 1236 ", "status \(r.status): \(r.message ?? "")")
         #expect(r.status == 0)
     }
 
@@ -199,7 +199,7 @@ struct InterpreterProgramTests {
                 out 0xf4, al
         src:    db 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc
         """)
-        #expect(r.output == "bc9a" + "0007")
+        #expect(r.output == "bc9a" + "0007", "status \(r.status): \(r.message ?? "")")
     }
 
     @Test("unmapped ports read as all ones, the debug console reads 0xE9")
@@ -214,7 +214,7 @@ struct InterpreterProgramTests {
                 mov al, 0
                 out 0xf4, al
         """)
-        #expect(r.output == "ffff00e9")
+        #expect(r.output == "ffff00e9", "status \(r.status): \(r.message ?? "")")
     }
 
     @Test("A20 off through port 0x92 wraps addresses at 1 MiB")
