@@ -245,6 +245,7 @@ extension InterpreterVCPU {
     }
 
     func interruptReturn(operandSize osz: Int) throws(Fault) {
+        nmiBlocked = false
         if !protectedMode {
             let ip = try peek(0, osz)
             let cs = UInt16(truncatingIfNeeded: try peek(UInt64(osz), osz))

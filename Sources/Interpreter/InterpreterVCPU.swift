@@ -67,6 +67,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var mtrrs: [UInt32: UInt64] = [:]
     /// Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
     var interruptShadow = false
+    /// Set while an NMI handler runs (NMIs are blocked until the next IRET).
+    var nmiBlocked = false
     var halted = false
 
     /// Where external interrupts come from (nil: no interrupt controller).
@@ -255,8 +257,15 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// guest accepts one (IF set, no STI/MOV SS shadow).
     @inline(never)
     func takeInterrupt(_ controller: any InterruptController) -> VCPUExit? {
-        guard s.pointee.rflags & (1 << 9) != 0, !interruptShadow, controller.hasPendingInterrupt(vcpu: index),
-              let vector = controller.acknowledgeInterrupt(vcpu: index) else { return nil }
+        var vector: UInt8
+        if !nmiBlocked && !interruptShadow && controller.takeNMI(vcpu: index) {
+            vector = 2
+            nmiBlocked = true   // until the handler's IRET
+        } else {
+            guard s.pointee.rflags & (1 << 9) != 0, !interruptShadow, controller.hasPendingInterrupt(vcpu: index),
+                  let v = controller.acknowledgeInterrupt(vcpu: index) else { return nil }
+            vector = v
+        }
         do throws(Fault) {
             if logAccesses {
                 eventLog.append(InterruptEvent(kind: .external, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))

@@ -68,6 +68,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// Injects a pending interrupt when KVM says the guest can take one (`KVM_INTERRUPT`),
     /// or asks for an exit as soon as it can (`request_interrupt_window`).
     private func offerInterrupt(_ controller: any InterruptController) {
+        // KVM tracks NMI blocking itself (KVM_NMI queues one).
+        if controller.takeNMI(vcpu: index) { _ = ckvm_ioctl_int(fd, CKVM_NMI, 0) }
         guard controller.hasPendingInterrupt(vcpu: index) else {
             shared.pointee.request_interrupt_window = 0
             return

@@ -110,4 +110,12 @@ public protocol InterruptController: AnyObject, Sendable {
     /// Takes (acknowledges, as an INTA cycle does) the highest-priority pending
     /// interrupt for `vcpu`, returning its vector.
     func acknowledgeInterrupt(vcpu: Int) -> UInt8?
+    /// Takes a pending NMI for `vcpu`. NMIs ignore RFLAGS.IF; a second one waits until the
+    /// guest's handler has returned with IRET.
+    func takeNMI(vcpu: Int) -> Bool
+}
+
+extension InterruptController {
+    /// Controllers without an NMI source.
+    public func takeNMI(vcpu: Int) -> Bool { false }
 }

@@ -12,6 +12,8 @@ final class OneShotInterrupt: InterruptController, @unchecked Sendable {
     func raise(_ vector: UInt8) { pending.withLock { $0 = vector } }
     func hasPendingInterrupt(vcpu: Int) -> Bool { pending.withLock { $0 != nil } }
     func acknowledgeInterrupt(vcpu: Int) -> UInt8? { pending.withLock { v in defer { v = nil }; return v } }
+    let nmi = Mutex(false)
+    func takeNMI(vcpu: Int) -> Bool { nmi.withLock { n in defer { n = false }; return n } }
 }
 
 @Suite("Interrupt hook")
@@ -89,5 +91,67 @@ struct InterruptHookTests {
         let controller = OneShotInterrupt()
         vcpus[0].interruptController = controller
         #expect(try drive(vcpus[0], controller) == "A|IB")
+    }
+
+    /// With interrupts disabled (cli; hlt), only an NMI gets through: vector 2.
+    func nmiProgram() throws -> [UInt8] {
+        try assemble("""
+        bits 16
+        org 0x7c00
+                xor ax, ax
+                mov ds, ax
+                mov word [2*4], handler
+                mov word [2*4+2], 0
+                mov al, 'A'
+                out 0xe9, al
+                cli
+                hlt
+                mov al, 'B'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        handler: mov al, 'N'
+                out 0xe9, al
+                iret
+        """)
+    }
+
+    @Test("an NMI is delivered with IF clear, on both backends")
+    func nmi() throws {
+        for useKVM in canOpenKVM() ? [false, true] : [false] {
+            let memory = try GuestMemoryMap(ramSize: 1 << 20)
+            var state = try start(memory)
+            try memory.load(try nmiProgram(), at: 0x7C00)
+            state.rip = 0x7C00
+            let controller = OneShotInterrupt()
+            let vcpu: any VCPUBackend
+            var keep: AnyObject? = nil
+            if useKVM {
+                let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+                keep = vm
+                vcpus[0].interruptController = controller
+                vcpu = vcpus[0]
+            } else {
+                let v = InterpreterMachine(memory: memory, cpuCount: 1).makeVCPU(index: 0)
+                v.interruptController = controller
+                vcpu = v
+            }
+            try vcpu.writeState(state)
+            var output = ""
+            loop: for _ in 0..<10_000 {
+                switch try vcpu.run() {
+                case let .portOut(port, _, _, data):
+                    if port == 0xE9 { output.append(Character(UnicodeScalar(data.load(as: UInt8.self)))) }
+                    if port == 0xF4 { break loop }
+                case .halt:
+                    output.append("|")
+                    if output == "A|" { controller.nmi.withLock { $0 = true } } else { break loop }
+                case .interrupted, .debugStep: continue
+                default: break loop
+                }
+            }
+            _ = keep
+            #expect(output == "A|NB", "\(useKVM ? "kvm" : "interp")")
+        }
     }
 }

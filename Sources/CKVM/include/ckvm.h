@@ -35,6 +35,7 @@ static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
 static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
 static const unsigned long CKVM_INTERRUPT = KVM_INTERRUPT;
+static const unsigned long CKVM_NMI = KVM_NMI;
 static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
