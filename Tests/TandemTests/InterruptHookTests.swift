@@ -42,23 +42,31 @@ struct InterruptHookTests {
         """)
     }
 
-    func drive(_ vcpu: any VCPUBackend, _ controller: OneShotInterrupt) throws -> String {
+    /// Runs the guest, collecting port 0xE9 output ('|' marks each HLT), until it writes
+    /// port 0xF4. `afterOutput` and `atHalt` play the interrupt controller's part; `atHalt`
+    /// returns false to end the run.
+    func drive(_ vcpu: any VCPUBackend, afterOutput: (String) -> Void = { _ in }, atHalt: (String) -> Bool) throws -> String {
         var output = ""
         for _ in 0..<10_000 {
             switch try vcpu.run() {
             case let .portOut(port, _, _, data):
                 if port == 0xE9 { output.append(Character(UnicodeScalar(data.load(as: UInt8.self)))) }
                 if port == 0xF4 { return output }
-                // The interrupt arrives once the guest has said 'A'.
-                if output == "A" { controller.raise(0x40) }
+                afterOutput(output)
             case .halt:
                 output.append("|")
-                if !controller.hasPendingInterrupt(vcpu: 0) { return output }
+                if !atHalt(output) { return output }
             case .interrupted, .debugStep, .portIn, .mmioRead, .mmioWrite: continue
             default: return output + "?"
             }
         }
         return output
+    }
+
+    /// The maskable-interrupt run: the interrupt arrives once the guest has said 'A'.
+    func drive(_ vcpu: any VCPUBackend, _ controller: OneShotInterrupt) throws -> String {
+        try drive(vcpu, afterOutput: { if $0 == "A" { controller.raise(0x40) } },
+                  atHalt: { _ in controller.hasPendingInterrupt(vcpu: 0) })
     }
 
     func start(_ memory: GuestMemoryMap) throws -> CPUState {
@@ -137,18 +145,10 @@ struct InterruptHookTests {
                 vcpu = v
             }
             try vcpu.writeState(state)
-            var output = ""
-            loop: for _ in 0..<10_000 {
-                switch try vcpu.run() {
-                case let .portOut(port, _, _, data):
-                    if port == 0xE9 { output.append(Character(UnicodeScalar(data.load(as: UInt8.self)))) }
-                    if port == 0xF4 { break loop }
-                case .halt:
-                    output.append("|")
-                    if output == "A|" { controller.nmi.withLock { $0 = true } } else { break loop }
-                case .interrupted, .debugStep: continue
-                default: break loop
-                }
+            let output = try drive(vcpu) { output in
+                guard output == "A|" else { return false }
+                controller.nmi.withLock { $0 = true }
+                return true
             }
             _ = keep
             #expect(output == "A|NB", "\(useKVM ? "kvm" : "interp")")
