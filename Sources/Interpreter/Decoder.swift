@@ -277,8 +277,15 @@ final class Decoder {
         case X86_OP_MEM:
             o.kind = .memory
             let m = op.mem
-            o.base = m.base == X86_REG_INVALID ? Operand.noRegister : regTable[Int(m.base.rawValue)].reg
-            o.index = m.index == X86_REG_INVALID ? Operand.noRegister : regTable[Int(m.index.rawValue)].reg
+            // Anything that is not a general register (Capstone's EIZ/RIZ "no index" in
+            // padding such as `lea esi, [esi + eiz]`) contributes nothing.
+            func addressRegister(_ r: x86_reg) -> UInt8 {
+                guard r != X86_REG_INVALID else { return Operand.noRegister }
+                let entry = regTable[Int(r.rawValue)]
+                return entry.kind == .register ? entry.reg : Operand.noRegister
+            }
+            o.base = addressRegister(m.base)
+            o.index = addressRegister(m.index)
             o.scale = UInt8(truncatingIfNeeded: m.scale)
             o.value = m.disp
             if let override {

@@ -202,6 +202,20 @@ struct InterpreterProgramTests {
         #expect(r.output == "bc9a" + "0007", "status \(r.status): \(r.message ?? "")")
     }
 
+    @Test("a SIB byte with no index (Capstone's EIZ) adds nothing to the address")
+    func sibWithoutIndex() throws {
+        let r = try run("""
+                mov eax, 0x100
+                mov esi, 0x7e00
+                db 0x67, 0x8d, 0x74, 0x26, 0x00      ; lea si, [esi + eiz*1 + 0]
+                mov ax, si
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "7e00")
+    }
+
     @Test("unmapped ports read as all ones, the debug console reads 0xE9")
     func ports() throws {
         let r = try run("""
