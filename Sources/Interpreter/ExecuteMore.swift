@@ -316,7 +316,7 @@ extension InterpreterVCPU {
                 // Overflow when the quotient does not fit: check with 128-bit magnitudes.
                 let negative = (dividendHigh < 0) != (sd < 0)
                 let (mh, ml) = dividendHigh < 0 ? negate128(UInt64(bitPattern: dividendHigh), lowAcc) : (UInt64(bitPattern: dividendHigh), lowAcc)
-                let md = sd < 0 ? UInt64(bitPattern: -sd) : UInt64(sd)
+                let md = sd < 0 ? UInt64(bitPattern: 0 &- sd) : UInt64(sd)   // |Int64.min| fits in UInt64
                 if mh >= md { throw .de() }
                 let (uq, ur) = md.dividingFullWidth((mh, ml))
                 if negative ? uq > 1 << 63 : uq > UInt64(Int64.max) { throw .de() }
@@ -324,10 +324,11 @@ extension InterpreterVCPU {
                 rem = dividendHigh < 0 ? 0 &- ur : ur
             } else {
                 let dividend = Int64(bitPattern: signExtend(highAcc << bits | lowAcc, size * 2))
-                let sq = dividend / sd
-                let sr = dividend % sd
+                // Int64.min / -1 overflows Int64 (and would trap): it is #DE for the guest.
+                let (sq, overflow) = dividend.dividedReportingOverflow(by: sd)
+                let sr = dividend.remainderReportingOverflow(dividingBy: sd).partialValue
                 let limit = Int64(1) << (bits - 1)
-                if sq >= limit || sq < -limit { throw .de() }
+                if overflow || sq >= limit || sq < -limit { throw .de() }
                 q = UInt64(bitPattern: sq) & sizeMask(size)
                 rem = UInt64(bitPattern: sr) & sizeMask(size)
             }

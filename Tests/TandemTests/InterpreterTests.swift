@@ -202,6 +202,26 @@ struct InterpreterProgramTests {
         #expect(r.output == "bc9a" + "0007", "status \(r.status): \(r.message ?? "")")
     }
 
+    @Test("idiv of the most negative dividend by -1 is #DE for the guest, not a host crash")
+    func idivOverflow() throws {
+        let r = try run("""
+                mov word [0], handler
+                mov word [2], 0
+                mov edx, 0x80000000
+                xor eax, eax
+                mov ecx, -1
+                idiv ecx                     ; EDX:EAX = -2^63: the quotient overflows Int64 too
+                mov al, 1
+                out 0xf4, al
+        handler: mov al, 'D'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        """)
+        #expect(r.output == "D")
+        #expect(r.status == 0)
+    }
+
     @Test("a SIB byte with no index (Capstone's EIZ) adds nothing to the address")
     func sibWithoutIndex() throws {
         let r = try run("""
