@@ -80,7 +80,7 @@ extension InterpreterVCPU {
             if !d.present { throw .np(code) }
             var gateOffset = d.gateOffset
             if longMode {
-                let high = try readSystem(address + 8, 8)
+                let high = try readSystem(address &+ 8, 8)
                 gateOffset |= (high & 0xFFFF_FFFF) << 32
             }
             let gateSize = longMode ? 8 : (d.type == 0xC ? 4 : 2)
@@ -168,13 +168,13 @@ extension InterpreterVCPU {
             let at = UInt64(level) * 8 + 4
             if at + 5 > UInt64(tr.limit) { throw .ts(UInt32(tr.selector & 0xFFFC)) }
             let sp = try readSystem(tr.base &+ at, 4)
-            let ss = try readSystem(tr.base &+ at + 4, 2)
+            let ss = try readSystem(tr.base &+ at &+ 4, 2)
             return (UInt16(ss), sp)
         }
         let at = UInt64(level) * 4 + 2
         if at + 3 > UInt64(tr.limit) { throw .ts(UInt32(tr.selector & 0xFFFC)) }
         let sp = try readSystem(tr.base &+ at, 2)
-        let ss = try readSystem(tr.base &+ at + 2, 2)
+        let ss = try readSystem(tr.base &+ at &+ 2, 2)
         return (UInt16(ss), sp)
     }
 

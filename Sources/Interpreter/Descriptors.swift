@@ -65,7 +65,7 @@ extension InterpreterVCPU {
     /// Sets a descriptor's accessed bit, as the CPU does when loading it.
     func markAccessed(_ address: UInt64, _ d: Descriptor) throws(Fault) {
         if d.raw & (1 << 40) == 0 {
-            try writeSystem(address + 5, 1, (d.raw >> 40) & 0xFF | 1)
+            try writeSystem(address &+ 5, 1, (d.raw >> 40) & 0xFF | 1)
         }
     }
 

@@ -81,7 +81,7 @@ extension InterpreterVCPU {
         var offset = gate.gateOffset
         var ist = 0
         if longMode {
-            offset |= (try readSystem(s.pointee.idtr.base &+ entry + 8, 8) & 0xFFFF_FFFF) << 32
+            offset |= (try readSystem(s.pointee.idtr.base &+ entry &+ 8, 8) & 0xFFFF_FFFF) << 32
             ist = Int((gate.raw >> 32) & 7)
         }
         let is16 = type == 0x6 || type == 0x7

@@ -104,7 +104,7 @@ extension InterpreterVCPU {
         }
         let indexMask: UInt64 = pae ? 0x1FF : 0x3FF
         for (level, shift) in shifts.enumerated() {
-            let address = table + ((linear >> shift) & indexMask) * entrySize
+            let address = table &+ ((linear >> shift) & indexMask) * entrySize
             let entry = physicalRead(address, Int(entrySize))
             if entry & 1 == 0 { throw fault(present: false) }
             if pae && nxe == false && entry & (1 << 63) != 0 { throw fault(present: true, reserved: true) }

@@ -214,12 +214,12 @@ extension InterpreterVCPU {
         if ldt ? (!d.isSystem || d.type != 2) : (!d.isSystem || (d.type != 1 && d.type != 9)) { throw .gp(code) }
         if !d.present { throw .np(code) }
         var base = d.base
-        if longMode { base |= (try readSystem(address + 8, 8) & 0xFFFF_FFFF) << 32 }
+        if longMode { base |= (try readSystem(address &+ 8, 8) & 0xFFFF_FFFF) << 32 }
         if ldt {
             s.pointee.ldtr = d.segment(selector: selector, base64: base)
         } else {
             // Mark the TSS busy.
-            try writeSystem(address + 5, 1, (d.raw >> 40) & 0xFF | 2)
+            try writeSystem(address &+ 5, 1, (d.raw >> 40) & 0xFF | 2)
             var tr = d.segment(selector: selector, base64: base)
             tr.attributes |= 2
             s.pointee.tr = tr

@@ -39,24 +39,24 @@ extension InterpreterVCPU {
         var flags = s.pointee.rflags
         if reason == .iret { flags &= ~Flag.nt }
         if old32 {
-            try writeSystem(old.base + 0x20, 4, returnAddress)
-            try writeSystem(old.base + 0x24, 4, flags)
-            for i in 0..<8 { try writeSystem(old.base + 0x28 + UInt64(i * 4), 4, r[i]) }
-            for i in 0..<6 { try writeSystem(old.base + 0x48 + UInt64(i * 4), 2, UInt64(seg[i].pointee.selector)) }
+            try writeSystem(old.base &+ 0x20, 4, returnAddress)
+            try writeSystem(old.base &+ 0x24, 4, flags)
+            for i in 0..<8 { try writeSystem(old.base &+ 0x28 &+ UInt64(i * 4), 4, r[i]) }
+            for i in 0..<6 { try writeSystem(old.base &+ 0x48 &+ UInt64(i * 4), 2, UInt64(seg[i].pointee.selector)) }
         } else {
-            try writeSystem(old.base + 0x0E, 2, returnAddress)
-            try writeSystem(old.base + 0x10, 2, flags)
-            for i in 0..<8 { try writeSystem(old.base + 0x12 + UInt64(i * 2), 2, r[i]) }
-            for i in 0..<4 { try writeSystem(old.base + 0x22 + UInt64(i * 2), 2, UInt64(seg[i].pointee.selector)) }
+            try writeSystem(old.base &+ 0x0E, 2, returnAddress)
+            try writeSystem(old.base &+ 0x10, 2, flags)
+            for i in 0..<8 { try writeSystem(old.base &+ 0x12 &+ UInt64(i * 2), 2, r[i]) }
+            for i in 0..<4 { try writeSystem(old.base &+ 0x22 &+ UInt64(i * 2), 2, UInt64(seg[i].pointee.selector)) }
         }
         if reason == .jump || reason == .iret {
             let (oldAddress, oldDescriptor) = try readDescriptor(old.selector)
-            try writeSystem(oldAddress + 5, 1, (oldDescriptor.raw >> 40) & 0xFD)
+            try writeSystem(oldAddress &+ 5, 1, (oldDescriptor.raw >> 40) & 0xFD)
         }
 
         // Read the incoming task.
         let base = d.base
-        func field(_ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 { try readSystem(base + offset, size) }
+        func field(_ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 { try readSystem(base &+ offset, size) }
         var regs = [UInt64](repeating: 0, count: 8)
         var selectors = [UInt16](repeating: 0, count: 6)
         let eip: UInt64, newFlags: UInt64, ldt: UInt16
@@ -79,7 +79,7 @@ extension InterpreterVCPU {
             try writeSystem(base, 2, UInt64(old.selector))
         }
         if reason != .iret {
-            try writeSystem(address + 5, 1, (d.raw >> 40) & 0xFF | 2)
+            try writeSystem(address &+ 5, 1, (d.raw >> 40) & 0xFF | 2)
         }
 
         // Commit: from here on, faults are taken in the new task (#TS with its selectors).
