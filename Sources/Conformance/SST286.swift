@@ -189,34 +189,19 @@ public final class SST286Runner {
         beforeEach()
 
         // Run to the hlt.
-        var halted = false
-        var exits = 0
         // A watchdog for backends that cannot count instructions (KVM): a kick that lands
         // after this test ended only costs the next test one spurious `.interrupted`.
         let deadline = DispatchTime.now() + 2
         let watchdog = DispatchWorkItem { [vcpu] in vcpu.kick() }
         DispatchQueue.global().asyncAfter(deadline: deadline, execute: watchdog)
         defer { watchdog.cancel() }
-        runLoop: while exits < 100_000 {
-            exits += 1
-            let exit: VCPUExit
-            do { exit = try vcpu.run() } catch { return .fail(["backend error: \(error)"]) }
-            switch exit {
-            case let .portIn(_, size, count, data):
-                data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
-            case .portOut, .mmioWrite, .debugStep: continue
-            case let .mmioRead(_, size, data):
-                data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size)
-            case .halt: halted = true; break runLoop
-            case .interrupted:
-                if DispatchTime.now() < deadline { continue }
-                break runLoop
-            case .instructionLimit: break runLoop
-            case .shutdown: return .fail(["triple fault"])
-            case .unsupportedInstruction(let s): return .fail(["unsupported: \(s)"])
-            case .failedEntry(let r): return .fail(["entry failed \(r)"])
-            case .internalError(let s): return .fail(["internal error: \(s)"])
-            }
+        var halted = false
+        switch vcpu.runWithoutDevices(maxExits: 100_000, retryInterrupted: { DispatchTime.now() < deadline }) {
+        case .halted: halted = true
+        case .stopped, .exhausted: break
+        case .tripleFault: return .fail(["triple fault"])
+        case .unsupported(let s): return .fail(["unsupported: \(s)"])
+        case .backendError(let s): return .fail([s])
         }
         guard let result = try? vcpu.readState() else { return .fail(["cannot read state"]) }
         let exception = test["exception"] as? [String: Any]

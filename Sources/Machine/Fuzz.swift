@@ -147,22 +147,17 @@ public final class FuzzCampaign {
             i.instructionLimit = i.retired + 200_000
         }
         try? backend.writeState(plan.initialState(cpu: 0, of: 1))
-        var stop = "running"
         let watchdog = DispatchWorkItem { backend.kick() }
         DispatchQueue.global().asyncAfter(deadline: .now() + 2, execute: watchdog)
         defer { watchdog.cancel() }
-        loop: for _ in 0..<10_000 {
-            guard let exit = try? backend.run() else { stop = "backend error"; break }
-            switch exit {
-            case let .portIn(_, size, count, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
-            case let .mmioRead(_, size, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size)
-            case .portOut, .mmioWrite, .debugStep: continue
-            case .halt: stop = "hlt"; break loop
-            case .shutdown: stop = "triple fault"; break loop
-            case .unsupportedInstruction(let s): stop = "unsupported: \(s)"; break loop
-            case .interrupted, .instructionLimit: stop = "did not finish"; break loop
-            case .failedEntry, .internalError: stop = "backend error"; break loop
-            }
+        let stop: String
+        switch backend.runWithoutDevices(maxExits: 10_000) {
+        case .halted: stop = "hlt"
+        case .tripleFault: stop = "triple fault"
+        case .unsupported(let s): stop = "unsupported: \(s)"
+        case .stopped: stop = "did not finish"
+        case .exhausted: stop = "running"
+        case .backendError: stop = "backend error"
         }
         let state = (try? backend.readState()) ?? CPUState()
         return Result(state: state, stop: stop, memory: memory.bytes(at: base, count: FuzzSandbox.size))

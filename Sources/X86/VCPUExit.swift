@@ -119,3 +119,42 @@ extension InterruptController {
     /// Controllers without an NMI source.
     public func takeNMI(vcpu: Int) -> Bool { false }
 }
+
+/// How `runWithoutDevices` ended.
+public enum DevicelessStop: Equatable, Sendable {
+    case halted
+    case tripleFault
+    /// The backend cannot execute an instruction (its detail).
+    case unsupported(String)
+    /// A kick (not retried) or the instruction limit.
+    case stopped
+    /// `maxExits` exits passed without a stop.
+    case exhausted
+    /// The backend failed (a description).
+    case backendError(String)
+}
+
+extension VCPUBackend {
+    /// Runs with no devices attached, as test harnesses do: port and MMIO reads return all
+    /// ones and writes vanish, until HLT or another stop. An `.interrupted` exit is retried
+    /// while `retryInterrupted()` says so.
+    public func runWithoutDevices(maxExits: Int, retryInterrupted: () -> Bool = { false }) -> DevicelessStop {
+        for _ in 0..<maxExits {
+            let exit: VCPUExit
+            do { exit = try run() } catch { return .backendError("backend error: \(error)") }
+            switch exit {
+            case let .portIn(_, size, count, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
+            case let .mmioRead(_, size, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size)
+            case .portOut, .mmioWrite, .debugStep: continue
+            case .halt: return .halted
+            case .shutdown: return .tripleFault
+            case .unsupportedInstruction(let s): return .unsupported(s)
+            case .interrupted: if retryInterrupted() { continue } else { return .stopped }
+            case .instructionLimit: return .stopped
+            case .failedEntry(let r): return .backendError("entry failed \(r)")
+            case .internalError(let s): return .backendError("internal error: \(s)")
+            }
+        }
+        return .exhausted
+    }
+}
