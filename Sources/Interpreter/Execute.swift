@@ -29,6 +29,7 @@ extension InterpreterVCPU {
             try arithmetic(d, next: next)
         case .inc, .dec:
             let size = Int(d.pointee.o0.size)
+            if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try lockedReadModifyWrite(d, size: size, operand: 0, next: next); break }
             let a = try readOperand(d.pointee.o0, d, size, next: next)
             let res: UInt64
             let f: UInt64
@@ -37,12 +38,14 @@ extension InterpreterVCPU {
             setFlags(Flag.arithmetic & ~Flag.cf, f)
         case .neg:
             let size = Int(d.pointee.o0.size)
+            if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try lockedReadModifyWrite(d, size: size, operand: 0, next: next); break }
             let a = try readOperand(d.pointee.o0, d, size, next: next)
             let res = 0 &- a
             try writeOperand(d.pointee.o0, d, size, res, next: next)
             setFlags(Flag.arithmetic, subFlags(0, a, res, 0, size))
         case .not:
             let size = Int(d.pointee.o0.size)
+            if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try lockedReadModifyWrite(d, size: size, operand: 0, next: next); break }
             let a = try readOperand(d.pointee.o0, d, size, next: next)
             try writeOperand(d.pointee.o0, d, size, ~a, next: next)
         case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
@@ -147,9 +150,9 @@ extension InterpreterVCPU {
         if d.pointee.o1.kind == .immediate && d.pointee.o1.size != 0 && Int(d.pointee.o1.size) < size {
             b = signExtend(UInt64(bitPattern: d.pointee.o1.value), Int(d.pointee.o1.size)) & sizeMask(size)
         }
-        let locked = d.pointee.prefixes & PrefixBits.lock != 0
-        if locked { atomicLock.lock() }
-        defer { if locked { atomicLock.unlock() } }
+        if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) {
+            return try lockedReadModifyWrite(d, size: size, operand: b, next: next)
+        }
         // Memory destinations: translate once for the read and the write.
         var linear: UInt64 = 0
         let a: UInt64
@@ -160,25 +163,26 @@ extension InterpreterVCPU {
             linear = try operandLinear(o0, d, size, writes ? .write : .read, next: next)
             a = try readLinear(linear, size)
         }
-        var res: UInt64
-        var f: UInt64
-        switch op {
-        case .add: res = a &+ b; f = addFlags(a, b, res, 0, size)
-        case .adc:
-            let c: UInt64 = flag(Flag.cf) ? 1 : 0
-            res = a &+ b &+ c; f = addFlags(a, b, res, c, size)
-        case .sub, .cmp: res = a &- b; f = subFlags(a, b, res, 0, size)
-        case .sbb:
-            let c: UInt64 = flag(Flag.cf) ? 1 : 0
-            res = a &- b &- c; f = subFlags(a, b, res, c, size)
-        case .and, .test: res = a & b; f = resultFlags(res, size)
-        case .or: res = a | b; f = resultFlags(res, size)
-        default: res = a ^ b; f = resultFlags(res, size)
-        }
+        let carry: UInt64 = flag(Flag.cf) ? 1 : 0
+        let (res, f) = aluResult(op, a, b, carry, size)
         if op != .cmp && op != .test {
             if o0.kind == .register { writeReg(o0.reg, size, res) } else { try writeLinear(linear, size, res) }
         }
         setFlags(Flag.arithmetic, f)
+    }
+
+    /// The result and flags of add, adc, sub, sbb, and, or, xor, cmp, test (`carry`: CF in).
+    @inline(__always)
+    func aluResult(_ op: Op, _ a: UInt64, _ b: UInt64, _ carry: UInt64, _ size: Int) -> (UInt64, UInt64) {
+        switch op {
+        case .add: let res = a &+ b; return (res, addFlags(a, b, res, 0, size))
+        case .adc: let res = a &+ b &+ carry; return (res, addFlags(a, b, res, carry, size))
+        case .sub, .cmp: let res = a &- b; return (res, subFlags(a, b, res, 0, size))
+        case .sbb: let res = a &- b &- carry; return (res, subFlags(a, b, res, carry, size))
+        case .and, .test: let res = a & b; return (res, resultFlags(res, size))
+        case .or: let res = a | b; return (res, resultFlags(res, size))
+        default: let res = a ^ b; return (res, resultFlags(res, size))
+        }
     }
 
     /// Shifts and rotates, with the count masked as hardware masks it.

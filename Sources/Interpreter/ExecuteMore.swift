@@ -17,23 +17,26 @@ extension InterpreterVCPU {
             writeReg(d.pointee.o0.reg, dsize, v & sizeMask(dsize))
         case .xchg:
             let size = Int(d.pointee.o0.size)
-            atomicLock.lock(); defer { atomicLock.unlock() }
-            let a = try readOperand(d.pointee.o0, d, size, next: next)
-            let b = try readOperand(d.pointee.o1, d, size, next: next)
-            if d.pointee.o0.kind == .memory {
-                try writeOperand(d.pointee.o0, d, size, b, next: next)
-                writeReg(d.pointee.o1.reg, size, a)
-            } else {
-                try writeOperand(d.pointee.o1, d, size, a, next: next)
-                writeReg(d.pointee.o0.reg, size, b)
+            // With a memory operand XCHG is always locked; between registers it takes no lock.
+            let memoryOperand = d.pointee.o0.kind == .memory ? d.pointee.o0 : d.pointee.o1.kind == .memory ? d.pointee.o1 : nil
+            if let m = memoryOperand {
+                let register = d.pointee.o0.kind == .memory ? d.pointee.o1.reg : d.pointee.o0.reg
+                let linear = try operandLinear(m, d, size, .write, next: next)
+                if try lockedUpdate(.xchg, linear: linear, size: size, operand: readReg(register, size), register: register) { break }
+                atomicLock.lock(); defer { atomicLock.unlock() }
+                let old = try readLinear(linear, size)
+                try writeLinear(linear, size, readReg(register, size))
+                writeReg(register, size, old)
+                break
             }
+            let a = readReg(d.pointee.o0.reg, size), b = readReg(d.pointee.o1.reg, size)
+            writeReg(d.pointee.o1.reg, size, a)
+            writeReg(d.pointee.o0.reg, size, b)
         case .xadd:
             let size = Int(d.pointee.o0.size)
-            let locked = d.pointee.prefixes & PrefixBits.lock != 0
-            if locked { atomicLock.lock() }
-            defer { if locked { atomicLock.unlock() } }
-            let a = try readOperand(d.pointee.o0, d, size, next: next)
             let b = readReg(d.pointee.o1.reg, size)
+            if d.pointee.prefixes & PrefixBits.lock != 0 { try lockedReadModifyWrite(d, size: size, operand: b, next: next); break }
+            let a = try readOperand(d.pointee.o0, d, size, next: next)
             let res = a &+ b
             // SRC ← DEST, then DEST ← sum: with one register as both, the sum wins.
             if d.pointee.o0.kind == .memory {
@@ -47,7 +50,11 @@ extension InterpreterVCPU {
         case .cmpxchg:
             let size = Int(d.pointee.o0.size)
             let locked = d.pointee.prefixes & PrefixBits.lock != 0
-            if locked { atomicLock.lock() }
+            if locked {
+                let linear = try operandLinear(d.pointee.o0, d, size, .write, next: next)
+                if try lockedCompareExchange(linear: linear, size: size, source: readReg(d.pointee.o1.reg, size)) { break }
+                atomicLock.lock()
+            }
             defer { if locked { atomicLock.unlock() } }
             let dst = try readOperand(d.pointee.o0, d, size, next: next)
             let acc = readReg(0, size)
@@ -65,11 +72,15 @@ extension InterpreterVCPU {
         case .cmpxchg8b, .cmpxchg16b:
             guard d.pointee.o0.kind == .memory else { throw .ud() }
             let half = op == .cmpxchg8b ? 4 : 8
-            let locked = d.pointee.prefixes & PrefixBits.lock != 0
-            if locked { atomicLock.lock() }
-            defer { if locked { atomicLock.unlock() } }
             let off = effectiveAddress(d.pointee.o0, d.pointee.addressSize, next: next)
             if half == 8 && off & 15 != 0 { throw .gp() }
+            let locked = d.pointee.prefixes & PrefixBits.lock != 0
+            if locked {
+                let linear = try linearAddress(d.pointee.o0.segment, off, 2 * half, .write)
+                if try lockedCompareExchangeDouble(linear: linear, half: half) { break }
+                atomicLock.lock()
+            }
+            defer { if locked { atomicLock.unlock() } }
             let lo = try read(d.pointee.o0.segment, off, half)
             let hi = try read(d.pointee.o0.segment, off &+ UInt64(half), half)
             if lo == readReg(0, half) && hi == readReg(2, half) {
@@ -447,11 +458,14 @@ extension InterpreterVCPU {
                 bit = raw & (bits - 1)
             }
         }
-        let locked = d.pointee.prefixes & PrefixBits.lock != 0
-        if locked { atomicLock.lock() }
-        defer { if locked { atomicLock.unlock() } }
-        let v = try readOperand(o, d, size, next: next)
         let mask = UInt64(1) << UInt64(bit)
+        if d.pointee.prefixes & PrefixBits.lock != 0 {
+            let linear = try operandLinear(o, d, size, .write, next: next)
+            if try lockedUpdate(op, linear: linear, size: size, operand: mask, register: 0) { return }
+            atomicLock.lock()
+        }
+        defer { if d.pointee.prefixes & PrefixBits.lock != 0 { atomicLock.unlock() } }
+        let v = try readOperand(o, d, size, next: next)
         let was = v & mask != 0
         switch op {
         case .bts: try writeOperand(o, d, size, v | mask, next: next)
