@@ -1,3 +1,4 @@
+import GuestMemory
 import Synchronization
 
 /// A device on the port-I/O bus. Devices lock their own state: vCPU threads call in concurrently.
@@ -51,8 +52,9 @@ public final class PortIOBus: @unchecked Sendable {
     public func isClaimed(_ port: UInt16) -> Bool { owner[Int(port)] != 0 }
 }
 
-/// The MMIO bus: physical ranges outside RAM that devices claim.
-/// Unclaimed addresses read as all ones and ignore writes.
+/// The MMIO bus: physical ranges inside `PhysicalLayout.deviceWindow` that devices
+/// claim (the interpreter treats everything outside the window as unmapped without
+/// asking the bus). Unclaimed addresses read as all ones and ignore writes.
 public final class MMIOBus: @unchecked Sendable {
     private var ranges: [(ClosedRange<UInt64>, any MMIODevice)] = []
 
@@ -60,6 +62,8 @@ public final class MMIOBus: @unchecked Sendable {
 
     public func attach(_ device: any MMIODevice, range: ClosedRange<UInt64>) {
         precondition(!ranges.contains { $0.0.overlaps(range) }, "MMIO range claimed twice")
+        precondition(PhysicalLayout.deviceWindow.contains(range.lowerBound) && PhysicalLayout.deviceWindow.contains(range.upperBound),
+                     "MMIO devices live in PhysicalLayout.deviceWindow")
         ranges.append((range, device))
     }
 

@@ -13,8 +13,11 @@ public enum PhysicalLayout {
     public static let lowRAMLimit: UInt64 = 3 << 30
     public static let highRAMStart: UInt64 = 4 << 30
     public static let firstMiB: UInt64 = 1 << 20
-    /// Kept for the IOAPIC and local APICs.
-    public static let apicHole: ClosedRange<UInt64> = 0xFEC0_0000...0xFEFF_FFFF
+    /// The only physical range where MMIO devices live (the IOAPIC and local APICs, and
+    /// whatever joins them): an access here reaches the device model. Memory that is
+    /// neither RAM, ROM nor in this window is unmapped: it reads as all ones and ignores
+    /// writes, without involving any device.
+    public static let deviceWindow: ClosedRange<UInt64> = 0xFEC0_0000...0xFEFF_FFFF
     /// Accepted ROM sizes for `bios` images.
     public static let romSizes: Set<Int> = [64 << 10, 128 << 10, 256 << 10]
 }

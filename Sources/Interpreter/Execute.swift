@@ -9,7 +9,10 @@ extension InterpreterVCPU {
         let rip = s.pointee.rip
         let next = codeBits == 64 ? rip &+ UInt64(d.pointee.length) : (codeBits == 32 ? (rip &+ UInt64(d.pointee.length)) & 0xFFFF_FFFF : (rip &+ UInt64(d.pointee.length)) & 0xFFFF)
         if _slowPath(interruptShadow) { interruptShadow = false }
-        if _slowPath(singleStep) { lastOp = d.pointee.op }
+        if _slowPath(singleStep) {
+            lastOp = d.pointee.op
+            accessLogMark = accessLog.count
+        }
         try execute(d, next: next)
     }
 

@@ -56,10 +56,19 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// What to do with the value the shared loop put in `ioBuffer` for an `in`.
     var pendingIn: PendingIn? = nil
     let ioBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
-    /// An MMIO read answered by the loop: the instruction is re-executed and takes it.
-    var mmioAnswer: (address: UInt64, size: Int, value: UInt64)? = nil
-    var mmioWrite: (address: UInt64, size: Int, value: UInt64)? = nil
-    var pendingMMIORead: (address: UInt64, size: Int)? = nil
+    /// The MMIO accesses of the instruction being executed, in program order (see
+    /// `mmioAccess`); emptied when it completes, faults, or finishes a REP iteration.
+    var mmioLog: [MMIOAccess] = []
+    /// How many entries of `mmioLog` the current execution has replayed.
+    var mmioReplayed = 0
+    /// The last entry of `mmioLog` is a read whose value the shared loop puts in `ioBuffer`.
+    var mmioAwaitingValue = false
+    /// The pending exit is an MMIO access: the instruction has not completed and runs
+    /// again (replaying `mmioLog`) on the next `run()`.
+    var exitRestartsInstruction = false
+    /// Where the current instruction's records start in `accessLog` (a restarted
+    /// instruction logs its accesses again).
+    var accessLogMark = 0
     /// The offset and width of the last access that failed a segment-limit check
     /// (diagnostics: the conformance runner tells wraparound from other faults with it).
     public internal(set) var lastLimitViolation: (offset: UInt64, size: Int)? = nil
@@ -160,7 +169,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         s.pointee = state
         tscOffset = state.msrs.tsc &- hostTSC()
         pendingIn = nil
-        mmioAnswer = nil
+        clearMMIOLog()
+        mmioAwaitingValue = false
         lastLimitViolation = nil
         refreshMode()
         tlb.flushAll()
@@ -201,10 +211,12 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             pendingIn = nil
             completeIn(p)
         }
-        if let m = pendingMMIORead {
-            pendingMMIORead = nil
-            mmioAnswer = (m.address, m.size, load(ioBuffer, 8))
+        if mmioAwaitingValue {
+            mmioAwaitingValue = false
+            let last = mmioLog.count - 1
+            mmioLog[last].value = load(ioBuffer, 8) & sizeMask(mmioLog[last].size)
         }
+        mmioReplayed = 0
         // A kick is never cleared before it is seen: one that lands between the caller's
         // stop check and this call still ends this run.
         if stepCompletedByExit {
@@ -218,7 +230,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         while true {
             if let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
-            var budget = singleStep ? 1 : 4096
+            // An instruction restarted after an MMIO exit runs alone, so that its log is
+            // emptied as soon as it completes.
+            var budget = singleStep || !mmioLog.isEmpty ? 1 : 4096
             if retired &+ UInt64(budget) > instructionLimit {
                 budget = Int(instructionLimit &- retired)
                 if budget <= 0 { return .instructionLimit }
@@ -232,22 +246,31 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             } catch {
                 retired &+= UInt64(start - budget)
                 if error.vector == Fault.exitVector {
+                    if exitRestartsInstruction {
+                        exitRestartsInstruction = false
+                        if _slowPath(logAccesses) { accessLog.removeSubrange(accessLogMark...) }
+                        return pendingExit
+                    }
                     retired &+= 1   // the instruction that exited has retired (or will on completion)
                     if singleStep { stepCompletedByExit = true }
                     return pendingExit
                 }
-                if let exit = deliverException(error) { return exit }
+                let exit = deliverException(error)
+                if exitRestartsInstruction {
+                    // Delivering the exception touched MMIO (an IDT or stack in the device
+                    // window): the instruction faults again and the delivery replays.
+                    exitRestartsInstruction = false
+                    return exit ?? .interrupted
+                }
+                clearMMIOLog()
+                if let exit { return exit }
                 if singleStep { return .debugStep }
                 if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
                 continue
             }
             retired &+= UInt64(start)
             if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
-            if let w = mmioWrite {
-                mmioWrite = nil
-                withUnsafeBytes(of: w.value.littleEndian) { ioBuffer.copyMemory(from: $0.baseAddress!, byteCount: 8) }
-                return .mmioWrite(address: w.address, size: w.size, data: UnsafeRawPointer(ioBuffer))
-            }
+            if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
             if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
         }
@@ -351,6 +374,15 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         entry.pointee.instruction = decoded
         return instructionPointer(entry)
     }
+}
+
+/// One MMIO access of the instruction being executed.
+struct MMIOAccess {
+    var address: UInt64
+    var size: Int
+    var isWrite: Bool
+    /// The value written, or the value the device answered.
+    var value: UInt64
 }
 
 /// Where an `in`'s value goes once the shared loop has read the port.

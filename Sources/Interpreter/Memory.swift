@@ -149,14 +149,48 @@ extension InterpreterVCPU {
             for i in 0..<size { value |= try readPhysicalSlow(physical &+ UInt64(i), 1) << (8 * UInt64(i)) }
             return value
         }
-        if let answer = mmioAnswer, answer.address == physical, answer.size == size {
-            mmioAnswer = nil
-            return answer.value & (size == 8 ? .max : (1 << (8 * UInt64(size))) - 1)
+        // Unmapped: all ones, at once (the contract), with no device to ask.
+        guard PhysicalLayout.deviceWindow.contains(physical) else { return sizeMask(size) }
+        return try mmioAccess(physical, size, isWrite: false, value: 0)
+    }
+
+    /// An MMIO access, which the shared loop performs on the device model: each one ends
+    /// the run with an exit before the instruction does anything after it. The instruction
+    /// then runs again from its start and replays the accesses it already made (a read
+    /// takes the value the device answered, a write is not repeated), so every access
+    /// reaches the device exactly once and in program order, however many one
+    /// instruction makes, on a free-running vCPU as on a single-stepped one.
+    @inline(never)
+    func mmioAccess(_ physical: UInt64, _ size: Int, isWrite: Bool, value: UInt64) throws(Fault) -> UInt64 {
+        let value = isWrite ? value & sizeMask(size) : 0
+        if mmioReplayed < mmioLog.count {
+            let done = mmioLog[mmioReplayed]
+            if done.address == physical && done.size == size && done.isWrite == isWrite && (!isWrite || done.value == value) {
+                mmioReplayed += 1
+                return done.value
+            }
+            // This run took another path (another vCPU changed what the instruction
+            // depends on): what it did not reach again is forgotten.
+            mmioLog.removeSubrange(mmioReplayed...)
         }
-        // Ask the shared loop; the instruction restarts and takes the answer above.
-        pendingExit = .mmioRead(address: physical, size: size, data: ioBuffer)
-        pendingMMIORead = (physical, size)
+        mmioLog.append(MMIOAccess(address: physical, size: size, isWrite: isWrite, value: value))
+        mmioReplayed += 1
+        if isWrite {
+            withUnsafeBytes(of: value.littleEndian) { ioBuffer.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+            pendingExit = .mmioWrite(address: physical, size: size, data: UnsafeRawPointer(ioBuffer))
+        } else {
+            mmioAwaitingValue = true
+            pendingExit = .mmioRead(address: physical, size: size, data: ioBuffer)
+        }
+        exitRestartsInstruction = true
         throw .exit
+    }
+
+    /// The instruction (or REP iteration) that made the logged MMIO accesses is over.
+    @inline(__always)
+    func clearMMIOLog() {
+        mmioLog.removeAll(keepingCapacity: true)
+        mmioReplayed = 0
     }
 
     /// Writes `size` bytes at a linear address.
@@ -209,8 +243,9 @@ extension InterpreterVCPU {
             }
             return
         }
-        // MMIO: reported to the shared loop once the instruction retires.
-        mmioWrite = (physical, size, value)
+        // Unmapped: the write is ignored.
+        guard PhysicalLayout.deviceWindow.contains(physical) else { return }
+        _ = try mmioAccess(physical, size, isWrite: true, value: value)
     }
 
     // MARK: Segment-relative access

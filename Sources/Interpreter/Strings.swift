@@ -63,6 +63,8 @@ extension InterpreterVCPU {
             }
             if !rep { break }
             writeReg(1, asz, r[1] &- 1)
+            // This iteration has committed: a restart must not replay its MMIO accesses.
+            if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if op == .cmpsb || op == .cmpsw || op == .cmpsd || op == .cmpsq || op == .scasb || op == .scasw || op == .scasd || op == .scasq {
                 if repne ? flag(Flag.zf) : !flag(Flag.zf) { break }
             }

@@ -173,7 +173,9 @@ public final class DifferentialRun {
                     if exitStatus != nil { break kvmLoop }
                 case let .mmioRead(address, size, data):
                     let v = devices.mmio.read(address, size: size)
-                    reads.append(v)
+                    // The interpreter reads unmapped memory without an exit: only device
+                    // reads are replayed to it.
+                    if PhysicalLayout.deviceWindow.contains(address) { reads.append(v) }
                     withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
                 case let .mmioWrite(address, size, data):
                     var v: UInt64 = 0

@@ -32,7 +32,7 @@ struct GuestMemoryTests {
         #expect(m.ramSize == ramSize)
         #expect(m.ramEnd == expected.last!.start + expected.last!.size)
         // Nothing of the APIC range is RAM.
-        #expect(!m.isRAM(PhysicalLayout.apicHole.lowerBound, length: 1))
+        #expect(!m.isRAM(PhysicalLayout.deviceWindow.lowerBound, length: 1))
     }
 
     @Test("a bios ROM sits below 1 MiB and below 4 GiB, splitting low RAM")

@@ -131,7 +131,8 @@ struct GuestRun {
 /// its `MachineError`.
 func runGuest(
     _ path: String, backend: BackendKind = .kvm, cpus: Int = 1, memory: UInt64 = 128 << 20,
-    timeout: Double = 60, configure: (inout MachineConfiguration) -> Void = { _ in }
+    timeout: Double = 60, configure: (inout MachineConfiguration) -> Void = { _ in },
+    prepare: (Machine) -> Void = { _ in }
 ) -> GuestRun {
     var c = MachineConfiguration(imagePath: path)
     c.backend = backend
@@ -146,6 +147,7 @@ func runGuest(
     do { machine = try Machine(c) } catch {
         return GuestRun(output: "", status: error.status.rawValue, message: error.description)
     }
+    prepare(machine)
     let outcome = machine.run()
     return GuestRun(output: machine.capturedOutput, status: outcome.status, message: outcome.message)
 }
