@@ -8,11 +8,12 @@ import X86
 /// are not adjacent) fall back to the machine-wide lock, which orders them only against
 /// other such fallbacks (Documentation/Interpreter.md).
 extension InterpreterVCPU {
-    /// The host address of a locked operand of `size` bytes at `linear` (its segment
-    /// checks already done), translated and checked for writing, with its code pages
-    /// noted as written; nil when it is not one contiguous piece of RAM.
+    /// The host address and physical address of a locked operand of `size` bytes at
+    /// `linear` (its segment checks already done), translated and checked for writing;
+    /// nil when it is not one contiguous piece of RAM. The caller calls `noteLockedWrite`
+    /// after its swap.
     @inline(never)
-    func lockedTarget(_ linear: UInt64, _ size: Int) throws(Fault) -> UnsafeMutableRawPointer? {
+    func lockedTarget(_ linear: UInt64, _ size: Int) throws(Fault) -> (host: UnsafeMutableRawPointer, physical: UInt64)? {
         let last = linear &+ UInt64(size &- 1)
         let first: UInt64, end: UInt64
         if paging {
@@ -24,9 +25,14 @@ extension InterpreterVCPU {
         }
         guard end == first &+ UInt64(size &- 1),
               let p = memory.hostPointer(first, length: UInt64(size), kind: .ram) else { return nil }
-        codePages.noteWrite(Int(truncatingIfNeeded: first >> 12))
-        codePages.noteWrite(Int(truncatingIfNeeded: end >> 12))
-        return p
+        return (p, first)
+    }
+
+    /// Tells the decode caches about a locked write (after it, as for every write).
+    @inline(__always)
+    func noteLockedWrite(_ physical: UInt64, _ size: Int) {
+        codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
+        codePages.noteWrite(Int(truncatingIfNeeded: (physical &+ UInt64(size &- 1)) >> 12))
     }
 
     /// Compare-and-swap of `size` bytes; on failure `expected` becomes the current value.
@@ -98,13 +104,14 @@ extension InterpreterVCPU {
     /// bit mask); `register` receives the old value for xadd and xchg. Returns false (and
     /// does nothing) when the operand is not plain RAM: the caller then takes the lock.
     func lockedUpdate(_ op: Op, linear: UInt64, size: Int, operand b: UInt64, register: UInt8) throws(Fault) -> Bool {
-        guard let p = try lockedTarget(linear, size) else { return false }
+        guard let (p, physical) = try lockedTarget(linear, size) else { return false }
         let carry: UInt64 = flag(Flag.cf) ? 1 : 0
         var a = tandem_load(p, Int32(size)) & sizeMask(size)
         var res: UInt64, f: UInt64, mask: UInt64
         repeat {
             (res, f, mask) = readModifyWriteResult(op, a, b, carry, size)
         } while !compareAndSwap(p, size, &a, res)
+        noteLockedWrite(physical, size)
         if op == .xadd || op == .xchg { writeReg(register, size, a) }
         setFlags(mask, f)
         if _slowPath(logAccesses) { logLockedAccess(linear, size, read: a, written: res) }
@@ -115,10 +122,12 @@ extension InterpreterVCPU {
     /// old value back when the compare fails; the swap that failed changed nothing, as that
     /// write-back would not.
     func lockedCompareExchange(linear: UInt64, size: Int, source: UInt64) throws(Fault) -> Bool {
-        guard let p = try lockedTarget(linear, size) else { return false }
+        guard let (p, physical) = try lockedTarget(linear, size) else { return false }
         let acc = readReg(0, size)
         var current = acc
-        if compareAndSwap(p, size, &current, source) {
+        let swapped = compareAndSwap(p, size, &current, source)
+        noteLockedWrite(physical, size)
+        if swapped {
             if _slowPath(logAccesses) { logLockedAccess(linear, size, read: acc, written: source) }
         } else {
             writeReg(0, size, current)
@@ -131,7 +140,8 @@ extension InterpreterVCPU {
     /// Locked CMPXCHG8B / CMPXCHG16B (`half` = 4 or 8): EDX:EAX / RDX:RAX against the
     /// operand, ECX:EBX / RCX:RBX stored when equal.
     func lockedCompareExchangeDouble(linear: UInt64, half: Int) throws(Fault) -> Bool {
-        guard let p = try lockedTarget(linear, 2 * half) else { return false }
+        guard let (p, physical) = try lockedTarget(linear, 2 * half) else { return false }
+        defer { noteLockedWrite(physical, 2 * half) }
         let m = sizeMask(half)
         let wantLo = r[0] & m, wantHi = r[2] & m
         var ok: Bool

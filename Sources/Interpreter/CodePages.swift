@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CHostAtomics
 import GuestMemory
 
 /// Which physical pages hold decoded code, shared by every interpreter vCPU of a machine.
@@ -25,13 +26,31 @@ public final class CodePages: @unchecked Sendable {
 
     deinit { munmap(words, pageCount * 4) }
 
-    /// The tag for instructions decoded from `page` now (marks the page as holding code).
-    @inline(__always) func tagForDecode(_ page: Int) -> UInt32 {
+    /// Set when guest RAM is written by more than one thread (SMP): tagging a page then
+    /// needs the process-wide barrier described at `tagForDecode`.
+    var concurrentWriters = false
+
+    /// The tag for instructions decoded from `page` now; marks the page as holding code.
+    /// Called *before* the code bytes are read, so that a write after the mark bumps the
+    /// word and the decode is not used.
+    ///
+    /// A writer on another thread stores its bytes and then reads the word (`noteWrite`);
+    /// with store buffers (x86-TSO) that read can see "no code" while its store is not yet
+    /// visible to our read of the bytes, and the stale decode would stay valid. Marking a
+    /// page that was not marked is therefore followed by a process-wide memory barrier
+    /// (the slow side of an asymmetric Dekker handshake): afterwards either the writer saw
+    /// the mark and bumps the word, or its bytes are what we read. Pages already marked
+    /// need none (a writer that reads an odd word bumps it). The word only grows (compare-
+    /// and-swap), so no old tag can come back.
+    @inline(never) func tagForDecode(_ page: Int) -> UInt32 {
         guard page < pageCount else { return 1 }
         var w = words[page]
-        if w & 1 == 0 {
-            w &+= 1
-            words[page] = w
+        while w & 1 == 0 {
+            if tandem_cas4(words + page, &w, w &+ 1) {
+                w &+= 1
+                if concurrentWriters { _ = tandem_process_memory_barrier() }
+                break
+            }
         }
         return w
     }
@@ -40,11 +59,13 @@ public final class CodePages: @unchecked Sendable {
         page < pageCount ? words[page] : 1
     }
 
-    /// Called for every guest write to RAM.
+    /// Called for every guest write to RAM, after the store. A failed swap means another
+    /// thread bumped the word (or bumped and re-marked it after a barrier) meanwhile.
     @inline(__always) func noteWrite(_ page: Int) {
         if page < pageCount {
-            let w = words[page]
-            if w & 1 != 0 { words[page] = w &+ 1 }
+            tandem_compiler_barrier()   // the guest's store stays before this read
+            var w = words[page]
+            if _slowPath(w & 1 != 0) { _ = tandem_cas4(words + page, &w, w &+ 1) }
         }
     }
 }

@@ -16,6 +16,7 @@ public final class InterpreterMachine: @unchecked Sendable {
         self.memory = memory
         self.codePages = CodePages(memory: memory)
         self.cpuCount = cpuCount
+        codePages.concurrentWriters = cpuCount > 1
     }
 
     /// A new vCPU of this machine.

@@ -10,6 +10,10 @@ import X86
 struct CacheEntry {
     var tag: UInt64 = .max
     var version: UInt32 = 0
+    /// For an instruction that runs into the next page: that page's code-page word when
+    /// it was decoded, and its physical page number (-1: the instruction fits its page).
+    var version2: UInt32 = 0
+    var page2: Int = -1
     var instruction = DecodedInstruction()
 }
 
@@ -330,9 +334,28 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
         let page = Int(truncatingIfNeeded: physical >> 12)
         if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
-            return instructionPointer(entry)
+            if _fastPath(entry.pointee.page2 < 0) || secondPageUnchanged(entry, linear: linear) {
+                return instructionPointer(entry)
+            }
         }
         return try decodeInto(entry, key: key, linear: linear, physical: physical)
+    }
+
+    /// The linear address of the first byte of the page after `linear`'s.
+    @inline(__always)
+    func nextPage(_ linear: UInt64) -> UInt64 {
+        let next = (linear | 0xFFF) &+ 1
+        return codeBits == 64 ? next : next & 0xFFFF_FFFF
+    }
+
+    /// A cached instruction that runs into the next page is still good if that linear page
+    /// still maps the same physical page and nothing has written it since.
+    @inline(never)
+    func secondPageUnchanged(_ entry: UnsafeMutablePointer<CacheEntry>, linear: UInt64) -> Bool {
+        let next = nextPage(linear)
+        guard let physical = paging ? try? translateLinear(next, .execute) : next & a20Mask else { return false }
+        let page = Int(truncatingIfNeeded: physical >> 12)
+        return page == entry.pointee.page2 && codePages.current(page) == entry.pointee.version2
     }
 
     static let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
@@ -344,6 +367,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     @inline(never)
     func decodeInto(_ entry: UnsafeMutablePointer<CacheEntry>, key: UInt64, linear: UInt64, physical: UInt64) throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        // The pages are marked as holding code before their bytes are read (CodePages).
+        let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
+        var page2 = -1
+        var version2: UInt32 = 0
+        let firstPart = Int(0x1000 - (linear & 0xFFF))
         var bytes = (UInt64(0), UInt64(0))
         var count = 0
         try withUnsafeMutableBytes(of: &bytes) { (buffer) throws(Fault) in
@@ -354,9 +382,12 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             while count < 15 {
                 if codeBits != 64 && rip &+ UInt64(count) > limit { break }
                 let la = codeBits == 64 ? linear &+ UInt64(count) : (linear &+ UInt64(count)) & 0xFFFF_FFFF
-                if count > 0 && la & 0xFFF == 0 && paging {
+                if count == firstPart {
+                    guard let next = paging ? try? translateLinear(la, .execute) : la & a20Mask else { break }
+                    page2 = Int(truncatingIfNeeded: next >> 12)
+                    version2 = codePages.tagForDecode(page2)
                     guard let b = try? readLinear(la, 1, .execute) else { break }
-                    buffer[count] = UInt8(b)
+                    buffer[count] = UInt8(truncatingIfNeeded: b)
                 } else {
                     buffer[count] = UInt8(truncatingIfNeeded: try readLinear(la, 1, .execute))
                 }
@@ -367,10 +398,23 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         guard let decoded else {
             // Not an instruction: #UD, or #GP/#PF if it ran off the segment or the page.
             if count < 15 && codeBits != 64 && s.pointee.rip &+ UInt64(count) > UInt64(seg[1].pointee.limit) { throw .gp() }
+            if count == firstPart && count < 15 && paging,
+               let whole = withUnsafeBytes(of: &bytes, { decoder.decode(UnsafeRawBufferPointer(rebasing: $0[0..<15]), bits: codeBits) }),
+               Int(whole.length) > count {
+                // A real instruction whose rest is on a page that is not there: the fetch
+                // from that page faults, as on hardware.
+                _ = try translateLinear(nextPage(linear), .execute)
+            }
             throw .ud()
         }
         entry.pointee.tag = key
-        entry.pointee.version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
+        entry.pointee.version = version
+        if Int(decoded.length) > firstPart {
+            entry.pointee.page2 = page2
+            entry.pointee.version2 = version2
+        } else {
+            entry.pointee.page2 = -1
+        }
         entry.pointee.instruction = decoded
         return instructionPointer(entry)
     }

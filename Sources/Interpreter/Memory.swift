@@ -200,18 +200,18 @@ extension InterpreterVCPU {
         let linear = paging ? rawLinear : rawLinear & a20Mask
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) {
+                store(lowHost + Int(linear), size, value)
                 codePages.noteWrite(Int(truncatingIfNeeded: linear >> 12))
                 if _slowPath((linear &+ UInt64(size) &- 1) & ~0xFFF != linear & ~0xFFF) {
                     codePages.noteWrite(Int(truncatingIfNeeded: (linear &+ UInt64(size) &- 1) >> 12))
                 }
-                store(lowHost + Int(linear), size, value)
                 return
             }
         } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
             let physical = try translateLinear(linear, .write)
             if _fastPath(physical &+ UInt64(size) <= lowEnd) {
-                codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
                 store(lowHost + Int(physical), size, value)
+                codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
                 return
             }
             return try writePhysicalSlow(physical, size, value)
@@ -231,9 +231,9 @@ extension InterpreterVCPU {
     @inline(never)
     func writePhysicalSlow(_ physical: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
         if let p = memory.hostPointer(physical, length: UInt64(size), kind: .ram) {
+            store(p, size, value)
             codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
             codePages.noteWrite(Int(truncatingIfNeeded: (physical &+ UInt64(size) &- 1) >> 12))
-            store(p, size, value)
             return
         }
         if memory.region(containing: physical) != nil || memory.region(containing: physical &+ UInt64(size - 1)) != nil {

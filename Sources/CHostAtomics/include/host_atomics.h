@@ -14,6 +14,15 @@
 
 #if !defined(__x86_64__)
 #error "Tandem's interpreter needs an x86-64 host for guest LOCK semantics"
+/// Keeps the compiler from moving memory accesses across this point (no instruction).
+static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+/// Makes every other thread of this process execute a full memory barrier before it
+/// returns (the slow side of an asymmetric Dekker handshake, whose fast side needs only
+/// program order: see CodePages). Linux membarrier(PRIVATE_EXPEDITED), or, where that is
+/// unavailable, a protection change of a private page, whose TLB shootdown interrupts
+/// every CPU running one of our threads. Returns false when neither works.
+bool tandem_process_memory_barrier(void);
 #endif
 
 /// Compare-and-swap of 1, 2, 4 or 8 bytes at any alignment. On failure *expected
@@ -73,4 +82,13 @@ static inline uint64_t tandem_load(const void *p, int size) {
     }
 }
 
+/// Keeps the compiler from moving memory accesses across this point (no instruction).
+static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+/// Makes every other thread of this process execute a full memory barrier before it
+/// returns (the slow side of an asymmetric Dekker handshake, whose fast side needs only
+/// program order: see CodePages). Linux membarrier(PRIVATE_EXPEDITED), or, where that is
+/// unavailable, a protection change of a private page, whose TLB shootdown interrupts
+/// every CPU running one of our threads. Returns false when neither works.
+bool tandem_process_memory_barrier(void);
 #endif
