@@ -184,6 +184,36 @@ struct GuestChecks {
         #expect(r.message == nil)
     }
 
+    /// A REP string instruction that would run for minutes still stops at --timeout.
+    func timeoutInsideRepString() throws {
+        let code = try assemble("""
+        bits 64
+                mov rsi, 0x200000
+                mov rdi, 0x300000
+        again:  mov rcx, 0x100000           ; 1 MiB back and forth, for ever
+                rep movsb
+                std
+                mov rcx, 0x100000
+                rep movsb
+                cld
+                jmp again
+        """)
+        let image = ELFFile(entry: 0x10_0000, segments: [.init(at: 0x10_0000, code)]).bytes
+        let start = Date()
+        let r = try runImage(image, backend: backend, name: "rep-forever-\(backend).elf", timeout: 1)
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(r.status == 206)
+        #expect(elapsed < 2.5, "stopped \(elapsed) s after starting with --timeout 1")
+    }
+
+    /// An elf64 entry point that is not canonical: the first fetch raises #GP, which the
+    /// empty IDT turns into a triple fault, on both backends.
+    func nonCanonicalEntry() throws {
+        let image = ELFFile(entry: 0x0000_8000_0000_0000, segments: [.init(at: 0x10_0000, [0xF4])]).bytes
+        let r = try runImage(image, backend: backend, name: "noncanonical-\(backend).elf")
+        #expect(r.status == 204, "\(r.message ?? "")")
+    }
+
     func loop32() throws {
         #expect(loop32EDX(iterations: 10_000_000) == 0x2C65_3F59, "the host model of the loop matches Guests/README.md")
         let full = backend == .interp || hostHasHardwareVirtualization()
@@ -450,6 +480,12 @@ extension GuestSuites {
 
         @Test("every vCPU is a host thread named vcpuN")
         func threadNamesWhileRunning() throws { try checks.threadNamesWhileRunning() }
+
+        @Test("a REP string instruction that would run for minutes stops at --timeout")
+        func timeoutInsideRepString() throws { try checks.timeoutInsideRepString() }
+
+        @Test("a non-canonical elf64 entry point: #GP on the first fetch, a triple fault (204)")
+        func nonCanonicalEntry() throws { try checks.nonCanonicalEntry() }
     }
 
     @Suite("on the interpreter")
@@ -524,5 +560,11 @@ extension GuestSuites {
 
         @Test("every vCPU is a host thread named vcpuN")
         func threadNamesWhileRunning() throws { try checks.threadNamesWhileRunning() }
+
+        @Test("a REP string instruction that would run for minutes stops at --timeout")
+        func timeoutInsideRepString() throws { try checks.timeoutInsideRepString() }
+
+        @Test("a non-canonical elf64 entry point: #GP on the first fetch, a triple fault (204)")
+        func nonCanonicalEntry() throws { try checks.nonCanonicalEntry() }
     }
 }
