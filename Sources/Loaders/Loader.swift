@@ -74,9 +74,8 @@ public enum Loader {
         guard GuestMemoryROMSizes.contains(image.count) else {
             throw .malformed("\(name) is \(image.count) bytes: a BIOS ROM is 64, 128 or 256 KiB")
         }
-        guard ImageFormat.hasResetJump(image) else {
-            throw .malformed("\(name) has no far jump at its reset vector (offset \(hex(image.count - 16)))")
-        }
+        // Any code may sit at the reset vector: the far-jump test is only how `auto`
+        // recognises a ROM (ImageFormat.detect).
         guard memory.regions.contains(where: { $0.kind == .rom && $0.size == UInt64(image.count) }) else {
             throw .doesNotFit("the memory map has no ROM of \(image.count) bytes for \(name)")
         }
