@@ -24,7 +24,7 @@ extension InterpreterVCPU {
             let release = d.pointee.operandCount > 0 ? UInt64(bitPattern: d.pointee.o0.value) & 0xFFFF : 0
             try farReturn(operandSize: osz, release: release)
         case .iret, .iretd, .iretq:
-            try interruptReturn(operandSize: op == .iret ? 2 : op == .iretd ? 4 : 8)
+            try interruptReturn(operandSize: op == .iret ? 2 : op == .iretd ? 4 : 8, next: next)
         case .int:
             if virtual8086 && iopl < 3 { throw .gp() }
             try deliver(vector: UInt8(truncatingIfNeeded: d.pointee.o0.value), errorCode: nil, returnAddress: next, software: true)
@@ -244,7 +244,7 @@ extension InterpreterVCPU {
         }
     }
 
-    func interruptReturn(operandSize osz: Int) throws(Fault) {
+    func interruptReturn(operandSize osz: Int, next: UInt64) throws(Fault) {
         nmiBlocked = false
         if !protectedMode {
             let ip = try peek(0, osz)
@@ -271,7 +271,7 @@ extension InterpreterVCPU {
             return
         }
         if flag(Flag.nt) && !longMode {
-            try taskReturn()
+            try taskReturn(next: next)
             return
         }
         let ip = try peek(0, osz)

@@ -96,8 +96,10 @@ extension InterpreterVCPU {
             let o = d.pointee.o0
             if o.kind == .segment {
                 let v = try peek(0, size)
+                // ESP moves by the width of the stack popped from (POP SS changes it).
+                let oldMask = stackMask
                 try loadSegment(o.reg, UInt16(truncatingIfNeeded: v))
-                setStackPointer((r[4] &+ UInt64(size)) & stackMask)
+                setStackPointer((r[4] &+ UInt64(size)) & oldMask, mask: oldMask)
                 if o.reg == Segment.ss { interruptShadow = true }
             } else if o.kind == .register {
                 writeReg(o.reg, size, try pop(size))

@@ -239,7 +239,9 @@ extension InterpreterVCPU {
         let savedSP = r[4]
         do throws(Fault) {
             try push(readReg(5, size), size)
-            let frame = r[4] & stackMask
+            // The frame pointer is rSP at the operand size (the SDM's FrameTemp), not cut
+            // to the stack's width: a 32-bit ENTER on a 16-bit stack keeps ESP's upper half.
+            let frame = r[4] & sizeMask(size)
             if level > 0 {
                 var bp = r[5] & stackMask
                 for _ in 1..<max(level, 1) {

@@ -103,7 +103,8 @@ extension InterpreterVCPU {
         let savedCPL = cpl
         do throws(Fault) {
             let privilegeChange = !target.isConforming && target.dpl < cpl
-            if fromV86 && target.dpl != 0 { throw .gp(tcode) }
+            // From v86 mode only a non-conforming DPL 0 code segment will do.
+            if fromV86 && (target.dpl != 0 || target.isConforming) { throw .gp(tcode) }
             if privilegeChange || ist != 0 || longMode {
                 let newCPL = target.isConforming ? cpl : target.dpl
                 var newSP: UInt64
@@ -127,10 +128,15 @@ extension InterpreterVCPU {
                     try push(oldSP, 8)
                 } else {
                     let (newSS, sp) = try innerStack(newCPL)
+                    // The inner SS is a protected-mode selector even when leaving v86 mode.
+                    if fromV86 { s.pointee.rflags &= ~Flag.vm }
                     cpl = newCPL
                     do throws(Fault) { try loadSegment(Segment.ss, newSS) } catch {
                         throw error.vector == 13 || error.vector == 12 ? Fault.ts(UInt32(newSS & 0xFFFC) + external) : error
                     }
+                    // Loading SS re-derived the mode from the old CS: the pushes below are
+                    // supervisor accesses to the inner stack.
+                    cpl = newCPL
                     r[4] = sp
                     if fromV86 {
                         try push(UInt64(seg[5].pointee.selector), size)

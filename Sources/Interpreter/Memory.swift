@@ -294,10 +294,13 @@ extension InterpreterVCPU {
         try read(Segment.ss, (r[4] &+ offset) & stackMask, size)
     }
 
+    /// Writes RSP as a stack of the given width (`mask`: the stack's, by default) does:
+    /// a 16-bit stack keeps the upper bits of ESP.
     @inline(__always)
-    func setStackPointer(_ value: UInt64) {
-        if stackMask == 0xFFFF { r[4] = r[4] & ~0xFFFF | value & 0xFFFF }
-        else if stackMask == 0xFFFF_FFFF { r[4] = value & 0xFFFF_FFFF }
+    func setStackPointer(_ value: UInt64, mask: UInt64? = nil) {
+        let mask = mask ?? stackMask
+        if mask == 0xFFFF { r[4] = r[4] & ~0xFFFF | value & 0xFFFF }
+        else if mask == 0xFFFF_FFFF { r[4] = value & 0xFFFF_FFFF }
         else { r[4] = value }
     }
 }

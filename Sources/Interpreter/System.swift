@@ -124,6 +124,7 @@ extension InterpreterVCPU {
             let limit = try read(o0.segment, off, 2)
             var base = try read(o0.segment, (off &+ 2) & sizeMask(Int(d.pointee.addressSize)), codeBits == 64 ? 8 : 4)
             if codeBits != 64 && d.pointee.operandSize == 2 { base &= 0xFF_FFFF }
+            if codeBits == 64 && !canonicalAddress(base) { throw .gp() }
             let table = DescriptorTable(base: base, limit: UInt16(limit))
             if op == .lgdt { s.pointee.gdtr = table } else { s.pointee.idtr = table }
         case .sgdt, .sidt:
@@ -214,7 +215,10 @@ extension InterpreterVCPU {
         if ldt ? (!d.isSystem || d.type != 2) : (!d.isSystem || (d.type != 1 && d.type != 9)) { throw .gp(code) }
         if !d.present { throw .np(code) }
         var base = d.base
-        if longMode { base |= (try readSystem(address &+ 8, 8) & 0xFFFF_FFFF) << 32 }
+        if longMode {
+            base |= (try readSystem(address &+ 8, 8) & 0xFFFF_FFFF) << 32
+            if !canonicalAddress(base) { throw .gp(code) }
+        }
         if ldt {
             s.pointee.ldtr = d.segment(selector: selector, base64: base)
         } else {
@@ -314,15 +318,27 @@ extension InterpreterVCPU {
         }
         switch d.pointee.op {
         case .syscall:
-            guard s.pointee.efer & EFER.sce != 0, longMode else { throw .ud() }
-            r[1] = next
-            r[11] = s.pointee.rflags & ~Flag.rf
+            // As AMD CPUs (the CPUID offers SYSCALL in 0x8000_0001 EDX without the long-
+            // mode-only restriction of Intel's): from 64-bit mode to LSTAR, from
+            // compatibility mode to CSTAR, and from legacy protected mode to STAR[31:0].
+            guard s.pointee.efer & EFER.sce != 0, protectedMode, !virtual8086 else { throw .ud() }
             let sel = UInt16((m.star >> 32) & 0xFFFC)
-            s.pointee.cs = flatCode(sel, 0, true)
-            s.pointee.ss = flatData(sel &+ 8, 0)
-            s.pointee.rflags &= ~(m.fmask | Flag.rf)
+            if s.pointee.efer & EFER.lma != 0 {
+                r[1] = next
+                r[11] = s.pointee.rflags & ~Flag.rf
+                let target = longMode ? m.lstar : m.cstar
+                s.pointee.cs = flatCode(sel, 0, true)
+                s.pointee.ss = flatData(sel &+ 8, 0)
+                s.pointee.rflags &= ~(m.fmask | Flag.rf)
+                s.pointee.rip = target
+            } else {
+                r[1] = next & 0xFFFF_FFFF
+                s.pointee.cs = flatCode(sel, 0, false)
+                s.pointee.ss = flatData(sel &+ 8, 0)
+                s.pointee.rflags &= ~(Flag.vm | Flag.if | Flag.rf)
+                s.pointee.rip = m.star & 0xFFFF_FFFF
+            }
             s.pointee.rflags |= 2
-            s.pointee.rip = m.lstar
         case .sysret:
             guard s.pointee.efer & EFER.sce != 0, longMode else { throw .ud() }
             if cpl != 0 { throw .gp() }

@@ -69,9 +69,12 @@ extension InterpreterVCPU {
             for i in 0..<6 { selectors[i] = UInt16(try field(0x48 + UInt64(i * 4), 2)) }
             ldt = UInt16(try field(0x60, 2))
         } else {
+            // A 16-bit TSS holds no upper halves. The SDM leaves them undefined; like Bochs
+            // (and so the test ROMs written against it), the upper word of EFLAGS is
+            // cleared and that of each general register set to 0xFFFF.
             eip = try field(0x0E, 2)
-            newFlags = try field(0x10, 2) | (flags & 0xFFFF_0000 & ~Flag.vm)
-            for i in 0..<8 { regs[i] = try field(0x12 + UInt64(i * 2), 2) | (r[i] & 0xFFFF_0000) }
+            newFlags = try field(0x10, 2)
+            for i in 0..<8 { regs[i] = try field(0x12 + UInt64(i * 2), 2) | 0xFFFF_0000 }
             for i in 0..<4 { selectors[i] = UInt16(try field(0x22 + UInt64(i * 2), 2)) }
             ldt = UInt16(try field(0x2A, 2))
         }
@@ -138,11 +141,12 @@ extension InterpreterVCPU {
         s.pointee.ldtr = d.segment(selector: selector)
     }
 
-    /// IRET with NT set: back to the task in this TSS's link field.
-    func taskReturn() throws(Fault) {
+    /// IRET with NT set: back to the task in this TSS's link field. The outgoing task is
+    /// saved to resume after the IRET (`next`).
+    func taskReturn(next: UInt64) throws(Fault) {
         let link = UInt16(try readSystem(s.pointee.tr.base, 2))
         if link & 4 != 0 { throw .ts(UInt32(link & 0xFFFC)) }
         let (address, d) = try readDescriptor(link) { .ts($0) }
-        try performTaskSwitch(to: link, address: address, descriptor: d, reason: .iret, returnAddress: s.pointee.rip, errorCode: nil)
+        try performTaskSwitch(to: link, address: address, descriptor: d, reason: .iret, returnAddress: next, errorCode: nil)
     }
 }
