@@ -115,6 +115,9 @@ extension InterpreterVCPU {
                     cpl = savedCPL
                     throw error.vector == 13 || error.vector == 12 ? .ts(UInt32(newSS & 0xFFFC)) : error
                 }
+                // Loading SS re-derived the mode from the old CS: the pushes below are
+                // accesses at the new privilege (supervisor ones to a CPL 0 stack).
+                cpl = newCPL
                 r[4] = newSP
                 do throws(Fault) {
                     try push(oldSS, gateSize)

@@ -72,6 +72,70 @@ struct InterpreterProgramTests {
         try runImage(try assemble(bootProgram(body + "\n" + hexHelpers)), backend: .interp, name: "test.bin", timeout: timeout, configure: configure)
     }
 
+    /// IRETD with NT set, back to a busy 32-bit TSS whose EFLAGS has VM: the task
+    /// switch lands in virtual-8086 mode, whose I/O goes through that TSS's bitmap.
+    @Test("a task return (iretd with NT) into a virtual-8086 task", arguments: [BackendKind.interp, .kvm])
+    func taskReturnIntoVirtual8086(backend: BackendKind) throws {
+        if backend == .kvm && !canOpenKVM() { return }
+        let r = try runImage(try assemble("""
+        bits 16
+        org 0x7c00
+                cli
+                xor ax, ax
+                mov ds, ax
+                mov ss, ax
+                mov sp, 0x7c00
+                lgdt [gdtr]
+                mov eax, cr0
+                or al, 1
+                mov cr0, eax
+                jmp 0x08:pm
+        bits 32
+        pm:     mov ax, 0x10
+                mov ds, ax
+                mov es, ax
+                mov ss, ax
+                mov esp, 0x7000
+                mov ax, 0x18
+                ltr ax
+                mov word [tss1], 0x20       ; back link: the v86 task
+                pushfd
+                or dword [esp], 1 << 14     ; NT
+                popfd
+                iretd                       ; task return into the v86 task
+                mov al, 'X'
+                out 0xe9, al
+                mov al, 1
+                out 0xf4, al
+        bits 16
+        v86:    mov al, 'V'
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+                jmp $
+        gdtr:   dw gdt_end - gdt - 1
+                dd gdt
+        gdt:    dq 0
+                dq 0x00CF9A000000FFFF
+                dq 0x00CF92000000FFFF
+                dw 0x67, tss1, 0x8900, 0
+                dw tss2_end - tss2 - 1, tss2, 0x8B00, 0   ; busy, as a task return needs
+        gdt_end:
+        align 16
+        tss1:   times 0x68 db 0
+        tss2:   dd 0, 0, 0, 0, 0, 0, 0, 0
+                dd v86, 0x23002             ; eip, eflags: VM, IOPL 3
+                dd 0, 0, 0, 0, 0x6000, 0, 0, 0
+                dd 0, 0, 0, 0, 0, 0         ; es cs ss ds fs gs (real-mode values)
+                dw 0, 0, 0, 0x68            ; ldt, trap, iomap base
+                times 32 db 0               ; ports 0-255 allowed
+                db 0xFF
+        tss2_end:
+        """), backend: backend, name: "v86-task.bin", timeout: 10)
+        #expect(r.output == "V", "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
+    }
+
     @Test("self-modifying code: a patched immediate takes effect")
     func selfModifyingCode() throws {
         let r = try run("""
