@@ -113,7 +113,8 @@ extension InterpreterVCPU {
             writeReg(d.pointee.o0.reg, size, effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next))
         case .pause:
             pauseHint()
-        case .nop, .prefetch, .prefetchw, .prefetcht0, .prefetcht1, .prefetcht2, .prefetchnta, .lfence, .sfence, .mfence, .clflush:
+        case .nop, .prefetch, .prefetchw, .prefetcht0, .prefetcht1, .prefetcht2, .prefetchnta, .lfence, .sfence, .mfence, .clflush,
+             .endbr64, .endbr32:
             break
         case .loop, .loope, .loopne:
             let asz = Int(d.pointee.addressSize)

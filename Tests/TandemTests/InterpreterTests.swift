@@ -136,6 +136,30 @@ struct InterpreterProgramTests {
         #expect(r.status == 0)
     }
 
+    /// What compilers sprinkle everywhere: endbr64 at every function's start (Debian's gcc),
+    /// endbr32, and the rest of the hint-NOP space 0F 18-0F 1F with prefixes.
+    @Test("endbr64, endbr32 and the hint-NOP space run as NOPs", arguments: [BackendKind.interp, .kvm])
+    func hintNOPs(backend: BackendKind) throws {
+        if backend == .kvm && !canOpenKVM() { return }
+        let image = try assembleELF64("""
+        bits 64
+        section .text
+        global _start
+        _start:
+                endbr64
+                db 0xF3, 0x0F, 0x1E, 0xFB                        ; endbr32
+                nop dword [rax + rax]
+                db 0x0F, 0x18, 0x00                              ; prefetchnta [rax]
+                db 0x0F, 0x19, 0xC0                              ; reserved hint NOP
+                db 0x0F, 0x1C, 0x00                              ; another
+                db 0x66, 0x2E, 0x0F, 0x1F, 0x84, 0, 0, 0, 0, 0   ; the longest NOP gcc pads with
+                mov al, 7
+                out 0xf4, al
+        """, name: "hint-nops")
+        let r = runGuest(image, backend: backend)
+        #expect(r.status == 7, "\(r.message ?? "")")
+    }
+
     @Test("self-modifying code: a patched immediate takes effect")
     func selfModifyingCode() throws {
         let r = try run("""

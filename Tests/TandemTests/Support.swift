@@ -161,6 +161,18 @@ func runImage(
     return runGuest(path, backend: backend, cpus: cpus, memory: memory, timeout: timeout, configure: configure)
 }
 
+/// Assembles a 64-bit guest into an elf64 image linked as the guests in Guests/ are.
+func assembleELF64(_ source: String, name: String) throws -> String {
+    let asm = try writeScratchFile(Array(source.utf8), name: "\(name).asm")
+    let object = scratchPath("\(name).o"), image = scratchPath("\(name).elf")
+    let nasm = try runProcess("/usr/bin/env", ["nasm", "-f", "elf64", "-o", object, asm])
+    guard nasm.status == 0 else { throw GuestBuildFailure(description: "nasm: \(nasm.stderr)") }
+    let ld = try runProcess("/usr/bin/env", ["ld", "-m", "elf_x86_64", "-T", "\(repoRoot)/Guests/ld/elf64.ld", "-nostdlib",
+                                             "--build-id=none", "-z", "noexecstack", "-o", image, object])
+    guard ld.status == 0 else { throw GuestBuildFailure(description: "ld: \(ld.stderr)") }
+    return image
+}
+
 // MARK: Processes
 
 struct ProcessResult {
