@@ -164,6 +164,12 @@ extension InterpreterVCPU {
             try doubleShift(d, next: next)
         case .bt, .bts, .btr, .btc:
             try bitTest(d, next: next)
+        case .popcnt, .lzcnt, .tzcnt, .andn, .bextr, .blsi, .blsmsk, .blsr, .bzhi, .pdep, .pext, .rorx, .sarx, .shlx,
+             .shrx, .mulx, .adcx, .adox:
+            try bitManipulation(d, next: next)
+        case .movbe:
+            guard d.pointee.o0.kind == .memory || d.pointee.o1.kind == .memory else { throw .ud() }
+            try moveByteSwapped(d, next: next)
         case .bsf, .bsr:
             let size = Int(d.pointee.o0.size)
             let v = try readOperand(d.pointee.o1, d, size, next: next)

@@ -1,7 +1,7 @@
 /// The operations the interpreter executes: a dense integer the executor switches over.
 /// Case names match Capstone's mnemonics so the decoder can map Capstone's instruction
 /// ids to them by name, once, at start-up.
-enum Op: UInt8, CaseIterable {
+enum Op: UInt16, CaseIterable {
     case invalid
     // Data movement
     case mov, movabs, movzx, movsx, movsxd, xchg, xadd, cmpxchg, cmpxchg8b, cmpxchg16b, bswap, lea
@@ -31,6 +31,8 @@ enum Op: UInt8, CaseIterable {
     case prefetch, prefetchw, prefetcht0, prefetcht1, prefetcht2, prefetchnta, lfence, sfence, mfence, clflush
     /// CET's branch-target markers: NOPs on a CPU without CET (the hint-NOP space 0F 1E).
     case endbr64, endbr32
+    // Bit manipulation (POPCNT, LZCNT, BMI1, BMI2) and ADX
+    case popcnt, lzcnt, tzcnt, andn, bextr, blsi, blsmsk, blsr, bzhi, pdep, pext, rorx, sarx, shlx, shrx, mulx, adcx, adox
     /// A recognised instruction outside the implemented set (x87, SSE, ...).
     case unimplemented
 }

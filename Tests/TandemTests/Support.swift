@@ -120,6 +120,8 @@ func threadNames() -> [String] {
 struct GuestRun {
     /// Everything the guest wrote to COM1 and port 0xE9.
     var output: String
+    /// The same, byte for byte.
+    var outputBytes: [UInt8] = []
     /// The exit status `tandem run` would give.
     var status: Int32
     /// The line `tandem run` would print on stderr (nil: none).
@@ -149,7 +151,8 @@ func runGuest(
     }
     prepare(machine)
     let outcome = machine.run()
-    return GuestRun(output: machine.capturedOutput, status: outcome.status, message: outcome.message)
+    return GuestRun(output: machine.capturedOutput, outputBytes: machine.devices.console.captured,
+                    status: outcome.status, message: outcome.message)
 }
 
 /// Writes `bytes` to a scratch file and runs it (see `runGuest`).
@@ -178,6 +181,7 @@ func assembleELF64(_ source: String, name: String) throws -> String {
 struct ProcessResult {
     var status: Int32
     var stdout: String
+    var stdoutBytes: [UInt8] = []
     var stderr: String
 }
 
@@ -210,9 +214,11 @@ func runProcess(
     process.waitUntilExit()
     try out.close()
     try err.close()
+    let stdoutBytes = try readFileBytes(outPath)
     return ProcessResult(
         status: process.terminationStatus,
-        stdout: String(decoding: try readFileBytes(outPath), as: UTF8.self),
+        stdout: String(decoding: stdoutBytes, as: UTF8.self),
+        stdoutBytes: stdoutBytes,
         stderr: String(decoding: try readFileBytes(errPath), as: UTF8.self))
 }
 
