@@ -31,6 +31,25 @@ public enum UndefinedFlags {
         default: return 0
         }
     }
+
+    /// The bits `mnemonic` leaves undefined for `operandBits`-bit operands shifted or rotated
+    /// by `count` (before masking; nil: not a shift, or the count is unknown, then the
+    /// union over all counts). Intel SDM: a masked count of 0 changes no flag; OF is
+    /// defined only for a count of 1; AF is undefined after a non-zero shift; SHL/SHR leave
+    /// CF undefined for counts of at least the operand width; SHLD/SHRD leave everything
+    /// (and the result) undefined for counts above it.
+    public static func mask(for mnemonic: String, operandBits: Int, count: Int?) -> UInt64 {
+        guard let count else { return mask(for: mnemonic) }
+        let masked = count & (operandBits == 64 ? 0x3F : 0x1F)
+        let overflow = masked == 1 ? 0 : of
+        switch mnemonic {
+        case "shl", "sal", "shr": return masked == 0 ? 0 : af | overflow | (masked >= operandBits ? cf : 0)
+        case "sar": return masked == 0 ? 0 : af | overflow
+        case "rol", "ror", "rcl", "rcr": return masked == 0 ? 0 : overflow
+        case "shld", "shrd": return masked == 0 ? 0 : masked > operandBits ? cf | of | sf | zf | af | pf : af | overflow
+        default: return mask(for: mnemonic)
+        }
+    }
 }
 
 /// A known way this host's KVM differs from the architecture: such differences are

@@ -139,6 +139,7 @@ struct Fuzz: ParsableCommand {
         }
         let s = campaign.run { n, s in printError("fuzz: \(n)/\(o.count) sequences, \(s.divergenceCount) divergences") }
         print("fuzz: mode \(mode.rawValue), seed \(seed): \(s.sequences) sequences, \(s.instructions) instructions, \(s.divergenceCount) divergences, \(s.hostLimited.values.reduce(0, +)) host-limited, \(String((s.seconds * 10).rounded() / 10)) s")
+        print("  coverage: \(s.mnemonics.count) mnemonics, \(s.forms.count) forms (opcode, operand kinds, size), \(s.flagComparisons) RFLAGS comparisons")
         for (m, n) in s.divergences.sorted(by: { $0.value > $1.value }) { print("  divergence \(m): \(n)") }
         for (m, n) in s.hostLimited.sorted(by: { $0.key < $1.key }) { print("  host limitation (\(n)x): \(m)") }
         for r in s.reproducers { print("  reproducer: \(r)") }

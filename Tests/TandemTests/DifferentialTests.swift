@@ -78,6 +78,15 @@ struct DifferentialTests {
     }
 }
 
+@Suite("Fuzz generator")
+struct FuzzGeneratorTests {
+    @Test("the fuzz opcode table accounts for every one-byte and 0F opcode Capstone decodes (generated or excluded with a reason)",
+          arguments: [16, 32, 64])
+    func opcodeTableComplete(_ bits: Int) {
+        #expect(FuzzOpcodeTable.unaccounted(bits: bits) == [])
+    }
+}
+
 @Suite("Traces")
 struct TraceTests {
     func trace(_ name: String, backend: BackendKind, format: TraceFormat, configure: (inout TraceOptions) -> Void = { _ in }) throws -> [String] {
