@@ -54,10 +54,13 @@ public final class FuzzCampaign {
     let interp: InterpreterVCPU
     let sandbox: FuzzSandbox
     let disassembler = Disassembler()
+    /// PVM runs CPL 3 code with the host's segment selectors (Documentation/HostLimitations.md).
+    let hostSelectorsVisible: Bool
 
     public init(_ options: Options) throws(MachineError) {
         self.options = options
         sandbox = FuzzSandbox(mode: options.mode)
+        hostSelectorsVisible = options.mode == .user64 && !HostCheck.cpuHasVirtualization()
         do {
             kvmMemory = try GuestMemoryMap(ramSize: 8 << 20)
             interpMemory = try GuestMemoryMap(ramSize: 8 << 20)
@@ -103,7 +106,7 @@ public final class FuzzCampaign {
         var rng = SplitMix64(seed: options.seed)
         let start = DispatchTime.now()
         for index in 0..<options.count {
-            var generator = InstructionGenerator(mode: options.mode, rng: SplitMix64(seed: rng.next()))
+            var generator = InstructionGenerator(mode: options.mode, rng: SplitMix64(seed: rng.next()), hostSelectorsVisible: hostSelectorsVisible)
             let program = makeProgram(&generator)
             summary.sequences += 1
             summary.instructions += program.instructions.count
@@ -150,7 +153,9 @@ public final class FuzzCampaign {
             instructions.append(insn)
         }
         let flags: UInt64 = 2 | (g.rng.next() & 0x8D5)
-        let data = (0..<512).flatMap { _ in FuzzSandbox.le(EdgeValues.register(&g.rng), 8) }
+        var data: [UInt8] = []
+        data.reserveCapacity(4096)
+        for _ in 0..<512 { withUnsafeBytes(of: EdgeValues.register(&g.rng).littleEndian) { data.append(contentsOf: $0) } }
         return Program(instructions: instructions, registers: registers, flags: flags, data: data)
     }
 
@@ -212,9 +217,6 @@ public final class FuzzCampaign {
         let (k, i) = execute(program)
         let diffs = Self.differences(k, i)
         guard let culprit = culpritInstruction(program, k, i) else { return nil }
-        if options.mode == .user64 && culprit.readsSegmentSelector {
-            return "PVM runs CPL 3 code with the host's segment selectors: mov r/m, Sreg and push Sreg read them"
-        }
         let name = mnemonic(of: culprit)
         for limitation in HostLimitation.pvm where options.mode != .user64 && limitation.mnemonics.contains(name) {
             // RFLAGS, its records, and the copy of the last record on the stack (below

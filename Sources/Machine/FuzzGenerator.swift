@@ -35,7 +35,6 @@ struct FuzzInstruction: Sendable {
     /// Opcode, operand kinds and size: what the campaign's coverage counts.
     var form: String
     var undefinedFlags: UInt64
-    var readsSegmentSelector = false
 }
 
 /// Values at the edges of a width, where carries, overflows and sign changes happen.
@@ -50,12 +49,14 @@ enum EdgeValues {
         var seen = Set<UInt64>()
         return all.map { $0 & mask }.filter { seen.insert($0).inserted }
     }
+    /// The tables for 8, 16, 32 and 64 bits, built once.
+    static let tables: [[UInt64]] = [8, 16, 32, 64].map { table(bits: $0) }
 
     /// Half the time an edge value of `bits`, otherwise uniformly random (both truncated).
     static func value(bits: Int, _ rng: inout SplitMix64) -> UInt64 {
         let mask: UInt64 = bits == 64 ? .max : (1 << UInt64(bits)) - 1
         guard rng.next() % 2 == 0 else { return rng.next() & mask }
-        let edges = table(bits: bits)
+        let edges = tables[bits.trailingZeroBitCount - 3]
         return edges[Int(rng.next() % UInt64(edges.count))]
     }
 
@@ -87,10 +88,12 @@ struct InstructionGenerator {
     /// rBX's value, so cmpxchg16b can be given an aligned operand.
     var rbx: UInt64 = 0
 
-    init(mode: FuzzMode, rng: SplitMix64) {
+    /// `hostSelectorsVisible`: CPL 3 code runs with the host's segment selectors (PVM), so
+    /// reading one compares nothing of ours; those forms are left out.
+    init(mode: FuzzMode, rng: SplitMix64, hostSelectorsVisible: Bool = false) {
         self.mode = mode
         self.rng = rng
-        table = FuzzOpcodeTable.entries(for: mode)
+        table = FuzzOpcodeTable.entries(for: mode).filter { !(hostSelectorsVisible && $0.readsSegmentSelector) }
     }
 
     /// Registers instructions may write: rAX, rCX, rDX, rBP, and R8-R15 in 64-bit mode.
@@ -289,7 +292,6 @@ struct InstructionGenerator {
             kind = "rel"
         }
         insn.undefinedFlags = UndefinedFlags.mask(for: entry.mnemonic, operandBits: bits, count: count)
-        insn.readsSegmentSelector = entry.readsSegmentSelector
         let digit = entry.digit.map { "/\($0)" } ?? ""
         insn.form = opcode.map(byteHex).joined() + digit + " \(kind)" + (entry.width == .fixed ? "" : " \(bits)") + (memory ? " m" : "")
         return insn
