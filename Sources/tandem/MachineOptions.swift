@@ -92,7 +92,7 @@ struct Diff: ParsableCommand {
             throw Failure(status: error.status.rawValue, message: error.description)
         }
         let outcome = diff.run()
-        if outcome.status == 0 { print(outcome.report) } else { printError(outcome.report) }
+        if outcome.status == 0 || outcome.status == DifferentialRun.stoppedEarly { print(outcome.report) } else { printError(outcome.report) }
         throw ExitCode(outcome.status)
     }
 }
