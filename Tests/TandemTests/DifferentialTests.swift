@@ -87,6 +87,22 @@ struct DifferentialTests {
         #expect(s.divergenceCount == 0, "\(s.divergences)")
     }
 
+    @Test("a CF bug planted in the interpreter's shl is found by a fuzz campaign and shrunk to that shl")
+    func fuzzFindsPlantedShiftBug() throws {
+        var o = FuzzCampaign.Options()
+        o.seed = 31
+        o.count = 300
+        let clean = try FuzzCampaign(o).run()
+        #expect(clean.divergences["shl"] == nil, "\(clean.divergences)")
+        o.injectFault = ("shl", 1)
+        let planted = try FuzzCampaign(o).run()
+        #expect((planted.divergences["shl"] ?? 0) > 0, "\(planted.divergences)")
+        // Shrunk to the shl alone (after the mov cl, N that sets its count, for shl r/m, cl).
+        let example = planted.examples["shl"] ?? []
+        #expect(example.last?.contains("  shl ") == true, "\(example)")
+        #expect(example.count == 1 || (example.count == 2 && example[0].contains("  mov cl, ")), "\(example)")
+    }
+
     @Test("a fixed seed gives the same campaign")
     func fuzzDeterminism() throws {
         var o = FuzzCampaign.Options()
