@@ -120,6 +120,12 @@ struct Fuzz: ParsableCommand {
     @Option(help: "Number of sequences.")
     var count: Int = 1000
 
+    @Option(help: "With N > 1: LOCKed read-modify-write loops on shared counters on N vCPUs (--count: loop iterations per vCPU).")
+    var cpus: Int = 1
+
+    @Option(help: "With --cpus: only this LOCKed form, as the summary names it (e.g. \"lock inc m32\"); repeatable.")
+    var only: [String] = []
+
     @Option(help: "Where to save reproducers (created if missing).")
     var out: String?
 
@@ -127,6 +133,7 @@ struct Fuzz: ParsableCommand {
     var kvmDevice: String?
 
     func run() throws {
+        if cpus > 1 { return try runLocked() }
         var o = FuzzCampaign.Options()
         o.mode = mode
         o.seed = seed
@@ -144,5 +151,30 @@ struct Fuzz: ParsableCommand {
         for (m, n) in s.hostLimited.sorted(by: { $0.key < $1.key }) { print("  host limitation (\(n)x): \(m)") }
         for r in s.reproducers { print("  reproducer: \(r)") }
         if s.divergenceCount > 0 { throw ExitCode(1) }
+    }
+
+    func runLocked() throws {
+        guard mode == .user64 else { throw Failure(status: ExitStatus.usage.rawValue, message: "tandem fuzz --cpus runs in --mode user64 (CPL 3, native under KVM)") }
+        var o = LockedFuzzCampaign.Options()
+        o.seed = seed
+        o.cpus = cpus
+        o.iterations = count
+        o.onlyForms = Set(only)
+        o.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? o.kvmDevicePath
+        let campaign: LockedFuzzCampaign
+        do { campaign = try LockedFuzzCampaign(o) } catch {
+            throw Failure(status: error.status.rawValue, message: error.description)
+        }
+        let s = campaign.run()
+        if !only.isEmpty && s.forms.count != Set(only).count {
+            throw Failure(status: ExitStatus.usage.rawValue, message: "--only: unknown forms \(Set(only).subtracting(s.forms).sorted())")
+        }
+        print("fuzz: --cpus \(cpus), seed \(seed): \(s.forms.count) LOCKed forms on \(s.counters) shared counters, \(count) iterations per vCPU, \(String((s.seconds * 10).rounded() / 10)) s")
+        for p in s.problems { print("  run did not complete: \(p)") }
+        for m in s.kvmMismatches { print("  kvm wrong: \(m)") }
+        for m in s.interpreterMismatches { print("  interpreter wrong: \(m)") }
+        for d in s.engineDifferences { print("  engines differ: \(d)") }
+        if s.failed { throw ExitCode(1) }
+        print("  every counter has its expected value on both engines")
     }
 }

@@ -103,6 +103,24 @@ struct DifferentialTests {
         #expect(example.count == 1 || (example.count == 2 && example[0].contains("  mov cl, ")), "\(example)")
     }
 
+    @Test("LOCKed read-modify-write loops on 2 vCPUs leave every shared counter at its exact expected value, on KVM and on the interpreter")
+    func lockedFuzzCampaign() throws {
+        var o = LockedFuzzCampaign.Options()
+        o.seed = 2026
+        o.cpus = 2
+        o.iterations = 100_000
+        let s = try LockedFuzzCampaign(o).run()
+        // Every lockable mnemonic at every width it has.
+        #expect(s.forms.count >= 100, "\(s.forms.sorted())")
+        for m in ["add", "adc", "and", "btc", "btr", "bts", "cmpxchg", "cmpxchg8b", "cmpxchg16b", "dec", "inc", "neg", "not", "or", "sbb", "sub", "xor", "xadd", "xchg"] {
+            #expect(s.forms.contains { $0.hasPrefix("lock \(m) ") || $0.hasPrefix("\(m) ") }, "\(m)")
+        }
+        #expect(s.problems.isEmpty, "\(s.problems)")
+        #expect(s.kvmMismatches.isEmpty, "\(s.kvmMismatches)")
+        #expect(s.interpreterMismatches.isEmpty, "\(s.interpreterMismatches)")
+        #expect(s.engineDifferences.isEmpty, "\(s.engineDifferences)")
+    }
+
     @Test("a fixed seed gives the same campaign")
     func fuzzDeterminism() throws {
         var o = FuzzCampaign.Options()
