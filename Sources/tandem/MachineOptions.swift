@@ -69,8 +69,11 @@ struct Diff: ParsableCommand {
         Each side has its own copy of guest memory; one device model answers both (a port \
         or MMIO read happens once, on KVM, and its value is replayed to the interpreter). \
         After every instruction the CPU state (undefined flags masked) and the memory the \
-        instruction wrote are compared. Exit status: 0 no divergence, 1 a divergence (with \
-        a report), or one of `tandem run`'s statuses when the machine cannot be built. \
+        instruction wrote are compared. Exit status: 0 no divergence over the whole run, \
+        1 a divergence (with a report), 2 stopped early (no divergence in what was \
+        compared, but this host's KVM cannot follow the guest, or neither side can run an \
+        instruction: the report says how many of the run's instructions were compared, and \
+        why), or one of `tandem run`'s statuses when the machine cannot be built. \
         Instructions this host's KVM cannot run are executed by the interpreter for both \
         sides and listed as host limitations, not divergences.
         """
@@ -107,7 +110,9 @@ struct Fuzz: ParsableCommand {
         final states and memory are compared. Divergences are shrunk to the fewest \
         instructions that still diverge and saved in --out as a runnable image plus JSON. \
         user64 runs at CPL 3 in 64-bit mode, which KVM executes natively even on PVM hosts. \
-        A fixed seed gives the same campaign. Exit status: 0 no divergence, 1 divergences.
+        A fixed seed gives the same campaign. Exit status: 0 no divergence, 1 divergences. \
+        With --cpus N (N > 1): every LOCKable form in a loop (--count iterations) on N vCPUs, \
+        on shared counters whose final values are known exactly; 1 when a counter is wrong.
         """
     )
 

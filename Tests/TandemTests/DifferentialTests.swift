@@ -139,6 +139,27 @@ struct FuzzGeneratorTests {
     func opcodeTableComplete(_ bits: Int) {
         #expect(FuzzOpcodeTable.unaccounted(bits: bits) == [])
     }
+
+    @Test("undefined flags depend on the shift count as the SDM says")
+    func countDependentFlags() {
+        let cf: UInt64 = 1, pf: UInt64 = 4, af: UInt64 = 0x10, zf: UInt64 = 0x40, sf: UInt64 = 0x80, of: UInt64 = 0x800
+        // A masked count of 0 changes no flag; 32 is 0 for a 32-bit shift, not for a 64-bit one.
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 32, count: 0) == 0)
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 32, count: 32) == 0)
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 64, count: 32) == af | of)
+        // OF is defined for a count of 1 only; SHL/SHR lose CF from the operand width on, SAR does not.
+        #expect(UndefinedFlags.mask(for: "shr", operandBits: 16, count: 1) == af)
+        #expect(UndefinedFlags.mask(for: "shr", operandBits: 8, count: 8) == af | of | cf)
+        #expect(UndefinedFlags.mask(for: "sar", operandBits: 8, count: 9) == af | of)
+        #expect(UndefinedFlags.mask(for: "rcl", operandBits: 8, count: 1) == 0)
+        #expect(UndefinedFlags.mask(for: "rol", operandBits: 8, count: 8) == of)
+        // SHLD/SHRD above the operand width: every flag undefined.
+        #expect(UndefinedFlags.mask(for: "shld", operandBits: 16, count: 17) == cf | of | sf | zf | af | pf)
+        #expect(UndefinedFlags.mask(for: "shrd", operandBits: 16, count: 16) == af | of)
+        // Not shifts: the count is irrelevant.
+        #expect(UndefinedFlags.mask(for: "imul", operandBits: 32, count: nil) == sf | zf | af | pf)
+        #expect(UndefinedFlags.mask(for: "bsr", operandBits: 32, count: nil) == cf | of | sf | af | pf)
+    }
 }
 
 @Suite("Traces")
