@@ -188,30 +188,13 @@ public final class DifferentialRun {
                 let exit: VCPUExit
                 do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
                 switch exit {
-                case let .portIn(port, size, count, data):
-                    for k in 0..<count {
-                        let v = devices.ports.read(port, size: size)
-                        reads.append(UInt64(v))
-                        withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                    }
-                case let .portOut(port, size, count, data):
-                    for k in 0..<count {
-                        var v: UInt32 = 0
-                        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                        devices.ports.write(port, size: size, value: v)
-                        writes.append((port, size, v))
-                    }
+                case .portIn, .mmioRead, .mmioWrite:
+                    answerFromDevices(exit, reads: &reads, writes: &writes)
+                case .portOut:
+                    answerFromDevices(exit, reads: &reads, writes: &writes)
                     // The guest has exited: KVM must not run on (PVM would run the next
                     // instruction before trapping).
                     if exitStatus != nil { break kvmLoop }
-                case let .mmioRead(address, size, data):
-                    let v = devices.mmio.read(address, size: size)
-                    reads.append(v)
-                    withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-                case let .mmioWrite(address, size, data):
-                    var v: UInt64 = 0
-                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                    devices.mmio.write(address, size: size, value: v)
                 case .debugStep: break kvmLoop
                 case .halt: kvmEnd = "hlt"; break kvmLoop
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
@@ -383,24 +366,10 @@ public final class DifferentialRun {
             let exit: VCPUExit
             do { exit = try interp.run() } catch { return (number, "interpreter error \(error) after \(number) instructions") }
             switch exit {
-            case let .portIn(port, size, count, data):
-                for k in 0..<count {
-                    let v = devices.ports.read(port, size: size)
-                    withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                }
-            case let .portOut(port, size, count, data):
-                for k in 0..<count {
-                    var v: UInt32 = 0
-                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                    devices.ports.write(port, size: size, value: v)
-                }
-            case let .mmioRead(address, size, data):
-                let v = devices.mmio.read(address, size: size)
-                withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-            case let .mmioWrite(address, size, data):
-                var v: UInt64 = 0
-                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                devices.mmio.write(address, size: size, value: v)
+            case .portIn, .portOut, .mmioRead, .mmioWrite:
+                // Nothing to replay to: what was read and written is not kept.
+                var reads: [UInt64] = [], writes: [(UInt16, Int, UInt32)] = []
+                answerFromDevices(exit, reads: &reads, writes: &writes)
             case .debugStep: number += 1
             case .halt: return (number + 1, "halted after \(number + 1) instructions")
             case .shutdown: return (number + 1, "triple fault after \(number + 1) instructions")
@@ -410,6 +379,35 @@ public final class DifferentialRun {
             }
         }
         return (number, "--steps \(steps) reached")
+    }
+
+    /// Answers a port or MMIO exit from the device model, appending the values read (for
+    /// replay to the interpreter) and the port writes (to compare with the interpreter's).
+    func answerFromDevices(_ exit: VCPUExit, reads: inout [UInt64], writes: inout [(UInt16, Int, UInt32)]) {
+        switch exit {
+        case let .portIn(port, size, count, data):
+            for k in 0..<count {
+                let v = devices.ports.read(port, size: size)
+                reads.append(UInt64(v))
+                withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+            }
+        case let .portOut(port, size, count, data):
+            for k in 0..<count {
+                var v: UInt32 = 0
+                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
+                devices.ports.write(port, size: size, value: v)
+                writes.append((port, size, v))
+            }
+        case let .mmioRead(address, size, data):
+            let v = devices.mmio.read(address, size: size)
+            reads.append(v)
+            withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
+        case let .mmioWrite(address, size, data):
+            var v: UInt64 = 0
+            withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
+            devices.mmio.write(address, size: size, value: v)
+        default: break
+        }
     }
 
     /// KVM single-steps by setting RFLAGS.TF in the guest, and on this host the FLAGS image

@@ -200,19 +200,14 @@ public enum FuzzOpcodeTable {
         for (d, m) in ["bt", "bts", "btr", "btc"].enumerated() {
             t.append(OpcodeEntry(opcode: [0x0F, 0xBA], digit: UInt8(4 + d), mnemonic: m, shape: .rmImm(writes: m != "bt", wideImmediate: false), width: .full, lockable: m != "bt"))
         }
-        t.append(OpcodeEntry(opcode: [0x0F, 0xA4], mnemonic: "shld", shape: .doubleShift(byCL: false), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xA5], mnemonic: "shld", shape: .doubleShift(byCL: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xAC], mnemonic: "shrd", shape: .doubleShift(byCL: false), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xAD], mnemonic: "shrd", shape: .doubleShift(byCL: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xAF], mnemonic: "imul", shape: .regRM(writesReg: true), width: .full))
+        for (op, m, byCL) in [(0xA4, "shld", false), (0xA5, "shld", true), (0xAC, "shrd", false), (0xAD, "shrd", true)] as [(UInt8, String, Bool)] {
+            t.append(OpcodeEntry(opcode: [0x0F, op], mnemonic: m, shape: .doubleShift(byCL: byCL), width: .full))
+        }
         t.append(OpcodeEntry(opcode: [0x0F, 0xB0], mnemonic: "cmpxchg", shape: .rmReg(writesRM: true, writesReg: false), width: .byte, lockable: true))
         t.append(OpcodeEntry(opcode: [0x0F, 0xB1], mnemonic: "cmpxchg", shape: .rmReg(writesRM: true, writesReg: false), width: .full, lockable: true))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xB6], mnemonic: "movzx", shape: .regRM(writesReg: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xB7], mnemonic: "movzx", shape: .regRM(writesReg: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xBE], mnemonic: "movsx", shape: .regRM(writesReg: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xBF], mnemonic: "movsx", shape: .regRM(writesReg: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xBC], mnemonic: "bsf", shape: .regRM(writesReg: true), width: .full))
-        t.append(OpcodeEntry(opcode: [0x0F, 0xBD], mnemonic: "bsr", shape: .regRM(writesReg: true), width: .full))
+        for (op, m) in [(0xAF, "imul"), (0xB6, "movzx"), (0xB7, "movzx"), (0xBE, "movsx"), (0xBF, "movsx"), (0xBC, "bsf"), (0xBD, "bsr")] as [(UInt8, String)] {
+            t.append(OpcodeEntry(opcode: [0x0F, op], mnemonic: m, shape: .regRM(writesReg: true), width: .full))
+        }
         t.append(OpcodeEntry(opcode: [0x0F, 0xC0], mnemonic: "xadd", shape: .rmReg(writesRM: true, writesReg: true), width: .byte, lockable: true))
         t.append(OpcodeEntry(opcode: [0x0F, 0xC1], mnemonic: "xadd", shape: .rmReg(writesRM: true, writesReg: true), width: .full, lockable: true))
         t.append(OpcodeEntry(opcode: [0x0F, 0xC7], digit: 1, mnemonic: "cmpxchg8b", shape: .rm(writes: true), width: .dword, memoryOnly: true, lockable: true))
