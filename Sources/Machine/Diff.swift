@@ -149,14 +149,21 @@ public final class DifferentialRun {
         do { try interp.writeState(plan.initialState(cpu: 0, of: 1)) } catch { throw MachineError(.hostError, "\(error)") }
         interp.tracing = true
         if let injectFault {
-            let parts = injectFault.split(separator: ":")
-            let flags: [String: UInt64] = ["cf": 1, "pf": 4, "af": 0x10, "zf": 0x40, "sf": 0x80, "of": 0x800]
-            guard parts.count == 2, let bit = flags[String(parts[1])], interp.injectFault(mnemonic: String(parts[0]), flipFlags: bit) else {
+            guard let (mnemonic, bit) = Self.parseFault(injectFault), interp.injectFault(mnemonic: mnemonic, flipFlags: bit) else {
                 throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG, e.g. add:cf")
             }
         }
         hostIsEmulated = HostCheck.cpuHasVirtualization() == false
         box.value = self
+    }
+
+    /// A planted fault as the command line gives it, "MNEMONIC:FLAG" (e.g. "add:cf"):
+    /// the mnemonic and the RFLAGS bit to flip after it.
+    public static func parseFault(_ text: String) -> (String, UInt64)? {
+        let parts = text.split(separator: ":")
+        let flags: [String: UInt64] = ["cf": 1, "pf": 4, "af": 0x10, "zf": 0x40, "sf": 0x80, "of": 0x800]
+        guard parts.count == 2, let bit = flags[String(parts[1])] else { return nil }
+        return (String(parts[0]), bit)
     }
 
     struct Step {

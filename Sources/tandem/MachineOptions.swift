@@ -128,6 +128,9 @@ struct Fuzz: ParsableCommand {
     @Option(help: "With N > 1: LOCKed read-modify-write loops on shared counters on N vCPUs (--count: loop iterations per vCPU).")
     var cpus: Int = 1
 
+    @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. shl:cf), or $TANDEM_INJECT_FAULT; the interpreter is then single-stepped.")
+    var injectFault: String?
+
     @Option(help: "With --cpus: only this LOCKed form, as the summary names it (e.g. \"lock inc m32\"); repeatable.")
     var only: [String] = []
 
@@ -144,6 +147,12 @@ struct Fuzz: ParsableCommand {
         o.seed = seed
         o.count = count
         o.outputDirectory = out
+        if let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map({ String(cString: $0) }) {
+            guard let (mnemonic, bit) = DifferentialRun.parseFault(fault) else {
+                throw Failure(status: ExitStatus.usage.rawValue, message: "fault injection '\(fault)' must be MNEMONIC:FLAG, e.g. shl:cf")
+            }
+            o.injectFault = (mnemonic, bit)
+        }
         o.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? o.kvmDevicePath
         let campaign: FuzzCampaign
         do { campaign = try FuzzCampaign(o) } catch {
