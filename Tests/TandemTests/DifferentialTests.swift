@@ -44,6 +44,17 @@ struct DifferentialTests {
         #expect(outcome.report.contains("the interpreter alone: the guest exited with status 0 after \(outcome.ran) instructions"), "\(outcome.report)")
     }
 
+    @Test("an instruction neither side can execute stops the comparison early, and says which", .enabled(if: !hostHasHardwareVirtualization()))
+    func neitherSideCanExecute() throws {
+        // Real mode: nop; fld1 (x87: this host's KVM emulator cannot run it, the interpreter has no x87); hlt.
+        var c = MachineConfiguration(imagePath: try writeScratchFile([0x90, 0xD9, 0xE8, 0xF4], name: "fld1.bin"))
+        c.serial = .capture
+        let outcome = try DifferentialRun(c, steps: 100).run()
+        #expect(outcome.status == DifferentialRun.stoppedEarly, "\(outcome.report)")
+        #expect(outcome.compared == 1 && outcome.ran == 2, "\(outcome.report)")
+        #expect(outcome.end.hasPrefix("neither KVM nor the interpreter can execute step 1, fld1"), "\(outcome.end)")
+    }
+
     @Test("smp-counter and loop32 stay in lockstep for their first 20,000 instructions")
     func longerGuests() throws {
         for name in ["smp-counter.elf", "loop32.elf"] {
