@@ -270,7 +270,7 @@ public final class DifferentialRun {
                     case .unsupportedInstruction(let s):
                         if kvmCannot {
                             return stopEarly(compared: compared, start: start, hostLimited,
-                                             "neither KVM nor the interpreter can execute step \(number), \(text) (\(s))", interpreterCanGoOn: false)
+                                             "at step \(number), \(text): neither KVM nor the interpreter can execute it (\(s))", interpreterCanGoOn: false)
                         }
                         return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
                     case .interrupted, .instructionLimit: continue
