@@ -31,6 +31,25 @@ public enum UndefinedFlags {
         default: return 0
         }
     }
+
+    /// The bits `mnemonic` leaves undefined for `operandBits`-bit operands shifted or rotated
+    /// by `count` (before masking; nil: not a shift, or the count is unknown, then the
+    /// union over all counts). Intel SDM: a masked count of 0 changes no flag; OF is
+    /// defined only for a count of 1; AF is undefined after a non-zero shift; SHL/SHR leave
+    /// CF undefined for counts of at least the operand width; SHLD/SHRD leave everything
+    /// (and the result) undefined for counts above it.
+    public static func mask(for mnemonic: String, operandBits: Int, count: Int?) -> UInt64 {
+        guard let count else { return mask(for: mnemonic) }
+        let masked = count & (operandBits == 64 ? 0x3F : 0x1F)
+        let overflow = masked == 1 ? 0 : of
+        switch mnemonic {
+        case "shl", "sal", "shr": return masked == 0 ? 0 : af | overflow | (masked >= operandBits ? cf : 0)
+        case "sar": return masked == 0 ? 0 : af | overflow
+        case "rol", "ror", "rcl", "rcr": return masked == 0 ? 0 : overflow
+        case "shld", "shrd": return masked == 0 ? 0 : masked > operandBits ? cf | of | sf | zf | af | pf : af | overflow
+        default: return mask(for: mnemonic)
+        }
+    }
 }
 
 /// A known way this host's KVM differs from the architecture: such differences are
@@ -51,9 +70,23 @@ struct HostLimitation {
 /// each on its own copy of guest memory, both answered by one device model.
 public final class DifferentialRun {
     public struct Outcome: Sendable {
+        /// 0: no divergence over the whole run; 1: a divergence; `stoppedEarly`: no
+        /// divergence in what was compared, but the comparison ended before the run did;
+        /// otherwise an `ExitStatus` (a host error).
         public var status: Int32
         public var report: String
+        /// Instructions compared.
+        public var compared: UInt64 = 0
+        /// Instructions the guest ran: past `compared` when the comparison stopped early
+        /// (the interpreter ran the rest alone, up to --steps).
+        public var ran: UInt64 = 0
+        /// Why the comparison ended (the guest exited, both halted, --steps, or why it stopped early).
+        public var end: String = ""
     }
+
+    /// `tandem diff`'s exit status when nothing diverged but the comparison stopped early
+    /// (this host's KVM cannot follow the guest, or neither side can run an instruction).
+    public static let stoppedEarly: Int32 = 2
 
     let configuration: MachineConfiguration
     let steps: UInt64
@@ -116,14 +149,21 @@ public final class DifferentialRun {
         do { try interp.writeState(plan.initialState(cpu: 0, of: 1)) } catch { throw MachineError(.hostError, "\(error)") }
         interp.tracing = true
         if let injectFault {
-            let parts = injectFault.split(separator: ":")
-            let flags: [String: UInt64] = ["cf": 1, "pf": 4, "af": 0x10, "zf": 0x40, "sf": 0x80, "of": 0x800]
-            guard parts.count == 2, let bit = flags[String(parts[1])], interp.injectFault(mnemonic: String(parts[0]), flipFlags: bit) else {
+            guard let (mnemonic, bit) = Self.parseFault(injectFault), interp.injectFault(mnemonic: mnemonic, flipFlags: bit) else {
                 throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG, e.g. add:cf")
             }
         }
         hostIsEmulated = HostCheck.cpuHasVirtualization() == false
         box.value = self
+    }
+
+    /// A planted fault as the command line gives it, "MNEMONIC:FLAG" (e.g. "add:cf"):
+    /// the mnemonic and the RFLAGS bit to flip after it.
+    public static func parseFault(_ text: String) -> (String, UInt64)? {
+        let parts = text.split(separator: ":")
+        let flags: [String: UInt64] = ["cf": 1, "pf": 4, "af": 0x10, "zf": 0x40, "sf": 0x80, "of": 0x800]
+        guard parts.count == 2, let bit = flags[String(parts[1])] else { return nil }
+        return (String(parts[0]), bit)
     }
 
     struct Step {
@@ -155,32 +195,13 @@ public final class DifferentialRun {
                 let exit: VCPUExit
                 do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
                 switch exit {
-                case let .portIn(port, size, count, data):
-                    for k in 0..<count {
-                        let v = devices.ports.read(port, size: size)
-                        reads.append(UInt64(v))
-                        withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                    }
-                case let .portOut(port, size, count, data):
-                    for k in 0..<count {
-                        var v: UInt32 = 0
-                        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                        devices.ports.write(port, size: size, value: v)
-                        writes.append((port, size, v))
-                    }
+                case .portIn, .mmioRead, .mmioWrite:
+                    answerFromDevices(exit, reads: &reads, writes: &writes)
+                case .portOut:
+                    answerFromDevices(exit, reads: &reads, writes: &writes)
                     // The guest has exited: KVM must not run on (PVM would run the next
                     // instruction before trapping).
                     if exitStatus != nil { break kvmLoop }
-                case let .mmioRead(address, size, data):
-                    let v = devices.mmio.read(address, size: size)
-                    // The interpreter reads unmapped memory without an exit: only device
-                    // reads are replayed to it.
-                    if PhysicalLayout.deviceWindow.contains(address) { reads.append(v) }
-                    withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-                case let .mmioWrite(address, size, data):
-                    var v: UInt64 = 0
-                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                    devices.mmio.write(address, size: size, value: v)
                 case .debugStep: break kvmLoop
                 case .halt: kvmEnd = "hlt"; break kvmLoop
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
@@ -247,6 +268,10 @@ public final class DifferentialRun {
                     case .halt: interpEnd = "hlt"; break interpLoop
                     case .shutdown: interpEnd = "triple fault"; break interpLoop
                     case .unsupportedInstruction(let s):
+                        if kvmCannot {
+                            return stopEarly(compared: compared, start: start, hostLimited,
+                                             "at step \(number), \(text): neither KVM nor the interpreter can execute it (\(s))", interpreterCanGoOn: false)
+                        }
                         return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
                     case .interrupted, .instructionLimit: continue
                     case .failedEntry, .internalError: return failure("interpreter stopped unexpectedly")
@@ -277,13 +302,13 @@ public final class DifferentialRun {
                 if !events.isEmpty { fixSingleStepTrapFlag(before: before, accesses) }
                 let memory = compareMemory(accesses)
                 if hostIsEmulated, i.rflags & 1 << 17 != 0, k.rflags & 1 << 17 == 0 {
-                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-                    return Outcome(status: 0, report: "tandem diff: no divergence in \(compared - 1) instructions (\(String(format3: seconds)) s); the comparison stops at step \(number), \(text): host limitation: this host's KVM does not run virtual-8086 mode")
+                    return stopEarly(compared: compared - 1, start: start, hostLimited,
+                                     "at step \(number), \(text): host limitation: this host's KVM does not run virtual-8086 mode")
                 }
                 if hostIsEmulated, i.cr0 & CR0.pg != 0, k.cr0 & CR0.pg == 0, i.cr4 & CR4.pae == 0, i.efer & EFER.lme == 0 {
                     // PVM's KVM cannot enable legacy (non-PAE) paging at CPL 0: nothing after this compares.
-                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-                    return Outcome(status: 0, report: "tandem diff: no divergence in \(compared - 1) instructions (\(String(format3: seconds)) s); the comparison stops at step \(number), \(text): host limitation: this host's KVM cannot enable legacy 32-bit paging at CPL 0")
+                    return stopEarly(compared: compared - 1, start: start, hostLimited,
+                                     "at step \(number), \(text): host limitation: this host's KVM cannot enable legacy 32-bit paging at CPL 0")
                 }
                 if kvmEnd != interpEnd {
                     fields.append(("stop", kvmEnd ?? "running", interpEnd ?? "running"))
@@ -312,12 +337,86 @@ public final class DifferentialRun {
             if exitStatus != nil || (kvmEnd != nil && interpEnd != nil) { break }
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        var lines = ["tandem diff: no divergence: \(compared) instructions compared in \(String(format3: seconds)) s" +
-                     (exitStatus.map { "; the guest exited with status \($0)" } ?? (compared >= steps ? "; stopped after --steps \(steps)" : ""))]
+        let end = exitStatus.map { "the guest exited with status \($0)" } ?? (compared >= steps ? "--steps \(steps) reached" : "both sides halted")
+        var lines = ["tandem diff: no divergence: all \(compared) instructions compared in \(String(format3: seconds)) s; \(end)"]
         for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
             lines.append("  host limitation (\(count)x): \(reason)")
         }
-        return Outcome(status: 0, report: lines.joined(separator: "\n"))
+        return Outcome(status: 0, report: lines.joined(separator: "\n"), compared: compared, ran: compared, end: end)
+    }
+
+    /// The comparison cannot go on (`reason`) after `compared` matching instructions. The
+    /// interpreter runs the rest alone (up to --steps), so the report can say how much of
+    /// the run was not compared.
+    func stopEarly(compared: UInt64, start: DispatchTime, _ hostLimited: [String: Int], _ reason: String, interpreterCanGoOn: Bool = true) -> Outcome {
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        // The interpreter has run the instruction the comparison stopped at.
+        let (ran, end) = interpreterCanGoOn ? runInterpreterAlone(from: compared + 1) : (compared + 1, "it stopped there")
+        var lines = ["tandem diff: stopped early: \(compared) of \(ran) instructions compared in \(String(format3: seconds)) s, no divergence among them",
+                     "  the comparison stopped \(reason)",
+                     "  the interpreter alone: \(end)"]
+        for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
+            lines.append("  host limitation (\(count)x): \(reason)")
+        }
+        return Outcome(status: Self.stoppedEarly, report: lines.joined(separator: "\n"), compared: compared, ran: ran, end: reason)
+    }
+
+    /// Runs the interpreter on its own from step `from` to the end of the run (the exit
+    /// device, a halt, a triple fault, an instruction it cannot execute, or --steps):
+    /// how many instructions the whole run has, and how it ended.
+    func runInterpreterAlone(from: UInt64) -> (UInt64, String) {
+        interp.tracing = false
+        interp.singleStep = true
+        var number = from
+        while number < steps {
+            if exitStatus != nil { return (number, "the guest exited with status \(exitStatus!) after \(number) instructions") }
+            let exit: VCPUExit
+            do { exit = try interp.run() } catch { return (number, "interpreter error \(error) after \(number) instructions") }
+            switch exit {
+            case .portIn, .portOut, .mmioRead, .mmioWrite:
+                // Nothing to replay to: what was read and written is not kept.
+                var reads: [UInt64] = [], writes: [(UInt16, Int, UInt32)] = []
+                answerFromDevices(exit, reads: &reads, writes: &writes)
+            case .debugStep: number += 1
+            case .halt: return (number + 1, "halted after \(number + 1) instructions")
+            case .shutdown: return (number + 1, "triple fault after \(number + 1) instructions")
+            case .unsupportedInstruction(let s): return (number, "cannot execute instruction \(number) (\(s))")
+            case .interrupted, .instructionLimit: continue
+            case .failedEntry, .internalError: return (number, "stopped unexpectedly after \(number) instructions")
+            }
+        }
+        return (number, "--steps \(steps) reached")
+    }
+
+    /// Answers a port or MMIO exit from the device model, appending the values read (for
+    /// replay to the interpreter) and the port writes (to compare with the interpreter's).
+    func answerFromDevices(_ exit: VCPUExit, reads: inout [UInt64], writes: inout [(UInt16, Int, UInt32)]) {
+        switch exit {
+        case let .portIn(port, size, count, data):
+            for k in 0..<count {
+                let v = devices.ports.read(port, size: size)
+                reads.append(UInt64(v))
+                withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
+            }
+        case let .portOut(port, size, count, data):
+            for k in 0..<count {
+                var v: UInt32 = 0
+                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
+                devices.ports.write(port, size: size, value: v)
+                writes.append((port, size, v))
+            }
+        case let .mmioRead(address, size, data):
+            let v = devices.mmio.read(address, size: size)
+            // The interpreter reads unmapped memory without an exit: only device reads are
+            // replayed to it.
+            if PhysicalLayout.deviceWindow.contains(address) { reads.append(v) }
+            withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
+        case let .mmioWrite(address, size, data):
+            var v: UInt64 = 0
+            withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
+            devices.mmio.write(address, size: size, value: v)
+        default: break
+        }
     }
 
     /// KVM single-steps by setting RFLAGS.TF in the guest, and on this host the FLAGS image
@@ -457,7 +556,7 @@ public final class DifferentialRun {
         }
         lines.append("  previous instructions:")
         lines += history.dropLast().map { "    " + describe($0) }
-        return Outcome(status: 1, report: lines.joined(separator: "\n"))
+        return Outcome(status: 1, report: lines.joined(separator: "\n"), compared: compared - 1, ran: compared, end: "divergence at step \(number)")
     }
 
     static func allFields(_ k: CPUState, _ i: CPUState) -> [(String, String, String)] {

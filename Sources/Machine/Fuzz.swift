@@ -21,6 +21,9 @@ public final class FuzzCampaign {
         public var outputDirectory: String? = nil
         public var kvmDevicePath: String = KVMDevice.defaultPath
         public var maxLength = 12
+        /// A bug planted in the interpreter (testing the tester): after every `mnemonic`
+        /// (Capstone's name), RFLAGS ^= `flags`.
+        public var injectFault: (mnemonic: String, flags: UInt64)? = nil
         public init() {}
     }
 
@@ -30,6 +33,14 @@ public final class FuzzCampaign {
         public var divergences: [String: Int] = [:]
         public var hostLimited: [String: Int] = [:]
         public var reproducers: [String] = []
+        /// The first shrunk sequence of each diverging mnemonic, as "bytes  assembly" lines.
+        public var examples: [String: [String]] = [:]
+        /// Coverage of the sequences that were compared: distinct mnemonics (Capstone's) and
+        /// forms (opcode, operand kinds, size, register or memory).
+        public var mnemonics = Set<String>()
+        public var forms = Set<String>()
+        /// RFLAGS values compared: one per instruction that ran (its flag record) and the final one.
+        public var flagComparisons = 0
         public var seconds = 0.0
 
         public var divergenceCount: Int { divergences.values.reduce(0, +) }
@@ -43,10 +54,13 @@ public final class FuzzCampaign {
     let interp: InterpreterVCPU
     let sandbox: FuzzSandbox
     let disassembler = Disassembler()
+    /// PVM runs CPL 3 code with the host's segment selectors (Documentation/HostLimitations.md).
+    let hostSelectorsVisible: Bool
 
     public init(_ options: Options) throws(MachineError) {
         self.options = options
         sandbox = FuzzSandbox(mode: options.mode)
+        hostSelectorsVisible = options.mode == .user64 && !HostCheck.cpuHasVirtualization()
         do {
             kvmMemory = try GuestMemoryMap(ramSize: 8 << 20)
             interpMemory = try GuestMemoryMap(ramSize: 8 << 20)
@@ -59,15 +73,26 @@ public final class FuzzCampaign {
             throw MachineError(.backendUnavailable, "tandem fuzz compares against KVM: \(error)")
         }
         interp = InterpreterMachine(memory: interpMemory, cpuCount: 1).makeVCPU(index: 0)
+        if let fault = options.injectFault {
+            guard interp.injectFault(mnemonic: fault.mnemonic, flipFlags: fault.flags) else {
+                throw MachineError(.usage, "fault injection: the interpreter has no instruction '\(fault.mnemonic)'")
+            }
+            // The interpreter applies a planted fault only to single-stepped instructions.
+            interp.singleStep = true
+        }
     }
 
-    /// One generated program: instructions (each with its flag normaliser), start state.
+    /// One generated program: instructions, start state.
     struct Program {
-        var instructions: [[UInt8]]
+        var instructions: [FuzzInstruction]
         var registers: [UInt64]
         var flags: UInt64
         var data: [UInt8]
-        var bytes: [UInt8] { instructions.flatMap { $0 } }
+
+        /// The sequence: each instruction with its setup, then its flag record.
+        func code(_ sandbox: FuzzSandbox) -> [UInt8] {
+            instructions.enumerated().flatMap { i, insn in insn.setup + insn.bytes + sandbox.flagRecord(index: i, undefinedFlags: insn.undefinedFlags) }
+        }
     }
 
     struct Result {
@@ -81,22 +106,26 @@ public final class FuzzCampaign {
         var rng = SplitMix64(seed: options.seed)
         let start = DispatchTime.now()
         for index in 0..<options.count {
-            var generator = InstructionGenerator(mode: options.mode, rng: SplitMix64(seed: rng.next()))
+            var generator = InstructionGenerator(mode: options.mode, rng: SplitMix64(seed: rng.next()), hostSelectorsVisible: hostSelectorsVisible)
             let program = makeProgram(&generator)
             summary.sequences += 1
             summary.instructions += program.instructions.count
             let (k, i) = execute(program)
             if let limitation = hostLimitation(k) {
                 summary.hostLimited[limitation, default: 0] += 1
-            } else if !Self.differences(k, i).isEmpty {
+                continue
+            }
+            countCoverage(program, k, into: &summary)
+            if !Self.differences(k, i).isEmpty {
                 let shrunk = shrink(program)
                 if let known = knownHostDifference(shrunk) {
                     summary.hostLimited[known, default: 0] += 1
                     continue
                 }
                 let (sk, si) = execute(shrunk)
-                let mnemonic = mnemonicOf(shrunk)
+                let mnemonic = culpritInstruction(shrunk, sk, si).map(mnemonic(of:)) ?? "?"
                 summary.divergences[mnemonic, default: 0] += 1
+                if summary.examples[mnemonic] == nil { summary.examples[mnemonic] = listing(shrunk).map { "\($0.0)  \($0.1)" } }
                 if let dir = options.outputDirectory {
                     summary.reproducers.append(saveReproducer(shrunk, sk, si, index: index, directory: dir))
                 }
@@ -109,28 +138,46 @@ public final class FuzzCampaign {
 
     func makeProgram(_ g: inout InstructionGenerator) -> Program {
         let length = 1 + Int(g.rng.next() % UInt64(options.maxLength))
-        var instructions: [[UInt8]] = []
-        for _ in 0..<length {
-            // Keep only what Capstone decodes and the interpreter claims to implement.
-            var insn = g.next()
-            while disassembler.disassemble(insn.bytes, address: 0, bits: options.mode.bits) == nil { insn = g.next() }
-            // A defined-flags normaliser after an instruction that leaves flags undefined,
-            // so no later instruction (or the final state) depends on them.
-            instructions.append(insn.bytes + (insn.leavesFlagsUndefined ? [0x38, 0xC0] : []))
-        }
         let base = sandbox.base + FuzzSandbox.data
-        var registers = (0..<16).map { _ in g.rng.next() }
+        // Half the free registers' values and of the data page's words come from the edges.
+        var registers = (0..<16).map { _ in EdgeValues.register(&g.rng) }
         for r in InstructionGenerator.baseRegisters { registers[Int(r)] = base + 0x400 + (g.rng.next() % 0x800) }
         if options.mode.bits < 64 { for r in 8..<16 { registers[r] = 0 } }
         registers[4] = 0
+        g.rbx = registers[3]
+        var instructions: [FuzzInstruction] = []
+        for _ in 0..<length {
+            // Keep only what Capstone decodes (the table holds nothing else; this is a check).
+            var insn = g.next()
+            while disassembler.disassemble(insn.bytes, address: 0, bits: options.mode.bits) == nil { insn = g.next() }
+            instructions.append(insn)
+        }
         let flags: UInt64 = 2 | (g.rng.next() & 0x8D5)
-        let data = (0..<4096).map { _ in g.byte() }
+        var data: [UInt8] = []
+        data.reserveCapacity(4096)
+        for _ in 0..<512 { withUnsafeBytes(of: EdgeValues.register(&g.rng).littleEndian) { data.append(contentsOf: $0) } }
         return Program(instructions: instructions, registers: registers, flags: flags, data: data)
+    }
+
+    /// Adds a compared sequence's forms, mnemonics and flag records to the coverage counts.
+    func countCoverage(_ program: Program, _ k: Result, into summary: inout Summary) {
+        for insn in program.instructions {
+            summary.forms.insert(insn.form)
+            summary.mnemonics.insert(mnemonic(of: insn))
+        }
+        summary.flagComparisons += 1 + flagRecordsWritten(k)
+    }
+
+    /// How many instructions ran to their flag record (a record always has RFLAGS bit 1 set).
+    func flagRecordsWritten(_ r: Result) -> Int {
+        let start = Int(FuzzSandbox.records)
+        guard r.memory.count >= start + FuzzSandbox.maxRecords * 8 else { return 0 }
+        return (0..<FuzzSandbox.maxRecords).filter { r.memory[start + $0 * 8] & 2 != 0 }.count
     }
 
     /// Runs `program` on both backends from the same state.
     func execute(_ program: Program) -> (Result, Result) {
-        let image = sandbox.image(sequence: program.bytes, registers: program.registers, flags: program.flags, dataBytes: program.data)
+        let image = sandbox.image(sequence: program.code(sandbox), registers: program.registers, flags: program.flags, dataBytes: program.data)
         let format: ImageFormat = options.mode == .real16 ? .boot : options.mode == .prot32 ? .multiboot : .elf64
         return (run(image, format: format, memory: kvmMemory, backend: kvm),
                 run(image, format: format, memory: interpMemory, backend: interp))
@@ -163,13 +210,27 @@ public final class FuzzCampaign {
         return Result(state: state, stop: stop, memory: memory.bytes(at: base, count: FuzzSandbox.size))
     }
 
-    /// Differences that are this host's KVM (its instruction emulator) and not ours;
+    /// Differences that are this host's KVM (its instruction emulator, or PVM) and not ours;
     /// each is documented in Documentation/HostLimitations.md.
     func knownHostDifference(_ program: Program) -> String? {
-        guard options.mode != .user64, !HostCheck.cpuHasVirtualization() else { return nil }
+        guard !HostCheck.cpuHasVirtualization() else { return nil }
         let (k, i) = execute(program)
         let diffs = Self.differences(k, i)
-        if mnemonicOf(program) == "cmpxchg",
+        guard let culprit = culpritInstruction(program, k, i) else { return nil }
+        let name = mnemonic(of: culprit)
+        for limitation in HostLimitation.pvm where options.mode != .user64 && limitation.mnemonics.contains(name) {
+            // RFLAGS, its records, and the copy of the last record on the stack (below
+            // userStack) may differ, in those flags only.
+            let onlyThoseFlags = diffs.allSatisfy { d in
+                let stackCopy = d.0.hasPrefix("memory+") && Int(d.0.dropFirst(9), radix: 16).map { $0 >= Int(FuzzSandbox.userStack) - 8 && $0 < Int(FuzzSandbox.userStack) } == true
+                guard d.0 == "rflags" || d.0.hasPrefix("rflags after #") || stackCopy,
+                      let a = UInt64(d.1.hasPrefix("0x") ? String(d.1.dropFirst(2)) : d.1, radix: 16),
+                      let b = UInt64(d.2.hasPrefix("0x") ? String(d.2.dropFirst(2)) : d.2, radix: 16) else { return false }
+                return (a ^ b) & ~limitation.flags == 0
+            }
+            if onlyThoseFlags { return limitation.reason }
+        }
+        if options.mode != .user64 && name == "cmpxchg",
            diffs.allSatisfy({ d in GPR.allCases.contains { $0.name == d.0 } && UInt64(d.1.dropFirst(2), radix: 16).map { $0 & 0xFFFF_FFFF } == UInt64(d.2.dropFirst(2), radix: 16).map { $0 & 0xFFFF_FFFF } }) {
             return "the host kernel's emulator zero-extends the register destination of a failed 32-bit CMPXCHG"
         }
@@ -185,8 +246,19 @@ public final class FuzzCampaign {
         var out = DifferentialRun.differences(k.state, i.state, undefinedFlags: 0)
         if k.stop != i.stop { out.append(("stop", k.stop, i.stop)) }
         if k.memory != i.memory {
+            let records = Int(FuzzSandbox.records)..<Int(FuzzSandbox.records) + FuzzSandbox.maxRecords * 8
+            var recordsReported = Set<Int>()
             for j in 0..<min(k.memory.count, i.memory.count) where k.memory[j] != i.memory[j] {
-                out.append(("memory+\(hex(j))", byteHex(k.memory[j]), byteHex(i.memory[j])))
+                if records.contains(j) {
+                    // A flag record: RFLAGS after that instruction, its undefined bits cleared.
+                    let n = (j - records.lowerBound) / 8
+                    guard recordsReported.insert(n).inserted else { continue }
+                    let at = records.lowerBound + n * 8
+                    func value(_ m: [UInt8]) -> String { hex(m[at..<at + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }) }
+                    out.append(("rflags after #\(n)", value(k.memory), value(i.memory)))
+                } else {
+                    out.append(("memory+\(hex(j))", byteHex(k.memory[j]), byteHex(i.memory[j])))
+                }
                 if out.count > 40 { break }
             }
         }
@@ -212,18 +284,25 @@ public final class FuzzCampaign {
         return current
     }
 
-    func mnemonicOf(_ program: Program) -> String {
-        guard let last = program.instructions.last,
-              let d = disassembler.disassemble(last, address: 0, bits: options.mode.bits) else { return "?" }
-        return String(d.text.prefix { $0 != " " })
+    /// Capstone's mnemonic of the instruction itself (without LOCK or REP).
+    func mnemonic(of insn: FuzzInstruction) -> String {
+        guard let d = disassembler.disassemble(insn.bytes, address: 0, bits: options.mode.bits) else { return "?" }
+        return d.text.split(separator: " ").first { !["lock", "rep", "repe", "repne"].contains($0) }.map(String.init) ?? "?"
+    }
+
+    /// The instruction a (shrunk) divergence is charged to: the first whose flag record
+    /// differs, otherwise the last one.
+    func culpritInstruction(_ program: Program, _ k: Result, _ i: Result) -> FuzzInstruction? {
+        let first = Self.differences(k, i).compactMap { d in d.0.hasPrefix("rflags after #") ? Int(d.0.dropFirst(14)) : nil }.min()
+        return first.map { program.instructions[$0] } ?? program.instructions.last
     }
 
     func listing(_ program: Program) -> [(String, String)] {
         var out: [(String, String)] = []
-        for insn in program.instructions {
+        for bytes in program.instructions.map({ $0.setup + $0.bytes }) {
             var offset = 0
-            while offset < insn.count, let d = disassembler.disassemble(Array(insn[offset...]), address: 0, bits: options.mode.bits) {
-                out.append((insn[offset..<offset + d.length].map(byteHex).joined(), d.text))
+            while offset < bytes.count, let d = disassembler.disassemble(Array(bytes[offset...]), address: 0, bits: options.mode.bits) {
+                out.append((bytes[offset..<offset + d.length].map(byteHex).joined(), d.text))
                 offset += d.length
             }
         }
@@ -234,7 +313,7 @@ public final class FuzzCampaign {
         mkdir(directory, 0o755)
         let name = "\(options.mode.rawValue)-seed\(options.seed)-\(index)"
         let ext = options.mode == .real16 ? "bin" : options.mode == .prot32 ? "mb" : "elf"
-        let image = sandbox.image(sequence: program.bytes, registers: program.registers, flags: program.flags, dataBytes: program.data)
+        let image = sandbox.image(sequence: program.code(sandbox), registers: program.registers, flags: program.flags, dataBytes: program.data)
         writeFile("\(directory)/\(name).\(ext)", image)
         func state(_ r: Result) -> String {
             var fields = GPR.allCases.map { "\"\($0.name)\":\"\(hex(r.state[$0]))\"" }

@@ -23,6 +23,8 @@ struct FuzzSandbox {
     static let pdpt: UInt64 = 0x4000
     static let pd: UInt64 = 0x5000
     static let data: UInt64 = 0x6000         // the data page the sequence works on
+    static let records: UInt64 = 0x7000      // RFLAGS after each instruction, 8 bytes each
+    static let maxRecords = 64
     static let userStack: UInt64 = 0x7800
     static let kernelStack: UInt64 = 0x9000
     static let size = 0x9000
@@ -32,7 +34,7 @@ struct FuzzSandbox {
     func image(sequence: [UInt8], registers: [UInt64], flags: UInt64, dataBytes: [UInt8]) -> [UInt8] {
         var img = [UInt8](repeating: 0, count: Self.size)
         func put(_ offset: UInt64, _ bytes: [UInt8]) { img.replaceSubrange(Int(offset)..<Int(offset) + bytes.count, with: bytes) }
-        func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        let le = Self.le
         for v in 0..<32 { put(Self.handlers + UInt64(v) * 16, [0xF4]) }
         put(Self.data, dataBytes)
         for (i, r) in registers.enumerated() { put(Self.stateBlock + UInt64(i) * 8, le(r, 8)) }
@@ -77,7 +79,9 @@ struct FuzzSandbox {
                 let start = base + UInt64(c.count) + 5 * 5 + UInt64(load.count) + 2
                 c += [0x68] + le(0x23, 4)                                          // ss
                 c += [0x68] + le(base + Self.userStack, 4)                         // rsp
-                c += [0x68] + le(flags & 0xFFFF_FFFF, 4)                           // rflags
+                // IF set: PVM runs CPL 3 code with interrupts enabled whatever the guest's
+                // IF, and PUSHF there shows it (Documentation/HostLimitations.md).
+                c += [0x68] + le(flags & 0xFFFF_FFFF | 0x200, 4)                   // rflags
                 c += [0x68] + le(0x1B, 4)                                          // cs
                 c += [0x68] + le(start, 4)                                         // rip
                 c += load + [0x48, 0xCF]                                           // iretq to CPL 3
@@ -131,9 +135,34 @@ struct FuzzSandbox {
         return img
     }
 
+    /// After the instruction numbered `index`: clears the RFLAGS bits it left undefined (in
+    /// RFLAGS itself, so no later instruction, exception frame or final state depends on
+    /// them), then stores RFLAGS in record `index`, which the memory comparison covers: every
+    /// flag the instruction defines is compared, whatever the instructions after it do.
+    func flagRecord(index: Int, undefinedFlags: UInt64) -> [UInt8] {
+        precondition(index < Self.maxRecords, "too many instructions for the flag records")
+        let address = base + Self.records + UInt64(index) * 8
+        let le = Self.le
+        var out: [UInt8] = []
+        switch mode.bits {
+        case 64:
+            if undefinedFlags != 0 { out += [0x9C, 0x48, 0x81, 0x24, 0x24] + le(~undefinedFlags, 4) + [0x9D] }   // pushfq; and qword [rsp], ~u; popfq
+            out += [0x9C, 0x8F, 0x04, 0x25] + le(address, 4)                                                       // pushfq; pop qword [address]
+        case 32:
+            if undefinedFlags != 0 { out += [0x9C, 0x81, 0x24, 0x24] + le(~undefinedFlags, 4) + [0x9D] }
+            out += [0x9C, 0x8F, 0x05] + le(address, 4)
+        default:
+            if undefinedFlags != 0 { out += [0x9C, 0x67, 0x81, 0x24, 0x24] + le(~undefinedFlags, 2) + [0x9D] }   // and word [esp], ~u
+            out += [0x9C, 0x8F, 0x06] + le(address, 2)
+        }
+        return out
+    }
+
+    static func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+
     /// Wraps the image in an ELF64 executable with one PT_LOAD at `base`.
     func elf64(_ body: [UInt8]) -> [UInt8] {
-        func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        let le = Self.le
         var h: [UInt8] = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
         h += le(2, 2) + le(62, 2) + le(1, 4) + le(base, 8) + le(64, 8) + le(0, 8) + le(0, 4)
         h += le(64, 2) + le(56, 2) + le(1, 2) + le(64, 2) + le(0, 2) + le(0, 2)

@@ -69,8 +69,11 @@ struct Diff: ParsableCommand {
         Each side has its own copy of guest memory; one device model answers both (a port \
         or MMIO read happens once, on KVM, and its value is replayed to the interpreter). \
         After every instruction the CPU state (undefined flags masked) and the memory the \
-        instruction wrote are compared. Exit status: 0 no divergence, 1 a divergence (with \
-        a report), or one of `tandem run`'s statuses when the machine cannot be built. \
+        instruction wrote are compared. Exit status: 0 no divergence over the whole run, \
+        1 a divergence (with a report), 2 stopped early (no divergence in what was \
+        compared, but this host's KVM cannot follow the guest, or neither side can run an \
+        instruction: the report says how many of the run's instructions were compared, and \
+        why), or one of `tandem run`'s statuses when the machine cannot be built. \
         Instructions this host's KVM cannot run are executed by the interpreter for both \
         sides and listed as host limitations, not divergences.
         """
@@ -92,7 +95,7 @@ struct Diff: ParsableCommand {
             throw Failure(status: error.status.rawValue, message: error.description)
         }
         let outcome = diff.run()
-        if outcome.status == 0 { print(outcome.report) } else { printError(outcome.report) }
+        if outcome.status == 0 || outcome.status == DifferentialRun.stoppedEarly { print(outcome.report) } else { printError(outcome.report) }
         throw ExitCode(outcome.status)
     }
 }
@@ -107,7 +110,9 @@ struct Fuzz: ParsableCommand {
         final states and memory are compared. Divergences are shrunk to the fewest \
         instructions that still diverge and saved in --out as a runnable image plus JSON. \
         user64 runs at CPL 3 in 64-bit mode, which KVM executes natively even on PVM hosts. \
-        A fixed seed gives the same campaign. Exit status: 0 no divergence, 1 divergences.
+        A fixed seed gives the same campaign. Exit status: 0 no divergence, 1 divergences. \
+        With --cpus N (N > 1): every LOCKable form in a loop (--count iterations) on N vCPUs, \
+        on shared counters whose final values are known exactly; 1 when a counter is wrong.
         """
     )
 
@@ -120,6 +125,15 @@ struct Fuzz: ParsableCommand {
     @Option(help: "Number of sequences.")
     var count: Int = 1000
 
+    @Option(help: "With N > 1: LOCKed read-modify-write loops on shared counters on N vCPUs (--count: loop iterations per vCPU).")
+    var cpus: Int = 1
+
+    @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. shl:cf), or $TANDEM_INJECT_FAULT; the interpreter is then single-stepped.")
+    var injectFault: String?
+
+    @Option(help: "With --cpus: only this LOCKed form, as the summary names it (e.g. \"lock inc m32\"); repeatable.")
+    var only: [String] = []
+
     @Option(help: "Where to save reproducers (created if missing).")
     var out: String?
 
@@ -127,11 +141,18 @@ struct Fuzz: ParsableCommand {
     var kvmDevice: String?
 
     func run() throws {
+        if cpus > 1 { return try runLocked() }
         var o = FuzzCampaign.Options()
         o.mode = mode
         o.seed = seed
         o.count = count
         o.outputDirectory = out
+        if let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map({ String(cString: $0) }) {
+            guard let (mnemonic, bit) = DifferentialRun.parseFault(fault) else {
+                throw Failure(status: ExitStatus.usage.rawValue, message: "fault injection '\(fault)' must be MNEMONIC:FLAG, e.g. shl:cf")
+            }
+            o.injectFault = (mnemonic, bit)
+        }
         o.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? o.kvmDevicePath
         let campaign: FuzzCampaign
         do { campaign = try FuzzCampaign(o) } catch {
@@ -139,9 +160,35 @@ struct Fuzz: ParsableCommand {
         }
         let s = campaign.run { n, s in printError("fuzz: \(n)/\(o.count) sequences, \(s.divergenceCount) divergences") }
         print("fuzz: mode \(mode.rawValue), seed \(seed): \(s.sequences) sequences, \(s.instructions) instructions, \(s.divergenceCount) divergences, \(s.hostLimited.values.reduce(0, +)) host-limited, \(String((s.seconds * 10).rounded() / 10)) s")
+        print("  coverage: \(s.mnemonics.count) mnemonics, \(s.forms.count) forms (opcode, operand kinds, size), \(s.flagComparisons) RFLAGS comparisons")
         for (m, n) in s.divergences.sorted(by: { $0.value > $1.value }) { print("  divergence \(m): \(n)") }
         for (m, n) in s.hostLimited.sorted(by: { $0.key < $1.key }) { print("  host limitation (\(n)x): \(m)") }
         for r in s.reproducers { print("  reproducer: \(r)") }
         if s.divergenceCount > 0 { throw ExitCode(1) }
+    }
+
+    func runLocked() throws {
+        guard mode == .user64 else { throw Failure(status: ExitStatus.usage.rawValue, message: "tandem fuzz --cpus runs in --mode user64 (CPL 3, native under KVM)") }
+        var o = LockedFuzzCampaign.Options()
+        o.seed = seed
+        o.cpus = cpus
+        o.iterations = count
+        o.onlyForms = Set(only)
+        o.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? o.kvmDevicePath
+        let campaign: LockedFuzzCampaign
+        do { campaign = try LockedFuzzCampaign(o) } catch {
+            throw Failure(status: error.status.rawValue, message: error.description)
+        }
+        let s = campaign.run()
+        if !only.isEmpty && s.forms.count != Set(only).count {
+            throw Failure(status: ExitStatus.usage.rawValue, message: "--only: unknown forms \(Set(only).subtracting(s.forms).sorted())")
+        }
+        print("fuzz: --cpus \(cpus), seed \(seed): \(s.forms.count) LOCKed forms on \(s.counters) shared counters, \(count) iterations per vCPU, \(String((s.seconds * 10).rounded() / 10)) s")
+        for p in s.problems { print("  run did not complete: \(p)") }
+        for m in s.kvmMismatches { print("  kvm wrong: \(m)") }
+        for m in s.interpreterMismatches { print("  interpreter wrong: \(m)") }
+        for d in s.engineDifferences { print("  engines differ: \(d)") }
+        if s.failed { throw ExitCode(1) }
+        print("  every counter has its expected value on both engines")
     }
 }

@@ -15,15 +15,44 @@ func diffGuest(_ name: String, steps: UInt64 = 2_000_000, inject: String? = nil,
 
 @Suite("Differential testing", .serialized, .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
 struct DifferentialTests {
-    @Test("a diff of every guest in Guests/ is clean", arguments: [
+    @Test("a diff of every other guest in Guests/ is clean and compares the whole run, to the guest's exit", arguments: [
         "hello-boot.bin", "hello-bios.rom", "hello-multiboot.elf", "hello-multiboot-aout.bin", "smc.elf",
-        "bcd16.bin", "hello-elf64.elf", "exceptions32.elf", "paging32.elf", "paging64.elf",
-        "longmode-switch.bin", "tasks.bin", "v86.bin",
+        "bcd16.bin", "hello-elf64.elf", "exceptions32.elf", "paging64.elf", "longmode-switch.bin", "tasks.bin",
     ])
     func cleanDiff(_ name: String) throws {
         let outcome = try diffGuest(name)
         #expect(outcome.status == 0, "\(outcome.report)")
-        #expect(outcome.report.hasPrefix("tandem diff: no divergence"), "\(outcome.report)")
+        #expect(outcome.report.hasPrefix("tandem diff: no divergence: all \(outcome.compared) instructions compared"), "\(outcome.report)")
+        #expect(outcome.compared == outcome.ran && outcome.compared > 0)
+        #expect(outcome.end == "the guest exited with status 0", "\(outcome.report)")
+    }
+
+    @Test("paging32 and v86 stop early on a PVM host, with their reason and how much was compared; on hardware KVM they compare whole",
+          arguments: [("paging32.elf", "cannot enable legacy 32-bit paging at CPL 0"), ("v86.bin", "does not run virtual-8086 mode")])
+    func stoppedEarlyDiff(_ name: String, _ reason: String) throws {
+        let outcome = try diffGuest(name)
+        if hostHasHardwareVirtualization() {
+            #expect(outcome.status == 0, "\(outcome.report)")
+            #expect(outcome.compared == outcome.ran)
+            return
+        }
+        #expect(outcome.status == DifferentialRun.stoppedEarly, "\(outcome.report)")
+        #expect(outcome.end.hasSuffix("host limitation: this host's KVM \(reason)"), "\(outcome.end)")
+        // Part of the run was compared, and the rest was run (by the interpreter) and counted.
+        #expect(outcome.compared > 0 && outcome.compared < outcome.ran, "\(outcome.report)")
+        #expect(outcome.report.hasPrefix("tandem diff: stopped early: \(outcome.compared) of \(outcome.ran) instructions compared"), "\(outcome.report)")
+        #expect(outcome.report.contains("the interpreter alone: the guest exited with status 0 after \(outcome.ran) instructions"), "\(outcome.report)")
+    }
+
+    @Test("an instruction neither side can execute stops the comparison early, and says which", .enabled(if: !hostHasHardwareVirtualization()))
+    func neitherSideCanExecute() throws {
+        // Real mode: nop; fld1 (x87: this host's KVM emulator cannot run it, the interpreter has no x87); hlt.
+        var c = MachineConfiguration(imagePath: try writeScratchFile([0x90, 0xD9, 0xE8, 0xF4], name: "fld1.bin"))
+        c.serial = .capture
+        let outcome = try DifferentialRun(c, steps: 100).run()
+        #expect(outcome.status == DifferentialRun.stoppedEarly, "\(outcome.report)")
+        #expect(outcome.compared == 1 && outcome.ran == 2, "\(outcome.report)")
+        #expect(outcome.end.hasPrefix("at step 1, fld1: neither KVM nor the interpreter can execute it"), "\(outcome.end)")
     }
 
     @Test("smp-counter and loop32 stay in lockstep for their first 20,000 instructions")
@@ -31,6 +60,7 @@ struct DifferentialTests {
         for name in ["smp-counter.elf", "loop32.elf"] {
             let outcome = try diffGuest(name, steps: 20_000)
             #expect(outcome.status == 0, "\(name): \(outcome.report)")
+            #expect(outcome.compared == 20_000 && outcome.end == "--steps 20000 reached", "\(name): \(outcome.report)")
         }
     }
 
@@ -54,6 +84,7 @@ struct DifferentialTests {
     func injectedFaultElsewhere() throws {
         let outcome = try diffGuest("hello-boot.bin", inject: "sbb:cf")
         #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.compared == outcome.ran && outcome.end == "the guest exited with status 0", "\(outcome.report)")
     }
 
     @Test("a small fixed-seed fuzz campaign is clean in every mode", arguments: FuzzMode.allCases)
@@ -67,6 +98,40 @@ struct DifferentialTests {
         #expect(s.divergenceCount == 0, "\(s.divergences)")
     }
 
+    @Test("a CF bug planted in the interpreter's shl is found by a fuzz campaign and shrunk to that shl")
+    func fuzzFindsPlantedShiftBug() throws {
+        var o = FuzzCampaign.Options()
+        o.seed = 31
+        o.count = 300
+        let clean = try FuzzCampaign(o).run()
+        #expect(clean.divergences["shl"] == nil, "\(clean.divergences)")
+        o.injectFault = ("shl", 1)
+        let planted = try FuzzCampaign(o).run()
+        #expect((planted.divergences["shl"] ?? 0) > 0, "\(planted.divergences)")
+        // Shrunk to the shl alone (after the mov cl, N that sets its count, for shl r/m, cl).
+        let example = planted.examples["shl"] ?? []
+        #expect(example.last?.contains("  shl ") == true, "\(example)")
+        #expect(example.count == 1 || (example.count == 2 && example[0].contains("  mov cl, ")), "\(example)")
+    }
+
+    @Test("LOCKed read-modify-write loops on 2 vCPUs leave every shared counter at its exact expected value, on KVM and on the interpreter")
+    func lockedFuzzCampaign() throws {
+        var o = LockedFuzzCampaign.Options()
+        o.seed = 2026
+        o.cpus = 2
+        o.iterations = 100_000
+        let s = try LockedFuzzCampaign(o).run()
+        // Every lockable mnemonic at every width it has.
+        #expect(s.forms.count >= 100, "\(s.forms.sorted())")
+        for m in ["add", "adc", "and", "btc", "btr", "bts", "cmpxchg", "cmpxchg8b", "cmpxchg16b", "dec", "inc", "neg", "not", "or", "sbb", "sub", "xor", "xadd", "xchg"] {
+            #expect(s.forms.contains { $0.hasPrefix("lock \(m) ") || $0.hasPrefix("\(m) ") }, "\(m)")
+        }
+        #expect(s.problems.isEmpty, "\(s.problems)")
+        #expect(s.kvmMismatches.isEmpty, "\(s.kvmMismatches)")
+        #expect(s.interpreterMismatches.isEmpty, "\(s.interpreterMismatches)")
+        #expect(s.engineDifferences.isEmpty, "\(s.engineDifferences)")
+    }
+
     @Test("a fixed seed gives the same campaign")
     func fuzzDeterminism() throws {
         var o = FuzzCampaign.Options()
@@ -75,6 +140,36 @@ struct DifferentialTests {
         let a = try FuzzCampaign(o).run(), b = try FuzzCampaign(o).run()
         #expect(a.instructions == b.instructions)
         #expect(a.divergences == b.divergences)
+    }
+}
+
+@Suite("Fuzz generator")
+struct FuzzGeneratorTests {
+    @Test("the fuzz opcode table accounts for every one-byte and 0F opcode Capstone decodes (generated or excluded with a reason)",
+          arguments: [16, 32, 64])
+    func opcodeTableComplete(_ bits: Int) {
+        #expect(FuzzOpcodeTable.unaccounted(bits: bits) == [])
+    }
+
+    @Test("undefined flags depend on the shift count as the SDM says")
+    func countDependentFlags() {
+        let cf: UInt64 = 1, pf: UInt64 = 4, af: UInt64 = 0x10, zf: UInt64 = 0x40, sf: UInt64 = 0x80, of: UInt64 = 0x800
+        // A masked count of 0 changes no flag; 32 is 0 for a 32-bit shift, not for a 64-bit one.
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 32, count: 0) == 0)
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 32, count: 32) == 0)
+        #expect(UndefinedFlags.mask(for: "shl", operandBits: 64, count: 32) == af | of)
+        // OF is defined for a count of 1 only; SHL/SHR lose CF from the operand width on, SAR does not.
+        #expect(UndefinedFlags.mask(for: "shr", operandBits: 16, count: 1) == af)
+        #expect(UndefinedFlags.mask(for: "shr", operandBits: 8, count: 8) == af | of | cf)
+        #expect(UndefinedFlags.mask(for: "sar", operandBits: 8, count: 9) == af | of)
+        #expect(UndefinedFlags.mask(for: "rcl", operandBits: 8, count: 1) == 0)
+        #expect(UndefinedFlags.mask(for: "rol", operandBits: 8, count: 8) == of)
+        // SHLD/SHRD above the operand width: every flag undefined.
+        #expect(UndefinedFlags.mask(for: "shld", operandBits: 16, count: 17) == cf | of | sf | zf | af | pf)
+        #expect(UndefinedFlags.mask(for: "shrd", operandBits: 16, count: 16) == af | of)
+        // Not shifts: the count is irrelevant.
+        #expect(UndefinedFlags.mask(for: "imul", operandBits: 32, count: nil) == sf | zf | af | pf)
+        #expect(UndefinedFlags.mask(for: "bsr", operandBits: 32, count: nil) == cf | of | sf | af | pf)
     }
 }
 
