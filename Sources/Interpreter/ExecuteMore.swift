@@ -11,7 +11,13 @@ extension InterpreterVCPU {
         let osz = Int(d.pointee.operandSize)
         switch op {
         case .movzx, .movsx, .movsxd:
-            let dsize = Int(d.pointee.o0.size), ssize = Int(d.pointee.o1.size)
+            var dsize = Int(d.pointee.o0.size), ssize = Int(d.pointee.o1.size)
+            if op == .movsxd {
+                // Capstone names the 64-bit form whatever the prefixes: without REX.W it is
+                // a 32-bit move (zero-extending), with 66 a 16-bit one (upper bits kept).
+                dsize = Int(d.pointee.operandSize)
+                ssize = min(4, dsize)
+            }
             var v = try readOperand(d.pointee.o1, d, ssize, next: next)
             if op != .movzx { v = signExtend(v, ssize) }
             writeReg(d.pointee.o0.reg, dsize, v & sizeMask(dsize))

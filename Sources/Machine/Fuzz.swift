@@ -219,10 +219,11 @@ public final class FuzzCampaign {
         guard let culprit = culpritInstruction(program, k, i) else { return nil }
         let name = mnemonic(of: culprit)
         for limitation in HostLimitation.pvm where options.mode != .user64 && limitation.mnemonics.contains(name) {
-            // RFLAGS, its records, and the copy of the last record on the stack (below
-            // userStack) may differ, in those flags only.
+            // RFLAGS, its records, and the copy of the last record on the stack (near
+            // userStack: the sequence's own pushes and pops move it) may differ, in those
+            // flags only.
             let onlyThoseFlags = diffs.allSatisfy { d in
-                let stackCopy = d.0.hasPrefix("memory+") && Int(d.0.dropFirst(9), radix: 16).map { $0 >= Int(FuzzSandbox.userStack) - 8 && $0 < Int(FuzzSandbox.userStack) } == true
+                let stackCopy = d.0.hasPrefix("memory+") && Int(d.0.dropFirst(9), radix: 16).map { abs($0 - Int(FuzzSandbox.userStack)) <= 64 } == true
                 guard d.0 == "rflags" || d.0.hasPrefix("rflags after #") || stackCopy,
                       let a = UInt64(d.1.hasPrefix("0x") ? String(d.1.dropFirst(2)) : d.1, radix: 16),
                       let b = UInt64(d.2.hasPrefix("0x") ? String(d.2.dropFirst(2)) : d.2, radix: 16) else { return false }
