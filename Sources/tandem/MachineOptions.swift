@@ -81,10 +81,15 @@ struct Diff: ParsableCommand {
     @Option(help: "Compare at most this many instructions.")
     var steps: UInt64 = 1_000_000
 
+    func validate() throws {
+        if steps == 0 { throw ValidationError("--steps must be at least 1") }
+    }
+
     @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. add:cf), or $TANDEM_INJECT_FAULT.")
     var injectFault: String?
 
     func run() throws {
+        StopSignals.install()
         let c = try machine.configuration()
         let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map { String(cString: $0) }
         let diff: DifferentialRun
@@ -117,8 +122,10 @@ struct Fuzz: ParsableCommand {
     @Option(help: "Campaign seed.")
     var seed: UInt64 = 1
 
-    @Option(help: "Number of sequences.")
+    @Option(help: "Number of sequences (1-\(Self.maxCount)).")
     var count: Int = 1000
+
+    static let maxCount = 1_000_000_000
 
     @Option(help: "Where to save reproducers (created if missing).")
     var out: String?
@@ -126,7 +133,12 @@ struct Fuzz: ParsableCommand {
     @Option(help: "KVM device path.")
     var kvmDevice: String?
 
+    func validate() throws {
+        guard (1...Self.maxCount).contains(count) else { throw ValidationError("--count must be between 1 and \(Self.maxCount), not \(count)") }
+    }
+
     func run() throws {
+        StopSignals.install()
         var o = FuzzCampaign.Options()
         o.mode = mode
         o.seed = seed
@@ -142,6 +154,9 @@ struct Fuzz: ParsableCommand {
         for (m, n) in s.divergences.sorted(by: { $0.value > $1.value }) { print("  divergence \(m): \(n)") }
         for (m, n) in s.hostLimited.sorted(by: { $0.key < $1.key }) { print("  host limitation (\(n)x): \(m)") }
         for r in s.reproducers { print("  reproducer: \(r)") }
+        if let (status, line) = s.stoppedEarly {
+            throw Failure(status: status, message: "\(line) after \(s.sequences) of \(count) sequences")
+        }
         if s.divergenceCount > 0 { throw ExitCode(1) }
     }
 }

@@ -48,6 +48,10 @@ func readFileBytes(_ path: String) throws -> [UInt8] {
     [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
 }
 
+/// The `tandem` binary `swift build -c release` (or `swift test -c release`) leaves behind.
+let tandemBinary = "\(repoRoot)/.build/release/tandem"
+let haveBinary = FileManager.default.isExecutableFile(atPath: tandemBinary)
+
 // MARK: Guests
 
 struct GuestBuildFailure: Error, CustomStringConvertible {
@@ -168,9 +172,12 @@ struct ProcessResult {
 }
 
 /// Runs `executable` with `arguments` and waits for it; stdout and stderr go through
-/// scratch files (no pipe can fill up), stdin is /dev/null.
+/// scratch files (no pipe can fill up), stdin is /dev/null. `input` replaces stdin with a
+/// file, `output` stdout (its text then reads empty). A process still running after
+/// `killAfter` seconds (a hang) is killed with SIGKILL, which the caller sees as status 9.
 func runProcess(
     _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+    input: String? = nil, output: FileHandle? = nil, killAfter: Double = 120,
     whileRunning: (Process) -> Void = { _ in }
 ) throws -> ProcessResult {
     let outPath = scratchPath("stdout"), errPath = scratchPath("stderr")
@@ -185,13 +192,17 @@ func runProcess(
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    process.standardOutput = out
+    process.standardOutput = output ?? out
     process.standardError = err
-    process.standardInput = FileHandle.nullDevice
+    process.standardInput = try input.map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) } ?? FileHandle.nullDevice
     if let environment {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     }
     try process.run()
+    let pid = process.processIdentifier
+    let guardHang = DispatchWorkItem { kill(pid, SIGKILL) }
+    DispatchQueue.global().asyncAfter(deadline: .now() + killAfter, execute: guardHang)
+    defer { guardHang.cancel() }
     whileRunning(process)
     process.waitUntilExit()
     try out.close()
