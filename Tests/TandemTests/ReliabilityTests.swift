@@ -135,6 +135,18 @@ struct ReliabilityCLITests {
         }
     }
 
+    @Test("--timeout counts from the start: reading a 1 GiB image already takes longer than 10 ms")
+    func timeoutBeforeTheGuestStarts() throws {
+        let path = scratchPath("gigabyte.img")
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(ftruncate(fd, off_t(MachineConfiguration.maxFileSize)) == 0)   // sparse, but read whole
+        close(fd)
+        defer { unlink(path) }
+        let r = try runProcess(tandemBinary, ["run", "--backend", "interp", "--mem", "2G", "--timeout", "0.01", path])
+        #expect(r.status == 206)
+        #expect(r.stderr == "tandem: timeout after 0.01 s before the guest started (status 206)\n")
+    }
+
     @Test("SIGTERM, SIGHUP, SIGQUIT stop `run` like SIGINT: status 209 and one line",
           arguments: [(SIGTERM, "SIGTERM"), (SIGHUP, "SIGHUP"), (SIGQUIT, "SIGQUIT")])
     func runSignals(_ signal: Int32, _ name: String) throws {
