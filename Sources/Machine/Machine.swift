@@ -316,9 +316,9 @@ public final class Machine: @unchecked Sendable {
     private func runRouted() -> RunOutcome {
         let started = DispatchTime.now()
         let finished = DispatchGroup()
-        for i in 0..<backends.count {
+        let threads = (0..<backends.count).map { i in
             finished.enter()
-            HostThread.spawn(name: "vcpu\(i)") { [self] in
+            return HostThread.spawn(name: "vcpu\(i)") { [self] in
                 vcpuMain(i)
                 finished.leave()
             }
@@ -333,6 +333,7 @@ public final class Machine: @unchecked Sendable {
         // period the run is reported without it (and without the output it holds).
         let allStopped = finished.wait(timeout: .now() + Self.stopGrace) == .success
         if allStopped {
+            for t in threads { t.join() }
             devices.console.flush()
             traceWriter?.finish(status: control.withLock { $0.reason?.status } ?? 0)
         }

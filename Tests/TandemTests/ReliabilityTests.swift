@@ -30,15 +30,6 @@ private func fifo(_ name: String) throws -> String {
     return path
 }
 
-/// VmRSS (bytes) of a running process, 0 once it is gone.
-private func residentMemory(of pid: Int32) -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-          let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
-    else { return 0 }
-    return kib << 10
-}
-
 @Suite("Reliability: options, signals, files and output, end to end",
        .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))
 struct ReliabilityCLITests {

@@ -93,9 +93,10 @@ func hostHasHardwareVirtualization() -> Bool {
     }
 }
 
-/// The process's resident set size in bytes (VmRSS in /proc/self/status).
-func residentMemory() -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+/// A process's resident set size in bytes (VmRSS in /proc/PID/status): this process's by
+/// default; 0 for a process that is gone.
+func residentMemory(of pid: Int32? = nil) -> UInt64 {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid.map(String.init) ?? "self")/status", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
           let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
     else { return 0 }
