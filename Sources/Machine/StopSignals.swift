@@ -2,14 +2,17 @@
 import Glibc
 #endif
 import Dispatch
+import HostOS
 import Synchronization
 
 /// How `tandem run`, `diff` and `fuzz` stop on SIGINT, SIGTERM, SIGHUP and SIGQUIT, and
 /// on `--timeout` before the guest has started (README, "Exit status").
 ///
-/// `install` comes first, before any file is opened: from then on each of the four
-/// signals is handled on a dispatch queue, never by its default action (no death by
-/// signal, no SIGQUIT backtrace). While a run has `route`d them, a signal goes to it and
+/// `install` comes first, before the arguments are parsed: from then on each of the four
+/// signals is caught by a handler that only writes its number to a pipe, and handled on a
+/// thread named "signals" that reads it, never by its default action (no death by signal,
+/// no SIGQUIT backtrace). The handler is in place when `install` returns (a dispatch
+/// signal source registers asynchronously, and a signal in between was lost). While a run has `route`d them, a signal goes to it and
 /// the run stops, flushes and reports (status 209). Before that (reading the image,
 /// building the VM), a signal ends the process at once with status 209, and `--timeout`
 /// with status 206, each with one line on stderr: nothing has been written yet that
@@ -24,35 +27,65 @@ public enum StopSignals {
         var routedTimeout = false
     }
     private static let state = Mutex(State())
-    /// The dispatch sources, kept for the life of the process (appended under `state`'s lock).
-    nonisolated(unsafe) private static var sources: [any DispatchSourceProtocol] = []
+    /// The `--timeout` timers, kept for the life of the process (appended under `state`'s lock).
+    nonisolated(unsafe) private static var timers: [any DispatchSourceTimer] = []
+    /// The pipe from the signal handler to the "signals" thread: set once, before the
+    /// handler is installed, so the handler only reads it.
+    nonisolated(unsafe) private static var pipeToThread: Int32 = -1
 
-    /// Installs the handlers (once per process) and, with `timeout`, a timer that ends the
-    /// process if the run has not taken over by then.
-    public static func install(timeout: Double? = nil) {
+    /// Installs the handlers, once per process.
+    public static func install() {
         let first = state.withLock { s -> Bool in
             defer { s.installed = true }
             return !s.installed
         }
-        var made: [any DispatchSourceProtocol] = []
-        if first {
-            signal(SIGPIPE, SIG_IGN)
-            for sig in handled {
-                signal(sig, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                source.setEventHandler { deliver(sig) }
-                source.resume()
-                made.append(source)
+        guard first else { return }
+        signal(SIGPIPE, SIG_IGN)
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else {
+            endProcess("tandem: host error (status 208): cannot create the signal pipe: \(String(cString: strerror(errno)))", status: ExitStatus.hostError.rawValue)
+        }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        pipeToThread = fds[1]
+        let reader = fds[0]
+        HostThread.spawn(name: "signals") {
+            var number: Int32 = 0
+            while true {
+                let n = read(reader, &number, 4)
+                if n == 4 { deliver(number) } else if n < 0 && errno == EINTR { continue } else { return }
             }
         }
-        if let timeout {
-            let timer = DispatchSource.makeTimerSource(queue: .global())
-            timer.schedule(deadline: .now() + timeout)
-            timer.setEventHandler { expireBeforeStart(timeout) }
-            timer.resume()
-            made.append(timer)
+        // A parent may have left them blocked (a libdispatch worker thread blocks every
+        // signal, and a child started from one inherits that): unblock them here, in the
+        // main thread, so that every thread started later can take them.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for sig in handled { sigaddset(&unblock, sig) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        for sig in handled {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { sig in
+                var number = sig
+                let saved = errno
+                _ = write(StopSignals.pipeToThread, &number, 4)
+                errno = saved
+            }
+            action.sa_flags = SA_RESTART
+            sigemptyset(&action.sa_mask)
+            sigaction(sig, &action, nil)
         }
-        state.withLock { _ in sources += made }
+    }
+
+    /// Arms `--timeout` for the time before the run takes over: when it expires first, the
+    /// process ends with status 206.
+    public static func arm(timeout: Double?) {
+        install()
+        guard let timeout else { return }
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(deadline: .now() + timeout)
+        timer.setEventHandler { expireBeforeStart(timeout) }
+        timer.resume()
+        state.withLock { _ in timers.append(timer) }
     }
 
     /// Runs `body` with the signals going to `onSignal` (and `--timeout` left to the run).

@@ -89,7 +89,6 @@ struct Diff: ParsableCommand {
     var injectFault: String?
 
     func run() throws {
-        StopSignals.install()
         let c = try machine.configuration()
         let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map { String(cString: $0) }
         let diff: DifferentialRun
@@ -138,7 +137,6 @@ struct Fuzz: ParsableCommand {
     }
 
     func run() throws {
-        StopSignals.install()
         var o = FuzzCampaign.Options()
         o.mode = mode
         o.seed = seed

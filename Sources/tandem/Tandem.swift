@@ -20,6 +20,8 @@ struct Tandem: ParsableCommand {
     /// keeps 200-254 for Tandem's own statuses) and help to status 0.
     static func main() {
         occupyClosedStandardDescriptors()
+        // Before parsing: a signal at any moment ends the process the documented way.
+        StopSignals.install()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -140,7 +142,7 @@ struct Run: ParsableCommand {
     func run() throws {
         // First, before any file is opened: a FIFO or a slow disk must not outlast --timeout.
         let started = DispatchTime.now()
-        StopSignals.install(timeout: timeout)
+        StopSignals.arm(timeout: timeout)
         var c = try machine.configuration()
         c.started = started
         c.backend = backend

@@ -409,7 +409,9 @@ struct Campaign {
             return Case(kind: "options: \(sub[0])", arguments: sub, image: sub[0] == "diff" ? Image.boot([0xFA, 0xF4]) : nil)
         default:   // signals, before and after the guest starts, on run, diff and fuzz
             let signal = rng.pick([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-            let after = Double(rng.below(400)) / 1000
+            // From 30 ms on: before its main runs (a few ms: the dynamic linker loading the
+            // Swift runtime), no program can handle a signal.
+            let after = 0.03 + Double(rng.below(400)) / 1000
             let command = backends.count > 1 ? rng.pick(["run", "run", "diff", "fuzz"]) : "run"
             switch command {
             case "diff":
