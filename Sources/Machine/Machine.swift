@@ -329,8 +329,9 @@ public final class Machine: @unchecked Sendable {
         } else {
             stopped.wait()
         }
-        // A vCPU stuck in a write to a console nobody reads cannot be kicked: after a grace
-        // period the run is reported without it (and without the output it holds).
+        // A vCPU stuck in a write to a console nobody reads cannot be kicked (nor can a
+        // backend that misses its kick): after a grace period the run is reported without
+        // it, and without the output it holds.
         let allStopped = finished.wait(timeout: .now() + Self.stopGrace) == .success
         if allStopped {
             for t in threads { t.join() }
@@ -346,12 +347,14 @@ public final class Machine: @unchecked Sendable {
             handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
             fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
         var message = message(for: reason)
-        if !allStopped { message = (message ?? "tandem: stopped") + " (vCPU threads still blocked writing output)" }
+        if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
         return RunOutcome(status: reason.status, message: message, reason: reason, statistics: statistics)
     }
 
     /// How long `run` waits for the vCPU threads after a stop before reporting without them.
     static let stopGrace: DispatchTimeInterval = .milliseconds(500)
+    /// Ends the report when they did not stop: a blocked output write, or a backend bug.
+    public static let notStoppedNote = " (a vCPU thread had not stopped 0.5 s later: reported without it)"
 
     /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.
     public func requestStop(_ reason: StopReason) {

@@ -311,6 +311,8 @@ func problems(_ c: Case, _ o: Outcome) -> [String] {
     if o.maxRSS > rssBound + c.guestMemory {
         found.append("peak RSS \(o.maxRSS >> 20) MiB, over the bound of \((rssBound + c.guestMemory) >> 20) MiB")
     }
+    // Tandem's note when a vCPU thread ignored the stop (stdout here is a file: never blocked).
+    if o.stderr.contains("(a vCPU thread had not stopped") { found.append("a vCPU thread did not stop when the run was stopped") }
     let lines = o.stderr.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
     if c.arguments.first == "run", lines.count > 1 || lines.contains(where: { !$0.hasPrefix("tandem: ") }) {
         found.append("stderr is not one line starting with 'tandem: '")
@@ -475,6 +477,7 @@ struct Campaign {
                 for p in found { print("     \(p)") }
                 print("     saved in \(dir)")
             }
+            fflush(nil)   // a long campaign's log is read while it runs
         }
         print("torture: \(cases) cases in \(String(format2: now() - started)) s, \(failures) failed; " +
               byKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
