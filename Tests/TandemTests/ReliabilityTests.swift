@@ -73,6 +73,16 @@ struct ReliabilityCLITests {
         #expect(r.stderr == "tandem: cannot write the guest's console to standard output: Broken pipe (status 211)\n")
     }
 
+    @Test("a guest blocked writing to a pipe nobody reads still stops at --timeout")
+    func unreadPipe() throws {
+        let pipe = Pipe()   // its read end stays open and unread: the 64 KiB buffer fills
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "1", try image(printForever)],
+                               output: pipe.fileHandleForWriting, killAfter: 20)
+        #expect(r.status == 206)
+        #expect(r.stderr == "tandem: timeout after 1 s (status 206): vcpu0 state unavailable\(Machine.notStoppedNote)\n")
+        _ = pipe.fileHandleForReading
+    }
+
     @Test("a full disk under --serial file: or --trace: status 211 and one line")
     func fullDisk() throws {
         let hello = try image([0xB0, 0x41, 0xE6, 0xE9, 0xB0, 0x0A, 0xE6, 0xE9, 0xFA, 0xF4])   // "A\n", then cli; hlt
