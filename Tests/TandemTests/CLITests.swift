@@ -9,10 +9,6 @@ private func tandem(_ arguments: String..., environment: [String: String]? = nil
     try runProcess(tandemBinary, arguments, environment: environment)
 }
 
-/// A one-sector boot image: `code` then padding.
-private func bootImage(_ code: [UInt8], name: String = "guest.img") throws -> String {
-    try writeScratchFile(bootSector(code), name: name)
-}
 
 @Suite("tandem run, end to end",
        .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))

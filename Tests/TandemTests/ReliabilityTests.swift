@@ -20,8 +20,13 @@ private let pollLSRForever: [UInt8] = [0xBA, 0xFD, 0x03, 0xEC, 0xEB, 0xFD]
 /// jmp $
 private let spin: [UInt8] = [0xEB, 0xFE]
 
-private func image(_ code: [UInt8], name: String = "guest.img") throws -> String {
-    try writeScratchFile(bootSector(code), name: name)
+/// A sparse file of `size` bytes (costs no disk), removed by the caller.
+private func sparseFile(_ size: UInt64, name: String) -> String {
+    let path = scratchPath(name)
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    #expect(ftruncate(fd, off_t(size)) == 0)
+    close(fd)
+    return path
 }
 
 private func fifo(_ name: String) throws -> String {
@@ -35,7 +40,7 @@ private func fifo(_ name: String) throws -> String {
 struct ReliabilityCLITests {
     @Test("every numeric option is range-checked: status 200 and one line, never a trap")
     func numericOptions() throws {
-        let boot = try image([0xF4])
+        let boot = try bootImage([0xF4])
         let cases: [([String], String)] = [
             (["run", "--mem", "8388609T", boot], "tandem: --mem 9223373136366403584 bytes is more than Tandem takes (4 TiB on the interpreter, 256 GiB on KVM)\n"),
             (["run", "--mem", "18446744073709547520", boot], "tandem: --mem 18446744073709547520 bytes is more than Tandem takes (4 TiB on the interpreter, 256 GiB on KVM)\n"),
@@ -59,7 +64,7 @@ struct ReliabilityCLITests {
 
     @Test("--backend auto gives a guest too large for KVM to the interpreter, and says why")
     func autoPassesOverKVMForLargeMemory() throws {
-        let r = try runProcess(tandemBinary, ["run", "--mem", "300G", try image([0xB0, 42, 0xE6, 0xF4])])
+        let r = try runProcess(tandemBinary, ["run", "--mem", "300G", try bootImage([0xB0, 42, 0xE6, 0xF4])])
         #expect(r.status == 42)
         #expect(r.stderr == "tandem: --backend auto chose interp (--mem is more than the kvm backend takes (256 GiB))\n")
     }
@@ -68,7 +73,7 @@ struct ReliabilityCLITests {
     func closedPipe() throws {
         let pipe = Pipe()
         try pipe.fileHandleForReading.close()
-        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", try image(printForever)], output: pipe.fileHandleForWriting)
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", try bootImage(printForever)], output: pipe.fileHandleForWriting)
         #expect(r.status == 211)
         #expect(r.stderr == "tandem: cannot write the guest's console to standard output: Broken pipe (status 211)\n")
     }
@@ -76,7 +81,7 @@ struct ReliabilityCLITests {
     @Test("a guest blocked writing to a pipe nobody reads still stops at --timeout")
     func unreadPipe() throws {
         let pipe = Pipe()   // its read end stays open and unread: the 64 KiB buffer fills
-        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "1", try image(printForever)],
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "1", try bootImage(printForever)],
                                output: pipe.fileHandleForWriting, killAfter: 20)
         #expect(r.status == 206)
         #expect(r.stderr == "tandem: timeout after 1 s (status 206): vcpu0 state unavailable\(Machine.notStoppedNote)\n")
@@ -85,11 +90,11 @@ struct ReliabilityCLITests {
 
     @Test("a full disk under --serial file: or --trace: status 211 and one line")
     func fullDisk() throws {
-        let hello = try image([0xB0, 0x41, 0xE6, 0xE9, 0xB0, 0x0A, 0xE6, 0xE9, 0xFA, 0xF4])   // "A\n", then cli; hlt
+        let hello = try bootImage([0xB0, 0x41, 0xE6, 0xE9, 0xB0, 0x0A, 0xE6, 0xE9, 0xFA, 0xF4])   // "A\n", then cli; hlt
         let serial = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--serial", "file:/dev/full", hello])
         #expect(serial.status == 211)
         #expect(serial.stderr == "tandem: cannot write the guest's console to serial file /dev/full: No space left on device (status 211)\n")
-        let trace = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--trace", "/dev/full", try image(spin)])
+        let trace = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--trace", "/dev/full", try bootImage(spin)])
         #expect(trace.status == 211)
         #expect(trace.stderr == "tandem: cannot write trace file /dev/full: No space left on device (status 211)\n")
     }
@@ -125,10 +130,7 @@ struct ReliabilityCLITests {
     @Test("an image larger than RAM or than Tandem reads is refused before it is read")
     func hugeImages() throws {
         for (size, mem, message) in [(UInt64(2) << 30, "4G", "more than Tandem reads (1 GiB)"), (200 << 20, "128M", "more than the guest's 134217728 bytes of RAM")] {
-            let path = scratchPath("huge.elf")
-            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            #expect(ftruncate(fd, off_t(size)) == 0)   // sparse: costs no disk
-            close(fd)
+            let path = sparseFile(size, name: "huge.elf")
             defer { unlink(path) }
             let r = try runProcess(tandemBinary, ["run", "--backend", "interp", "--mem", mem, path])
             #expect(r.status == 202)
@@ -138,10 +140,7 @@ struct ReliabilityCLITests {
 
     @Test("--timeout counts from the start: reading a 1 GiB image already takes longer than 10 ms")
     func timeoutBeforeTheGuestStarts() throws {
-        let path = scratchPath("gigabyte.img")
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        #expect(ftruncate(fd, off_t(MachineConfiguration.maxFileSize)) == 0)   // sparse, but read whole
-        close(fd)
+        let path = sparseFile(UInt64(MachineConfiguration.maxFileSize), name: "gigabyte.img")   // read whole
         defer { unlink(path) }
         let r = try runProcess(tandemBinary, ["run", "--backend", "interp", "--mem", "2G", "--timeout", "0.01", path])
         #expect(r.status == 206)
@@ -151,7 +150,7 @@ struct ReliabilityCLITests {
     @Test("SIGTERM, SIGHUP, SIGQUIT stop `run` like SIGINT: status 209 and one line",
           arguments: [(SIGTERM, "SIGTERM"), (SIGHUP, "SIGHUP"), (SIGQUIT, "SIGQUIT")])
     func runSignals(_ signal: Int32, _ name: String) throws {
-        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "60", try image(spin)]) { process in
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "60", try bootImage(spin)]) { process in
             usleep(500_000)
             kill(process.processIdentifier, signal)
         }
@@ -166,7 +165,7 @@ struct ReliabilityCLITests {
             usleep(700_000)
             kill(process.processIdentifier, signal)
         }
-        let diff = try runProcess(tandemBinary, ["diff", "--steps", "100000000", try image(spin)], whileRunning: stop)
+        let diff = try runProcess(tandemBinary, ["diff", "--steps", "100000000", try bootImage(spin)], whileRunning: stop)
         #expect(diff.status == 209)
         #expect(diff.stderr.hasPrefix("tandem: interrupted by \(name) (status 209) after "))
         #expect(diff.stderr.hasSuffix(" instructions compared\n"))
@@ -179,7 +178,7 @@ struct ReliabilityCLITests {
     @Test("standard input from /dev/zero costs a 16-byte FIFO, not gigabytes (back-pressure)")
     func stdinBackPressure() throws {
         var peak: UInt64 = 0
-        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "2", try image(pollLSRForever)],
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--timeout", "2", try bootImage(pollLSRForever)],
                                input: "/dev/zero") { process in
             while process.isRunning {
                 peak = max(peak, residentMemory(of: process.processIdentifier))

@@ -343,6 +343,11 @@ func multibootHeader(flags: UInt32, checksumError: UInt32 = 0, aout: (header: UI
     return b
 }
 
+/// A one-sector boot image file (see `bootSector`); returns its path.
+func bootImage(_ code: [UInt8], name: String = "guest.img") throws -> String {
+    try writeScratchFile(bootSector(code), name: name)
+}
+
 /// A raw boot image: `code` at 0x7C00, padded to a 512-byte sector with the signature.
 func bootSector(_ code: [UInt8]) -> [UInt8] {
     precondition(code.count <= 510)
