@@ -57,6 +57,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Tools/torture: the reliability campaign; it only runs the tandem binary.
+        .executableTarget(name: "torture"),
         .testTarget(
             name: "TandemTests",
             dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance"]

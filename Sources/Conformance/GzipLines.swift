@@ -1,29 +1,39 @@
 import CZlib
 
 /// Reads the lines of a gzip-compressed text file (zlib's `gzopen`/`gzread`).
-struct GzipLines: Sequence, IteratorProtocol {
+public struct GzipLines: Sequence, IteratorProtocol {
     private let file: gzFile
     private var buffer = [UInt8](repeating: 0, count: 1 << 16)
     private var pending: [UInt8] = []
     private var start = 0
+    /// Where the search for the next newline resumes: bytes before it hold none, so a
+    /// long line is scanned once, not once per read (which was quadratic).
+    private var scanned = 0
     private var done = false
+    /// Bytes searched for a newline so far: each byte at most once, however long its line.
+    public private(set) var bytesSearched = 0
 
-    init?(path: String) {
+    public init?(path: String) {
         guard let f = gzopen(path, "rb") else { return nil }
         file = f
         gzbuffer(f, 1 << 17)
     }
 
-    func close() { gzclose(file) }
+    public func close() { gzclose(file) }
 
-    mutating func next() -> [UInt8]? {
+    public mutating func next() -> [UInt8]? {
         while true {
-            if let nl = pending[start...].firstIndex(of: 0x0A) {
+            let from = Swift.max(start, scanned)
+            let nl = pending[from...].firstIndex(of: 0x0A)
+            bytesSearched += (nl ?? pending.count) - from + (nl == nil ? 0 : 1)
+            if let nl {
                 let line = Array(pending[start..<nl])
                 start = nl + 1
-                if start > 1 << 16 { pending.removeFirst(start); start = 0 }
+                scanned = start
+                if start > 1 << 16 { pending.removeFirst(start); start = 0; scanned = 0 }
                 return line
             }
+            scanned = pending.count
             if done {
                 if start < pending.count { let line = Array(pending[start...]); start = pending.count; return line }
                 return nil

@@ -1,13 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import Synchronization
 import HostOS
 
 /// Where guest console bytes (COM1 THR, port 0xE9) go: stdout, a file, or nowhere.
 ///
 /// Output is buffered and flushed at each newline and when the machine stops, so a
-/// byte-at-a-time guest does not cost a system call per character.
+/// byte-at-a-time guest does not cost a system call per character. The first write
+/// error (a closed pipe, a full disk) is reported once through `onWriteError`, and the
+/// console drops everything after it.
 public final class Console: Sendable {
     public enum Sink: Sendable, Equatable {
         case stdout
@@ -21,25 +24,31 @@ public final class Console: Sendable {
         var fd: Int32
         var pending: [UInt8] = []
         var captured: [UInt8] = []
+        var failed = false
     }
 
     public let sink: Sink
     private let state: Mutex<State>
+    private let onWriteError: @Sendable (String) -> Void
 
     public struct OpenError: Error, CustomStringConvertible {
         public let path: String
         public let errno: Int32
-        public var description: String { "cannot open serial file \(path): \(String(cString: strerror(errno)))" }
+        public var description: String { "cannot open serial file \(path): \(describeOpenError(Errno(errno)))" }
     }
 
-    public init(_ sink: Sink) throws(OpenError) {
+    /// `onWriteError` gets one line (without "tandem: ") the first time output cannot be written.
+    public init(_ sink: Sink, onWriteError: @escaping @Sendable (String) -> Void = { _ in }) throws(OpenError) {
         self.sink = sink
+        self.onWriteError = onWriteError
         var fd: Int32 = -1
         switch sink {
         case .stdout: fd = 1
         case .file(let path):
-            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            if fd < 0 { throw OpenError(path: path, errno: errno) }
+            switch openOutputFile(path) {
+            case .success(let opened): fd = opened
+            case .failure(let error): throw OpenError(path: path, errno: error.rawValue)
+            }
         case .none, .capture: break
         }
         state = Mutex(State(fd: fd))
@@ -51,59 +60,78 @@ public final class Console: Sendable {
     }
 
     public func write(_ byte: UInt8) {
-        state.withLock { s in
+        let error = state.withLock { s -> Errno? in
             switch sink {
-            case .none: return
-            case .capture: s.captured.append(byte)
+            case .none: return nil
+            case .capture: s.captured.append(byte); return nil
             case .stdout, .file:
                 s.pending.append(byte)
-                if byte == 0x0A || s.pending.count >= 4096 { Self.drain(&s) }
+                return byte == 0x0A || s.pending.count >= 4096 ? Self.drain(&s) : nil
             }
         }
+        if let error { report(error) }
     }
 
     public func flush() {
-        state.withLock { Self.drain(&$0) }
+        if let error = state.withLock({ Self.drain(&$0) }) { report(error) }
     }
 
     /// Everything written so far, for `.capture`.
     public var captured: [UInt8] { state.withLock { $0.captured } }
 
-    private static func drain(_ s: inout State) {
-        guard !s.pending.isEmpty, s.fd >= 0 else { s.pending.removeAll(keepingCapacity: true); return }
-        s.pending.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let n = Glibc.write(s.fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if n < 0 { if errno == EINTR { continue } else { break } }
-                offset += n
-            }
+    /// Writes what is pending; returns the error when this drain is the one that failed.
+    private static func drain(_ s: inout State) -> Errno? {
+        defer { s.pending.removeAll(keepingCapacity: true) }
+        guard !s.pending.isEmpty, s.fd >= 0, !s.failed else { return nil }
+        guard let error = s.pending.withUnsafeBytes({ writeAll(s.fd, $0) }) else { return nil }
+        s.failed = true
+        return error
+    }
+
+    private func report(_ error: Errno) {
+        let target = switch sink {
+        case .file(let path): "serial file \(path)"
+        default: "standard output"
         }
-        s.pending.removeAll(keepingCapacity: true)
+        onWriteError("cannot write the guest's console to \(target): \(error)")
     }
 }
 
-/// Where UART receive bytes come from: standard input (read lazily on a background
-/// thread once the guest first looks), or a fixed byte string (tests).
+/// The UART's receive FIFO and where its bytes come from: standard input (read lazily
+/// on a background thread once the guest first looks), or a fixed byte string (tests).
+///
+/// The FIFO holds `capacity` bytes, as a 16550A's does. Standard input is read only
+/// while there is room (back-pressure: `< /dev/zero` costs 16 bytes, not gigabytes);
+/// a loopback byte that finds the FIFO full is dropped (`push` returns false: overrun).
 public final class ConsoleInput: Sendable {
+    /// A 16550A's receive FIFO.
+    public static let capacity = 16
+
     private struct State {
         var queue: [UInt8] = []
+        /// Fixed input (tests) not yet in the FIFO.
+        var backlog: [UInt8] = []
         var started = false
         var ended = false
     }
     private let state: Mutex<State>
     private let readsStdin: Bool
+    /// Signalled when the guest takes a byte from a full FIFO: the stdin thread may read again.
+    private let room = DispatchSemaphore(value: 0)
 
     /// Input from stdin.
     public static func stdin() -> ConsoleInput { ConsoleInput(readsStdin: true, bytes: []) }
-    /// Fixed input, then end of input.
+    /// Fixed input, then end of input; it enters the FIFO as the guest makes room.
     public static func bytes(_ bytes: [UInt8]) -> ConsoleInput { ConsoleInput(readsStdin: false, bytes: bytes) }
     /// No input ever.
     public static func none() -> ConsoleInput { ConsoleInput(readsStdin: false, bytes: []) }
 
     private init(readsStdin: Bool, bytes: [UInt8]) {
         self.readsStdin = readsStdin
-        state = Mutex(State(queue: bytes, started: !readsStdin, ended: !readsStdin))
+        var s = State(started: !readsStdin, ended: !readsStdin)
+        s.backlog = bytes
+        Self.refill(&s)
+        state = Mutex(s)
     }
 
     /// True when a byte is waiting.
@@ -115,11 +143,43 @@ public final class ConsoleInput: Sendable {
     /// Takes the next byte, if any.
     public func take() -> UInt8? {
         startIfNeeded()
-        return state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() }
+        let (byte, wasFull) = state.withLock { s -> (UInt8?, Bool) in
+            guard !s.queue.isEmpty else { return (nil, false) }
+            let wasFull = s.queue.count == Self.capacity
+            let byte = s.queue.removeFirst()
+            Self.refill(&s)
+            return (byte, wasFull)
+        }
+        if wasFull { room.signal() }
+        return byte
     }
 
-    /// Adds a byte (loopback).
-    public func push(_ byte: UInt8) { state.withLock { $0.queue.append(byte) } }
+    /// Adds a byte (loopback); false when the FIFO is full and the byte is lost (overrun).
+    public func push(_ byte: UInt8) -> Bool {
+        state.withLock { s in
+            guard s.queue.count < Self.capacity else { return false }
+            s.queue.append(byte)
+            return true
+        }
+    }
+
+    /// Empties the FIFO (FCR bit 1).
+    public func clear() {
+        let wasFull = state.withLock { s -> Bool in
+            let wasFull = s.queue.count == Self.capacity
+            s.queue.removeAll(keepingCapacity: true)
+            Self.refill(&s)
+            return wasFull
+        }
+        if wasFull { room.signal() }
+    }
+
+    private static func refill(_ s: inout State) {
+        let n = min(capacity - s.queue.count, s.backlog.count)
+        guard n > 0 else { return }
+        s.queue += s.backlog.prefix(n)
+        s.backlog.removeFirst(n)
+    }
 
     private func startIfNeeded() {
         guard readsStdin, state.withLock({ s in
@@ -128,9 +188,11 @@ public final class ConsoleInput: Sendable {
             return true
         }) else { return }
         HostThread.spawn(name: "stdin") { [self] in
-            var buffer = [UInt8](repeating: 0, count: 256)
+            var buffer = [UInt8](repeating: 0, count: Self.capacity)
             while true {
-                let n = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, 256) }
+                let free = state.withLock { Self.capacity - $0.queue.count }
+                if free == 0 { room.wait(); continue }
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, free) }
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { state.withLock { $0.ended = true }; return }
                 state.withLock { $0.queue.append(contentsOf: buffer[0..<n]) }

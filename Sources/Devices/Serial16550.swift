@@ -3,7 +3,8 @@ import Synchronization
 /// A 16550A UART with its full register set, as Linux's 8250 driver and simple polled
 /// drivers expect: divisor latch, FIFO control and identification, modem control and
 /// status with loopback, scratch register. Transmit is instantaneous (LSR always
-/// reports the transmitter empty); received bytes come from a `ConsoleInput`.
+/// reports the transmitter empty); received bytes come from a `ConsoleInput`, whose
+/// 16-byte FIFO is the receive FIFO (a loopback byte that finds it full sets LSR.OE).
 public final class Serial16550: PortDevice {
     public static let com1Base: UInt16 = 0x3F8
     public static let com1IRQ = 4
@@ -18,6 +19,8 @@ public final class Serial16550: PortDevice {
         var fifoEnabled = false
         var msr: UInt8 = 0
         var thrInterruptPending = false
+        /// LSR bit 1 (OE): a loopback byte found the receive FIFO full and was lost.
+        var overrun = false
         var lastIRQLevel = false
     }
 
@@ -77,7 +80,8 @@ public final class Serial16550: PortDevice {
         case 3: return r.lcr
         case 4: return r.mcr
         case 5:
-            return 0x60 | (input.hasByte() ? 0x01 : 0)   // THRE | TEMT | DR
+            defer { r.overrun = false }   // reading LSR clears OE
+            return 0x60 | (r.overrun ? 0x02 : 0) | (input.hasByte() ? 0x01 : 0)   // THRE | TEMT | OE | DR
         case 6:
             let status: UInt8
             if r.mcr & 0x10 != 0 {
@@ -101,7 +105,10 @@ public final class Serial16550: PortDevice {
         case 0:
             if r.lcr & 0x80 != 0 { r.dll = v; return nil }
             r.thrInterruptPending = true   // transmitted at once: THR is empty again
-            if r.mcr & 0x10 != 0 { input.push(v); return nil }
+            if r.mcr & 0x10 != 0 {
+                if !input.push(v) { r.overrun = true }
+                return nil
+            }
             return v
         case 1:
             if r.lcr & 0x80 != 0 { r.dlm = v; return nil }
@@ -110,7 +117,7 @@ public final class Serial16550: PortDevice {
             if enablingTHRE { r.thrInterruptPending = true }
         case 2:
             r.fifoEnabled = v & 0x01 != 0
-            if v & 0x02 != 0 { while input.hasByte() && r.mcr & 0x10 != 0 { _ = input.take() } }
+            if v & 0x02 != 0 && r.mcr & 0x10 != 0 { input.clear() }
         case 3: r.lcr = v
         case 4: r.mcr = v & 0x1F
         case 7: r.scr = v

@@ -74,7 +74,12 @@ public final class GuestMemoryMap: @unchecked Sendable {
         guard ramSize >= PhysicalLayout.firstMiB else { throw .tooSmall(ramSize) }
         var mappings: [(UnsafeMutableRawPointer, Int)] = []
         func reserve(_ size: UInt64) throws(MemoryError) -> UnsafeMutableRawPointer {
-            let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            // Sizes past Int.max cannot be mapped: report them as mmap would, do not trap.
+            guard let length = Int(exactly: size) else {
+                for (q, n) in mappings { munmap(q, n) }
+                throw .reserveFailed(size: size, errno: ENOMEM)
+            }
+            let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
             guard let p, p != MAP_FAILED else {
                 for (q, n) in mappings { munmap(q, n) }
                 throw .reserveFailed(size: size, errno: errno)
@@ -207,6 +212,28 @@ public final class GuestMemoryMap: @unchecked Sendable {
             throw .notRAM(address: address, length: length)
         }
         Array(bytes).withUnsafeBytes { write(address, from: $0) }
+    }
+
+    /// Sets `count` bytes of RAM at `address` (inside one region) to zero without touching
+    /// pages that nothing has touched: whole pages go back to the host (`MADV_DONTNEED` on
+    /// this private anonymous mapping makes them fresh zero pages again, costing nothing
+    /// until read or written), and only the partial pages at either end are written. So a
+    /// 2 GiB .bss costs no host memory. False when the range is not inside one RAM region.
+    public func zero(_ address: UInt64, count: UInt64) -> Bool {
+        guard let start = hostPointer(address, length: count, kind: .ram) else { return false }
+        let page = UInt(getpagesize())
+        let first = UInt(bitPattern: start), end = first + UInt(count)
+        let wholeStart = (first + page - 1) & ~(page - 1), wholeEnd = end & ~(page - 1)
+        guard wholeStart < wholeEnd else {
+            start.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
+            return true
+        }
+        start.initializeMemory(as: UInt8.self, repeating: 0, count: Int(wholeStart - first))
+        if madvise(UnsafeMutableRawPointer(bitPattern: wholeStart), Int(wholeEnd - wholeStart), MADV_DONTNEED) != 0 {
+            UnsafeMutableRawPointer(bitPattern: wholeStart)!.initializeMemory(as: UInt8.self, repeating: 0, count: Int(wholeEnd - wholeStart))
+        }
+        UnsafeMutableRawPointer(bitPattern: wholeEnd)!.initializeMemory(as: UInt8.self, repeating: 0, count: Int(end - wholeEnd))
+        return true
     }
 
     /// Fills the ROM (both views) with `image`; only loaders call this.

@@ -114,11 +114,11 @@ public enum Loader {
     }
 
     static func zero(_ address: UInt64, count: UInt64, memory: GuestMemoryMap) throws(ImageError) {
-        // Fresh guest RAM is already zero, but a segment may overlap an earlier one's data.
-        guard let p = memory.hostPointer(address, length: count, kind: .ram) else {
+        // Fresh guest RAM is already zero, but a segment may overlap an earlier one's data;
+        // `zero` leaves untouched pages untouched (a 2 GiB .bss must not cost 2 GiB).
+        guard memory.zero(address, count: count) else {
             throw .doesNotFit("bss at \(hex(address)) crosses a memory region boundary")
         }
-        p.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
     }
 
     static func loadELF64(_ image: [UInt8], name: String, memory: GuestMemoryMap) throws(ImageError) -> BootPlan {

@@ -1,3 +1,4 @@
+import Dispatch
 import Devices
 import GuestMemory
 import KVM
@@ -22,6 +23,9 @@ public struct MachineConfiguration: Sendable {
     public var input: ConsoleInput = .none()
     /// Seconds of wall-clock time before the run is stopped (nil: no limit).
     public var timeout: Double? = nil
+    /// When `timeout` started counting: when the command began, so reading the image and
+    /// building the VM count too (nil: when `Machine.run` starts).
+    public var started: DispatchTime? = nil
     /// Stop each vCPU after this many instructions (backends that count them: interp).
     public var maxInstructions: UInt64? = nil
     public var commandLine: String = ""
@@ -34,6 +38,19 @@ public struct MachineConfiguration: Sendable {
     public var announceBackend = true
 
     public static let maxCPUs = 256
+    /// The most guest RAM KVM is given: every GiB in a memory slot costs the host kernel
+    /// about 2.5 MiB of slot tables, allocated up front (1 TiB: 2.5 GB and half a second;
+    /// 8 TiB: 21 GB and minutes), so larger guests go to the interpreter.
+    public static let maxMemoryKVM: UInt64 = 256 << 30
+    /// The most guest RAM the interpreter is given: RAM is reserved lazily, but the elf64
+    /// identity page tables cost 4 KiB per GiB (16 MiB at 4 TiB).
+    public static let maxMemoryInterpreter: UInt64 = 4 << 40
+    /// The largest image or module file: it is read whole, before the guest starts.
+    public static let maxFileSize = 1 << 30
+    /// The longest `--timeout`: about 31 years (what a `DispatchTime` can hold with room).
+    public static let maxTimeout: Double = 1e9
+    /// The most `--trace-last` records kept in memory (a few hundred bytes each).
+    public static let maxTraceLast = 1_000_000
 
     public init(imagePath: String) { self.imagePath = imagePath }
 }

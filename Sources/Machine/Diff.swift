@@ -99,6 +99,8 @@ public final class DifferentialRun {
     let disassembler = Disassembler()
     let hostIsEmulated: Bool
     private var exitStatus: UInt8? = nil
+    /// Set by a signal or an output error: the status and the line the run ends with.
+    private let pendingStop = PendingStop()
     /// The pages the last memory comparison looked at (KVM's dirty log is read once).
     private var comparedPages = Set<UInt64>()
 
@@ -108,7 +110,8 @@ public final class DifferentialRun {
         configuration = c
         self.steps = steps
         guard c.cpus == 1 else { throw MachineError(.usage, "tandem diff runs one vCPU (--cpus 1)") }
-        let image = try Machine.readFile(c.imagePath, what: "image")
+        _ = try Machine.checkMemoryLimit(c.memorySize, backend: .kvm)
+        let image = try Machine.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
         let format: ImageFormat
         do { format = c.format == .auto ? try ImageFormat.detect(image, name: c.imagePath) : c.format } catch {
             throw MachineError(error.isFit ? .imageDoesNotFit : .badImage, error.description)
@@ -117,7 +120,7 @@ public final class DifferentialRun {
         options.commandLine = c.commandLine
         for module in c.modules {
             let path = String(module.prefix { $0 != " " })
-            options.modules.append((try Machine.readFile(path, what: "module"), module))
+            options.modules.append((try Machine.readFile(path, what: "module", ramSize: c.memorySize), module))
         }
         func makeMemory() throws(MachineError) -> (GuestMemoryMap, BootPlan) {
             let memory: GuestMemoryMap
@@ -133,8 +136,10 @@ public final class DifferentialRun {
         kvmMemory = km
         interpMemory = im
         let console: Console
-        do { console = try Console(c.serial) } catch { throw MachineError(.usage, error.description) }
         let box = WeakBox<DifferentialRun>()
+        do {
+            console = try Console(c.serial) { [pendingStop] line in pendingStop.request(.outputError, "\(line) (status 211)") }
+        } catch { throw MachineError(.usage, error.description) }
         devices = DeviceModel(console: console, input: c.input, memory: km) { value in box.value?.exitStatus = value }
         do {
             let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true)
@@ -173,13 +178,25 @@ public final class DifferentialRun {
         var text: String
     }
 
-    /// Runs to the end (exit device, both halted, `steps`) or the first divergence.
+    /// Runs to the end (exit device, both halted, `steps`), the first divergence, a signal
+    /// (status 209) or an output error (211).
     public func run() -> Outcome {
+        let outcome = pendingStop.routingSignals { compare() }
+        devices.console.flush()
+        // A signal or an output error after the last instruction still decides the status.
+        if outcome.status == 0, let (status, line) = pendingStop.current { return Outcome(status: status, report: "tandem: \(line)") }
+        return outcome
+    }
+
+    private func compare() -> Outcome {
         let start = DispatchTime.now()
         var history: [Step] = []
         var hostLimited: [String: Int] = [:]
         var compared: UInt64 = 0
         for number in 0..<steps {
+            if let (status, line) = pendingStop.current {
+                return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
+            }
             guard let before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
             let (bytes, text) = instruction(at: before)
             let mnemonic = String(text.prefix { $0 != " " })

@@ -21,10 +21,13 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case instructionLimit = 207
     /// A host-side failure (an ioctl, memory reservation, internal error).
     case hostError = 208
-    /// Ctrl-C (SIGINT) or SIGTERM stopped the guest.
+    /// SIGINT (Ctrl-C), SIGTERM, SIGHUP or SIGQUIT stopped the guest.
     case interrupted = 209
     /// The hardware refused to enter the guest (KVM_EXIT_FAIL_ENTRY).
     case entryFailed = 210
+    /// The console (stdout or `--serial file:`) or the trace could not be written
+    /// (a closed pipe, a full disk).
+    case outputError = 211
 
     public var meaning: String {
         switch self {
@@ -37,8 +40,9 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .timeout: "--timeout expired"
         case .instructionLimit: "--max-instructions reached"
         case .hostError: "host error"
-        case .interrupted: "interrupted by SIGINT/SIGTERM"
+        case .interrupted: "interrupted by SIGINT, SIGTERM, SIGHUP or SIGQUIT"
         case .entryFailed: "KVM refused to enter the guest"
+        case .outputError: "the console or the trace could not be written"
         }
     }
 }

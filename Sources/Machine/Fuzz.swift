@@ -42,6 +42,8 @@ public final class FuzzCampaign {
         /// RFLAGS values compared: one per instruction that ran (its flag record) and the final one.
         public var flagComparisons = 0
         public var seconds = 0.0
+        /// Why the campaign ended early ("interrupted by SIGINT (status 209)"), with its status.
+        public var stoppedEarly: (status: Int32, line: String)? = nil
 
         public var divergenceCount: Int { divergences.values.reduce(0, +) }
     }
@@ -101,11 +103,19 @@ public final class FuzzCampaign {
         var memory: [UInt8]
     }
 
+    /// Runs the campaign; a signal ends it after the sequence in progress (the summary
+    /// says which signal).
     public func run(progress: (Int, Summary) -> Void = { _, _ in }) -> Summary {
+        let pendingStop = PendingStop()
+        return pendingStop.routingSignals { runSequences(progress: progress, until: pendingStop) }
+    }
+
+    private func runSequences(progress: (Int, Summary) -> Void, until pendingStop: PendingStop) -> Summary {
         var summary = Summary()
         var rng = SplitMix64(seed: options.seed)
         let start = DispatchTime.now()
-        for index in 0..<options.count {
+        for index in 0..<max(options.count, 0) {
+            if let stop = pendingStop.current { summary.stoppedEarly = stop; break }
             var generator = InstructionGenerator(mode: options.mode, rng: SplitMix64(seed: rng.next()), hostSelectorsVisible: hostSelectorsVisible)
             let program = makeProgram(&generator)
             summary.sequences += 1

@@ -23,8 +23,11 @@ public enum StopReason: Sendable {
     case entryFailed(VCPUReport, UInt64)
     case hostError(String)
     case timeout(Double)
-    case interrupted
+    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT.
+    case interrupted(signal: Int32)
     case instructionLimit
+    /// The console or the trace could not be written.
+    case outputError(String)
 
     public var status: Int32 {
         switch self {
@@ -37,6 +40,17 @@ public enum StopReason: Sendable {
         case .timeout: ExitStatus.timeout.rawValue
         case .interrupted: ExitStatus.interrupted.rawValue
         case .instructionLimit: ExitStatus.instructionLimit.rawValue
+        case .outputError: ExitStatus.outputError.rawValue
+        }
+    }
+}
+
+extension StopReason {
+    /// The guest ended the run itself (the exit device, or halting for good).
+    var isGuestEnding: Bool {
+        switch self {
+        case .guestExit, .allHalted: true
+        default: false
         }
     }
 }
@@ -131,6 +145,8 @@ public final class Machine: @unchecked Sendable {
         var halted = 0
         var haltedWithInterruptsEnabled = 0
         var finalStates: [CPUState?]
+        /// An output error after the stop (the final flush of the console or the trace).
+        var lateOutputError: String?
     }
     private let control: Mutex<Control>
     private let stopped = DispatchSemaphore(value: 0)
@@ -150,14 +166,12 @@ public final class Machine: @unchecked Sendable {
         guard c.memorySize % 4096 == 0 else {
             throw MachineError(.usage, "--mem \(c.memorySize) bytes is not a whole number of 4 KiB pages")
         }
-        let image = try Self.readFile(c.imagePath, what: "image")
+        let memoryNote = try Self.checkMemoryLimit(c.memorySize, backend: c.backend)
+        let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
         let name = c.imagePath
         let format: ImageFormat
         do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
             throw Self.imageError(error)
-        }
-        guard UInt64(image.count) <= c.memorySize else {
-            throw MachineError(.imageDoesNotFit, "\(name) is \(image.count) bytes, more than the guest's \(c.memorySize) bytes of RAM")
         }
         do {
             memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
@@ -172,16 +186,18 @@ public final class Machine: @unchecked Sendable {
         options.cpuCount = c.cpus
         for module in c.modules {
             let path = String(module.prefix { $0 != " " })
-            options.modules.append((try Self.readFile(path, what: "module"), module))
+            options.modules.append((try Self.readFile(path, what: "module", ramSize: c.memorySize), module))
         }
         do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
             throw Self.imageError(error)
         }
-        let console: Console
-        do { console = try Console(c.serial) } catch { throw MachineError(.usage, error.description) }
-        control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
-        // The exit device stops the machine; it must not keep it alive.
+        // The exit device and output errors stop the machine; they must not keep it alive.
         let stopper = WeakBox<Machine>()
+        let console: Console
+        do {
+            console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
+        } catch { throw MachineError(.usage, error.description) }
+        control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
         devices = DeviceModel(console: console, input: c.input, memory: memory) { value in stopper.value?.requestStop(.guestExit(value)) }
 
         var backendNote: String? = nil
@@ -190,6 +206,11 @@ public final class Machine: @unchecked Sendable {
             backends = Self.buildInterpreter(c, memory: memory, plan: plan)
             kvm = nil
             backendName = "interp"
+        case .auto where memoryNote != nil:
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            kvm = nil
+            backendName = "interp"
+            backendNote = memoryNote
         case .kvm, .auto:
             do {
                 let built = try Self.buildKVM(c, memory: memory, plan: plan)
@@ -206,7 +227,9 @@ public final class Machine: @unchecked Sendable {
         }
         self.backendNote = backendNote
         slots = backends.map { VCPUSlot(active: $0) }
-        traceWriter = try c.trace.map { (o) throws(MachineError) in try TraceWriter(o) }
+        traceWriter = try c.trace.map { (o) throws(MachineError) in
+            try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
+        }
         fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
@@ -221,14 +244,35 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    public static func readFile(_ path: String, what: String) throws(MachineError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// Refuses `--mem` beyond what the backend may be given (usage, status 200); for
+    /// `auto`, a size only the interpreter takes returns why KVM was passed over.
+    static func checkMemoryLimit(_ size: UInt64, backend: BackendKind) throws(MachineError) -> String? {
+        let interpreterLimit = MachineConfiguration.maxMemoryInterpreter, kvmLimit = MachineConfiguration.maxMemoryKVM
+        if backend == .kvm, size > kvmLimit {
+            throw MachineError(.usage, "--mem \(size) bytes is more than the kvm backend takes (\(kvmLimit >> 30) GiB; the interpreter takes up to \(interpreterLimit >> 40) TiB)")
+        }
+        guard size <= interpreterLimit else {
+            throw MachineError(.usage, "--mem \(size) bytes is more than Tandem takes (\(interpreterLimit >> 40) TiB on the interpreter, \(kvmLimit >> 30) GiB on KVM)")
+        }
+        return size > kvmLimit ? "--mem is more than the kvm backend takes (\(kvmLimit >> 30) GiB)" : nil
+    }
+
+    /// Reads an image or a module whole, after checking (without blocking: a FIFO is
+    /// refused, not waited on) that it is a regular file no larger than guest RAM and
+    /// `MachineConfiguration.maxFileSize`.
+    public static func readFile(_ path: String, what: String, ramSize: UInt64) throws(MachineError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(Errno.current)") }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw MachineError(.badImage, "cannot read \(what) \(path): \(Errno.current)") }
         guard st.st_mode & S_IFMT == S_IFREG else { throw MachineError(.badImage, "\(what) \(path) is not a regular file") }
-        guard st.st_size <= 1 << 32 else { throw MachineError(.imageDoesNotFit, "\(what) \(path) is larger than 4 GiB") }
+        guard st.st_size <= MachineConfiguration.maxFileSize else {
+            throw MachineError(.imageDoesNotFit, "\(what) \(path) is \(st.st_size) bytes, more than Tandem reads (\(MachineConfiguration.maxFileSize >> 30) GiB)")
+        }
+        guard UInt64(st.st_size) <= ramSize else {
+            throw MachineError(.imageDoesNotFit, "\(what) \(path) is \(st.st_size) bytes, more than the guest's \(ramSize) bytes of RAM")
+        }
         var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
         var offset = 0
         while offset < bytes.count {
@@ -263,53 +307,62 @@ public final class Machine: @unchecked Sendable {
     // MARK: Running
 
     /// Runs the guest to its end: starts one thread per vCPU, waits for a stop (the exit
-    /// device, all vCPUs halted, a fault, `--timeout`, SIGINT/SIGTERM), and reports it.
+    /// device, all vCPUs halted, a fault, `--timeout`, a signal, an output error), and
+    /// reports it. `--timeout` counts from `configuration.started` (when the command began).
     public func run() -> RunOutcome {
-        // SIGINT and SIGTERM stop the guest; the previous dispositions come back afterwards.
-        var previous: [(Int32, sigaction)] = []
-        let signalSources = [SIGINT, SIGTERM].map { sig in
-            var ignore = sigaction()
-            ignore.__sigaction_handler.sa_handler = SIG_IGN
-            var old = sigaction()
-            sigaction(sig, &ignore, &old)
-            previous.append((sig, old))
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [weak self] in self?.requestStop(.interrupted) }
-            source.resume()
-            return source
-        }
-        defer {
-            for s in signalSources { s.cancel() }
-            for (sig, old) in previous {
-                var old = old
-                sigaction(sig, &old, nil)
+        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) { runRouted() }
+    }
+
+    private func runRouted() -> RunOutcome {
+        let started = DispatchTime.now()
+        let finished = DispatchGroup()
+        let threads = (0..<backends.count).map { i in
+            finished.enter()
+            return HostThread.spawn(name: "vcpu\(i)") { [self] in
+                vcpuMain(i)
+                finished.leave()
             }
         }
-        let started = DispatchTime.now()
-        let threads = (0..<backends.count).map { i in
-            HostThread.spawn(name: "vcpu\(i)") { [self] in vcpuMain(i) }
-        }
         if let timeout = configuration.timeout {
-            if stopped.wait(timeout: .now() + timeout) == .timedOut { requestStop(.timeout(timeout)) }
+            let deadline = (configuration.started ?? started) + timeout
+            if stopped.wait(timeout: deadline) == .timedOut { requestStop(.timeout(timeout)) }
         } else {
             stopped.wait()
         }
-        for t in threads { t.join() }
-        devices.console.flush()
-        traceWriter?.finish(status: control.withLock { $0.reason?.status } ?? 0)
+        // A vCPU stuck in a write to a console nobody reads cannot be kicked (nor can a
+        // backend that misses its kick): after a grace period the run is reported without
+        // it, and without the output it holds.
+        let allStopped = finished.wait(timeout: .now() + Self.stopGrace) == .success
+        if allStopped {
+            for t in threads { t.join() }
+            devices.console.flush()
+            traceWriter?.finish(status: control.withLock { $0.reason?.status } ?? 0)
+        }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
-        let reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
+        var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
+        // Output lost at the final flush turns a guest's own ending into an output error.
+        if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
         let statistics = RunStatistics(
-            backend: backendName, seconds: seconds, instructions: backends.map(\.instructionsRetired),
-            handoffs: slots.map(\.handoffs).reduce(0, +),
-            fallbackInstructions: slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +))
-        return RunOutcome(status: reason.status, message: message(for: reason), reason: reason, statistics: statistics)
+            backend: backendName, seconds: seconds, instructions: allStopped ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
+            handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
+            fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
+        var message = message(for: reason)
+        if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
+        return RunOutcome(status: reason.status, message: message, reason: reason, statistics: statistics)
     }
+
+    /// How long `run` waits for the vCPU threads after a stop before reporting without them.
+    static let stopGrace: DispatchTimeInterval = .milliseconds(500)
+    /// Ends the report when they did not stop: a blocked output write, or a backend bug.
+    public static let notStoppedNote = " (a vCPU thread had not stopped 0.5 s later: reported without it)"
 
     /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.
     public func requestStop(_ reason: StopReason) {
         let first = control.withLock { c -> Bool in
-            guard c.reason == nil else { return false }
+            guard c.reason == nil else {
+                if case .outputError(let line) = reason { c.lateOutputError = c.lateOutputError ?? line }
+                return false
+            }
             c.reason = reason
             return true
         }
@@ -490,8 +543,9 @@ public final class Machine: @unchecked Sendable {
         case .hostError(let detail): return "tandem: host error (status 208): \(detail)"
         case .timeout(let seconds):
             return "tandem: timeout after \(formatSeconds(seconds)) s (status 206): \(where0())"
-        case .interrupted: return "tandem: interrupted (status 209): \(where0())"
+        case .interrupted(let sig): return "tandem: interrupted by \(StopSignals.name(sig)) (status 209): \(where0())"
         case .instructionLimit: return "tandem: instruction limit reached (status 207): \(where0())"
+        case .outputError(let line): return "tandem: \(line) (status 211)"
         }
     }
 

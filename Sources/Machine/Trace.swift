@@ -40,13 +40,21 @@ final class TraceWriter: @unchecked Sendable {
     private var ring: [String] = []
     private var ringStart = 0
     private var written: UInt64 = 0
-    /// Set once `--trace-count` records are out: vCPUs stop single-stepping.
+    /// Set once `--trace-count` records are out, or the file cannot be written: vCPUs
+    /// stop single-stepping.
     let full = Atomic<Bool>(false)
+    /// Set at the first write error, which is reported once; nothing is written after it.
+    private var failed = false
+    private let onWriteError: @Sendable (String) -> Void
 
-    init(_ options: TraceOptions) throws(MachineError) {
+    /// `onWriteError` gets one line (without "tandem: ") the first time the file cannot be written.
+    init(_ options: TraceOptions, onWriteError: @escaping @Sendable (String) -> Void = { _ in }) throws(MachineError) {
         self.options = options
-        fd = open(options.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MachineError(.usage, "cannot open trace file \(options.path): \(Errno.current)") }
+        self.onWriteError = onWriteError
+        switch openOutputFile(options.path) {
+        case .success(let opened): fd = opened
+        case .failure(let error): throw MachineError(.usage, "cannot open trace file \(options.path): \(describeOpenError(error))")
+        }
         buffer.reserveCapacity(1 << 16)
     }
 
@@ -56,6 +64,7 @@ final class TraceWriter: @unchecked Sendable {
     func emit(_ line: String) {
         lock.lock()
         defer { lock.unlock() }
+        if failed { return }
         if let count = options.count, written >= count { return }
         written += 1
         if let count = options.count, written >= count { full.store(true, ordering: .relaxed) }
@@ -85,15 +94,11 @@ final class TraceWriter: @unchecked Sendable {
     }
 
     private func drain() {
-        buffer.withUnsafeBytes { b in
-            var offset = 0
-            while offset < b.count {
-                let n = write(fd, b.baseAddress! + offset, b.count - offset)
-                if n <= 0 { if errno == EINTR { continue } else { break } }
-                offset += n
-            }
-        }
-        buffer.removeAll(keepingCapacity: true)
+        defer { buffer.removeAll(keepingCapacity: true) }
+        guard !failed, !buffer.isEmpty, let error = buffer.withUnsafeBytes({ writeAll(fd, $0) }) else { return }
+        failed = true
+        full.store(true, ordering: .relaxed)
+        onWriteError("cannot write trace file \(options.path): \(error)")
     }
 }
 

@@ -36,6 +36,10 @@ struct SST286: ParsableCommand {
     @Argument(help: "The test folder.")
     var directory: String
 
+    func validate() throws {
+        if show < 0 { throw ValidationError("--show must be 0 or more, not \(show)") }
+    }
+
     func run() throws {
         let memory: GuestMemoryMap
         do { memory = try GuestMemoryMap(ramSize: 32 << 20) } catch {

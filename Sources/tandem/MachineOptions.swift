@@ -84,6 +84,10 @@ struct Diff: ParsableCommand {
     @Option(help: "Compare at most this many instructions.")
     var steps: UInt64 = 1_000_000
 
+    func validate() throws {
+        if steps == 0 { throw ValidationError("--steps must be at least 1") }
+    }
+
     @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. add:cf), or $TANDEM_INJECT_FAULT.")
     var injectFault: String?
 
@@ -122,7 +126,7 @@ struct Fuzz: ParsableCommand {
     @Option(help: "Campaign seed.")
     var seed: UInt64 = 1
 
-    @Option(help: "Number of sequences.")
+    @Option(help: "Number of sequences (1-\(Self.maxCount)).")
     var count: Int = 1000
 
     @Option(help: "With N > 1: LOCKed read-modify-write loops on shared counters on N vCPUs (--count: loop iterations per vCPU).")
@@ -133,12 +137,18 @@ struct Fuzz: ParsableCommand {
 
     @Option(help: "With --cpus: only this LOCKed form, as the summary names it (e.g. \"lock inc m32\"); repeatable.")
     var only: [String] = []
+    static let maxCount = 1_000_000_000
 
     @Option(help: "Where to save reproducers (created if missing).")
     var out: String?
 
     @Option(help: "KVM device path.")
     var kvmDevice: String?
+
+    func validate() throws {
+        guard (1...Self.maxCount).contains(count) else { throw ValidationError("--count must be between 1 and \(Self.maxCount), not \(count)") }
+        guard (1...256).contains(cpus) else { throw ValidationError("--cpus must be between 1 and 256, not \(cpus)") }
+    }
 
     func run() throws {
         if cpus > 1 { return try runLocked() }
@@ -164,6 +174,9 @@ struct Fuzz: ParsableCommand {
         for (m, n) in s.divergences.sorted(by: { $0.value > $1.value }) { print("  divergence \(m): \(n)") }
         for (m, n) in s.hostLimited.sorted(by: { $0.key < $1.key }) { print("  host limitation (\(n)x): \(m)") }
         for r in s.reproducers { print("  reproducer: \(r)") }
+        if let (status, line) = s.stoppedEarly {
+            throw Failure(status: status, message: "\(line) after \(s.sequences) of \(count) sequences")
+        }
         if s.divergenceCount > 0 { throw ExitCode(1) }
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import Dispatch
 import Devices
 import Loaders
 import Machine
@@ -18,6 +19,9 @@ struct Tandem: ParsableCommand {
     /// Parses and runs, mapping every usage error to status 200 (the guest contract
     /// keeps 200-254 for Tandem's own statuses) and help to status 0.
     static func main() {
+        occupyClosedStandardDescriptors()
+        // Before parsing: a signal at any moment ends the process the documented way.
+        StopSignals.install()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -111,7 +115,9 @@ struct Run: ParsableCommand {
         o.from = traceFrom
         o.count = traceCount
         if let last = traceLast {
-            guard last > 0 else { throw ValidationError("--trace-last must be positive") }
+            guard (1...MachineConfiguration.maxTraceLast).contains(last) else {
+                throw ValidationError("--trace-last must be between 1 and \(MachineConfiguration.maxTraceLast)")
+            }
             o.last = last
         }
         if let range = traceRange {
@@ -126,11 +132,19 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         _ = try traceOptions()
-        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let timeout, !(timeout > 0 && timeout <= MachineConfiguration.maxTimeout) {
+            throw ValidationError("--timeout must be a positive number of seconds, at most \(Int(MachineConfiguration.maxTimeout))")
+        }
+        if maxInstructions == 0 { throw ValidationError("--max-instructions must be at least 1") }
+        if traceCount == 0 { throw ValidationError("--trace-count must be at least 1") }
     }
 
     func run() throws {
+        // First, before any file is opened: a FIFO or a slow disk must not outlast --timeout.
+        let started = DispatchTime.now()
+        StopSignals.arm(timeout: timeout)
         var c = try machine.configuration()
+        c.started = started
         c.backend = backend
         c.timeout = timeout
         c.maxInstructions = maxInstructions
@@ -156,6 +170,20 @@ func printError(_ text: String) {
     var bytes = Array(text.utf8)
     if bytes.last != 0x0A { bytes.append(0x0A) }
     _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// Opens /dev/null on any of descriptors 0, 1 and 2 that the caller closed (`>&-`), so no
+/// file Tandem opens (the trace, a serial file) can become "standard output" by reuse.
+/// A closed standard output gets a read-only descriptor: console writes then fail (EBADF)
+/// and are reported (status 211) rather than landing somewhere else.
+func occupyClosedStandardDescriptors() {
+    for (fd, flags) in [(Int32(0), O_RDONLY), (1, O_RDONLY), (2, O_WRONLY)] where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+        let opened = open("/dev/null", flags)
+        if opened >= 0 && opened != fd {
+            dup2(opened, fd)
+            close(opened)
+        }
+    }
 }
 
 /// Ends the process with `status` (`exit(3)`).

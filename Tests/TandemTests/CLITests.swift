@@ -5,18 +5,10 @@ import Foundation
 import Machine
 import Testing
 
-/// The `tandem` binary `swift build -c release` (or `swift test -c release`) leaves behind.
-private let tandemBinary = "\(repoRoot)/.build/release/tandem"
-private let haveBinary = FileManager.default.isExecutableFile(atPath: tandemBinary)
-
 private func tandem(_ arguments: String..., environment: [String: String]? = nil) throws -> ProcessResult {
     try runProcess(tandemBinary, arguments, environment: environment)
 }
 
-/// A one-sector boot image: `code` then padding.
-private func bootImage(_ code: [UInt8], name: String = "guest.img") throws -> String {
-    try writeScratchFile(bootSector(code), name: name)
-}
 
 @Suite("tandem run, end to end",
        .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))
@@ -30,7 +22,7 @@ struct CLITests {
             (["run", "--mem", "12Q", image], "tandem: --mem '12Q' is not a size like 128M or 64G (see 'tandem help')\n"),
             (["run", "--mem", "1048577", image], "tandem: --mem 1048577 bytes is not a whole number of 4 KiB pages (see 'tandem help')\n"),
             (["run", "--serial", "tty", image], "tandem: --serial 'tty' must be stdio, file:PATH or none (see 'tandem help')\n"),
-            (["run", "--timeout", "0", image], "tandem: --timeout must be a positive number of seconds (see 'tandem help')\n"),
+            (["run", "--timeout", "0", image], "tandem: --timeout must be a positive number of seconds, at most 1000000000 (see 'tandem help')\n"),
             (["run"], "tandem: Missing expected argument '<image>' (see 'tandem help')\n"),
             (["frob"], "tandem: Unexpected argument 'frob' (see 'tandem help')\n"),
             (["run", "--cpus", "0", image], "tandem: --cpus must be between 1 and 256, not 0\n"),
@@ -194,7 +186,7 @@ struct CLITests {
             process.interrupt()
         }
         #expect(interrupted.status == 209)
-        #expect(interrupted.stderr == "tandem: interrupted (status 209): vcpu0 at 0000:0x7c00 (real): jmp 0x7c00\n")
+        #expect(interrupted.stderr == "tandem: interrupted by SIGINT (status 209): vcpu0 at 0000:0x7c00 (real): jmp 0x7c00\n")
 
         let halted = try tandem("run", "--quiet", try bootImage([0xFA, 0xF4]))
         #expect(halted.status == 0)

@@ -380,12 +380,12 @@ struct GuestChecks {
             if (0..<4).allSatisfy({ seen.contains("vcpu\($0)") }) { break }
             usleep(5000)
         }
-        machine.requestStop(.interrupted)
+        machine.requestStop(.interrupted(signal: SIGINT))
         runner.join()
         #expect(seen.isSuperset(of: ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]), "saw \(seen.sorted())")
         let o = try #require(outcome.all.first)
         #expect(o.status == 209)
-        #expect(o.message == "tandem: interrupted (status 209): vcpu0 at 0008:0x200000 (long64): jmp 0x200000")
+        #expect(o.message == "tandem: interrupted by SIGINT (status 209): vcpu0 at 0008:0x200000 (long64): jmp 0x200000")
     }
 }
 

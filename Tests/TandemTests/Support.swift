@@ -48,6 +48,10 @@ func readFileBytes(_ path: String) throws -> [UInt8] {
     [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
 }
 
+/// The `tandem` binary `swift build -c release` (or `swift test -c release`) leaves behind.
+let tandemBinary = "\(repoRoot)/.build/release/tandem"
+let haveBinary = FileManager.default.isExecutableFile(atPath: tandemBinary)
+
 // MARK: Guests
 
 struct GuestBuildFailure: Error, CustomStringConvertible {
@@ -89,9 +93,10 @@ func hostHasHardwareVirtualization() -> Bool {
     }
 }
 
-/// The process's resident set size in bytes (VmRSS in /proc/self/status).
-func residentMemory() -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+/// A process's resident set size in bytes (VmRSS in /proc/PID/status): this process's by
+/// default; 0 for a process that is gone.
+func residentMemory(of pid: Int32? = nil) -> UInt64 {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid.map(String.init) ?? "self")/status", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
           let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
     else { return 0 }
@@ -186,9 +191,12 @@ struct ProcessResult {
 }
 
 /// Runs `executable` with `arguments` and waits for it; stdout and stderr go through
-/// scratch files (no pipe can fill up), stdin is /dev/null.
+/// scratch files (no pipe can fill up), stdin is /dev/null. `input` replaces stdin with a
+/// file, `output` stdout (its text then reads empty). A process still running after
+/// `killAfter` seconds (a hang) is killed with SIGKILL, which the caller sees as status 9.
 func runProcess(
     _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+    input: String? = nil, output: FileHandle? = nil, killAfter: Double = 120,
     whileRunning: (Process) -> Void = { _ in }
 ) throws -> ProcessResult {
     let outPath = scratchPath("stdout"), errPath = scratchPath("stderr")
@@ -203,13 +211,17 @@ func runProcess(
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    process.standardOutput = out
+    process.standardOutput = output ?? out
     process.standardError = err
-    process.standardInput = FileHandle.nullDevice
+    process.standardInput = try input.map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) } ?? FileHandle.nullDevice
     if let environment {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     }
     try process.run()
+    let pid = process.processIdentifier
+    let guardHang = DispatchWorkItem { kill(pid, SIGKILL) }
+    DispatchQueue.global().asyncAfter(deadline: .now() + killAfter, execute: guardHang)
+    defer { guardHang.cancel() }
     whileRunning(process)
     process.waitUntilExit()
     try out.close()
@@ -349,6 +361,11 @@ func multibootHeader(flags: UInt32, checksumError: UInt32 = 0, aout: (header: UI
         for v in [a.header, a.load, a.loadEnd, a.bssEnd, a.entry] { b.append32(v) }
     }
     return b
+}
+
+/// A one-sector boot image file (see `bootSector`); returns its path.
+func bootImage(_ code: [UInt8], name: String = "guest.img") throws -> String {
+    try writeScratchFile(bootSector(code), name: name)
 }
 
 /// A raw boot image: `code` at 0x7C00, padded to a 512-byte sector with the signature.
