@@ -44,7 +44,7 @@ public final class CodePages: @unchecked Sendable {
     /// and-swap), so no old tag can come back.
     @inline(never) func tagForDecode(_ page: Int) -> UInt32 {
         guard page < pageCount else { return 1 }
-        var w = words[page]
+        var w = tandem_load_relaxed32(words + page)
         while w & 1 == 0 {
             if tandem_cas4(words + page, &w, w &+ 1) {
                 w &+= 1
@@ -56,7 +56,7 @@ public final class CodePages: @unchecked Sendable {
     }
 
     @inline(__always) func current(_ page: Int) -> UInt32 {
-        page < pageCount ? words[page] : 1
+        page < pageCount ? tandem_load_relaxed32(words + page) : 1
     }
 
     /// Called for every guest write to RAM, after the store. A failed swap means another
@@ -64,7 +64,7 @@ public final class CodePages: @unchecked Sendable {
     @inline(__always) func noteWrite(_ page: Int) {
         if page < pageCount {
             tandem_compiler_barrier()   // the guest's store stays before this read
-            var w = words[page]
+            var w = tandem_load_relaxed32(words + page)
             if _slowPath(w & 1 != 0) { _ = tandem_cas4(words + page, &w, w &+ 1) }
         }
     }

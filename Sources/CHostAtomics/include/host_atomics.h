@@ -14,6 +14,10 @@
 
 #if !defined(__x86_64__)
 #error "Tandem's interpreter needs an x86-64 host for guest LOCK semantics"
+/// A relaxed atomic load of a 32-bit word (a plain `mov` on x86; it tells the compiler,
+/// and the thread sanitizer, that other threads write the word).
+static inline uint32_t tandem_load_relaxed32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
 /// Keeps the compiler from moving memory accesses across this point (no instruction).
 static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
 
@@ -81,6 +85,10 @@ static inline uint64_t tandem_load(const void *p, int size) {
     default: { uint64_t v; __builtin_memcpy(&v, (const void *)p, 8); return v; }
     }
 }
+
+/// A relaxed atomic load of a 32-bit word (a plain `mov` on x86; it tells the compiler,
+/// and the thread sanitizer, that other threads write the word).
+static inline uint32_t tandem_load_relaxed32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
 /// Keeps the compiler from moving memory accesses across this point (no instruction).
 static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
