@@ -10,8 +10,8 @@ import X86
 struct CacheEntry {
     var tag: UInt64 = .max
     var version: UInt32 = 0
-    /// For an instruction that runs into the next page: that page's code-page word when
-    /// it was decoded, and its physical page number (-1: the instruction fits its page).
+    /// For an instruction that runs into the next page (its tag has `crossPageTag`): that
+    /// page's code-page word when it was decoded, and its physical page number.
     var version2: UInt32 = 0
     var page2: Int = -1
     var instruction = DecodedInstruction()
@@ -334,12 +334,15 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
         let page = Int(truncatingIfNeeded: physical >> 12)
         if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
-            if _fastPath(entry.pointee.page2 < 0) || secondPageUnchanged(entry, linear: linear) {
-                return instructionPointer(entry)
-            }
+            return instructionPointer(entry)
         }
         return try decodeInto(entry, key: key, linear: linear, physical: physical)
     }
+
+    /// Set in the tag of an instruction that runs into the next page, so that the fast path
+    /// never takes it: `decodeInto` checks the second page first (physical addresses have
+    /// fewer than 63 bits).
+    static let crossPageTag: UInt64 = 1 << 63
 
     /// The linear address of the first byte of the page after `linear`'s.
     @inline(__always)
@@ -367,6 +370,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     @inline(never)
     func decodeInto(_ entry: UnsafeMutablePointer<CacheEntry>, key: UInt64, linear: UInt64, physical: UInt64) throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        if entry.pointee.tag == key | Self.crossPageTag
+            && entry.pointee.version == codePages.current(Int(truncatingIfNeeded: physical >> 12))
+            && secondPageUnchanged(entry, linear: linear) {
+            return instructionPointer(entry)
+        }
         // The pages are marked as holding code before their bytes are read (CodePages).
         let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
         var page2 = -1
@@ -407,13 +415,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             }
             throw .ud()
         }
-        entry.pointee.tag = key
         entry.pointee.version = version
         if Int(decoded.length) > firstPart {
+            entry.pointee.tag = key | Self.crossPageTag
             entry.pointee.page2 = page2
             entry.pointee.version2 = version2
         } else {
-            entry.pointee.page2 = -1
+            entry.pointee.tag = key
         }
         entry.pointee.instruction = decoded
         return instructionPointer(entry)
