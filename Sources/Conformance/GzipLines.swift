@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CZlib
 
 /// Reads the lines of a gzip-compressed text file (zlib's `gzopen`/`gzread`).
@@ -13,8 +16,16 @@ public struct GzipLines: Sequence, IteratorProtocol {
     /// Bytes searched for a newline so far: each byte at most once, however long its line.
     public private(set) var bytesSearched = 0
 
+    /// Nil when the file cannot be opened or is not a regular file (a FIFO is refused, not
+    /// waited on: it is opened without blocking and checked before zlib reads it).
     public init?(path: String) {
-        guard let f = gzopen(path, "rb") else { return nil }
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, let f = gzdopen(fd, "rb") else {
+            Glibc.close(fd)
+            return nil
+        }
         file = f
         gzbuffer(f, 1 << 17)
     }

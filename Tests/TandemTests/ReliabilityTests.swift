@@ -125,6 +125,14 @@ struct ReliabilityCLITests {
             #expect(r.status == status, "\(arguments)")
             #expect(r.stderr == message, "\(arguments)")
         }
+        // A conformance test file that is a FIFO is a failure to read, not a wait.
+        let directory = scratchPath("sst286-fifo")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try #"{"opcodes": {"90": {"status": "normal", "arch": "86"}}}"#.write(toFile: directory + "/metadata.json", atomically: true, encoding: .utf8)
+        #expect(mkfifo(directory + "/90.jsonl.gz", 0o600) == 0)
+        let r = try runProcess(tandemBinary, ["conformance", "sst286", directory], killAfter: 20)
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("0 passed, 1 failed"))
     }
 
     @Test("an image larger than RAM or than Tandem reads is refused before it is read")
