@@ -25,7 +25,7 @@ public final class InterpreterMachine: @unchecked Sendable {
     }
 
     /// CPUID as the interpreter implements it: it offers exactly what the interpreter
-    /// executes (POPCNT, LZCNT, MOVBE, BMI1, BMI2 and ADX, but no FPU, SSE, APIC, x2APIC,
+    /// executes (POPCNT, LZCNT, MOVBE, BMI1, BMI2, ADX, RDRAND and RDSEED, but no FPU, SSE, APIC, x2APIC,
     /// 1 GiB pages or FSGSBASE yet).
     func cpuid(leaf: UInt32, subleaf: UInt32, vcpu: Int) -> (UInt32, UInt32, UInt32, UInt32) {
         let vendor = Array("TandemInterp".utf8)
@@ -38,12 +38,12 @@ public final class InterpreterMachine: @unchecked Sendable {
             // Family 6, model 15, stepping 1.
             let eax: UInt32 = 0x0000_06F1
             let ebx = UInt32(vcpu & 0xFF) << 24 | UInt32(min(cpuCount, 255)) << 16 | 8 << 8
-            let ecx: UInt32 = 1 << 13 | 1 << 22 | 1 << 23   // CMPXCHG16B, MOVBE, POPCNT
+            let ecx: UInt32 = 1 << 13 | 1 << 22 | 1 << 23 | 1 << 30   // CMPXCHG16B, MOVBE, POPCNT, RDRAND
             // PSE, TSC, MSR, PAE, CX8, SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH
             let edx: UInt32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 19
             return (eax, ebx, ecx, edx | (cpuCount > 1 ? 1 << 28 : 0))
         case 7 where subleaf == 0:
-            return (0, 1 << 3 | 1 << 8 | 1 << 19, 0, 0)   // BMI1, BMI2, ADX
+            return (0, 1 << 3 | 1 << 8 | 1 << 18 | 1 << 19, 0, 0)   // BMI1, BMI2, RDSEED, ADX
         case 0x8000_0000: return (0x8000_0008, word(0), word(8), word(4))
         case 0x8000_0001:
             // LAHF/SAHF in long mode, LZCNT (ABM); SYSCALL, NX, RDTSCP, long mode.

@@ -25,7 +25,7 @@ enum Op: UInt16, CaseIterable {
     // Flags
     case clc, stc, cmc, cld, std, cli, sti
     // System
-    case hlt, nop, pause, cpuid, rdtsc, rdtscp, rdmsr, wrmsr, `in`, out
+    case hlt, nop, pause, cpuid, rdtsc, rdtscp, rdrand, rdseed, rdmsr, wrmsr, `in`, out
     case lgdt, lidt, sgdt, sidt, lldt, sldt, ltr, str, smsw, lmsw, clts, arpl, lar, lsl, verr, verw
     case invlpg, wbinvd, invd, syscall, sysret, sysenter, sysexit, swapgs, ud2, ud0, wait
     case prefetch, prefetchw, prefetcht0, prefetcht1, prefetcht2, prefetchnta, lfence, sfence, mfence, clflush

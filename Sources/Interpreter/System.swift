@@ -181,6 +181,13 @@ extension InterpreterVCPU {
             writeReg(0, 4, t & 0xFFFF_FFFF)
             writeReg(2, 4, t >> 32)
             if op == .rdtscp { writeReg(1, 4, UInt64(index)) }
+        case .rdrand, .rdseed:
+            // The host's randomness (the system generator, getrandom on Linux); it never
+            // runs dry, so CF = 1 always.
+            guard o0.kind == .register else { throw .ud() }
+            var host = SystemRandomNumberGenerator()
+            writeReg(o0.reg, Int(o0.size), host.next())
+            setFlags(Flag.arithmetic, Flag.cf)
         case .rdmsr:
             guard let v = readMSR(UInt32(truncatingIfNeeded: r[1])) else { throw .gp() }
             writeReg(0, 4, v & 0xFFFF_FFFF)

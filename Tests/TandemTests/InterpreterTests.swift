@@ -160,6 +160,35 @@ struct InterpreterProgramTests {
         #expect(r.status == 7, "\(r.message ?? "")")
     }
 
+    /// RDRAND/RDSEED: CF = 1 with a value, 64 times each; the values are not all alike.
+    @Test("rdrand and rdseed return random values with CF set")
+    func randomNumbers() throws {
+        let image = try assembleELF64("""
+        bits 64
+        section .text
+        global _start
+        _start:
+                mov ecx, 64
+                xor r8, r8                       ; OR of the values
+                mov r9, -1                       ; AND of the values
+        again:  rdrand rax
+                jnc bad
+                rdseed edx
+                jnc bad
+                or r8, rax
+                and r9, rax
+                loop again
+                cmp r8, r9                       ; all 64 alike: not random
+                je bad
+                mov al, 0
+                out 0xf4, al
+        bad:    mov al, 1
+                out 0xf4, al
+        """, name: "random")
+        let r = runGuest(image, backend: .interp)
+        #expect(r.status == 0, "\(r.message ?? "")")
+    }
+
     @Test("self-modifying code: a patched immediate takes effect")
     func selfModifyingCode() throws {
         let r = try run("""
