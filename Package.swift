@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "X86"),
         .target(name: "HostOS"),
         .target(name: "GuestMemory"),
-        .target(name: "Devices", dependencies: ["HostOS", "GuestMemory"]),
+        .target(name: "Devices", dependencies: ["X86", "HostOS", "GuestMemory"]),
         .target(name: "Disassembler", dependencies: ["CCapstone", "X86", "HostOS"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         .target(

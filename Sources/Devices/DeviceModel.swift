@@ -7,12 +7,22 @@ public final class DeviceModel: Sendable {
     public let mmio = MMIOBus()
     public let console: Console
     public let serial: Serial16550
+    /// The 8259A pair; its output is vCPU 0's external interrupt input.
+    public let pic: PIC8259Pair
 
-    /// Builds COM1, the 0xE9 debug console, the 0xF4 exit device and, given the memory
-    /// whose A20 line it drives, the port 0x92 A20 gate.
-    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, onExit: @escaping @Sendable (UInt8) -> Void) {
+    /// Builds the 8259A pair, COM1 (on IRQ 4), the 0xE9 debug console, the 0xF4 exit
+    /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
+    /// `onInterruptRequest` is called when the interrupt output may have become active
+    /// (the machine kicks vCPU 0 so that it takes the interrupt).
+    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil,
+                onInterruptRequest: @escaping @Sendable () -> Void = {}, onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
-        serial = Serial16550(console: console, input: input)
+        let pic = PIC8259Pair(onRequest: onInterruptRequest)
+        self.pic = pic
+        ports.attach(pic, ports: PIC8259Pair.masterPorts)
+        ports.attach(pic, ports: PIC8259Pair.slavePorts)
+        ports.attach(pic, ports: PIC8259Pair.elcrPorts)
+        serial = Serial16550(console: console, input: input) { high in pic.setLine(Serial16550.com1IRQ, high: high) }
         ports.attach(serial, ports: serial.ports)
         ports.attach(DebugConsole(console: console), ports: DebugConsole.port...DebugConsole.port)
         ports.attach(ExitDevice(onExit: onExit), ports: ExitDevice.port...ExitDevice.port)

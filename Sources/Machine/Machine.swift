@@ -198,7 +198,8 @@ public final class Machine: @unchecked Sendable {
             console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
         } catch { throw MachineError(.usage, error.description) }
         control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
-        devices = DeviceModel(console: console, input: c.input, memory: memory) { value in stopper.value?.requestStop(.guestExit(value)) }
+        devices = DeviceModel(console: console, input: c.input, memory: memory,
+                              onInterruptRequest: { stopper.value?.interruptRequested() }) { value in stopper.value?.requestStop(.guestExit(value)) }
 
         var backendNote: String? = nil
         switch c.backend {
@@ -226,6 +227,7 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.backendNote = backendNote
+        for b in backends { b.interruptController = devices.pic }
         slots = backends.map { VCPUSlot(active: $0) }
         traceWriter = try c.trace.map { (o) throws(MachineError) in
             try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -451,10 +453,17 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
+    /// The interrupt controllers' output may have become active: vCPU 0 (the only one the
+    /// 8259A pair drives) leaves its run so that it looks before it goes on.
+    func interruptRequested() {
+        slots.first?.active.kick()
+    }
+
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
     /// the interpreter (same memory, same devices) for that one instruction.
     private func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine) -> Bool {
         let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
+        interpreter.interruptController = devices.pic
         slot.fallbackVCPU = interpreter
         do {
             let state = try slot.active.readState()

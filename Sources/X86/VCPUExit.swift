@@ -54,6 +54,9 @@ public protocol VCPUBackend: AnyObject {
     func kick()
     /// Instructions this vCPU has retired, or nil when the backend does not count them (KVM).
     var instructionsRetired: UInt64? { get }
+    /// Where external interrupts come from (nil: none); consulted at instruction boundaries
+    /// (the interpreter) or before each entry (KVM's injection).
+    var interruptController: (any InterruptController)? { get set }
 }
 
 /// One guest memory access, as the interpreter's trace records it.

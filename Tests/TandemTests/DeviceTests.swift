@@ -181,7 +181,7 @@ struct DeviceModelTests {
         #expect(console.captured == [0x41, 0x42])
     }
 
-    @Test("the device model: COM1, 0xE9, 0xF4 and nothing else")
+    @Test("the device model: the 8259A pair, COM1, 0xE9, 0xF4 and nothing else")
     func deviceModel() throws {
         let console = try Console(.capture)
         let exits = Recorder<UInt8>()
@@ -200,8 +200,9 @@ struct DeviceModelTests {
         #expect(exits.all == [42, 0xFF, 0x00])
         #expect(model.ports.read(0xF4, size: 1) == 0xFF)
 
-        for port in [UInt16(0xE9), 0xF4] + Array(UInt16(0x3F8)...0x3FF) { #expect(model.ports.isClaimed(port)) }
-        for port: UInt16 in [0, 0x20, 0x60, 0x80, 0xE8, 0xEA, 0xF3, 0xF5, 0x2F8, 0x3F7, 0x400, 0xCF8, 0xFFFF] {
+        let claimed = [UInt16(0xE9), 0xF4, 0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1] + Array(UInt16(0x3F8)...0x3FF)
+        for port in claimed { #expect(model.ports.isClaimed(port)) }
+        for port: UInt16 in [0, 0x1F, 0x22, 0x60, 0x80, 0x9F, 0xA2, 0xE8, 0xEA, 0xF3, 0xF5, 0x2F8, 0x3F7, 0x400, 0x4CF, 0x4D2, 0xCF8, 0xFFFF] {
             #expect(!model.ports.isClaimed(port))
         }
     }
