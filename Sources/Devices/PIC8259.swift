@@ -79,8 +79,9 @@ public final class PIC8259Pair: PortDevice, InterruptController, @unchecked Send
         mutating func acknowledge() -> (vector: UInt8, irq: Int?) {
             guard let irq = pending() else { return (vectorBase | 7, nil) }
             let bit = UInt8(1 << irq)
-            // An edge request is consumed; a level one stays as long as the line is high.
-            if levelMask & bit == 0 { irr &= ~bit } else if lines & bit == 0 { irr &= ~bit }
+            // An edge request is consumed; a level one stays as long as the line is high
+            // (`setLine` keeps IRR equal to the line for those).
+            if levelMask & bit == 0 { irr &= ~bit }
             if autoEOI {
                 if rotateOnAutoEOI { lowestPriority = UInt8(irq) }
             } else {
@@ -91,7 +92,7 @@ public final class PIC8259Pair: PortDevice, InterruptController, @unchecked Send
 
         mutating func writeCommand(_ v: UInt8) {
             if v & 0x10 != 0 {   // ICW1
-                imr = 0; isr = 0; irr = 0
+                imr = 0; isr = 0
                 lowestPriority = 7
                 specialMask = false; readISR = false; poll = false; autoEOI = false; rotateOnAutoEOI = false
                 levelTriggeredAll = v & 0x08 != 0

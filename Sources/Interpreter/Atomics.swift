@@ -59,14 +59,17 @@ extension InterpreterVCPU {
         }
     }
 
-    /// A LOCKed read-modify-write whose memory operand is o0 (checkLock has ensured it):
-    /// host atomics on RAM; otherwise (MMIO, ROM, a split over non-adjacent pages) the
-    /// machine-wide lock around an ordinary read and write.
+    /// A LOCKed read-modify-write of the memory operand `memory` (o0 unless given; XCHG's
+    /// may be o1, BT*'s is displaced by the bit offset): host atomics on RAM; otherwise
+    /// (MMIO, ROM, a split over non-adjacent pages) the machine-wide lock around an
+    /// ordinary read and write. `register` receives the old value for xadd and xchg (o1's
+    /// register unless given).
     @inline(never)
-    func lockedReadModifyWrite(_ d: UnsafeMutablePointer<DecodedInstruction>, size: Int, operand b: UInt64, next: UInt64) throws(Fault) {
+    func lockedReadModifyWrite(_ d: UnsafeMutablePointer<DecodedInstruction>, memory: Operand? = nil, register: UInt8? = nil,
+                               size: Int, operand b: UInt64, next: UInt64) throws(Fault) {
         let op = d.pointee.op
-        let linear = try operandLinear(d.pointee.o0, d, size, .write, next: next)
-        let register = d.pointee.operandCount > 1 && d.pointee.o1.kind == .register ? d.pointee.o1.reg : 0
+        let linear = try operandLinear(memory ?? d.pointee.o0, d, size, .write, next: next)
+        let register = register ?? (d.pointee.operandCount > 1 && d.pointee.o1.kind == .register ? d.pointee.o1.reg : 0)
         if try lockedUpdate(op, linear: linear, size: size, operand: b, register: register) { return }
         atomicLock.lock(); defer { atomicLock.unlock() }
         let a = try readLinear(linear, size)

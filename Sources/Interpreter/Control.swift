@@ -108,16 +108,10 @@ extension InterpreterVCPU {
                     params.append(try read(Segment.ss, (oldSP &+ UInt64(i * gateSize)) & oldStackMask, gateSize))
                 }
                 let savedCPL = cpl
-                cpl = newCPL
-                do throws(Fault) {
-                    try loadSegment(Segment.ss, newSS)
-                } catch {
+                do throws(Fault) { try loadInnerStack(newSS, privilege: newCPL, external: 0) } catch {
                     cpl = savedCPL
-                    throw error.vector == 13 || error.vector == 12 ? .ts(UInt32(newSS & 0xFFFC)) : error
+                    throw error
                 }
-                // Loading SS re-derived the mode from the old CS: the pushes below are
-                // accesses at the new privilege (supervisor ones to a CPL 0 stack).
-                cpl = newCPL
                 r[4] = newSP
                 do throws(Fault) {
                     try push(oldSS, gateSize)

@@ -111,6 +111,18 @@ extension InterpreterVCPU {
         if index == Segment.ss { refreshMode() }
     }
 
+    /// Loads SS for a privilege change to `level` (an interrupt or call gate to an inner
+    /// ring) before CS changes: its checks and the pushes after it are at the new
+    /// privilege, although `refreshMode` (run by the SS load) derives CPL from the old CS.
+    /// A fault on the selector is #TS(selector + `external`), as for a stack from the TSS.
+    func loadInnerStack(_ selector: UInt16, privilege level: UInt8, external: UInt32) throws(Fault) {
+        cpl = level
+        do throws(Fault) { try loadSegment(Segment.ss, selector) } catch {
+            throw error.vector == 13 || error.vector == 12 ? .ts(UInt32(selector & 0xFFFC) + external) : error
+        }
+        cpl = level
+    }
+
     /// Loads CS for a control transfer to `selector` (already checked), at privilege `newCPL`.
     func setCodeSegment(_ d: Descriptor, selector: UInt16, cpl newCPL: UInt8, address: UInt64) throws(Fault) {
         try markAccessed(address, d)

@@ -27,12 +27,7 @@ extension InterpreterVCPU {
             let memoryOperand = d.pointee.o0.kind == .memory ? d.pointee.o0 : d.pointee.o1.kind == .memory ? d.pointee.o1 : nil
             if let m = memoryOperand {
                 let register = d.pointee.o0.kind == .memory ? d.pointee.o1.reg : d.pointee.o0.reg
-                let linear = try operandLinear(m, d, size, .write, next: next)
-                if try lockedUpdate(.xchg, linear: linear, size: size, operand: readReg(register, size), register: register) { break }
-                atomicLock.lock(); defer { atomicLock.unlock() }
-                let old = try readLinear(linear, size)
-                try writeLinear(linear, size, readReg(register, size))
-                writeReg(register, size, old)
+                try lockedReadModifyWrite(d, memory: m, register: register, size: size, operand: readReg(register, size), next: next)
                 break
             }
             let a = readReg(d.pointee.o0.reg, size), b = readReg(d.pointee.o1.reg, size)
@@ -474,11 +469,8 @@ extension InterpreterVCPU {
         }
         let mask = UInt64(1) << UInt64(bit)
         if d.pointee.prefixes & PrefixBits.lock != 0 {
-            let linear = try operandLinear(o, d, size, .write, next: next)
-            if try lockedUpdate(op, linear: linear, size: size, operand: mask, register: 0) { return }
-            atomicLock.lock()
+            return try lockedReadModifyWrite(d, memory: o, register: 0, size: size, operand: mask, next: next)
         }
-        defer { if d.pointee.prefixes & PrefixBits.lock != 0 { atomicLock.unlock() } }
         let v = try readOperand(o, d, size, next: next)
         let was = v & mask != 0
         switch op {

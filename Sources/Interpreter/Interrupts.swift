@@ -130,13 +130,7 @@ extension InterpreterVCPU {
                     let (newSS, sp) = try innerStack(newCPL)
                     // The inner SS is a protected-mode selector even when leaving v86 mode.
                     if fromV86 { s.pointee.rflags &= ~Flag.vm }
-                    cpl = newCPL
-                    do throws(Fault) { try loadSegment(Segment.ss, newSS) } catch {
-                        throw error.vector == 13 || error.vector == 12 ? Fault.ts(UInt32(newSS & 0xFFFC) + external) : error
-                    }
-                    // Loading SS re-derived the mode from the old CS: the pushes below are
-                    // supervisor accesses to the inner stack.
-                    cpl = newCPL
+                    try loadInnerStack(newSS, privilege: newCPL, external: external)
                     r[4] = sp
                     if fromV86 {
                         try push(UInt64(seg[5].pointee.selector), size)

@@ -64,7 +64,7 @@ extension InterpreterVCPU {
     func translateSlow(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
         // Data addresses are checked in `linearAddress`; a fetch from a non-canonical RIP
         // (never in the TLB, so always here) raises #GP too.
-        if longMode && UInt64(bitPattern: Int64(bitPattern: linear << 16) >> 16) != linear { throw .gp() }
+        if longMode && !canonicalAddress(linear) { throw .gp() }
         var w = try walk(linear, access: access, user: cpl == 3, setBits: true)
         w.physical &= a20Mask
         tlb.insert(linear: linear, walk: w)
