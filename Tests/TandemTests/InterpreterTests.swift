@@ -74,9 +74,8 @@ struct InterpreterProgramTests {
 
     /// IRETD with NT set, back to a busy 32-bit TSS whose EFLAGS has VM: the task
     /// switch lands in virtual-8086 mode, whose I/O goes through that TSS's bitmap.
-    @Test("a task return (iretd with NT) into a virtual-8086 task", arguments: [BackendKind.interp, .kvm])
+    @Test("a task return (iretd with NT) into a virtual-8086 task", arguments: backends())
     func taskReturnIntoVirtual8086(backend: BackendKind) throws {
-        if backend == .kvm && !canOpenKVM() { return }
         let r = try runImage(try assemble("""
         bits 16
         org 0x7c00
@@ -138,9 +137,8 @@ struct InterpreterProgramTests {
 
     /// What compilers sprinkle everywhere: endbr64 at every function's start (Debian's gcc),
     /// endbr32, and the rest of the hint-NOP space 0F 18-0F 1F with prefixes.
-    @Test("endbr64, endbr32 and the hint-NOP space run as NOPs", arguments: [BackendKind.interp, .kvm])
+    @Test("endbr64, endbr32 and the hint-NOP space run as NOPs", arguments: backends())
     func hintNOPs(backend: BackendKind) throws {
-        if backend == .kvm && !canOpenKVM() { return }
         let image = try assembleELF64("""
         bits 64
         section .text

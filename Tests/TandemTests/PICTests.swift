@@ -100,9 +100,8 @@ struct PICTests {
         #expect(pic.portRead(0x20, size: 1) == 0x00, "nothing else pending (IRQ 6 in service)")
     }
 
-    @Test("a real-mode guest takes COM1's transmitter-empty interrupts through the PIC", arguments: [BackendKind.interp, .kvm])
+    @Test("a real-mode guest takes COM1's transmitter-empty interrupts through the PIC", arguments: backends())
     func uartInterruptsThroughPIC(backend: BackendKind) throws {
-        if backend == .kvm && !canOpenKVM() { return }
         let r = try runImage(try assemble("""
         bits 16
         org 0x7c00

@@ -83,12 +83,6 @@ hexn:   push rax
         ret
 """
 
-/// The backends to run a guest on: the interpreter, and KVM when it opens and `kvm`
-/// says this host's KVM gets the behaviour right.
-private func backends(kvm: Bool) -> [BackendKind] {
-    kvm && canOpenKVM() ? [.interp, .kvm] : [.interp]
-}
-
 @Suite("Protected-mode corner cases")
 struct ProtectedModeTests {
     func runBoot(_ source: String, on backend: BackendKind) throws -> GuestRun {
