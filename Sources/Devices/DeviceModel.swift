@@ -9,6 +9,12 @@ public final class DeviceModel: Sendable {
     public let serial: Serial16550
     /// The 8259A pair; its output is vCPU 0's external interrupt input.
     public let pic: PIC8259Pair
+    /// The interrupt wiring devices raise their lines on (ISA IRQs / GSIs).
+    public let router: InterruptRouter
+    /// Machine time, shared by devices and vCPUs.
+    public let clock: MachineClock
+    /// The one timer thread every device timer runs on.
+    public let timers: TimerService
 
     /// Builds the 8259A pair, COM1 (on IRQ 4), the 0xE9 debug console, the 0xF4 exit
     /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
@@ -19,10 +25,15 @@ public final class DeviceModel: Sendable {
         self.console = console
         let pic = PIC8259Pair(onRequest: onInterruptRequest)
         self.pic = pic
+        clock = MachineClock()
+        timers = TimerService(clock: clock)
+        let router = InterruptRouter(pic: pic)
+        self.router = router
         ports.attach(pic, ports: PIC8259Pair.masterPorts)
         ports.attach(pic, ports: PIC8259Pair.slavePorts)
         ports.attach(pic, ports: PIC8259Pair.elcrPorts)
-        serial = Serial16550(console: console, input: input) { high in pic.setLine(Serial16550.com1IRQ, high: high) }
+        let com1 = router.line(Serial16550.com1IRQ)
+        serial = Serial16550(console: console, input: input) { high in com1.set(high) }
         ports.attach(serial, ports: serial.ports)
         ports.attach(DebugConsole(console: console), ports: DebugConsole.port...DebugConsole.port)
         ports.attach(ExitDevice(onExit: onExit), ports: ExitDevice.port...ExitDevice.port)

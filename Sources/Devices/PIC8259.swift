@@ -11,7 +11,7 @@ import X86
 /// spurious IRQ 7 (15) when the request went away before the acknowledge. The master's
 /// output goes to vCPU 0 through `InterruptController` (the local APIC's LINT0 in virtual-
 /// wire mode once there is one). Devices drive inputs with `setLine(_:high:)`.
-public final class PIC8259Pair: PortDevice, InterruptController, @unchecked Sendable {
+public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, @unchecked Sendable {
     public static let masterPorts: ClosedRange<UInt16> = 0x20...0x21
     public static let slavePorts: ClosedRange<UInt16> = 0xA0...0xA1
     public static let elcrPorts: ClosedRange<UInt16> = 0x4D0...0x4D1
@@ -160,6 +160,8 @@ public final class PIC8259Pair: PortDevice, InterruptController, @unchecked Send
         }
         if request { onRequest() }
     }
+
+    public func setPin(_ pin: Int, high: Bool) { setLine(pin, high: high) }
 
     /// The slave's output is the master's input 2.
     private static func cascade(_ c: inout (master: Chip, slave: Chip)) {

@@ -59,6 +59,68 @@ public struct DescriptorTable: Equatable, Hashable, Sendable {
     }
 }
 
+/// One x87 data register: the 80-bit extended-precision format (64-bit significand with
+/// its explicit integer bit, then sign and 15-bit exponent), as FXSAVE stores it.
+public struct X87Register: Equatable, Hashable, Sendable {
+    public var significand: UInt64
+    public var signExponent: UInt16
+    public init(significand: UInt64 = 0, signExponent: UInt16 = 0) {
+        self.significand = significand
+        self.signExponent = signExponent
+    }
+}
+
+/// One 128-bit XMM register, little-endian halves.
+public struct XMMRegister: Equatable, Hashable, Sendable {
+    public var low: UInt64
+    public var high: UInt64
+    public init(low: UInt64 = 0, high: UInt64 = 0) {
+        self.low = low
+        self.high = high
+    }
+}
+
+/// The floating-point and vector state: what FXSAVE stores (and KVM_GET_FPU returns), plus
+/// XCR0. Values after power-on/INIT (FNINIT's control word, MXCSR's reset value).
+///
+/// `st` holds the *physical* registers R0-R7 (as FSAVE's tag word numbers them), not the
+/// stack: ST(i) is `st[(top + i) & 7]` with TOP from bits 11-13 of `fsw`. FXSAVE and
+/// KVM's `kvm_fpu` store the stack order, so converters rotate. `ftw` is the abridged tag
+/// word of FXSAVE (bit i set: physical register i is not empty).
+public struct FPUState: Equatable, Hashable, Sendable {
+    public var fcw: UInt16 = 0x037F
+    public var fsw: UInt16 = 0
+    public var ftw: UInt8 = 0
+    /// Last x87 opcode (11 bits), instruction pointer and data pointer (with selectors for
+    /// the 32-bit formats).
+    public var fop: UInt16 = 0
+    public var fip: UInt64 = 0
+    public var fcs: UInt16 = 0
+    public var fdp: UInt64 = 0
+    public var fds: UInt16 = 0
+    public var st: InlineArray<8, X87Register> = .init(repeating: X87Register())
+    public var mxcsr: UInt32 = 0x1F80
+    public var xmm: InlineArray<16, XMMRegister> = .init(repeating: XMMRegister())
+    /// XCR0 (XSETBV register 0): bit 0 (x87) is always set.
+    public var xcr0: UInt64 = 1
+
+    public init() {}
+
+    public var top: Int { Int(fsw >> 11) & 7 }
+
+    public static func == (a: FPUState, b: FPUState) -> Bool {
+        for i in 0..<8 where a.st[i] != b.st[i] { return false }
+        for i in 0..<16 where a.xmm[i] != b.xmm[i] { return false }
+        return a.fcw == b.fcw && a.fsw == b.fsw && a.ftw == b.ftw && a.fop == b.fop && a.fip == b.fip
+            && a.fcs == b.fcs && a.fdp == b.fdp && a.fds == b.fds && a.mxcsr == b.mxcsr && a.xcr0 == b.xcr0
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(fcw); h.combine(fsw); h.combine(mxcsr)
+        for i in 0..<16 { h.combine(xmm[i]) }
+    }
+}
+
 /// Indices into `CPUState.gpr`, in the instruction encoding's order.
 public enum GPR: Int, CaseIterable, Sendable {
     case rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15
@@ -102,6 +164,8 @@ public struct CPUState: Equatable, Sendable {
     public var dr7: UInt64 = 0x400
 
     public var msrs = ModelSpecificRegisters()
+    /// x87, MMX and SSE state (the FXSAVE image's contents) and XCR0.
+    public var fpu = FPUState()
 
     public init() {}
 
@@ -113,7 +177,7 @@ public struct CPUState: Equatable, Sendable {
             && a.cr0 == b.cr0 && a.cr2 == b.cr2 && a.cr3 == b.cr3 && a.cr4 == b.cr4 && a.cr8 == b.cr8
             && a.efer == b.efer
             && a.dr0 == b.dr0 && a.dr1 == b.dr1 && a.dr2 == b.dr2 && a.dr3 == b.dr3
-            && a.dr6 == b.dr6 && a.dr7 == b.dr7 && a.msrs == b.msrs
+            && a.dr6 == b.dr6 && a.dr7 == b.dr7 && a.msrs == b.msrs && a.fpu == b.fpu
     }
 
     public subscript(_ r: GPR) -> UInt64 {

@@ -1,0 +1,69 @@
+import Synchronization
+
+/// Something with numbered interrupt input pins: the 8259A pair (IRQ 0-15), the IOAPIC
+/// (pins 0-23).
+public protocol InterruptPins: AnyObject, Sendable {
+    /// Drives input `pin` high or low. Edge-triggered inputs act on the rising edge.
+    func setPin(_ pin: Int, high: Bool)
+}
+
+/// The machine's interrupt wiring, as on a PC: global system interrupt (GSI) n < 16 is ISA
+/// IRQ n and drives both the 8259A input n and IOAPIC pin n, except that ISA IRQ 0 (the
+/// PIT) reaches IOAPIC pin 2 (the interrupt source override the MADT and MP table
+/// describe); GSIs 16-23 reach the IOAPIC only. Devices hold an `IRQLine` from `line(_:)`.
+public final class InterruptRouter: @unchecked Sendable {
+    public static let isaIRQs = 16
+    public static let gsiCount = 24
+
+    private let pic: (any InterruptPins)?
+    /// Set once, before any vCPU runs (the IOAPIC is built after the router).
+    public private(set) var ioapic: (any InterruptPins)?
+    /// Per GSI, the level last driven (for `level(_:)` and tests).
+    private let levels = Mutex<UInt32>(0)
+
+    public init(pic: (any InterruptPins)?) {
+        self.pic = pic
+    }
+
+    /// Connects the IOAPIC; before vCPUs start.
+    public func attachIOAPIC(_ ioapic: any InterruptPins) {
+        self.ioapic = ioapic
+    }
+
+    /// The IOAPIC pin that ISA IRQ `irq` arrives on.
+    public static func ioapicPin(forISA irq: Int) -> Int { irq == 0 ? 2 : irq }
+
+    /// Drives `gsi` (an ISA IRQ number below 16) high or low.
+    public func set(_ gsi: Int, high: Bool) {
+        precondition((0..<Self.gsiCount).contains(gsi), "GSI \(gsi) does not exist")
+        levels.withLock { l in if high { l |= 1 << gsi } else { l &= ~(1 << gsi) } }
+        if gsi < Self.isaIRQs {
+            pic?.setPin(gsi, high: high)
+            ioapic?.setPin(Self.ioapicPin(forISA: gsi), high: high)
+        } else {
+            ioapic?.setPin(gsi, high: high)
+        }
+    }
+
+    /// Whether `gsi` is driven high now.
+    public func level(_ gsi: Int) -> Bool { levels.withLock { $0 & (1 << gsi) != 0 } }
+
+    /// The line a device drives for ISA IRQ / GSI `gsi`.
+    public func line(_ gsi: Int) -> IRQLine { IRQLine(gsi: gsi, router: self) }
+}
+
+/// One interrupt output of a device (a "trigger object", as Firecracker's legacy devices
+/// have): level devices `set` it, edge devices `pulse` it.
+public struct IRQLine: Sendable {
+    public let gsi: Int
+    let router: InterruptRouter
+
+    public func set(_ high: Bool) { router.set(gsi, high: high) }
+    public func raise() { set(true) }
+    public func lower() { set(false) }
+    /// A rising edge followed by the line's return to low (edge-triggered sources).
+    public func pulse() {
+        set(true)
+        set(false)
+    }
+}

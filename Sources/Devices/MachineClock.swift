@@ -1,0 +1,157 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostOS
+import Synchronization
+
+/// The time devices see: nanoseconds since the machine was built, from the host's
+/// monotonic clock. One per machine, shared by every device and vCPU, so timers and the
+/// TSC agree across vCPUs and engines.
+public final class MachineClock: Sendable {
+    private let origin: UInt64
+
+    public init() { origin = Self.hostMonotonic() }
+
+    /// Nanoseconds since the machine was built.
+    public func now() -> UInt64 { Self.hostMonotonic() &- origin }
+
+    /// CLOCK_MONOTONIC in nanoseconds.
+    public static func hostMonotonic() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+    }
+
+    /// Host monotonic nanoseconds for machine time `t`.
+    func hostTime(_ t: UInt64) -> UInt64 { origin &+ t }
+}
+
+/// One thread ("timers") that fires every device timer of a machine at its deadline, so
+/// that a machine with many timers (a PIT, an RTC, a LAPIC timer per vCPU) costs one host
+/// thread that sleeps until the earliest deadline. Handlers run on that thread and must
+/// not block; they lock their device's state themselves.
+public final class TimerService: @unchecked Sendable {
+    public let clock: MachineClock
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Guarded by `lock`.
+    private var timers: [DeviceTimer] = []
+    private var thread: HostThread?
+    private var stopping = false
+    private var firing: DeviceTimer?
+
+    public init(clock: MachineClock) {
+        self.clock = clock
+        pthread_mutex_init(lock, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(wake, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        stop()
+        pthread_cond_destroy(wake)
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+        wake.deallocate()
+    }
+
+    /// A timer that calls `fire` on the timer thread when its deadline passes.
+    public func makeTimer(_ name: String, fire: @escaping @Sendable () -> Void) -> DeviceTimer {
+        let timer = DeviceTimer(name: name, service: self, fire: fire)
+        pthread_mutex_lock(lock)
+        timers.append(timer)
+        pthread_mutex_unlock(lock)
+        return timer
+    }
+
+    /// Whether any timer is armed (a halted machine with one can still be woken).
+    public var anyArmed: Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return timers.contains { $0.deadline != nil } || firing != nil
+    }
+
+    /// Stops the thread; timers armed later never fire.
+    public func stop() {
+        pthread_mutex_lock(lock)
+        stopping = true
+        let t = thread
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(lock)
+        t?.join()
+    }
+
+    fileprivate func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
+        pthread_mutex_lock(lock)
+        timer.deadline = deadline
+        if deadline != nil, thread == nil, !stopping {
+            thread = HostThread.spawn(name: "timers") { [unowned self] in loop() }
+        }
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(lock)
+    }
+
+    fileprivate func deadline(of timer: DeviceTimer) -> UInt64? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return timer.deadline
+    }
+
+    private func loop() {
+        pthread_mutex_lock(lock)
+        while !stopping {
+            var earliest: DeviceTimer?
+            for t in timers where t.deadline != nil {
+                if earliest == nil || t.deadline! < earliest!.deadline! { earliest = t }
+            }
+            guard let next = earliest, let deadline = next.deadline else {
+                pthread_cond_wait(wake, lock)
+                continue
+            }
+            if deadline > clock.now() {
+                let host = clock.hostTime(deadline)
+                var t = timespec(tv_sec: Int(host / 1_000_000_000), tv_nsec: Int(host % 1_000_000_000))
+                pthread_cond_timedwait(wake, lock, &t)
+                continue
+            }
+            next.deadline = nil
+            firing = next
+            pthread_mutex_unlock(lock)
+            next.fire()
+            pthread_mutex_lock(lock)
+            firing = nil
+        }
+        pthread_mutex_unlock(lock)
+    }
+}
+
+/// A one-shot timer of `TimerService`: armed for an absolute machine time, disarmed when
+/// it fires (a periodic device re-arms it from its handler).
+public final class DeviceTimer: @unchecked Sendable {
+    public let name: String
+    fileprivate unowned let service: TimerService
+    fileprivate let fire: @Sendable () -> Void
+    /// Guarded by the service's lock.
+    fileprivate var deadline: UInt64?
+
+    fileprivate init(name: String, service: TimerService, fire: @escaping @Sendable () -> Void) {
+        self.name = name
+        self.service = service
+        self.fire = fire
+    }
+
+    /// Fires at machine time `deadline` (nanoseconds; in the past: at once). Replaces any
+    /// earlier deadline.
+    public func arm(at deadline: UInt64) { service.arm(self, at: deadline) }
+
+    /// Fires `nanoseconds` from now.
+    public func arm(after nanoseconds: UInt64) { arm(at: service.clock.now() &+ nanoseconds) }
+
+    public func disarm() { service.arm(self, at: nil) }
+
+    /// The pending deadline, or nil.
+    public var armedDeadline: UInt64? { service.deadline(of: self) }
+}
