@@ -11,6 +11,9 @@ public final class DeviceModel: Sendable {
     public let pic: PIC8259Pair
     /// The interrupt wiring devices raise their lines on (ISA IRQs / GSIs).
     public let router: InterruptRouter
+    /// Every vCPU's local APIC, the IOAPIC, and the PIC's path to vCPU 0: the interrupt
+    /// controller both engines ask.
+    public let apic: APICBus
     /// Machine time, shared by devices and vCPUs.
     public let clock: MachineClock
     /// The one timer thread every device timer runs on.
@@ -18,17 +21,23 @@ public final class DeviceModel: Sendable {
 
     /// Builds the 8259A pair, COM1 (on IRQ 4), the 0xE9 debug console, the 0xF4 exit
     /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
-    /// `onInterruptRequest` is called when the interrupt output may have become active
-    /// (the machine kicks vCPU 0 so that it takes the interrupt).
-    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil,
-                onInterruptRequest: @escaping @Sendable () -> Void = {}, onExit: @escaping @Sendable (UInt8) -> Void) {
+    /// `onInterruptRequest(n)` is called when vCPU n may have an event to take (the
+    /// machine kicks it out of its engine, or wakes it from HLT).
+    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, cpus: Int = 1, x2APIC: Bool = true,
+                onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in }, onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
-        let pic = PIC8259Pair(onRequest: onInterruptRequest)
+        // The PIC is built before the fabric it reports to.
+        let fabric = WeakReference<APICBus>()
+        let pic = PIC8259Pair { fabric.value?.picRequested() }
         self.pic = pic
         clock = MachineClock()
         timers = TimerService(clock: clock)
+        apic = APICBus(cpus: cpus, pic: pic, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
+        fabric.value = apic
         let router = InterruptRouter(pic: pic)
+        router.attachIOAPIC(apic.ioapic)
         self.router = router
+        mmio.attach(apic.ioapic, range: IOAPIC.range)
         ports.attach(pic, ports: PIC8259Pair.masterPorts)
         ports.attach(pic, ports: PIC8259Pair.slavePorts)
         ports.attach(pic, ports: PIC8259Pair.elcrPorts)
@@ -41,4 +50,9 @@ public final class DeviceModel: Sendable {
             ports.attach(A20Gate(memory: memory), ports: A20Gate.port...A20Gate.port)
         }
     }
+}
+
+/// A weak reference for wiring devices built before what they report to.
+final class WeakReference<T: AnyObject>: @unchecked Sendable {
+    weak var value: T?
 }

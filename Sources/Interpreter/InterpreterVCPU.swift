@@ -233,7 +233,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             tlb.flushAll()
         }
         while true {
-            if let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
+            // Not in the middle of an instruction restarted after an MMIO exit: it has not
+            // retired, and delivering first would run its device accesses twice.
+            if mmioLog.isEmpty, let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
             // An instruction restarted after an MMIO exit runs alone, so that its log is
             // emptied as soon as it completes.
             var budget = singleStep || !mmioLog.isEmpty ? 1 : 4096

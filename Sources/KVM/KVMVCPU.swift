@@ -85,7 +85,18 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
-        if let controller = interruptController { offerInterrupt(controller) }
+        if let controller = interruptController {
+            // Without an in-kernel APIC, KVM keeps the guest's CR8 in kvm_run: ours is the
+            // local APIC's TPR, handed in before each entry and taken back after.
+            shared.pointee.cr8 = UInt64(controller.taskPriority(vcpu: index) >> 4)
+            offerInterrupt(controller)
+        }
+        defer {
+            if let controller = interruptController {
+                let tpr = UInt8(truncatingIfNeeded: shared.pointee.cr8 << 4)
+                if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
+            }
+        }
         let me = pthread_self()
         pthread_mutex_lock(runnerLock)
         let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
