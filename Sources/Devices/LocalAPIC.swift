@@ -161,7 +161,7 @@ public final class LocalAPIC: @unchecked Sendable {
         var r = Registers(base: Self.defaultBase | (1 << 11) | (index == 0 ? 1 << 8 : 0))
         Self.resetLVT(&r, bootstrap: index == 0)
         registers = Mutex(r)
-        timer = timers.makeTimer("lapic\(index)") { [unowned self] in timerFired() }
+        timer = timers.makeTimer("lapic\(index)") { [weak self] in self?.timerFired() }
     }
 
     /// The LVT after reset: all masked, except that the bootstrap processor's LINT0 is an
@@ -355,7 +355,6 @@ public final class LocalAPIC: @unchecked Sendable {
             case 0x2F0: r.setLVT(.cmci, Self.maskedIfDisabled(r, value & 0x1_07FF))
             case 0x300:
                 r.icrLow = value & 0x000C_CFFF
-                if r.x2APIC { r.icrHigh = 0 }
                 ipi = Self.decodeICR(r.icrLow, high: r.icrHigh, x2APIC: r.x2APIC)
             case 0x310 where !r.x2APIC: r.icrHigh = value & 0xFF00_0000
             case 0x320:
