@@ -242,6 +242,26 @@ struct APICTests {
         #expect(r.status == 0)
     }
 
+    @Test("uart-echo: received-data interrupts through IOAPIC pin 4, echoed by the handler", arguments: backends())
+    func uartEcho(backend: BackendKind) throws {
+        let r = runGuest(try guest("uart-echo.elf"), backend: backend, configure: { $0.input = .bytes(Array("hello, world. after".utf8)) })
+        #expect(r.output == "hello, world.\necho: 13 bytes\n")
+        #expect(r.status == 0)
+    }
+
+    @Test("uart-echo from stdin: bytes that arrive while the guest waits in HLT raise the interrupt; the end of input halts the machine", arguments: backends())
+    func uartEchoStdin(backend: BackendKind) throws {
+        let input = try writeScratchFile(Array("abc.".utf8), name: "echo-input")
+        let r = try runProcess(tandemBinary, ["run", "--backend", backend.rawValue, "--timeout", "30", try guest("uart-echo.elf")], input: input)
+        #expect(r.stdout == "abc.\necho: 4 bytes\n")
+        #expect(r.status == 0)
+        let short = try writeScratchFile(Array("no dot".utf8), name: "echo-short")
+        let s = try runProcess(tandemBinary, ["run", "--backend", backend.rawValue, "--timeout", "30", try guest("uart-echo.elf")], input: short)
+        #expect(s.stdout == "no dot")
+        #expect(s.status == 0)
+        #expect(s.stderr.contains("all vCPUs halted and no interrupt source can wake them"))
+    }
+
     @Test("smp-boot: a Multiboot kernel starts its APs with INIT-SIPI-SIPI, each exactly once", arguments: backends(), [1, 4])
     func smpBoot(backend: BackendKind, cpus: Int) throws {
         let r = runGuest(try guest("smp-boot.elf"), backend: backend, cpus: cpus, timeout: 60)
