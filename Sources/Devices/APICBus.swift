@@ -140,16 +140,18 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         }
     }
 
-    /// WRMSR for the APIC's MSRs. `tsc` gives the vCPU's TSC now (TSC-deadline mode).
-    /// Returns false when the write faults (#GP), nil when the MSR is not the APIC's.
-    public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64) -> Bool? {
+    /// WRMSR for the APIC's MSRs. `tscNow` is the vCPU's TSC now, ticking at `tscKHz`
+    /// (TSC-deadline mode). Returns false when the write faults (#GP), nil when the MSR is
+    /// not the APIC's.
+    public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64 = 1_000_000) -> Bool? {
         let l = lapics[vcpu]
         switch index {
         case MSR.apicBase: return l.writeBase(value, x2APICAvailable: x2APICAvailable)
         case MSR.tscDeadline:
             let now = clock.now()
-            let delta = value > tscNow ? value - tscNow : 0
-            l.writeTSCDeadline(value, machineTime: now &+ delta)
+            let ticks = value > tscNow ? value - tscNow : 0
+            let nanoseconds = Double(ticks) * 1e6 / Double(max(tscKHz, 1))
+            l.writeTSCDeadline(value, machineTime: now &+ UInt64(min(nanoseconds, 1.8e19)))
             return true
         case 0x800...0x8FF:
             guard l.isX2APIC else { return nil }

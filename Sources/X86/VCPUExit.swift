@@ -119,9 +119,10 @@ public protocol InterruptController: AnyObject, Sendable {
     /// RDMSR of an MSR the interrupt controller owns (IA32_APIC_BASE, IA32_TSC_DEADLINE,
     /// the x2APIC range): its value, or nil when it is not the controller's or faults now.
     func readMSR(vcpu: Int, _ index: UInt32) -> UInt64?
-    /// WRMSR of such an MSR (`tscNow`: the vCPU's TSC, for TSC-deadline mode): true when
-    /// written, false when the write faults (#GP), nil when it is not the controller's.
-    func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64) -> Bool?
+    /// WRMSR of such an MSR (`tscNow`: the vCPU's TSC, ticking at `tscKHz`, for TSC-deadline
+    /// mode): true when written, false when the write faults (#GP), nil when it is not the
+    /// controller's.
+    func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool?
     /// The local APIC's task-priority register (CR8 is its bits 7:4).
     func taskPriority(vcpu: Int) -> UInt8
     func setTaskPriority(vcpu: Int, _ tpr: UInt8)
@@ -132,7 +133,7 @@ extension InterruptController {
     public func takeNMI(vcpu: Int) -> Bool { false }
     /// Controllers without MSRs or a TPR (the 8259A pair alone).
     public func readMSR(vcpu: Int, _ index: UInt32) -> UInt64? { nil }
-    public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64) -> Bool? { nil }
+    public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool? { nil }
     public func taskPriority(vcpu: Int) -> UInt8 { 0 }
     public func setTaskPriority(vcpu: Int, _ tpr: UInt8) {}
 }

@@ -242,6 +242,13 @@ struct APICTests {
         #expect(r.status == 0)
     }
 
+    @Test("x2apic: x2APIC mode, TSC-deadline timer, SELF IPI and ICR-MSR IPIs round a ring, through MSRs only", arguments: backends(), [1, 4])
+    func x2APICGuest(backend: BackendKind, cpus: Int) throws {
+        let r = runGuest(try guest("x2apic.elf"), backend: backend, cpus: cpus, timeout: 60)
+        #expect(r.output == (0..<cpus).map { "cpu\($0) id=\($0) deadline=5 self=1 ring=1\n" }.joined())
+        #expect(r.status == 0)
+    }
+
     @Test("uart-echo: received-data interrupts through IOAPIC pin 4, echoed by the handler", arguments: backends())
     func uartEcho(backend: BackendKind) throws {
         let r = runGuest(try guest("uart-echo.elf"), backend: backend, configure: { $0.input = .bytes(Array("hello, world. after".utf8)) })
