@@ -271,7 +271,7 @@ public final class LocalAPIC: @unchecked Sendable {
         get { registers.withLock { $0.tpr } }
         set {
             registers.withLock { $0.tpr = newValue }
-            bus.notify(index)
+            if bus.hasPendingInterrupt(vcpu: index) { bus.notify(index) }
         }
     }
 
@@ -400,7 +400,8 @@ public final class LocalAPIC: @unchecked Sendable {
             if let deadline { timer.arm(at: deadline) } else { timer.disarm() }
         }
         if let eoiVector { bus.broadcastEOI(eoiVector) }
-        if reevaluate { bus.notify(index) }
+        // An EOI, TPR or SVR change may let a held-back interrupt through.
+        if reevaluate && bus.hasPendingInterrupt(vcpu: index) { bus.notify(index) }
         return ipi
     }
 

@@ -87,6 +87,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
 
+    public var interruptFlag: Bool { s.pointee.rflags & (1 << 9) != 0 }
+
     /// Stops `run()` with `.instructionLimit` after this many retired instructions.
     public var instructionLimit: UInt64 = .max
     public private(set) var retired: UInt64 = 0

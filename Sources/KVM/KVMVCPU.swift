@@ -189,6 +189,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         pthread_mutex_unlock(runnerLock)
     }
 
+    /// `kvm_run.if_flag`, which KVM fills in at every exit.
+    public var interruptFlag: Bool { shared.pointee.if_flag != 0 }
+
     /// KVM does not count guest instructions.
     public var instructionsRetired: UInt64? { nil }
 

@@ -444,8 +444,7 @@ public final class Machine: @unchecked Sendable {
                     devices.mmio.write(address, size: size, value: UInt64(littleEndian: v))
                 }
             case .halt:
-                let enabled = (try? backend.readState())?.interruptsEnabled ?? false
-                guard waitWhileHalted(index, interruptsEnabled: enabled) else { return }
+                guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
                 requestStop(.tripleFault(report(index)))
             case .unsupportedInstruction(let detail):
@@ -472,7 +471,9 @@ public final class Machine: @unchecked Sendable {
     /// its engine's run, or wakes from HLT, and looks.
     func interruptRequested(_ index: Int) {
         guard index < slots.count else { return }
-        slots[index].active.kick()
+        // A sleeping vCPU looks as soon as it wakes; kicking it too would only cost its
+        // next entry (KVM's immediate_exit) a round trip.
+        if !slots[index].sleeping.load(ordering: .sequentiallyConsistent) { slots[index].active.kick() }
         wakeups[index].signal()
     }
 
@@ -552,7 +553,9 @@ public final class Machine: @unchecked Sendable {
     /// still raise an interrupt for one that accepts them.
     private func sleep(_ index: Int, interruptsEnabled: Bool, until ready: () -> Bool) -> Bool {
         var counted = false
+        slots[index].sleeping.store(true, ordering: .sequentiallyConsistent)
         defer {
+            slots[index].sleeping.store(false, ordering: .sequentiallyConsistent)
             if counted {
                 control.withLock { c in
                     c.halted -= 1
@@ -643,6 +646,8 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
+    /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
+    let sleeping = Atomic<Bool>(false)
     init(active: any VCPUBackend) { self.active = active }
 }
 

@@ -52,6 +52,8 @@ public protocol VCPUBackend: AnyObject {
     func translate(linear: UInt64) -> UInt64?
     /// Makes a `run()` in progress on another thread return `.interrupted` soon.
     func kick()
+    /// RFLAGS.IF as of the last exit (cheaper than `readState` on KVM: HLT asks for it).
+    var interruptFlag: Bool { get }
     /// Instructions this vCPU has retired, or nil when the backend does not count them (KVM).
     var instructionsRetired: UInt64? { get }
     /// Where external interrupts come from (nil: none); consulted at instruction boundaries
