@@ -385,7 +385,7 @@ struct FirmwareTableTests {
         #expect(!plan.placements.contains { $0.0.contains("RSDP") })
     }
 
-    @Test("an image that covers the range keeps it: no tables, no reserved entry, the image's bytes intact")
+    @Test("an image that covers the range keeps it: no tables, no reserved entry, the image's bytes intact; so does a range that is not RAM")
     func imageOverTheRange() throws {
         let code = [UInt8](repeating: 0x90, count: 0x100) + [0xF4]
         let program = ELFFile(entry: 0xF0000, segments: [.init(at: 0xF0000, code)]).bytes
@@ -394,6 +394,14 @@ struct FirmwareTableTests {
         #expect(m.bytes(at: 0xF0000, count: code.count) == code)
         #expect(scan(m, 0xE0000..<0x100000, for: "RSD PTR ").isEmpty)
         #expect(plan.memoryMap == [MemoryMapEntry(start: 0, length: 128 * MiB, kind: .usable)])
+
+        // Where the range is not all RAM (a memory map laid out with a ROM there), the
+        // loader skips the tables too instead of writing half of them.
+        let withROM = try GuestMemoryMap(ramSize: 128 * MiB, romSize: 128 << 10)
+        let boot = try Loader.load(bootSectorImage, name: "b.img", as: .boot, into: withROM)
+        #expect(boot.firmwareTables == nil)
+        #expect(scan(withROM, 0xE0000..<0x100000, for: "RSD PTR ").isEmpty)
+        #expect(!boot.memoryMap.contains { $0.kind == .reserved })
     }
 
     @Test("iasl disassembles every ACPI table without errors and reads back what we wrote",
