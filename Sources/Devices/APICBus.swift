@@ -26,7 +26,8 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         self.onRequest = onRequest
         tscOffsets = Mutex(Array(repeating: 0, count: cpus))
         lapics = (0..<cpus).map { LocalAPIC(index: $0, bus: self, timers: timers) }
-        ioapic = IOAPIC(id: UInt8(truncatingIfNeeded: cpus), bus: self)
+        // The ID the MADT and MP table give it (FirmwareTables.ioapicID): the CPU count.
+        ioapic = IOAPIC(id: UInt8(min(cpus, 255)), bus: self)
     }
 
     /// Asks vCPU `index` to look at its events.

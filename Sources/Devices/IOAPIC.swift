@@ -24,7 +24,7 @@ public final class IOAPIC: MMIODevice, InterruptPins, @unchecked Sendable {
     private unowned let bus: APICBus
 
     init(id: UInt8, bus: APICBus) {
-        state = Mutex(State(id: id & 0xF))
+        state = Mutex(State(id: id))
         self.bus = bus
     }
 
@@ -113,7 +113,7 @@ public final class IOAPIC: MMIODevice, InterruptPins, @unchecked Sendable {
         case 0x10:
             let message = state.withLock { s -> InterruptMessage? in
                 switch s.select {
-                case 0x00: s.id = UInt8(v >> 24 & 0xF)
+                case 0x00: s.id = UInt8(v >> 24)   // 8 bits, as the MADT and MP table give IDs
                 case 0x10...0x3F:
                     let pin = Int(s.select - 0x10) / 2
                     var e = s.table[pin]
