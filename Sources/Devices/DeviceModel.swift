@@ -23,15 +23,19 @@ public final class DeviceModel: Sendable {
     /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
     /// `onInterruptRequest(n)` is called when vCPU n may have an event to take (the
     /// machine kicks it out of its engine, or wakes it from HLT).
+    /// `clock`: machine time (default: the host's); a virtual clock gets a manual timer
+    /// service that its owner drives with `timers.fireDue()`.
     public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, cpus: Int = 1, x2APIC: Bool = true,
+                clock: MachineClock? = nil,
                 onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in }, onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
         // The PIC is built before the fabric it reports to.
         let fabric = WeakReference<APICBus>()
         let pic = PIC8259Pair { fabric.value?.picRequested() }
         self.pic = pic
-        clock = MachineClock()
-        timers = TimerService(clock: clock)
+        let clock = clock ?? MachineClock()
+        self.clock = clock
+        timers = TimerService(clock: clock, manual: clock.isVirtual)
         apic = APICBus(cpus: cpus, pic: pic, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
         fabric.value = apic
         let router = InterruptRouter(pic: pic)

@@ -9,11 +9,30 @@ import Synchronization
 /// TSC agree across vCPUs and engines.
 public final class MachineClock: Sendable {
     private let origin: UInt64
+    /// Replaces the host clock (`--clock instructions`, tests that drive time by hand);
+    /// nil on ordinary machines, so `now()` stays one clock_gettime.
+    private let source: (@Sendable () -> UInt64)?
 
-    public init() { origin = Self.hostMonotonic() }
+    public init() {
+        origin = Self.hostMonotonic()
+        source = nil
+    }
+
+    /// A clock whose time is whatever `source` returns (machine nanoseconds; it must never
+    /// go backwards). Used with a manual `TimerService`.
+    public init(source: @escaping @Sendable () -> UInt64) {
+        origin = 0
+        self.source = source
+    }
+
+    /// Whether time comes from a source rather than the host clock.
+    public var isVirtual: Bool { source != nil }
 
     /// Nanoseconds since the machine was built.
-    public func now() -> UInt64 { Self.hostMonotonic() &- origin }
+    public func now() -> UInt64 {
+        if let source { return source() }
+        return Self.hostMonotonic() &- origin
+    }
 
     /// CLOCK_MONOTONIC in nanoseconds.
     public static func hostMonotonic() -> UInt64 {
@@ -35,10 +54,20 @@ public final class TimerService: @unchecked Sendable {
     public let clock: MachineClock
     fileprivate let core: TimerCore
 
-    public init(clock: MachineClock) {
+    /// `manual`: no thread; timers fire only from `fireDue()` (a virtual clock, tests).
+    public init(clock: MachineClock, manual: Bool = false) {
         self.clock = clock
-        core = TimerCore(clock: clock)
+        core = TimerCore(clock: clock, manual: manual)
     }
+
+    /// The earliest armed deadline, if any.
+    public func nextDeadline() -> UInt64? { core.nextDeadline() }
+
+    /// Fires, in deadline order, every timer due at the clock's current time (including
+    /// ones their handlers re-arm for a time already past), on the calling thread; for
+    /// manual services. Returns how many fired.
+    @discardableResult
+    public func fireDue() -> Int { core.fireDue() }
 
     deinit { core.stop() }
 
@@ -68,9 +97,11 @@ final class TimerCore: @unchecked Sendable {
     private var threadID: pthread_t?
     private var stopping = false
     private var firing: DeviceTimer?
+    private let manual: Bool
 
-    init(clock: MachineClock) {
+    init(clock: MachineClock, manual: Bool) {
         self.clock = clock
+        self.manual = manual
         pthread_mutex_init(lock, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
@@ -111,11 +142,35 @@ final class TimerCore: @unchecked Sendable {
     func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
         pthread_mutex_lock(lock)
         timer.deadline = deadline
-        if deadline != nil, thread == nil, !stopping {
+        if deadline != nil, thread == nil, !stopping, !manual {
             thread = HostThread.spawn(name: "timers") { [self] in loop() }
         }
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
+    }
+
+    func nextDeadline() -> UInt64? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return timers.compactMap(\.deadline).min()
+    }
+
+    func fireDue() -> Int {
+        var fired = 0
+        while fired < 1_000_000 {
+            pthread_mutex_lock(lock)
+            let now = clock.now()
+            var earliest: DeviceTimer?
+            for t in timers where t.deadline != nil && t.deadline! <= now {
+                if earliest == nil || t.deadline! < earliest!.deadline! { earliest = t }
+            }
+            earliest?.deadline = nil
+            pthread_mutex_unlock(lock)
+            guard let next = earliest else { break }
+            next.fire()
+            fired += 1
+        }
+        return fired
     }
 
     func deadline(of timer: DeviceTimer) -> UInt64? {

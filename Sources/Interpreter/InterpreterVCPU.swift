@@ -91,6 +91,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     /// Stops `run()` with `.instructionLimit` after this many retired instructions.
     public var instructionLimit: UInt64 = .max
+    /// `run()` returns `.interrupted` once this many instructions have retired (a
+    /// deterministic clock's next timer deadline).
+    public var yieldAt: UInt64 = .max
+    /// Where the TSC comes from when the machine's clock is not the host's (nanoseconds).
+    public var timeSource: (@Sendable () -> UInt64)? = nil
     public private(set) var retired: UInt64 = 0
     public var instructionsRetired: UInt64? { retired }
     /// Single-step: `run()` returns `.debugStep` after each instruction (after each
@@ -205,6 +210,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     var tscOffset: UInt64 = 0
     func hostTSC() -> UInt64 {
+        if let timeSource { return timeSource() }
         var t = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t)
         return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
@@ -244,6 +250,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if retired &+ UInt64(budget) > instructionLimit {
                 budget = Int(instructionLimit &- retired)
                 if budget <= 0 { return .instructionLimit }
+            }
+            if _slowPath(retired &+ UInt64(budget) > yieldAt) {
+                if retired >= yieldAt { return .interrupted }
+                budget = Int(yieldAt &- retired)
             }
             let start = budget
             do throws(Fault) {

@@ -12,6 +12,15 @@ public enum BackendKind: String, CaseIterable, Sendable {
     case interp
 }
 
+/// Where machine time comes from.
+public enum ClockKind: String, CaseIterable, Sendable {
+    /// The host's monotonic clock.
+    case host
+    /// Retired instructions (the interpreter): one nanosecond per instruction, so timers
+    /// fire at the same instruction on every run of a single-vCPU guest.
+    case instructions
+}
+
 /// Everything `tandem run` needs to build and run a machine.
 public struct MachineConfiguration: Sendable {
     public var imagePath: String
@@ -28,6 +37,8 @@ public struct MachineConfiguration: Sendable {
     public var started: DispatchTime? = nil
     /// Stop each vCPU after this many instructions (backends that count them: interp).
     public var maxInstructions: UInt64? = nil
+    /// `--clock`.
+    public var clock: ClockKind = .host
     public var commandLine: String = ""
     /// `--module` values: "PATH [ARGS]"; the whole value is the module's string.
     public var modules: [String] = []

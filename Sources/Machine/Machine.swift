@@ -132,6 +132,8 @@ public final class Machine: @unchecked Sendable {
     /// Why `auto` did not choose KVM, if it did not.
     public let backendNote: String?
     private let backends: [any VCPUBackend]
+    /// `--clock instructions`: machine time in nanoseconds, advanced by retired instructions.
+    private let virtualTime: VirtualTime?
     /// Per vCPU: the backend running it now (KVM, or the interpreter during a fallback).
     private let slots: [VCPUSlot]
     /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
@@ -199,7 +201,13 @@ public final class Machine: @unchecked Sendable {
             console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
         } catch { throw MachineError(.usage, error.description) }
         control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
+        if c.clock == .instructions && c.backend == .kvm {
+            throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
+        }
+        let virtualTime = c.clock == .instructions ? VirtualTime() : nil
+        self.virtualTime = virtualTime
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus,
+                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
                               onInterruptRequest: { stopper.value?.interruptRequested($0) }) { value in stopper.value?.requestStop(.guestExit(value)) }
         wakeups = (0..<c.cpus).map { _ in DispatchSemaphore(value: 0) }
 
@@ -209,6 +217,11 @@ public final class Machine: @unchecked Sendable {
             backends = Self.buildInterpreter(c, memory: memory, plan: plan)
             kvm = nil
             backendName = "interp"
+        case .auto where c.clock == .instructions:
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            kvm = nil
+            backendName = "interp"
+            backendNote = "--clock instructions needs the interpreter"
         case .auto where memoryNote != nil:
             backends = Self.buildInterpreter(c, memory: memory, plan: plan)
             kvm = nil
@@ -230,6 +243,9 @@ public final class Machine: @unchecked Sendable {
         }
         self.backendNote = backendNote
         for b in backends { b.interruptController = devices.apic }
+        if let virtualTime {
+            for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
+        }
         slots = backends.map { VCPUSlot(active: $0) }
         traceWriter = try c.trace.map { (o) throws(MachineError) in
             try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -401,6 +417,7 @@ public final class Machine: @unchecked Sendable {
                     _ = devices.apic.takeSIPI(vcpu: index)
                 }
             }
+            if virtualTime != nil { advanceVirtualClock(slot) }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
@@ -577,9 +594,38 @@ public final class Machine: @unchecked Sendable {
                 requestStop(.allHalted(interruptsDisabled: !anyEnabled))
                 return false
             }
+            if interruptsEnabled && skipToNextDeadline() { continue }
             _ = wakeups[index].wait(timeout: .now() + .milliseconds(100))
         }
         return false
+    }
+
+    /// `--clock instructions`: adds the instructions the vCPU retired since it last looked
+    /// (one nanosecond each) to machine time, fires the timers that came due, and has the
+    /// interpreter stop at the next deadline, so an interrupt lands on the same instruction
+    /// on every run (of a single-vCPU guest: with several, their interleaving is the host's).
+    private func advanceVirtualClock(_ slot: VCPUSlot) {
+        guard let virtualTime, let interpreter = slot.active as? InterpreterVCPU else { return }
+        let retired = interpreter.retired
+        let delta = retired &- slot.lastRetired
+        slot.lastRetired = retired
+        if delta > 0 { virtualTime.nanoseconds.add(delta, ordering: .relaxed) }
+        devices.timers.fireDue()
+        if let deadline = devices.timers.nextDeadline() {
+            let now = virtualTime.nanoseconds.load(ordering: .relaxed)
+            interpreter.yieldAt = retired &+ max(1, deadline > now ? deadline - now : 1)
+        } else {
+            interpreter.yieldAt = .max
+        }
+    }
+
+    /// `--clock instructions` in HLT: nothing runs, so time jumps to the next deadline.
+    private func skipToNextDeadline() -> Bool {
+        guard let virtualTime, let deadline = devices.timers.nextDeadline() else { return false }
+        let now = virtualTime.nanoseconds.load(ordering: .relaxed)
+        if deadline > now { _ = virtualTime.nanoseconds.compareExchange(expected: now, desired: deadline, ordering: .relaxed) }
+        devices.timers.fireDue()
+        return true
     }
 
     /// Whether an interrupt can still arrive while every vCPU sleeps.
@@ -646,9 +692,16 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
+    /// `--clock instructions`: the retired count machine time has been advanced to.
+    var lastRetired: UInt64 = 0
     /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
     let sleeping = Atomic<Bool>(false)
     init(active: any VCPUBackend) { self.active = active }
+}
+
+/// Machine time for `--clock instructions`.
+final class VirtualTime: Sendable {
+    let nanoseconds = Atomic<UInt64>(0)
 }
 
 final class WeakBox<T: AnyObject>: @unchecked Sendable {

@@ -75,6 +75,9 @@ struct Run: ParsableCommand {
     @Option(help: "Stop each vCPU after this many instructions (status 207; interpreter only).")
     var maxInstructions: UInt64?
 
+    @Option(help: "Machine time: host (the host's monotonic clock) or instructions (1 ns per retired instruction, so timer interrupts land on the same instruction every run; interpreter only).")
+    var clock: ClockKind = .host
+
     @Flag(help: "Print run statistics (backend, seconds, instructions) on stderr at the end.")
     var stats = false
 
@@ -148,6 +151,7 @@ struct Run: ParsableCommand {
         c.backend = backend
         c.timeout = timeout
         c.maxInstructions = maxInstructions
+        c.clock = clock
         c.trace = try traceOptions()
         c.announceBackend = !quiet
         let vm: Machine
@@ -190,3 +194,5 @@ func occupyClosedStandardDescriptors() {
 func terminate(_ status: Int32) -> Never {
     Glibc.exit(status)
 }
+
+extension ClockKind: ExpressibleByArgument {}

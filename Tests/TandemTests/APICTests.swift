@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Devices
+import Foundation
 import Machine
 import Testing
 import X86
@@ -247,6 +248,30 @@ struct APICTests {
         let r = runGuest(try guest("x2apic.elf"), backend: backend, cpus: cpus, timeout: 60)
         #expect(r.output == (0..<cpus).map { "cpu\($0) id=\($0) deadline=5 self=1 ring=1\n" }.joined())
         #expect(r.status == 0)
+    }
+
+    @Test("--clock instructions: timer interrupts land on the same instruction every run (identical traces); HLT skips to the next deadline; KVM refused")
+    func deterministicClock() throws {
+        var traces: [String] = []
+        for run in 0..<2 {
+            let path = scratchPath("clock-trace-\(run)")
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let r = try runProcess(tandemBinary, ["run", "--backend", "interp", "--clock", "instructions", "--trace", path, try guest("apic-ipi.elf")])
+            #expect(r.status == 0)
+            #expect(r.stdout == "cpu0 ticks=ok ipi=0 all-but-self=0 all=1\n")
+            traces.append(try String(contentsOfFile: path, encoding: .utf8))
+        }
+        #expect(traces[0].contains("interrupt (external) vector 64"))
+        #expect(traces[0] == traces[1])
+        // 2,000 ticks of a 1 kHz timer: 2 s of machine time, no waiting for the host's.
+        let idle = try runProcess(tandemBinary, ["run", "--backend", "interp", "--clock", "instructions", "--timeout", "1", try guest("idle.elf")])
+        #expect(idle.stdout == "idle: done\n")
+        #expect(idle.status == 0)
+        if canOpenKVM() {
+            let kvm = try runProcess(tandemBinary, ["run", "--backend", "kvm", "--clock", "instructions", try guest("idle.elf")])
+            #expect(kvm.status == 200)
+            #expect(kvm.stderr.contains("--clock instructions needs a backend that counts instructions"))
+        }
     }
 
     @Test("uart-echo: received-data interrupts through IOAPIC pin 4, echoed by the handler", arguments: backends())
