@@ -151,8 +151,10 @@ extension InterpreterVCPU {
             try write(segment, offset, 2, UInt64(s.pointee.fpu.fsw))
         case .fnstenv:
             try x87StoreEnvironment(segment, offset, wide: wide, registers: false)
-            // FNSTENV masks every exception after storing the environment.
+            // FNSTENV masks every exception after storing the environment; with nothing
+            // left unmasked, ES and B clear.
             s.pointee.fpu.fcw |= 0x3F
+            x87RecomputeSummary()
         case .fnsave:
             try x87StoreEnvironment(segment, offset, wide: wide, registers: true)
             x87Initialize()
@@ -403,8 +405,10 @@ extension InterpreterVCPU {
         s.pointee.fpu.fip = fip
         s.pointee.fpu.fdp = fdp
         s.pointee.fpu.fop = fop
-        s.pointee.fpu.fcs = fcs
-        s.pointee.fpu.fds = fds
+        // This CPU model deprecates FCS and FDS (CPUID.7.EBX bit 13): they load as zero.
+        _ = (fcs, fds)
+        s.pointee.fpu.fcs = 0
+        s.pointee.fpu.fds = 0
         if registers {
             let top = Int(fsw >> 11) & 7
             for i in 0..<8 { s.pointee.fpu.st[(top + i) & 7] = loaded[i] }
