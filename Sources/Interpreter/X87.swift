@@ -96,10 +96,33 @@ extension InterpreterVCPU {
     static func x87MemoryUse(_ opcode: UInt8, _ digit: UInt8) -> X87MemoryUse {
         switch opcode {
         case 0xD8, 0xDA, 0xDC, 0xDE: return .load
-        case 0xD9: return [.load, .invalid, .store, .store, .fldenv, .fldcw, .fnstenv, .fnstcw][Int(digit)]
-        case 0xDB: return [.load, .store, .store, .store, .invalid, .load, .invalid, .store][Int(digit)]
-        case 0xDD: return [.load, .store, .store, .store, .frstor, .invalid, .fnsave, .fnstsw][Int(digit)]
-        default: return [.load, .store, .store, .store, .load, .load, .store, .store][Int(digit)]   // DF
+        case 0xD9:
+            switch digit {
+            case 0: return .load
+            case 2, 3: return .store
+            case 4: return .fldenv
+            case 5: return .fldcw
+            case 6: return .fnstenv
+            case 7: return .fnstcw
+            default: return .invalid
+            }
+        case 0xDB:
+            switch digit {
+            case 0, 5: return .load
+            case 1, 2, 3, 7: return .store
+            default: return .invalid
+            }
+        case 0xDD:
+            switch digit {
+            case 0: return .load
+            case 1, 2, 3: return .store
+            case 4: return .frstor
+            case 6: return .fnsave
+            case 7: return .fnstsw
+            default: return .invalid
+            }
+        default:   // DF: fild m16, fisttp/fist/fistp m16, fbld, fild m64, fbstp, fistp m64
+            return digit == 0 || digit == 4 || digit == 5 ? .load : .store
         }
     }
 
@@ -183,15 +206,23 @@ extension InterpreterVCPU {
             _ = try probeWrite(segment, offset &+ UInt64(size - 1), 1)
             var buffer: (UInt64, UInt64) = (0, 0)
             let stub = UInt32(TANDEM_X87_MEMORY_STUBS) + UInt32(opcode - 0xD8) * 8 + UInt32(digit)
+            // A store to a device register leaves the loop (an MMIO exit) and the
+            // instruction runs again from the start: the x87 state must be as before then.
+            let before = s.pointee.fpu
             let raised = x87OnHost(stub: stub, memory: &buffer, setsFlags: false, opcode: opcode, modrm: d.pointee.modrm)
             // An unmasked invalid-operation, denormal, zero-divide, overflow or underflow
             // exception leaves memory alone; an unmasked precision exception stores.
             if raised & ~s.pointee.fpu.fcw & 0x1F == 0 {
-                if size == 10 {
-                    try write(segment, offset, 8, buffer.0)
-                    try write(segment, offset &+ 8, 2, buffer.1)
-                } else {
-                    try write(segment, offset, size, buffer.0)
+                do throws(Fault) {
+                    if size == 10 {
+                        try write(segment, offset, 8, buffer.0)
+                        try write(segment, offset &+ 8, 2, buffer.1)
+                    } else {
+                        try write(segment, offset, size, buffer.0)
+                    }
+                } catch {
+                    s.pointee.fpu = before
+                    throw error
                 }
             }
             x87DataPointer(segment, offset, raised: raised)
