@@ -6,8 +6,11 @@
 // down concrete values computed independently, the environment formats, stack faults,
 // #NM and #MF.
 import Foundation
+import GuestMemory
+import KVM
 import Machine
 import Testing
+import X86
 
 private let body = """
 ; x87 results for the test values under several control words: after each instruction,
@@ -551,5 +554,62 @@ struct X87Tests {
         """)
         #expect(r.status == 0, "\(r.message ?? "")")
         #expect(r.output == "1N2N34N5")
+    }
+
+    @Test("stores to a device register (an MMIO exit, then the instruction again) pop once")
+    func storeToDeviceWindow() throws {
+        let image = try assembleELF64("""
+        bits 64
+        default rel
+        section .text
+        global _start
+        _start:
+                fninit
+                fld1
+                fldz
+                mov rbx, 0xFEC00000
+                fstp dword [rbx]
+                fstp tword [rbx + 16]
+                fnstsw ax
+                mov [buf], ax
+                lea rsi, [buf]
+                mov ecx, 2
+                mov dx, 0xe9
+                rep outsb
+                mov al, 0
+                out 0xf4, al
+        section .bss
+        buf:    resb 16
+        """, name: "x87-mmio")
+        let r = runGuest(image, backend: .interp)
+        #expect(r.status == 0, "\(r.message ?? "")")
+        // Two values, two pops: TOP back to 0, no stack fault.
+        #expect(r.outputBytes == [0, 0])
+    }
+
+    @Test("KVM_SET_FPU then KVM_GET_FPU give the x87 and SSE state back (rotation checked against the CPU by the user64 fuzz)",
+          .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func kvmStateExchange() throws {
+        let memory = try GuestMemoryMap(ramSize: 1 << 20)
+        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+        _ = vm
+        var s = try vcpus[0].readState()
+        s.fpu.fcw = 0x0A7B
+        s.fpu.fsw = 0x3000 | 0x0204   // TOP 6, C1, ZE (masked)
+        s.fpu.ftw = 0b1100_0001        // R7, R6 and R0 in use
+        for i in 0..<8 { s.fpu.st[i] = X87Register(significand: 0x8000_0000_0000_0000 | UInt64(i) << 8, signExponent: 0x3FFF + UInt16(i)) }
+        s.fpu.fop = 0x5E9
+        s.fpu.fip = 0x1234_5678
+        s.fpu.fdp = 0x9ABC
+        s.fpu.xmm[3] = XMMRegister(low: 0x1111, high: 0x2222)
+        try vcpus[0].writeState(s)
+        let back = try vcpus[0].readState()
+        #expect(back.fpu.fcw == s.fpu.fcw)
+        #expect(back.fpu.fsw == s.fpu.fsw)
+        #expect(back.fpu.ftw == s.fpu.ftw)
+        for i in 0..<8 { #expect(back.fpu.st[i] == s.fpu.st[i], "R\(i)") }
+        #expect(back.fpu.fop == s.fpu.fop && back.fpu.fip == s.fpu.fip && back.fpu.fdp == s.fpu.fdp)
+        #expect(back.fpu.xmm[3] == s.fpu.xmm[3])
+        #expect(back.fpu == s.fpu)
     }
 }
