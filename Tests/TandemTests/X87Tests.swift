@@ -614,4 +614,38 @@ struct X87Tests {
         #expect(back.fpu.xmm[3] == s.fpu.xmm[3])
         #expect(back.fpu == s.fpu)
     }
+
+    @Test("reserved x87 encodings are #UD (never run on the host FPU), with a pending exception or not")
+    func reservedEncodings() throws {
+        // Each reserved encoding, then a nop to land on: the #UD handler steps over the
+        // 2-byte instruction (3 with a displacement-free memory form) and prints U.
+        let encodings: [[UInt8]] = [[0xD9, 0xD1], [0xD9, 0xE2], [0xD9, 0xE7], [0xD9, 0xEF], [0xDA, 0xE0], [0xDA, 0xFF], [0xDB, 0xE5],
+                                    [0xDB, 0xF8], [0xDD, 0xF0], [0xDD, 0xFF], [0xDE, 0xD8], [0xDE, 0xDF], [0xDF, 0xE1], [0xDF, 0xF8],
+                                    [0xD9, 0x0F], [0xDB, 0x27], [0xDB, 0x37], [0xDD, 0x2F]]
+        let body = encodings.map { "        db " + $0.map { "0x" + hex($0, width: 2) }.joined(separator: ", ") }.joined(separator: "\n")
+        let r = try run("""
+                xor ax, ax
+                mov ds, ax
+                mov word [6 * 4], ud
+                mov word [6 * 4 + 2], 0
+                fninit
+                fldcw [unmasked]
+                fldz
+                fld1
+                fdivrp st1                  ; 1/0 unmasked: ES pending (CR0.NE clear: no #MF)
+        \(body)
+                mov al, 0
+                out 0xf4, al
+        ud:     push bp
+                mov bp, sp
+                add word [bp + 2], 2
+                pop bp
+                mov al, 'U'
+                out 0xe9, al
+                iret
+        unmasked: dw 0x037B
+        """)
+        #expect(r.status == 0, "\(r.message ?? "")")
+        #expect(r.output == String(repeating: "U", count: encodings.count))
+    }
 }
