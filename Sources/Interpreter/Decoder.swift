@@ -55,6 +55,8 @@ struct DecodedInstruction {
     /// First opcode byte (after 0F when `twoByte`), for forms Capstone names alike.
     var opcode: UInt8 = 0
     var twoByte = false
+    /// The ModRM byte (x87 escapes dispatch on it).
+    var modrm: UInt8 = 0
     var o0 = Operand()
     var o1 = Operand()
     var o2 = Operand()
@@ -233,6 +235,8 @@ final class Decoder {
             }
         }
         // Fix up the forms Capstone names alike or describes with implicit operands.
+        // x87 escapes D8-DF: one operation, dispatched on opcode and ModRM (X87.swift).
+        if !d.twoByte && d.opcode >= 0xD8 && d.opcode <= 0xDF { d.op = .x87; d.modrm = x.modrm }
         if d.op == .movsd && !(x.opcode.0 == 0xA5) { d.op = .unimplemented }   // SSE movsd
         if d.op == .cmpsd && !(x.opcode.0 == 0xA7) { d.op = .unimplemented }   // SSE cmpsd
         if isRelativeBranch(d, opcode0: x.opcode.0, opcode1: x.opcode.1) {

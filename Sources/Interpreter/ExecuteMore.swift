@@ -211,7 +211,10 @@ extension InterpreterVCPU {
         case .ud2, .ud0, .invalid:
             throw .ud()
         case .wait:
-            if s.pointee.cr0 & (CR0.mp | CR0.ts) == (CR0.mp | CR0.ts) { throw .nm() }
+            try x87Wait()
+        case .x87:
+            try x87(d, next: next)
+            return
         case .unimplemented:
             try unimplemented(d)
         default:

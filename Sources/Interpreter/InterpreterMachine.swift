@@ -40,11 +40,13 @@ public final class InterpreterMachine: @unchecked Sendable {
             let ebx = UInt32(vcpu & 0xFF) << 24 | UInt32(min(cpuCount, 255)) << 16 | 8 << 8
             // CMPXCHG16B, x2APIC, MOVBE, POPCNT, TSC-deadline, RDRAND
             let ecx: UInt32 = 1 << 13 | 1 << 21 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 30
-            // PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH
-            let edx: UInt32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 9 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 19
+            // FPU (x87, X87.swift), PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH
+            let edx: UInt32 = 1 << 0 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 9 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 19
             return (eax, ebx, ecx, edx | (cpuCount > 1 ? 1 << 28 : 0))
         case 7 where subleaf == 0:
-            return (0, 1 << 3 | 1 << 8 | 1 << 18 | 1 << 19, 0, 0)   // BMI1, BMI2, RDSEED, ADX
+            // BMI1, FDP_EXCPTN_ONLY and FCS/FDS deprecated (the x87 pointers as X87.swift keeps
+            // them, like this host's CPU), BMI2, RDSEED, ADX
+            return (0, 1 << 3 | 1 << 6 | 1 << 8 | 1 << 13 | 1 << 18 | 1 << 19, 0, 0)
         case 0x8000_0000: return (0x8000_0008, word(0), word(8), word(4))
         case 0x8000_0001:
             // LAHF/SAHF in long mode, LZCNT (ABM); SYSCALL, NX, RDTSCP, long mode.

@@ -33,6 +33,9 @@ enum Op: UInt16, CaseIterable {
     case endbr64, endbr32
     // Bit manipulation (POPCNT, LZCNT, BMI1, BMI2) and ADX
     case popcnt, lzcnt, tzcnt, andn, bextr, blsi, blsmsk, blsr, bzhi, pdep, pext, rorx, sarx, shlx, shrx, mulx, adcx, adox
+    // x87 FPU: every D8-DF escape is one operation; X87.swift dispatches on the opcode byte
+    // and ModRM (Capstone's names for them are many and partly undocumented aliases).
+    case x87
     /// A recognised instruction outside the implemented set (x87, SSE, ...).
     case unimplemented
 }

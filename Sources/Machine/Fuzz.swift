@@ -166,6 +166,10 @@ public final class FuzzCampaign {
         var data: [UInt8] = []
         data.reserveCapacity(4096)
         for _ in 0..<512 { withUnsafeBytes(of: EdgeValues.register(&g.rng).littleEndian) { data.append(contentsOf: $0) } }
+        if g.x87Share > 0 {
+            // Half the 16-byte slots hold floating-point and BCD operands (FuzzX87.swift).
+            for slot in 0..<256 where g.chance(50) { data.replaceSubrange(slot * 16..<slot * 16 + 16, with: X87EdgeValues.slot(&g.rng)) }
+        }
         return Program(instructions: instructions, registers: registers, flags: flags, data: data)
     }
 
@@ -255,6 +259,7 @@ public final class FuzzCampaign {
 
     static func differences(_ k: Result, _ i: Result) -> [(String, String, String)] {
         var out = DifferentialRun.differences(k.state, i.state, undefinedFlags: 0)
+        out += x87Differences(k.state.fpu, i.state.fpu)
         if k.stop != i.stop { out.append(("stop", k.stop, i.stop)) }
         if k.memory != i.memory {
             let records = Int(FuzzSandbox.records)..<Int(FuzzSandbox.records) + FuzzSandbox.maxRecords * 8

@@ -87,6 +87,9 @@ struct InstructionGenerator {
     let table: [OpcodeEntry]
     /// rBX's value, so cmpxchg16b can be given an aligned operand.
     var rbx: UInt64 = 0
+    /// Percentage of x87 instructions (FuzzX87.swift): user64 only, where KVM runs them
+    /// on the CPU; this host's kernel emulator cannot run x87 at all.
+    var x87Share: UInt64 { mode == .user64 ? 30 : 0 }
 
     /// `hostSelectorsVisible`: CPL 3 code runs with the host's segment selectors (PVM), so
     /// reading one compares nothing of ours; those forms are left out.
@@ -177,6 +180,7 @@ struct InstructionGenerator {
 
     /// One instruction of a random table entry.
     mutating func next() -> FuzzInstruction {
+        if x87Share > 0 && chance(x87Share) { return x87Instruction() }
         let entry = pick(table)
         let size = pick(sizes(entry.width))
         let bits = size * 8

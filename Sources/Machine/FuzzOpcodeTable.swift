@@ -229,7 +229,7 @@ public enum FuzzOpcodeTable {
         OpcodeExclusion(opcodes: [[0xCC], [0xCD], [0xF1]], reason: "software interrupts (int3, int n, int1): INT n at CPL 3 triple-faults under PVM; exceptions are tested by the guests"),
         OpcodeExclusion(opcodes: [[0x6C], [0x6D], [0x6E], [0x6F], [0xE4], [0xE5], [0xE6], [0xE7], [0xEC], [0xED], [0xEE], [0xEF]], reason: "port I/O"),
         OpcodeExclusion(opcodes: [[0xF4], [0xFA], [0xFB]], reason: "privileged (hlt, cli, sti): hlt ends the sandbox; IF belongs to the sandbox"),
-        OpcodeExclusion(opcodes: (0xD8...0xDF).map { [$0] } + [[0x9B]], reason: "x87 (and fwait)"),
+        OpcodeExclusion(opcodes: (0xD8...0xDF).map { [$0] } + [[0x9B]], reason: "x87 (and fwait): generated apart, in user64 only (FuzzX87.swift), where KVM runs them on the CPU"),
         OpcodeExclusion(opcodes: [[0x8F], [0xC6], [0xC7]], digits: [1, 2, 3, 4, 5, 6, 7], reason: "XOP prefix (8F), RTM xabort/xbegin (C6 F8, C7 F8): not integer instructions of this CPU"),
         OpcodeExclusion(opcodes: [[0xFE]], digits: [2, 3, 4, 5, 6, 7], reason: "undefined in group 4"),
         OpcodeExclusion(opcodes: [[0x0F, 0x00], [0x0F, 0x01], [0x0F, 0x02], [0x0F, 0x03]],

@@ -46,13 +46,15 @@ struct DifferentialTests {
 
     @Test("an instruction neither side can execute stops the comparison early, and says which", .enabled(if: !hostHasHardwareVirtualization()))
     func neitherSideCanExecute() throws {
-        // Real mode: nop; fld1 (x87: this host's KVM emulator cannot run it, the interpreter has no x87); hlt.
-        var c = MachineConfiguration(imagePath: try writeScratchFile([0x90, 0xD9, 0xE8, 0xF4], name: "fld1.bin"))
+        // Real mode: CR4.OSFXSR on; sha1rnds4 (SHA: this host's KVM emulator cannot run it,
+        // the interpreter does not implement it); hlt.
+        let code: [UInt8] = [0x0F, 0x20, 0xE0, 0x66, 0x0D, 0x00, 0x02, 0x00, 0x00, 0x0F, 0x22, 0xE0, 0x0F, 0x3A, 0xCC, 0xC1, 0x00, 0xF4]
+        var c = MachineConfiguration(imagePath: try writeScratchFile(code, name: "sha1rnds4.bin"))
         c.serial = .capture
         let outcome = try DifferentialRun(c, steps: 100).run()
         #expect(outcome.status == DifferentialRun.stoppedEarly, "\(outcome.report)")
-        #expect(outcome.compared == 1 && outcome.ran == 2, "\(outcome.report)")
-        #expect(outcome.end.hasPrefix("at step 1, fld1: neither KVM nor the interpreter can execute it"), "\(outcome.end)")
+        #expect(outcome.compared == 3 && outcome.ran == 4, "\(outcome.report)")
+        #expect(outcome.end.hasPrefix("at step 3, sha1rnds4 xmm0, xmm1, 0: neither KVM nor the interpreter can execute it"), "\(outcome.end)")
     }
 
     @Test("smp-counter and loop32 stay in lockstep for their first 20,000 instructions")

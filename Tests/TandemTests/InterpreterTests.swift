@@ -387,16 +387,19 @@ struct InterpreterProgramTests {
         #expect(r.output == "1111" + "3333")
     }
 
-    @Test("an x87 instruction stops the run with the contract's report (no FPU, CR0.EM clear)")
-    func x87() throws {
+    @Test("an instruction the interpreter does not implement stops the run with the contract's report")
+    func unimplementedInstruction() throws {
         let r = try run("""
-                fld1
+                mov eax, cr4
+                or eax, 0x200               ; OSFXSR: SSE-space opcodes are not #UD
+                mov cr4, eax
+                sha1rnds4 xmm0, xmm1, 0
                 mov al, 0
                 out 0xf4, al
         """)
         #expect(r.status == ExitStatus.unsupportedInstruction.rawValue)
         #expect(r.message?.contains("vcpu0") == true)
-        #expect(r.message?.contains("fld1") == true)
+        #expect(r.message?.contains("sha1rnds4") == true)
     }
 
     @Test("x87 with CR0.EM set raises #NM (vector 7)")
