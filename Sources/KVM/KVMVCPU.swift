@@ -65,11 +65,24 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
 
+    /// Whether injected vectors are kept for `takeInjected` (traces).
+    public var recordInjections = false
+    private var injected: [UInt8] = []
+
+    /// The vectors injected (KVM_INTERRUPT, or 2 for KVM_NMI) since the last call.
+    public func takeInjected() -> [UInt8] {
+        defer { injected.removeAll() }
+        return injected
+    }
+
     /// Injects a pending interrupt when KVM says the guest can take one (`KVM_INTERRUPT`),
     /// or asks for an exit as soon as it can (`request_interrupt_window`).
     private func offerInterrupt(_ controller: any InterruptController) {
         // KVM tracks NMI blocking itself (KVM_NMI queues one).
-        if controller.takeNMI(vcpu: index) { _ = ckvm_ioctl_int(fd, CKVM_NMI, 0) }
+        if controller.takeNMI(vcpu: index) {
+            _ = ckvm_ioctl_int(fd, CKVM_NMI, 0)
+            if recordInjections { injected.append(2) }
+        }
         guard controller.hasPendingInterrupt(vcpu: index) else {
             shared.pointee.request_interrupt_window = 0
             return
@@ -78,6 +91,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             var irq = kvm_interrupt(irq: UInt32(vector))
             _ = ckvm_ioctl_ptr(fd, CKVM_INTERRUPT, &irq)
             shared.pointee.request_interrupt_window = 0
+            if recordInjections { injected.append(vector) }
         } else {
             shared.pointee.request_interrupt_window = 1
         }

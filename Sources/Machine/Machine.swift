@@ -533,7 +533,10 @@ public final class Machine: @unchecked Sendable {
     /// Single-steps `backend` (for `--trace`), or stops doing so.
     private func setStepping(_ backend: any VCPUBackend, _ on: Bool) {
         if let source = backend as? TraceSource { source.tracing = on }
-        if let kvm = backend as? KVMVCPU { try? kvm.setSingleStep(on) }
+        if let kvm = backend as? KVMVCPU {
+            try? kvm.setSingleStep(on)
+            kvm.recordInjections = on
+        }
     }
 
     /// HLT: the vCPU sleeps (no host CPU) until it has an event it takes — an interrupt it

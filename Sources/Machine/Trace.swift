@@ -1,3 +1,4 @@
+import KVM
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -147,6 +148,12 @@ final class VCPUTracer {
             }
         }
         for e in trace.events { writer.emit(eventRecord(seq, e)) }
+        // KVM: the interrupts the machine injected before this step, where the guest was.
+        if let kvm = backend as? KVMVCPU {
+            for v in kvm.takeInjected() {
+                writer.emit(eventRecord(seq, InterruptEvent(kind: .external, vector: v, errorCode: nil, cs: p.cs.selector, rip: p.rip)))
+            }
+        }
         if p.mode != now.mode { writer.emit(modeRecord(seq, from: p.mode, to: now.mode, at: now)) }
     }
 
