@@ -9,11 +9,27 @@ import Synchronization
 /// TSC agree across vCPUs and engines.
 public final class MachineClock: Sendable {
     private let origin: UInt64
+    /// Replaces the host clock (tests drive time by hand); nil on real machines, so `now()`
+    /// stays one clock_gettime.
+    private let source: (@Sendable () -> UInt64)?
 
-    public init() { origin = Self.hostMonotonic() }
+    public init() {
+        origin = Self.hostMonotonic()
+        source = nil
+    }
+
+    /// A clock whose time is whatever `source` returns (machine nanoseconds; it must never
+    /// go backwards). For deterministic tests, together with a manual `TimerService`.
+    public init(source: @escaping @Sendable () -> UInt64) {
+        origin = 0
+        self.source = source
+    }
 
     /// Nanoseconds since the machine was built.
-    public func now() -> UInt64 { Self.hostMonotonic() &- origin }
+    public func now() -> UInt64 {
+        if let source { return source() }
+        return Self.hostMonotonic() &- origin
+    }
 
     /// CLOCK_MONOTONIC in nanoseconds.
     public static func hostMonotonic() -> UInt64 {
@@ -39,9 +55,12 @@ public final class TimerService: @unchecked Sendable {
     private var thread: HostThread?
     private var stopping = false
     private var firing: DeviceTimer?
+    /// No thread: timers fire only from `fireDue()` (tests, with a hand-driven clock).
+    private let manual: Bool
 
-    public init(clock: MachineClock) {
+    public init(clock: MachineClock, manual: Bool = false) {
         self.clock = clock
+        self.manual = manual
         pthread_mutex_init(lock, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
@@ -87,11 +106,39 @@ public final class TimerService: @unchecked Sendable {
     fileprivate func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
         pthread_mutex_lock(lock)
         timer.deadline = deadline
-        if deadline != nil, thread == nil, !stopping {
+        if deadline != nil, thread == nil, !stopping, !manual {
             thread = HostThread.spawn(name: "timers") { [unowned self] in loop() }
         }
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
+    }
+
+    /// The earliest armed deadline, if any.
+    public func nextDeadline() -> UInt64? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return timers.compactMap(\.deadline).min()
+    }
+
+    /// Manual services: fires, in deadline order, every timer due at the clock's current
+    /// time (including ones their handlers re-arm for a time already past), on the calling
+    /// thread. Returns how many fired.
+    @discardableResult
+    public func fireDue() -> Int {
+        var fired = 0
+        while true {
+            pthread_mutex_lock(lock)
+            let now = clock.now()
+            var earliest: DeviceTimer?
+            for t in timers where t.deadline != nil && t.deadline! <= now {
+                if earliest == nil || t.deadline! < earliest!.deadline! { earliest = t }
+            }
+            earliest?.deadline = nil
+            pthread_mutex_unlock(lock)
+            guard let next = earliest, fired < 1_000_000 else { return fired }
+            next.fire()
+            fired += 1
+        }
     }
 
     fileprivate func deadline(of timer: DeviceTimer) -> UInt64? {
