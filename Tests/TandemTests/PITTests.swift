@@ -1,6 +1,7 @@
 // The 8254 PIT and port 0x61: register-level behaviour on a hand-driven clock, so every
 // count and OUT level is exact. Also the helpers the RTC and platform device tests share.
 import Devices
+import Machine
 import Synchronization
 import Testing
 
@@ -337,5 +338,95 @@ struct PITTests {
         #expect(r.latched(2) == 10)
         r.tick(50)
         #expect(!r.out2)
+    }
+
+    @Test("a real-mode guest: Linux's channel 2 calibration poll, then IRQ 0 ticks through the PIC, then the RTC",
+          arguments: backends())
+    func guestTicks(backend: BackendKind) throws {
+        let r = try runImage(try assemble("""
+        bits 16
+        org 0x7c00
+                cli
+                xor ax, ax
+                mov ds, ax
+                mov ss, ax
+                mov sp, 0x7c00
+                in al, 0x61                    ; channel 2 gate on, speaker off
+                and al, 0xFD
+                or al, 0x01
+                out 0x61, al
+                mov al, 0xB0                   ; channel 2, lo/hi, mode 0
+                out 0x43, al
+                mov al, 0x9C                   ; 11932: 10 ms
+                out 0x42, al
+                mov al, 0x2E
+                out 0x42, al
+                in al, 0x61
+                test al, 0x20
+                jnz .bad                       ; OUT starts low
+        .poll:  in al, 0x61
+                test al, 0x20
+                jz .poll
+                mov al, 'C'
+                out 0xe9, al
+                mov word [8 * 4], handler      ; IRQ 0 = vector 8
+                mov word [8 * 4 + 2], 0
+                mov al, 0x11
+                out 0x20, al
+                out 0xA0, al
+                mov al, 0x08
+                out 0x21, al
+                mov al, 0x70
+                out 0xA1, al
+                mov al, 0x04
+                out 0x21, al
+                mov al, 0x02
+                out 0xA1, al
+                mov al, 0x01
+                out 0x21, al
+                out 0xA1, al
+                mov al, 0xFE                   ; only IRQ 0
+                out 0x21, al
+                mov al, 0xFF
+                out 0xA1, al
+                mov al, 0x34                   ; channel 0, lo/hi, mode 2: 1 kHz
+                out 0x43, al
+                mov al, 0xA9
+                out 0x40, al
+                mov al, 0x04
+                out 0x40, al
+                sti
+        .wait:  cmp byte [ticks], 5
+                jb .wait
+                cli
+                mov al, 'T'
+                out 0xe9, al
+                mov al, 0x0B                   ; RTC register B: BCD, 24-hour
+                out 0x70, al
+                in al, 0x71
+                cmp al, 0x02
+                jne .bad
+                mov al, 0x00                   ; seconds: valid BCD
+                out 0x70, al
+                in al, 0x71
+                cmp al, 0x60
+                jae .bad
+                mov al, 10
+                out 0xe9, al
+                mov al, 0
+                out 0xf4, al
+        .bad:   mov al, 1
+                out 0xf4, al
+        handler:
+                inc byte [ticks]
+                push ax
+                mov al, 0x20
+                out 0x20, al
+                pop ax
+                iret
+        ticks:  db 0
+        """), backend: backend, name: "pit-ticks.bin", timeout: 30)
+        #expect(r.output == "CT\n", "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
     }
 }
