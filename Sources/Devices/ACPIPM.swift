@@ -125,17 +125,17 @@ public final class ACPIPM: PortDevice, @unchecked Sendable {
         if powerOff { onPowerOff() }
     }
 
-    /// Arms the timer for the next bit-23 change while TMR_EN is set and TMR_STS clear.
+    /// Arms the timer for the next bit-23 change while TMR_EN is set and TMR_STS clear
+    /// (under the state lock, so that concurrent re-arms cannot leave a stale deadline).
     private func rearm() {
         guard let timer else { return }
-        let next = state.withLock { s -> UInt64? in
-            guard s.enable & 0x0001 != 0, s.status & 0x0001 == 0 else { return nil }
-            return (s.timerPeriod + 1) << 23
+        state.withLock { s in
+            guard s.enable & 0x0001 != 0, s.status & 0x0001 == 0 else { timer.disarm(); return }
+            // The first nanosecond at which the next period's ticks have passed.
+            let next = (s.timerPeriod + 1) << 23
+            let (q, r) = Self.timerFrequency.dividingFullWidth(next.multipliedFullWidth(by: 1_000_000_000))
+            timer.arm(at: q + (r != 0 ? 1 : 0))
         }
-        guard let next else { timer.disarm(); return }
-        // The first nanosecond at which `next` ticks have passed.
-        let (q, r) = Self.timerFrequency.dividingFullWidth(next.multipliedFullWidth(by: 1_000_000_000))
-        timer.arm(at: q + (r != 0 ? 1 : 0))
     }
 
     private func update() {

@@ -11,9 +11,9 @@ import Synchronization
 ///
 /// There is no keyboard behind it beyond acknowledgements: 0xFF (reset) answers 0xFA 0xAA
 /// and every other byte sent to the keyboard answers 0xFA. Bytes for the auxiliary device
-/// (0xD4) are dropped: there is no mouse. The output buffer raises IRQ 1 (keyboard data) or
-/// IRQ 12 (auxiliary data) when the command byte enables them, as on PCs. A reset calls
-/// `onReset`, which ends the run.
+/// (0xD4) are answered 0xFE on its behalf: there is no mouse. The output buffer raises
+/// IRQ 1 (keyboard data) or IRQ 12 (auxiliary data) when the command byte enables them, as
+/// on PCs. A reset calls `onReset`, which ends the run.
 public final class I8042: PortDevice, @unchecked Sendable {
     public static let dataPort: UInt16 = 0x60
     public static let commandPort: UInt16 = 0x64
@@ -186,7 +186,11 @@ public final class I8042: PortDevice, @unchecked Sendable {
             if v & 0x01 == 0 { e.reset = true }
         case 0xD2: s.queue(v)
         case 0xD3: s.queue(v, aux: true)
-        default: break   // 0xD4: to the auxiliary device, which is absent
+        case 0xD4:
+            // For the auxiliary device, which is absent: the controller answers for it with
+            // 0xFE (resend), so that a mouse probe fails at once instead of timing out.
+            s.queue(0xFE, aux: true)
+        default: break
         }
     }
 }

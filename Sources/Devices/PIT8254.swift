@@ -442,19 +442,20 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
     // MARK: Channel 0's interrupt
 
     /// Arms the timer for channel 0's next rising edge, or disarms it when none is ahead.
+    /// Done under the state lock (the timer service never calls back into a device while it
+    /// holds its own lock), so that concurrent re-arms cannot leave a stale deadline.
     private func rearm(earliest: UInt64 = 0) {
         guard let timer else { return }
         let t = currentTick()
-        let rise = state.withLock { s -> Int64? in
+        state.withLock { s in
             s.channels[0].settle(t)
-            let r = s.channels[0].nextRise(after: t)
-            s.armedRise = r
-            return r
-        }
-        if let rise {
-            timer.arm(at: max(Self.nanoseconds(rise), earliest))
-        } else {
-            timer.disarm()
+            let rise = s.channels[0].nextRise(after: t)
+            s.armedRise = rise
+            if let rise {
+                timer.arm(at: max(Self.nanoseconds(rise), earliest))
+            } else {
+                timer.disarm()
+            }
         }
     }
 

@@ -312,13 +312,17 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     // MARK: Interrupts
 
+    /// Arms the timer for the next enabled event (under the state lock, so that concurrent
+    /// re-arms cannot leave a stale deadline), or disarms it.
     private func rearm() {
         guard let timer else { return }
-        let deadline = state.withLock { s -> Int64? in
-            let now = rtcNow(s)
-            return s.nextEvent(after: now).map { $0 - s.offset - epochBase }
+        state.withLock { s in
+            if let event = s.nextEvent(after: rtcNow(s)) {
+                timer.arm(at: UInt64(max(event - s.offset - epochBase, 0)))
+            } else {
+                timer.disarm()
+            }
         }
-        if let deadline { timer.arm(at: UInt64(max(deadline, 0))) } else { timer.disarm() }
     }
 
     private func update() {

@@ -61,6 +61,10 @@ struct PlatformDeviceTests {
         k.command(0xD3); k.data(0x77)
         #expect(k.status & 0x21 == 0x21)
         #expect(k.read() == 0x77)
+        // No mouse: a byte for it is answered 0xFE (resend) as auxiliary data.
+        k.command(0xD4); k.data(0xFF)
+        #expect(k.status & 0x21 == 0x21)
+        #expect(k.read() == 0xFE)
         #expect(k.resets.all.isEmpty)
     }
 
