@@ -37,11 +37,15 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         var b: UInt8 = 0x02   // 24-hour, BCD
         /// PF, AF and UF (register C bits 6-4), as the update cycle and divider set them.
         var flags: UInt8 = 0
-        /// RTC time (Unix nanoseconds) = host wall time + `offset`.
+        /// RTC time is kept as whole Unix seconds `base` plus "local" nanoseconds
+        /// L = machine time + `offset`, so that any date the registers can hold (years
+        /// 0-9999) is exact: Unix nanoseconds would overflow after 2262. Everything below
+        /// that takes "RTC time" takes L.
+        var base: Int64 = 0
         var offset: Int64 = 0
         /// The time registers while the update cycle is stopped, by CMOS offset.
         var held: [Int: UInt8]?
-        /// RTC time up to which flags have been computed.
+        /// RTC time (L) up to which flags have been computed.
         var evaluated: Int64 = 0
         var line = false
 
@@ -50,6 +54,9 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         var dividerRunning: Bool { (a >> 4) & 7 == 2 }
         var updating: Bool { dividerRunning && b & 0x80 == 0 }
         var irqf: Bool { flags & b & 0x70 != 0 }
+
+        /// The Unix second of RTC time `l`.
+        func second(_ l: Int64) -> Int64 { base + floorDiv(l, RTC146818.second) }
 
         /// The periodic rate's period in 32.768 kHz cycles, or nil (RS = 0).
         var periodicCycles: Int64? {
@@ -130,7 +137,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
             let last = floorDiv(evaluated, RTC146818.second), current = floorDiv(now, RTC146818.second)
             if current > last {
                 flags |= 0x10
-                if let alarm = nextAlarm(after: last), alarm <= current { flags |= 0x20 }
+                if let alarm = nextAlarm(after: base + last), alarm <= base + current { flags |= 0x20 }
             }
         }
 
@@ -149,7 +156,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
             if b & 0x80 == 0 {
                 let current = floorDiv(now, RTC146818.second)
                 if b & 0x10 != 0 { consider((current + 1) * RTC146818.second) }
-                if b & 0x20 != 0, let alarm = nextAlarm(after: current) { consider(alarm * RTC146818.second) }
+                if b & 0x20 != 0, let alarm = nextAlarm(after: base + current) { consider((alarm - base) * RTC146818.second) }
             }
             return next
         }
@@ -157,8 +164,6 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     private let state = Mutex(State())
     private let clock: MachineClock
-    /// Host wall time (Unix nanoseconds) at machine time 0.
-    private let epochBase: Int64
     private let irq: IRQLine?
     private var timer: DeviceTimer?
 
@@ -168,18 +173,22 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                 epochNanoseconds: Int64? = nil) {
         self.clock = clock
         self.irq = irq
+        // Host wall time (Unix nanoseconds) at machine time 0.
+        let epoch: Int64
         if let epochNanoseconds {
-            epochBase = epochNanoseconds
+            epoch = epochNanoseconds
         } else {
             var t = timespec()
             clock_gettime(CLOCK_REALTIME, &t)
-            epochBase = Int64(t.tv_sec) * Self.second + Int64(t.tv_nsec) - Int64(clock.now())
+            epoch = Int64(t.tv_sec) * Self.second + Int64(t.tv_nsec) - Int64(clock.now())
         }
         let layout = Self.layout(ramSize: ramSize, cpuCount: cpuCount)
-        let start = epochBase + Int64(clock.now())
+        let now = Int64(clock.now())
         state.withLock { s in
             for (i, v) in layout { s.cmos[i] = v }
-            s.evaluated = start
+            s.base = floorDiv(epoch, Self.second)
+            s.offset = floorMod(epoch, Self.second)
+            s.evaluated = now + s.offset
         }
         if let timers {
             timer = timers.makeTimer("rtc") { [weak self] in self?.update() }
@@ -217,8 +226,8 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
     /// Whether the guest has masked NMI (port 0x70 bit 7, last written).
     public var nmiMasked: Bool { state.withLock { $0.nmiMasked } }
 
-    /// RTC time now, Unix nanoseconds.
-    private func rtcNow(_ s: State) -> Int64 { epochBase + Int64(clock.now()) + s.offset }
+    /// RTC time now (L: see `State.base`).
+    private func rtcNow(_ s: State) -> Int64 { Int64(clock.now()) + s.offset }
 
     // MARK: Ports
 
@@ -241,7 +250,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
             case 0x0D: return 0x80   // valid RAM and time: the battery is good
             case let i where Self.timeRegisters.contains(i):
                 if let held = s.held { return held[i] ?? 0 }
-                return s.registers(floorDiv(now, Self.second))[i] ?? 0
+                return s.registers(s.second(now))[i] ?? 0
             case let i: return s.cmos[i]
             }
         }
@@ -279,22 +288,22 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                     s.held![i] = v
                 } else {
                     // A write while the clock runs sets it from the register at once.
-                    var r = s.registers(floorDiv(now, Self.second))
+                    var r = s.registers(s.second(now))
                     r[i] = v
-                    setTime(&s, to: s.seconds(r) * Self.second + floorMod(now, Self.second), now: now)
+                    setTime(&s, second: s.seconds(r), fraction: floorMod(now, Self.second), now: now)
                 }
             case let i:
                 s.cmos[i] = v
             }
             if wasUpdating && !s.updating {
                 // The registers keep what they showed, in the format they showed it in.
-                s.held = before.registers(floorDiv(now, Self.second))
+                s.held = before.registers(before.second(now))
             } else if !wasUpdating && s.updating, let held = s.held {
                 s.held = nil
                 // After a divider reset the first update comes 500 ms later; after SET, the
                 // second keeps its phase.
                 let fraction = wasRunning ? floorMod(now, Self.second) : Self.second / 2
-                setTime(&s, to: s.seconds(held) * Self.second + fraction, now: now)
+                setTime(&s, second: s.seconds(held), fraction: fraction, now: now)
             }
             let irqf = s.irqf
             defer { s.line = irqf }
@@ -304,10 +313,12 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         rearm()
     }
 
-    /// Makes RTC time `now` read as `target`, with nothing to catch up.
-    private func setTime(_ s: inout State, to target: Int64, now: Int64) {
-        s.offset += target - now
-        s.evaluated = target
+    /// Makes RTC time `now` read as Unix second `second` plus `fraction` nanoseconds, with
+    /// nothing to catch up.
+    private func setTime(_ s: inout State, second: Int64, fraction: Int64, now: Int64) {
+        s.base = second
+        s.offset += fraction - now   // L is now `fraction`
+        s.evaluated = fraction
     }
 
     // MARK: Interrupts
@@ -318,7 +329,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         guard let timer else { return }
         state.withLock { s in
             if let event = s.nextEvent(after: rtcNow(s)) {
-                timer.arm(at: UInt64(max(event - s.offset - epochBase, 0)))
+                timer.arm(at: UInt64(max(event - s.offset, 0)))
             } else {
                 timer.disarm()
             }

@@ -2,6 +2,7 @@
 // registers: register-level behaviour (PM timer on a hand-driven clock).
 import Devices
 import GuestMemory
+import HostOS
 import Testing
 
 @Suite("PC platform devices")
@@ -252,5 +253,46 @@ struct PlatformDeviceTests {
         model.ports.write(0x43, size: 1, value: 0xE8)
         #expect(model.ports.read(0x42, size: 1) == 0x70)
         #expect(model.ports.read(0x61, size: 1) & 0x20 == 0)
+    }
+
+    @Test("any guest port traffic on two threads, with the timer thread firing: no crash, no deadlock")
+    func concurrentFuzz() throws {
+        struct SplitMix: RandomNumberGenerator {
+            var state: UInt64
+            mutating func next() -> UInt64 {
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return z ^ (z >> 31)
+            }
+        }
+        let memory = try GuestMemoryMap(ramSize: 16 << 20)
+        let model = DeviceModel(console: try Console(.capture), input: .none(), memory: memory, cpuCount: 2) { _ in }
+        // Fast interrupt sources, so the timer thread is busy while the guest threads poke.
+        model.ports.write(0x43, size: 1, value: 0x34)
+        model.ports.write(0x40, size: 1, value: 2); model.ports.write(0x40, size: 1, value: 0)
+        model.ports.write(0x70, size: 1, value: 0x0A); model.ports.write(0x71, size: 1, value: 0x23)
+        model.ports.write(0x70, size: 1, value: 0x0B); model.ports.write(0x71, size: 1, value: 0x72)
+        model.ports.write(0x602, size: 2, value: 1)
+        let ports: [UInt16] = [0x40, 0x41, 0x42, 0x43, 0x61, 0x60, 0x64, 0x70, 0x71, 0x80, 0xCF9, 0x510, 0x511,
+                               0x600, 0x601, 0x602, 0x603, 0x604, 0x605, 0x606, 0x608, 0x609, 0x60A, 0x60B]
+        let threads = (0..<2).map { seed in
+            HostThread.spawn(name: "fuzz\(seed)") { [model] in
+                var rng = SplitMix(state: UInt64(seed) &+ 1)
+                for _ in 0..<200_000 {
+                    let port = ports[Int(rng.next() % UInt64(ports.count))]
+                    let size = [1, 2, 4][Int(rng.next() % 3)]
+                    if rng.next() & 1 == 0 {
+                        _ = model.ports.read(port, size: size)
+                    } else {
+                        model.ports.write(port, size: size, value: UInt32(truncatingIfNeeded: rng.next()))
+                    }
+                }
+            }
+        }
+        for t in threads { t.join() }
+        model.timers.stop()
+        #expect(model.router.level(0) == false, "IRQ 0 is pulsed, never left high")
     }
 }

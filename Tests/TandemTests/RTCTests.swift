@@ -95,6 +95,25 @@ struct RTCTests {
         #expect(r.read(2) == 0x45 && r.read(0) == 0x31)
     }
 
+    @Test("any date the registers hold works: 9999-12-31 23:59:59 rolls over to (100)00-01-01")
+    func farDates() {
+        let r = Rig()
+        r.write(0x0B, 0x82)
+        for (i, v) in [(0, 0x59), (2, 0x59), (4, 0x23), (7, 0x31), (8, 0x12), (9, 0x99), (0x32, 0x99)] as [(UInt32, UInt32)] {
+            r.write(i, v)
+        }
+        r.write(0x0B, 0x02)
+        // 9999-12-31 was a Friday (6).
+        #expect(r.clock == [0x59, 0x59, 0x23, 6, 0x31, 0x12, 0x99, 0x99])
+        r.time.advance(by: RTCTests.second)
+        #expect(r.clock == [0x00, 0x00, 0x00, 7, 0x01, 0x01, 0x00, 0x00])
+        // And year 0000 (century 0): 0000-03-01 was a Wednesday (4).
+        r.write(0x0B, 0x82)
+        r.write(8, 0x03)
+        r.write(0x0B, 0x02)
+        #expect(r.clock == [0x00, 0x00, 0x00, 4, 0x01, 0x03, 0x00, 0x00])
+    }
+
     @Test("a divider reset stops the clock; restarting it puts the first update 500 ms later")
     func dividerReset() {
         let r = Rig()
