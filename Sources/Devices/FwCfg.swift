@@ -1,11 +1,15 @@
 import Synchronization
 
 /// QEMU's firmware configuration interface (docs/specs/fw_cfg.rst), the traditional I/O
-/// form: a 16-bit write to the selector at 0x510 picks an item and rewinds it; each read of
-/// the data register at 0x511 returns the item's next byte, and 0 past its end or for an
-/// item that does not exist. Data writes are ignored (as in QEMU since 2.4); the selector's
-/// write bit (0x4000) is ignored when looking items up, its architecture bit (0x8000) is
-/// part of the key. There is no DMA interface (0x514 is not claimed; the ID item says so).
+/// form: a 16-bit write to the selector at 0x510 picks an item and rewinds it; each byte
+/// read of the data register at 0x511 returns the item's next byte, and 0 past its end or
+/// for an item that does not exist. As in QEMU, the two ports are one 2-byte register
+/// block: a 16-bit write at either selects, a byte write at either is a data write
+/// (ignored: no item is writable), a byte read at either reads data; other widths are not
+/// decoded (reads return 0, writes are dropped). The selector's write bit (0x4000) is
+/// ignored when looking items up, its architecture bit (0x8000) is part of the key. There
+/// is no DMA interface (0x514 is not claimed; the ID item says so): a device writing guest
+/// RAM would also have to invalidate the interpreter's decoded code for it.
 ///
 /// Items: the signature "QEMU" (0x0000), the feature ID (0x0001, bit 0: traditional
 /// interface), a UUID of zeros (0x0002), the RAM size (0x0003, 64-bit LE), NOGRAPHIC
@@ -78,8 +82,7 @@ public final class FwCfg: PortDevice, @unchecked Sendable {
     }
 
     public func portRead(_ port: UInt16, size: Int) -> UInt32 {
-        guard port == Self.dataPort else { return 0 }
-        // One byte per read, whatever the width.
+        guard size == 1 else { return 0 }
         return state.withLock { s -> UInt32 in
             guard let item = s.items[s.selector & 0xBFFF], s.offset < item.count else { return 0 }
             defer { s.offset += 1 }
@@ -88,8 +91,7 @@ public final class FwCfg: PortDevice, @unchecked Sendable {
     }
 
     public func portWrite(_ port: UInt16, size: Int, value: UInt32) {
-        // The selector is a 16-bit register: byte writes do not reach it, as in QEMU.
-        guard port == Self.selectorPort, size >= 2 else { return }
+        guard size == 2 else { return }   // byte writes: data, ignored; 32-bit: not decoded
         state.withLock { s in
             s.selector = UInt16(truncatingIfNeeded: value)
             s.offset = 0

@@ -158,11 +158,18 @@ struct PlatformDeviceTests {
         #expect(fwcfg(f, 0x4000, 4) == Array("QEMU".utf8), "the write bit does not change the item")
         #expect(fwcfg(f, 0x8000, 2) == [0, 0], "architecture items are separate keys")
         #expect(fwcfg(f, 0x1234, 2) == [0, 0], "no such item")
-        // A byte write does not reach the 16-bit selector; data writes are ignored.
+        // As QEMU decodes the 2-byte block: byte writes are (ignored) data writes, 32-bit
+        // writes and wide reads are not decoded; a byte read at 0x510 reads data too, and a
+        // 16-bit write at 0x511 selects.
         f.portWrite(0x510, size: 2, value: 0x0000)
         f.portWrite(0x510, size: 1, value: 0x05)
         f.portWrite(0x511, size: 1, value: 0x99)
+        f.portWrite(0x510, size: 4, value: 0x05)
+        #expect(f.portRead(0x511, size: 2) == 0)
         #expect(f.portRead(0x511, size: 1) == UInt32(UInt8(ascii: "Q")))
+        #expect(f.portRead(0x510, size: 1) == UInt32(UInt8(ascii: "E")))
+        f.portWrite(0x511, size: 2, value: 0x0005)
+        #expect(f.portRead(0x511, size: 1) == 4)
     }
 
     @Test("fw_cfg: the file directory is big-endian, sorted by name, files from selector 0x20")
