@@ -116,6 +116,8 @@ public final class ConsoleInput: Sendable {
     }
     private let state: Mutex<State>
     private let readsStdin: Bool
+    /// Called on the stdin thread after bytes arrive (the UART raises its interrupt).
+    private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
     /// Signalled when the guest takes a byte from a full FIFO: the stdin thread may read again.
     private let room = DispatchSemaphore(value: 0)
 
@@ -138,6 +140,16 @@ public final class ConsoleInput: Sendable {
     public func hasByte() -> Bool {
         startIfNeeded()
         return state.withLock { !$0.queue.isEmpty }
+    }
+
+    /// Whether a byte is waiting or may still arrive (stdin is not at its end).
+    public var mayReceive: Bool {
+        state.withLock { !$0.queue.isEmpty || !$0.backlog.isEmpty || !$0.ended }
+    }
+
+    /// Sets what is called when bytes arrive from stdin.
+    public func onArrival(_ body: @escaping @Sendable () -> Void) {
+        arrival.withLock { $0 = body }
     }
 
     /// Takes the next byte, if any.
@@ -196,6 +208,7 @@ public final class ConsoleInput: Sendable {
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { state.withLock { $0.ended = true }; return }
                 state.withLock { $0.queue.append(contentsOf: buffer[0..<n]) }
+                arrival.withLock { $0 }?()
             }
         }
     }

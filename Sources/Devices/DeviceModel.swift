@@ -11,6 +11,9 @@ public final class DeviceModel: Sendable {
     public let pic: PIC8259Pair
     /// The interrupt wiring devices raise their lines on (ISA IRQs / GSIs).
     public let router: InterruptRouter
+    /// Every vCPU's local APIC, the IOAPIC, and the PIC's path to vCPU 0: the interrupt
+    /// controller both engines ask.
+    public let apic: APICBus
     /// Machine time, shared by devices and vCPUs.
     public let clock: MachineClock
     /// The one timer thread every device timer runs on.
@@ -26,21 +29,28 @@ public final class DeviceModel: Sendable {
 
     /// Builds the 8259A pair, COM1 (on IRQ 4), the 0xE9 debug console, the 0xF4 exit
     /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
-    /// `onInterruptRequest` is called when the interrupt output may have become active
-    /// (the machine kicks vCPU 0 so that it takes the interrupt). `ramSize` (default: the
-    /// memory's) and `cpuCount` are what the CMOS and fw_cfg report. `onReset` is called when
+    /// `onInterruptRequest(n)` is called when vCPU n may have an event to take (the
+    /// machine kicks it out of its engine, or wakes it from HLT). `ramSize` (default: the
+    /// memory's) and `cpus` are what the CMOS and fw_cfg report. `onReset` is called when
     /// the guest resets the machine (i8042 0xFE or output port bit 0, 0xCF9), `onPowerOff`
     /// when it enters ACPI S5; both end the run.
-    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, ramSize: UInt64? = nil, cpuCount: Int = 1,
-                onInterruptRequest: @escaping @Sendable () -> Void = {}, onReset: @escaping @Sendable () -> Void = {},
-                onPowerOff: @escaping @Sendable () -> Void = {}, onExit: @escaping @Sendable (UInt8) -> Void) {
+    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, ramSize: UInt64? = nil, cpus: Int = 1,
+                x2APIC: Bool = true, onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in },
+                onReset: @escaping @Sendable () -> Void = {}, onPowerOff: @escaping @Sendable () -> Void = {},
+                onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
-        let pic = PIC8259Pair(onRequest: onInterruptRequest)
+        // The PIC is built before the fabric it reports to.
+        let fabric = WeakReference<APICBus>()
+        let pic = PIC8259Pair { fabric.value?.picRequested() }
         self.pic = pic
         clock = MachineClock()
         timers = TimerService(clock: clock)
+        apic = APICBus(cpus: cpus, pic: pic, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
+        fabric.value = apic
         let router = InterruptRouter(pic: pic)
+        router.attachIOAPIC(apic.ioapic)
         self.router = router
+        mmio.attach(apic.ioapic, range: IOAPIC.range)
         ports.attach(pic, ports: PIC8259Pair.masterPorts)
         ports.attach(pic, ports: PIC8259Pair.slavePorts)
         ports.attach(pic, ports: PIC8259Pair.elcrPorts)
@@ -56,16 +66,21 @@ public final class DeviceModel: Sendable {
         pit = PIT8254(clock: clock, timers: timers, irq0: router.line(PIT8254.irq))
         ports.attach(pit, ports: PIT8254.ports)
         ports.attach(pit, ports: PIT8254.portB...PIT8254.portB)
-        rtc = RTC146818(clock: clock, timers: timers, irq: router.line(RTC146818.irq), ramSize: ram, cpuCount: cpuCount)
+        rtc = RTC146818(clock: clock, timers: timers, irq: router.line(RTC146818.irq), ramSize: ram, cpuCount: cpus)
         ports.attach(rtc, ports: RTC146818.ports)
         keyboardController = I8042(memory: memory, keyboardIRQ: router.line(I8042.keyboardIRQ), auxIRQ: router.line(I8042.auxIRQ), onReset: onReset)
         ports.attach(keyboardController, ports: I8042.dataPort...I8042.dataPort)
         ports.attach(keyboardController, ports: I8042.commandPort...I8042.commandPort)
         ports.attach(ResetControl(onReset: onReset), ports: ResetControl.port...ResetControl.port)
         ports.attach(postCodes, ports: PostCodePort.port...PostCodePort.port)
-        fwCfg = FwCfg(ramSize: ram, cpuCount: cpuCount)
+        fwCfg = FwCfg(ramSize: ram, cpuCount: cpus)
         ports.attach(fwCfg, ports: FwCfg.ports)
         acpiPM = ACPIPM(clock: clock, timers: timers, sci: router.line(ACPIPM.sciIRQ), onPowerOff: onPowerOff)
         ports.attach(acpiPM, ports: ACPIPM.ports)
     }
+}
+
+/// A weak reference for wiring devices built before what they report to.
+final class WeakReference<T: AnyObject>: @unchecked Sendable {
+    weak var value: T?
 }

@@ -45,20 +45,59 @@ public final class MachineClock: Sendable {
 /// One thread ("timers") that fires every device timer of a machine at its deadline, so
 /// that a machine with many timers (a PIT, an RTC, a LAPIC timer per vCPU) costs one host
 /// thread that sleeps until the earliest deadline. Handlers run on that thread and must
-/// not block; they lock their device's state themselves.
+/// not block; they lock their device's state themselves. The thread starts with the first
+/// armed timer and ends with `stop()` or when the service goes away.
 public final class TimerService: @unchecked Sendable {
     public let clock: MachineClock
+    fileprivate let core: TimerCore
+
+    /// `manual`: no thread; timers fire only from `fireDue()` (tests, with a hand-driven clock).
+    public init(clock: MachineClock, manual: Bool = false) {
+        self.clock = clock
+        core = TimerCore(clock: clock, manual: manual)
+    }
+
+    /// The earliest armed deadline, if any.
+    public func nextDeadline() -> UInt64? { core.nextDeadline() }
+
+    /// Manual services: fires, in deadline order, every timer due at the clock's current
+    /// time (including ones their handlers re-arm for a time already past), on the calling
+    /// thread. Returns how many fired.
+    @discardableResult
+    public func fireDue() -> Int { core.fireDue() }
+
+    deinit { core.stop() }
+
+    /// A timer that calls `fire` on the timer thread when its deadline passes.
+    public func makeTimer(_ name: String, fire: @escaping @Sendable () -> Void) -> DeviceTimer {
+        let timer = DeviceTimer(name: name, core: core, fire: fire)
+        core.add(timer)
+        return timer
+    }
+
+    /// Whether any timer is armed (a halted machine with one can still be woken).
+    public var anyArmed: Bool { core.anyArmed }
+
+    /// Stops the thread; timers armed later never fire.
+    public func stop() { core.stop() }
+}
+
+/// The timer thread's state, kept apart from `TimerService` so that the thread holds it
+/// strongly and never outlives what it touches.
+final class TimerCore: @unchecked Sendable {
+    let clock: MachineClock
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     // Guarded by `lock`.
     private var timers: [DeviceTimer] = []
     private var thread: HostThread?
+    private var threadID: pthread_t?
     private var stopping = false
     private var firing: DeviceTimer?
     /// No thread: timers fire only from `fireDue()` (tests, with a hand-driven clock).
     private let manual: Bool
 
-    public init(clock: MachineClock, manual: Bool = false) {
+    init(clock: MachineClock, manual: Bool) {
         self.clock = clock
         self.manual = manual
         pthread_mutex_init(lock, nil)
@@ -70,51 +109,46 @@ public final class TimerService: @unchecked Sendable {
     }
 
     deinit {
-        stop()
         pthread_cond_destroy(wake)
         pthread_mutex_destroy(lock)
         lock.deallocate()
         wake.deallocate()
     }
 
-    /// A timer that calls `fire` on the timer thread when its deadline passes.
-    public func makeTimer(_ name: String, fire: @escaping @Sendable () -> Void) -> DeviceTimer {
-        let timer = DeviceTimer(name: name, service: self, fire: fire)
+    func add(_ timer: DeviceTimer) {
         pthread_mutex_lock(lock)
         timers.append(timer)
         pthread_mutex_unlock(lock)
-        return timer
     }
 
-    /// Whether any timer is armed (a halted machine with one can still be woken).
-    public var anyArmed: Bool {
+    var anyArmed: Bool {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         return timers.contains { $0.deadline != nil } || firing != nil
     }
 
-    /// Stops the thread; timers armed later never fire.
-    public func stop() {
+    func stop() {
         pthread_mutex_lock(lock)
         stopping = true
         let t = thread
+        let onTimerThread = threadID.map { pthread_equal($0, pthread_self()) != 0 } ?? false
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
-        t?.join()
+        if !onTimerThread { t?.join() }
     }
 
-    fileprivate func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
+    func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
         pthread_mutex_lock(lock)
         timer.deadline = deadline
         if deadline != nil, thread == nil, !stopping, !manual {
-            thread = HostThread.spawn(name: "timers") { [unowned self] in loop() }
+            thread = HostThread.spawn(name: "timers") { [self] in loop() }
         }
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
     }
 
     /// The earliest armed deadline, if any.
-    public func nextDeadline() -> UInt64? {
+    func nextDeadline() -> UInt64? {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         return timers.compactMap(\.deadline).min()
@@ -123,8 +157,7 @@ public final class TimerService: @unchecked Sendable {
     /// Manual services: fires, in deadline order, every timer due at the clock's current
     /// time (including ones their handlers re-arm for a time already past), on the calling
     /// thread. Returns how many fired.
-    @discardableResult
-    public func fireDue() -> Int {
+    func fireDue() -> Int {
         var fired = 0
         while true {
             pthread_mutex_lock(lock)
@@ -141,7 +174,7 @@ public final class TimerService: @unchecked Sendable {
         }
     }
 
-    fileprivate func deadline(of timer: DeviceTimer) -> UInt64? {
+    func deadline(of timer: DeviceTimer) -> UInt64? {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         return timer.deadline
@@ -149,6 +182,7 @@ public final class TimerService: @unchecked Sendable {
 
     private func loop() {
         pthread_mutex_lock(lock)
+        threadID = pthread_self()
         while !stopping {
             var earliest: DeviceTimer?
             for t in timers where t.deadline != nil {
@@ -171,6 +205,8 @@ public final class TimerService: @unchecked Sendable {
             pthread_mutex_lock(lock)
             firing = nil
         }
+        // Timers hold the core; the core's list holds them: break the cycle at the end.
+        timers.removeAll()
         pthread_mutex_unlock(lock)
     }
 }
@@ -179,26 +215,26 @@ public final class TimerService: @unchecked Sendable {
 /// it fires (a periodic device re-arms it from its handler).
 public final class DeviceTimer: @unchecked Sendable {
     public let name: String
-    fileprivate unowned let service: TimerService
+    fileprivate let core: TimerCore
     fileprivate let fire: @Sendable () -> Void
-    /// Guarded by the service's lock.
+    /// Guarded by the core's lock.
     fileprivate var deadline: UInt64?
 
-    fileprivate init(name: String, service: TimerService, fire: @escaping @Sendable () -> Void) {
+    fileprivate init(name: String, core: TimerCore, fire: @escaping @Sendable () -> Void) {
         self.name = name
-        self.service = service
+        self.core = core
         self.fire = fire
     }
 
     /// Fires at machine time `deadline` (nanoseconds; in the past: at once). Replaces any
     /// earlier deadline.
-    public func arm(at deadline: UInt64) { service.arm(self, at: deadline) }
+    public func arm(at deadline: UInt64) { core.arm(self, at: deadline) }
 
     /// Fires `nanoseconds` from now.
-    public func arm(after nanoseconds: UInt64) { arm(at: service.clock.now() &+ nanoseconds) }
+    public func arm(after nanoseconds: UInt64) { arm(at: core.clock.now() &+ nanoseconds) }
 
-    public func disarm() { service.arm(self, at: nil) }
+    public func disarm() { core.arm(self, at: nil) }
 
     /// The pending deadline, or nil.
-    public var armedDeadline: UInt64? { service.deadline(of: self) }
+    public var armedDeadline: UInt64? { core.deadline(of: self) }
 }

@@ -37,6 +37,19 @@ public final class Serial16550: PortDevice {
         self.console = console
         self.input = input
         self.irq = irq
+        input.onArrival { [weak self] in self?.inputArrived() }
+    }
+
+    /// Received data arrived asynchronously: raise the interrupt if IER asks for it.
+    private func inputArrived() {
+        let level = registers.withLock { updateIRQ(&$0) }
+        if let level { irq(level) }
+    }
+
+    /// Whether the UART could still interrupt: receive interrupts enabled (with OUT2) and
+    /// input that has not ended, or its line is up now.
+    public var mayInterrupt: Bool {
+        registers.withLock { r in r.lastIRQLevel || (r.mcr & 0x08 != 0 && r.ier & 0x01 != 0 && input.mayReceive) }
     }
 
     public var ports: ClosedRange<UInt16> { base...(base + 7) }

@@ -38,9 +38,10 @@ public final class InterpreterMachine: @unchecked Sendable {
             // Family 6, model 15, stepping 1.
             let eax: UInt32 = 0x0000_06F1
             let ebx = UInt32(vcpu & 0xFF) << 24 | UInt32(min(cpuCount, 255)) << 16 | 8 << 8
-            let ecx: UInt32 = 1 << 13 | 1 << 22 | 1 << 23 | 1 << 30   // CMPXCHG16B, MOVBE, POPCNT, RDRAND
-            // PSE, TSC, MSR, PAE, CX8, SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH
-            let edx: UInt32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 19
+            // CMPXCHG16B, x2APIC, MOVBE, POPCNT, TSC-deadline, RDRAND
+            let ecx: UInt32 = 1 << 13 | 1 << 21 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 30
+            // PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH
+            let edx: UInt32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 9 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 15 | 1 << 16 | 1 << 17 | 1 << 19
             return (eax, ebx, ecx, edx | (cpuCount > 1 ? 1 << 28 : 0))
         case 7 where subleaf == 0:
             return (0, 1 << 3 | 1 << 8 | 1 << 18 | 1 << 19, 0, 0)   // BMI1, BMI2, RDSEED, ADX

@@ -87,6 +87,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
 
+    public var interruptFlag: Bool { s.pointee.rflags & (1 << 9) != 0 }
+
     /// Stops `run()` with `.instructionLimit` after this many retired instructions.
     public var instructionLimit: UInt64 = .max
     public private(set) var retired: UInt64 = 0
@@ -233,7 +235,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             tlb.flushAll()
         }
         while true {
-            if let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
+            // Not in the middle of an instruction restarted after an MMIO exit: it has not
+            // retired, and delivering first would run its device accesses twice.
+            if mmioLog.isEmpty, let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
             // An instruction restarted after an MMIO exit runs alone, so that its log is
             // emptied as soon as it completes.
             var budget = singleStep || !mmioLog.isEmpty ? 1 : 4096

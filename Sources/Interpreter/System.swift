@@ -40,7 +40,10 @@ extension InterpreterVCPU {
             case 2: v = s.pointee.cr2
             case 3: v = s.pointee.cr3
             case 4: v = s.pointee.cr4
-            case 8 where codeBits == 64: v = s.pointee.cr8
+            case 8 where codeBits == 64:
+                // CR8 is the local APIC's TPR[7:4].
+                if let c = interruptController { s.pointee.cr8 = UInt64(c.taskPriority(vcpu: index) >> 4) }
+                v = s.pointee.cr8
             default: throw .ud()
             }
             writeReg(o0.reg, codeBits == 64 ? 8 : 4, v)
@@ -105,7 +108,10 @@ extension InterpreterVCPU {
             if longMode && value & CR4.pae == 0 { throw .gp() }
             s.pointee.cr4 = value
             tlb.flushAll()
-        case 8: s.pointee.cr8 = value & 0xF
+        case 8:
+            if value & ~0xF != 0 { throw .gp() }
+            s.pointee.cr8 = value
+            interruptController?.setTaskPriority(vcpu: index, UInt8(value << 4))
         default: throw .ud()
         }
     }
@@ -261,6 +267,7 @@ extension InterpreterVCPU {
     }
 
     func readMSR(_ index: UInt32) -> UInt64? {
+        if Self.isAPICMSR(index), let c = interruptController { return c.readMSR(vcpu: self.index, index) }
         let m = s.pointee.msrs
         switch index {
         case MSR.tsc: return readTSC()
@@ -284,7 +291,18 @@ extension InterpreterVCPU {
         }
     }
 
+    /// The MSRs the local APIC owns (answered by the interrupt controller when there is one).
+    static func isAPICMSR(_ index: UInt32) -> Bool {
+        index == MSR.apicBase || index == MSR.tscDeadline || (0x800...0x8FF).contains(index)
+    }
+
     func writeMSR(_ index: UInt32, _ v: UInt64) throws(Fault) {
+        if Self.isAPICMSR(index), let c = interruptController {
+            // This engine's TSC counts nanoseconds (1 GHz).
+            guard c.writeMSR(vcpu: self.index, index, v, tscNow: readTSC(), tscKHz: 1_000_000) == true else { throw .gp() }
+            if index == MSR.apicBase { s.pointee.msrs.apicBase = c.readMSR(vcpu: self.index, index) ?? v }
+            return
+        }
         func canonical(_ a: UInt64) -> Bool { UInt64(bitPattern: Int64(bitPattern: a << 16) >> 16) == a }
         switch index {
         case MSR.tsc: tscOffset = v &- hostTSC()

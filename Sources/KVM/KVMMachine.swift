@@ -1,4 +1,5 @@
 import GuestMemory
+import X86
 
 extension KVMDevice {
     /// A VM over `memory` with `cpus` vCPUs, each given the host's supported CPUID with
@@ -17,6 +18,7 @@ extension KVMDevice {
             try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
                              logDirtyPages: logDirtyPages && region.kind == .ram)
         }
+        vm.enableAPICMSRExits(filtered: [MSR.apicBase, MSR.tscDeadline])
         let cpuid = try supportedCPUID()
         var vcpus: [KVMVCPU] = []
         for i in 0..<cpus {

@@ -85,7 +85,18 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
-        if let controller = interruptController { offerInterrupt(controller) }
+        if let controller = interruptController {
+            // Without an in-kernel APIC, KVM keeps the guest's CR8 in kvm_run: ours is the
+            // local APIC's TPR, handed in before each entry and taken back after.
+            shared.pointee.cr8 = UInt64(controller.taskPriority(vcpu: index) >> 4)
+            offerInterrupt(controller)
+        }
+        defer {
+            if let controller = interruptController {
+                let tpr = UInt8(truncatingIfNeeded: shared.pointee.cr8 << 4)
+                if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
+            }
+        }
         let me = pthread_self()
         pthread_mutex_lock(runnerLock)
         let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
@@ -125,6 +136,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_DEBUG: return .debugStep
         case KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN: return .interrupted
+        case KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR:
+            answerMSR(write: Int32(r.exit_reason) == KVM_EXIT_X86_WRMSR)
+            return .interrupted
         case KVM_EXIT_FAIL_ENTRY: return .failedEntry(reason: r.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTERNAL_ERROR:
             if r.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
@@ -136,6 +150,36 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         }
     }
 
+    /// A user-space MSR exit (the local APIC's MSRs): answered by the interrupt controller,
+    /// as the interpreter's RDMSR/WRMSR are; `error` makes KVM inject #GP. The access
+    /// completes on the next `KVM_RUN`.
+    private func answerMSR(write: Bool) {
+        let index = shared.pointee.msr.index
+        guard let controller = interruptController else {
+            shared.pointee.msr.error = 1
+            return
+        }
+        if write {
+            var tscNow: UInt64 = 0
+            if index == MSR.tscDeadline, let values = try? exchangeMSRs([(MSR.tsc, 0)], set: false), let v = values.first {
+                tscNow = v.1
+            }
+            let ok = controller.writeMSR(vcpu: self.index, index, shared.pointee.msr.data, tscNow: tscNow, tscKHz: tscKHz)
+            shared.pointee.msr.error = ok == true ? 0 : 1
+        } else if let value = controller.readMSR(vcpu: self.index, index) {
+            shared.pointee.msr.data = value
+            shared.pointee.msr.error = 0
+        } else {
+            shared.pointee.msr.error = 1
+        }
+    }
+
+    /// The guest TSC's rate (`KVM_GET_TSC_KHZ`), for TSC-deadline arithmetic.
+    private lazy var tscKHz: UInt64 = {
+        let khz = ckvm_ioctl_int(fd, CKVM_GET_TSC_KHZ, 0)
+        return khz > 0 ? UInt64(khz) : 1_000_000
+    }()
+
     /// Makes a `KVM_RUN` in progress (or about to start) return EINTR: sets
     /// `immediate_exit` and signals the running thread.
     public func kick() {
@@ -144,6 +188,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         if let runner { pthread_kill(runner, Self.kickSignal) }
         pthread_mutex_unlock(runnerLock)
     }
+
+    /// `kvm_run.if_flag`, which KVM fills in at every exit.
+    public var interruptFlag: Bool { shared.pointee.if_flag != 0 }
 
     /// KVM does not count guest instructions.
     public var instructionsRetired: UInt64? { nil }

@@ -21,6 +21,12 @@ public struct BootPlan: Sendable {
     let ramSize: UInt64
     /// Where the loader put things, for `--verbose` and the docs: ("page tables", address).
     public let placements: [(String, UInt64)]
+    /// The firmware tables (ACPI, MP), when the loader installed them: never for `bios`,
+    /// and not when the image covers their range (see `FirmwareTables`).
+    public var firmwareTables: FirmwareTables.Installed? = nil
+    /// The physical memory map the guest is told about (Multiboot's mmap; an e820 table):
+    /// RAM, with the firmware tables' range reserved when they are installed.
+    public var memoryMap: [MemoryMapEntry] = []
 
     /// The state vCPU `cpu` of `count` starts in.
     public func initialState(cpu: Int, of count: Int) -> CPUState {
@@ -47,19 +53,23 @@ public enum Loader {
                             options: LoadOptions = LoadOptions()) throws(ImageError) -> BootPlan {
         switch format {
         case .auto: return try load(image, name: name, as: try ImageFormat.detect(image, name: name), into: memory, options: options)
-        case .boot: return try loadBoot(image, name: name, memory: memory)
+        case .boot: return try loadBoot(image, name: name, memory: memory, options: options)
         case .bios: return try loadBIOS(image, name: name, memory: memory)
         case .multiboot: return try Multiboot.load(image, name: name, memory: memory, options: options)
-        case .elf64: return try loadELF64(image, name: name, memory: memory)
+        case .elf64: return try loadELF64(image, name: name, memory: memory, options: options)
         }
     }
 
-    static func loadBoot(_ image: [UInt8], name: String, memory: GuestMemoryMap) throws(ImageError) -> BootPlan {
+    static func loadBoot(_ image: [UInt8], name: String, memory: GuestMemoryMap, options: LoadOptions) throws(ImageError) -> BootPlan {
         guard !image.isEmpty else { throw .malformed("\(name) is empty") }
         guard image.count <= ImageFormat.maxBootImage else {
             throw .doesNotFit("\(name) is \(image.count) bytes: a boot image is at most 64 KiB")
         }
         try place(image[...], at: 0x7C00, memory: memory, what: name)
+        // The image ends below 0x17C00, so the tables' range (0xE0000-0xFFFFF) is always free.
+        var placement = Placement(memory: memory)
+        placement.reserve(0x7C00..<(0x7C00 + UInt64(image.count)))
+        let tables = FirmwareTables.install(cpuCount: options.cpuCount, memory: memory, placement: &placement)
         var s = CPUState()
         s.cs = .realMode(0, code: true)
         s.ds = .realMode(0); s.es = .realMode(0); s.ss = .realMode(0); s.fs = .realMode(0); s.gs = .realMode(0)
@@ -67,9 +77,12 @@ public enum Loader {
         s[.rsp] = 0x7C00
         s[.rdx] = 0x80
         s.cr0 = CR0.et   // as a BIOS leaves it: caches on, real mode
-        return BootPlan(format: .boot, startsAllCPUs: false, state: s, ramSize: memory.ramSize, placements: [("image", 0x7C00)])
+        return BootPlan(format: .boot, startsAllCPUs: false, state: s, ramSize: memory.ramSize,
+                        placements: [("image", 0x7C00)] + tablePlacements(tables),
+                        firmwareTables: tables, memoryMap: FirmwareTables.memoryMap(of: memory, tablesInstalled: tables != nil))
     }
 
+    /// A `bios` image is its own firmware: it gets no ACPI or MP tables from the loader.
     static func loadBIOS(_ image: [UInt8], name: String, memory: GuestMemoryMap) throws(ImageError) -> BootPlan {
         guard GuestMemoryROMSizes.contains(image.count) else {
             throw .malformed("\(name) is \(image.count) bytes: a BIOS ROM is 64, 128 or 256 KiB")
@@ -87,7 +100,14 @@ public enum Loader {
         s.rip = 0xFFF0
         s[.rdx] = 0x600
         return BootPlan(format: .bios, startsAllCPUs: false, state: s, ramSize: memory.ramSize,
-                        placements: [("ROM", PhysicalLayout.firstMiB - UInt64(image.count)), ("ROM alias", (1 << 32) - UInt64(image.count))])
+                        placements: [("ROM", PhysicalLayout.firstMiB - UInt64(image.count)), ("ROM alias", (1 << 32) - UInt64(image.count))],
+                        memoryMap: FirmwareTables.memoryMap(of: memory, tablesInstalled: false))
+    }
+
+    /// The placements entries for installed firmware tables.
+    static func tablePlacements(_ tables: FirmwareTables.Installed?) -> [(String, UInt64)] {
+        guard let tables else { return [] }
+        return [("ACPI RSDP", tables.rsdp), ("MP floating pointer", tables.mpFloatingPointer)]
     }
 
     /// Copies `bytes` to `address`, which must be RAM.
@@ -121,7 +141,7 @@ public enum Loader {
         }
     }
 
-    static func loadELF64(_ image: [UInt8], name: String, memory: GuestMemoryMap) throws(ImageError) -> BootPlan {
+    static func loadELF64(_ image: [UInt8], name: String, memory: GuestMemoryMap, options: LoadOptions) throws(ImageError) -> BootPlan {
         let elf = try ELFImage(image, what: name)
         guard elf.is64 else { throw .malformed("\(name) is not a 64-bit ELF file") }
         guard elf.machine == ELFImage.machineX8664 else {
@@ -129,6 +149,8 @@ public enum Loader {
         }
         var placement = Placement(memory: memory)
         try placeSegments(elf, image: image, memory: memory, name: name, placement: &placement)
+        // Before the page tables and GDT, which then keep out of the tables' range.
+        let tables = FirmwareTables.install(cpuCount: options.cpuCount, memory: memory, placement: &placement)
         let (pml4, tablesSize) = try IdentityPageTables.build(memory: memory, placement: &placement)
         let gdt = try placement.allocate(0x1000, what: "GDT and TSS")
         // null, 64-bit code (0x08), flat data (0x10), 64-bit TSS (0x18, 16 bytes); TSS at gdt + 0x100.
@@ -152,7 +174,9 @@ public enum Loader {
         s.efer = EFER.lme | EFER.lma
         s.rip = elf.physicalEntry
         return BootPlan(format: .elf64, startsAllCPUs: true, state: s, ramSize: memory.ramSize,
-                        placements: [("entry", s.rip), ("page tables", pml4), ("page tables end", pml4 + tablesSize), ("GDT", gdt), ("TSS", tss)])
+                        placements: [("entry", s.rip), ("page tables", pml4), ("page tables end", pml4 + tablesSize), ("GDT", gdt), ("TSS", tss)]
+                            + tablePlacements(tables),
+                        firmwareTables: tables, memoryMap: FirmwareTables.memoryMap(of: memory, tablesInstalled: tables != nil))
     }
 }
 

@@ -6,7 +6,8 @@ import X86
 ///
 /// Placement: the info structure, its strings, module list and memory map, and a flat
 /// GDT go in the lowest free RAM from 0x1000; modules go page-aligned after the kernel.
-/// None of them ever covers a segment of the image.
+/// None of them ever covers a segment of the image or the firmware tables' range
+/// (0xE0000-0xFFFFF, reserved in the memory map; see `FirmwareTables`).
 enum Multiboot {
     static let bootloaderMagic: UInt32 = 0x2BAD_B002
     /// Header flags Tandem understands: 0 (page-align modules), 1 (memory info),
@@ -40,6 +41,10 @@ enum Multiboot {
             entry = elf.physicalEntry
         }
         let kernelEnd = placement.occupied.map(\.upperBound).max() ?? 0x100000
+        // The firmware tables claim their range before modules, the info structure and the
+        // GDT look for room, so none of those can land on them.
+        let tables = FirmwareTables.install(cpuCount: options.cpuCount, memory: memory, placement: &placement)
+        let memoryMap = FirmwareTables.memoryMap(of: memory, tablesInstalled: tables != nil)
         // The information structure holds 32-bit addresses: everything it points to stays below 4 GiB.
         let addressLimit: UInt64 = 1 << 32
 
@@ -58,7 +63,7 @@ enum Multiboot {
         let nameOffset = addString("Tandem")
         let moduleStringOffsets = options.modules.map { addString($0.string) }
         let ramRegions = memory.regions.filter { $0.kind == .ram }
-        let infoSize = 0x80, moduleListSize = 16 * options.modules.count, mmapSize = 24 * ramRegions.count
+        let infoSize = 0x80, moduleListSize = 16 * options.modules.count, mmapSize = 24 * memoryMap.count
         let total = UInt64(infoSize + moduleListSize + mmapSize + strings.count)
         let info = try placement.allocate(total, from: 0x1000, below: addressLimit, what: "Multiboot information")
         let moduleList = info + UInt64(infoSize)
@@ -87,13 +92,13 @@ enum Multiboot {
             put32(o + 4, range.1)
             put32(o + 8, stringBase + UInt64(moduleStringOffsets[i]))
         }
-        // One mmap entry per RAM region, as the memory map lays them out.
-        for (i, region) in ramRegions.enumerated() {
+        // One mmap entry per RAM region, with the firmware tables' range cut out as reserved.
+        for (i, entry) in memoryMap.enumerated() {
             let o = infoSize + moduleListSize + 24 * i
             put32(o, 20)
-            put64(o + 4, region.start)
-            put64(o + 12, region.size)
-            put32(o + 20, 1)
+            put64(o + 4, entry.start)
+            put64(o + 12, entry.length)
+            put32(o + 20, UInt64(entry.kind.rawValue))
         }
         block.replaceSubrange(Int(stringBase - info)..., with: strings)
         try Loader.place(block[...], at: info, memory: memory, what: "Multiboot information")
@@ -117,7 +122,9 @@ enum Multiboot {
         s[.rbx] = info
         s.rip = entry
         return BootPlan(format: .multiboot, startsAllCPUs: false, state: s, ramSize: memory.ramSize,
-                        placements: [("entry", entry), ("Multiboot info", info), ("GDT", gdt)] + moduleRanges.enumerated().map { ("module \($0.offset + 1)", $0.element.0) })
+                        placements: [("entry", entry), ("Multiboot info", info), ("GDT", gdt)] + moduleRanges.enumerated().map { ("module \($0.offset + 1)", $0.element.0) }
+                            + Loader.tablePlacements(tables),
+                        firmwareTables: tables, memoryMap: memoryMap)
     }
 
     /// The a.out kludge: the header's own address fields say what to load where.

@@ -150,8 +150,9 @@ public final class Machine: @unchecked Sendable {
     }
     private let control: Mutex<Control>
     private let stopped = DispatchSemaphore(value: 0)
-    /// Signalled once at stop, for every vCPU thread parked in `halt`.
-    private let released = DispatchSemaphore(value: 0)
+    /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
+    /// in wait-for-SIPI) and at stop.
+    private let wakeups: [DispatchSemaphore]
     private let stopFlag = Atomic<Bool>(false)
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
@@ -198,8 +199,9 @@ public final class Machine: @unchecked Sendable {
             console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
         } catch { throw MachineError(.usage, error.description) }
         control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
-        devices = DeviceModel(console: console, input: c.input, memory: memory,
-                              onInterruptRequest: { stopper.value?.interruptRequested() }) { value in stopper.value?.requestStop(.guestExit(value)) }
+        devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus,
+                              onInterruptRequest: { stopper.value?.interruptRequested($0) }) { value in stopper.value?.requestStop(.guestExit(value)) }
+        wakeups = (0..<c.cpus).map { _ in DispatchSemaphore(value: 0) }
 
         var backendNote: String? = nil
         switch c.backend {
@@ -227,7 +229,7 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.backendNote = backendNote
-        for b in backends { b.interruptController = devices.pic }
+        for b in backends { b.interruptController = devices.apic }
         slots = backends.map { VCPUSlot(active: $0) }
         traceWriter = try c.trace.map { (o) throws(MachineError) in
             try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -371,7 +373,8 @@ public final class Machine: @unchecked Sendable {
         guard first else { return }
         stopFlag.store(true, ordering: .sequentiallyConsistent)
         for b in backends { b.kick() }
-        for _ in backends { released.signal() }
+        for w in wakeups { w.signal() }
+        devices.timers.stop()
         stopped.signal()
     }
 
@@ -382,15 +385,22 @@ public final class Machine: @unchecked Sendable {
         let slot = slots[index]
         defer { control.withLock { $0.finalStates[index] = try? slot.active.readState() } }
         if !plan.startsAllCPUs && index > 0 {
-            // Application processors wait for INIT/SIPI, which nothing can send yet.
-            halt(index, interruptsEnabled: false)
-            return
+            // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
+            guard waitForStartup(index) else { return }
         }
         let tracer = traceWriter.map { VCPUTracer(vcpu: index, writer: $0, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
         let stepping = tracer != nil && !(traceWriter?.options.exitsOnly ?? true)
         if stepping { setStepping(slot.active, true) }
         defer { if let tracer, stepping { tracer.step(slot.active) } }
         while !stopRequested {
+            if devices.apic.hasStartupEvent(vcpu: index) {
+                // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
+                if devices.apic.takeINIT(vcpu: index) {
+                    guard waitForStartup(index) else { return }
+                } else {
+                    _ = devices.apic.takeSIPI(vcpu: index)
+                }
+            }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
@@ -421,16 +431,20 @@ public final class Machine: @unchecked Sendable {
                     if stepping { tracer?.io.append((true, port, size, UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
-                let v = devices.mmio.read(address, size: size)
+                let v = devices.apic.isLocalAPIC(address, vcpu: index)
+                    ? devices.apic.mmioRead(vcpu: index, address, size: size)
+                    : devices.mmio.read(address, size: size)
                 withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
             case let .mmioWrite(address, size, data):
                 var v: UInt64 = 0
                 withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                devices.mmio.write(address, size: size, value: UInt64(littleEndian: v))
+                if devices.apic.isLocalAPIC(address, vcpu: index) {
+                    devices.apic.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
+                } else {
+                    devices.mmio.write(address, size: size, value: UInt64(littleEndian: v))
+                }
             case .halt:
-                let enabled = (try? backend.readState())?.interruptsEnabled ?? false
-                halt(index, interruptsEnabled: enabled)
-                return
+                guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
                 requestStop(.tripleFault(report(index)))
             case .unsupportedInstruction(let detail):
@@ -453,17 +467,21 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// The interrupt controllers' output may have become active: vCPU 0 (the only one the
-    /// 8259A pair drives) leaves its run so that it looks before it goes on.
-    func interruptRequested() {
-        slots.first?.active.kick()
+    /// vCPU `index` may have an event to take (an interrupt, NMI, INIT or SIPI): it leaves
+    /// its engine's run, or wakes from HLT, and looks.
+    func interruptRequested(_ index: Int) {
+        guard index < slots.count else { return }
+        // A sleeping vCPU looks as soon as it wakes; kicking it too would only cost its
+        // next entry (KVM's immediate_exit) a round trip.
+        if !slots[index].sleeping.load(ordering: .sequentiallyConsistent) { slots[index].active.kick() }
+        wakeups[index].signal()
     }
 
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
     /// the interpreter (same memory, same devices) for that one instruction.
     private func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine) -> Bool {
         let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
-        interpreter.interruptController = devices.pic
+        interpreter.interruptController = devices.apic
         slot.fallbackVCPU = interpreter
         do {
             let state = try slot.active.readState()
@@ -501,19 +519,72 @@ public final class Machine: @unchecked Sendable {
         if let kvm = backend as? KVMVCPU { try? kvm.setSingleStep(on) }
     }
 
-    /// A vCPU halted for good (nothing can deliver an interrupt or a SIPI yet): its thread
-    /// stays parked until the machine stops; when all have halted, it stops with status 0.
-    private func halt(_ index: Int, interruptsEnabled: Bool) {
-        defer { released.wait() }
-        let all = control.withLock { c -> Bool in
-            c.halted += 1
-            if interruptsEnabled { c.haltedWithInterruptsEnabled += 1 }
-            return c.halted == backends.count
+    /// HLT: the vCPU sleeps (no host CPU) until it has an event it takes — an interrupt it
+    /// accepts (IF set), an NMI, INIT or SIPI. Returns false when the machine stops, which
+    /// it does itself when every vCPU is halted and nothing can wake any (`canWake`).
+    private func waitWhileHalted(_ index: Int, interruptsEnabled: Bool) -> Bool {
+        let apic = devices.apic
+        return sleep(index, interruptsEnabled: interruptsEnabled) {
+            apic.hasStartupEvent(vcpu: index) || apic.hasNMI(vcpu: index)
+                || (interruptsEnabled && apic.hasPendingInterrupt(vcpu: index))
         }
-        if all {
-            let disabled = control.withLock { $0.haltedWithInterruptsEnabled == 0 }
-            requestStop(.allHalted(interruptsDisabled: disabled))
+    }
+
+    /// Wait-for-SIPI: an application processor (or a vCPU after INIT) sleeps until a
+    /// start-up IPI, then starts in real mode at the vector's page. False: the machine stopped.
+    private func waitForStartup(_ index: Int) -> Bool {
+        let apic = devices.apic
+        var vector: UInt8?
+        guard sleep(index, interruptsEnabled: false, until: {
+            _ = apic.takeINIT(vcpu: index)   // INIT again while waiting: still waiting
+            vector = apic.takeSIPI(vcpu: index)
+            return vector != nil
+        }) else { return false }
+        do { try slots[index].active.writeState(CPUState.startup(vector: vector!)) } catch {
+            requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
+            return false
         }
+        return true
+    }
+
+    /// Sleeps on the vCPU's wakeup until `ready()` or the stop, counted as halted meanwhile.
+    /// Every 100 ms (and at each wakeup) it re-checks whether the whole machine is halted
+    /// for good: all vCPUs asleep and no armed timer, latched request or input that could
+    /// still raise an interrupt for one that accepts them.
+    private func sleep(_ index: Int, interruptsEnabled: Bool, until ready: () -> Bool) -> Bool {
+        var counted = false
+        slots[index].sleeping.store(true, ordering: .sequentiallyConsistent)
+        defer {
+            slots[index].sleeping.store(false, ordering: .sequentiallyConsistent)
+            if counted {
+                control.withLock { c in
+                    c.halted -= 1
+                    if interruptsEnabled { c.haltedWithInterruptsEnabled -= 1 }
+                }
+            }
+        }
+        while !stopRequested {
+            if ready() { return true }
+            if !counted {
+                counted = true
+                control.withLock { c in
+                    c.halted += 1
+                    if interruptsEnabled { c.haltedWithInterruptsEnabled += 1 }
+                }
+            }
+            let (all, anyEnabled) = control.withLock { ($0.halted == backends.count, $0.haltedWithInterruptsEnabled > 0) }
+            if all && !(anyEnabled && canWake()) {
+                requestStop(.allHalted(interruptsDisabled: !anyEnabled))
+                return false
+            }
+            _ = wakeups[index].wait(timeout: .now() + .milliseconds(100))
+        }
+        return false
+    }
+
+    /// Whether an interrupt can still arrive while every vCPU sleeps.
+    private func canWake() -> Bool {
+        devices.timers.anyArmed || devices.apic.anyPending() || devices.serial.mayInterrupt
     }
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
@@ -575,6 +646,8 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
+    /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
+    let sleeping = Atomic<Bool>(false)
     init(active: any VCPUBackend) { self.active = active }
 }
 

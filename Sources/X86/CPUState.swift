@@ -195,6 +195,22 @@ public struct CPUState: Equatable, Sendable {
 
     /// Interrupt flag.
     public var interruptsEnabled: Bool { rflags & (1 << 9) != 0 }
+
+    /// The state a start-up IPI with `vector` gives an application processor: the INIT
+    /// state (real mode, caches as after reset, EDX = the processor signature) with
+    /// CS = vector << 8, IP = 0, so it runs from physical address vector << 12.
+    public static func startup(vector: UInt8, signature: UInt64 = 0x600) -> CPUState {
+        var s = CPUState()
+        let selector = UInt16(vector) << 8
+        s.cs = SegmentRegister(selector: selector, base: UInt64(selector) << 4, limit: 0xFFFF,
+                               attributes: SegmentRegister.attributes(type: 0xB, s: true))
+        for path in [\CPUState.ds, \.es, \.ss, \.fs, \.gs] {
+            s[keyPath: path] = SegmentRegister(selector: 0, base: 0, limit: 0xFFFF, attributes: SegmentRegister.attributes(type: 3, s: true))
+        }
+        s.rip = 0
+        s[.rdx] = signature
+        return s
+    }
 }
 
 /// MSRs kept as storage in the CPU state (EFER is a field of its own).
@@ -222,6 +238,7 @@ public enum MSR {
     public static let sysenterESP: UInt32 = 0x175
     public static let sysenterEIP: UInt32 = 0x176
     public static let pat: UInt32 = 0x277
+    public static let tscDeadline: UInt32 = 0x6E0
     public static let efer: UInt32 = 0xC000_0080
     public static let star: UInt32 = 0xC000_0081
     public static let lstar: UInt32 = 0xC000_0082

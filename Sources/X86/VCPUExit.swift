@@ -52,6 +52,8 @@ public protocol VCPUBackend: AnyObject {
     func translate(linear: UInt64) -> UInt64?
     /// Makes a `run()` in progress on another thread return `.interrupted` soon.
     func kick()
+    /// RFLAGS.IF as of the last exit (cheaper than `readState` on KVM: HLT asks for it).
+    var interruptFlag: Bool { get }
     /// Instructions this vCPU has retired, or nil when the backend does not count them (KVM).
     var instructionsRetired: UInt64? { get }
     /// Where external interrupts come from (nil: none); consulted at instruction boundaries
@@ -116,11 +118,26 @@ public protocol InterruptController: AnyObject, Sendable {
     /// Takes a pending NMI for `vcpu`. NMIs ignore RFLAGS.IF; a second one waits until the
     /// guest's handler has returned with IRET.
     func takeNMI(vcpu: Int) -> Bool
+    /// RDMSR of an MSR the interrupt controller owns (IA32_APIC_BASE, IA32_TSC_DEADLINE,
+    /// the x2APIC range): its value, or nil when it is not the controller's or faults now.
+    func readMSR(vcpu: Int, _ index: UInt32) -> UInt64?
+    /// WRMSR of such an MSR (`tscNow`: the vCPU's TSC, ticking at `tscKHz`, for TSC-deadline
+    /// mode): true when written, false when the write faults (#GP), nil when it is not the
+    /// controller's.
+    func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool?
+    /// The local APIC's task-priority register (CR8 is its bits 7:4).
+    func taskPriority(vcpu: Int) -> UInt8
+    func setTaskPriority(vcpu: Int, _ tpr: UInt8)
 }
 
 extension InterruptController {
     /// Controllers without an NMI source.
     public func takeNMI(vcpu: Int) -> Bool { false }
+    /// Controllers without MSRs or a TPR (the 8259A pair alone).
+    public func readMSR(vcpu: Int, _ index: UInt32) -> UInt64? { nil }
+    public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool? { nil }
+    public func taskPriority(vcpu: Int) -> UInt8 { 0 }
+    public func setTaskPriority(vcpu: Int, _ tpr: UInt8) {}
 }
 
 /// How `runWithoutDevices` ended.

@@ -168,7 +168,9 @@ struct CLITests {
             cmdline=a b  c
             mods_count=1
             module 0: size=512 cmdline=\(module)
-            mmap: base=0x0000000000000000 length=0x0000000004000000 type=1
+            mmap: base=0x0000000000000000 length=0x00000000000e0000 type=1
+            mmap: base=0x00000000000e0000 length=0x0000000000020000 type=2
+            mmap: base=0x0000000000100000 length=0x0000000003f00000 type=1
 
             """)
     }

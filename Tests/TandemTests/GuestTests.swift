@@ -10,7 +10,8 @@ private let MiB: UInt64 = 1 << 20
 private let GiB: UInt64 = 1 << 30
 
 /// hello-multiboot's output for a machine with `memory` bytes of RAM, computed from the
-/// contract: RAM from 0 to min(memory, 3 GiB), the rest from 4 GiB; flags 0x24d (memory,
+/// contract: RAM from 0 to min(memory, 3 GiB) less the firmware tables' reserved range
+/// 0xE0000-0xFFFFF, the rest from 4 GiB; flags 0x24d (memory,
 /// cmdline, modules, memory map, boot loader name).
 private func expectedMultibootOutput(memory: UInt64, cmdline: String, modules: [(string: String, size: Int)]) -> String {
     let low = min(memory, 3 * GiB), high = memory - low
@@ -23,7 +24,10 @@ private func expectedMultibootOutput(memory: UInt64, cmdline: String, modules: [
         "mods_count=\(modules.count)",
     ]
     for (i, m) in modules.enumerated() { lines.append("module \(i): size=\(m.size) cmdline=\(m.string)") }
-    lines.append("mmap: base=0x0000000000000000 length=0x\(hex(low, width: 16)) type=1")
+    // The firmware tables' range, 0xE0000-0xFFFFF, is reserved (type 2).
+    lines.append("mmap: base=0x0000000000000000 length=0x00000000000e0000 type=1")
+    lines.append("mmap: base=0x00000000000e0000 length=0x0000000000020000 type=2")
+    lines.append("mmap: base=0x0000000000100000 length=0x\(hex(low - MiB, width: 16)) type=1")
     if high > 0 { lines.append("mmap: base=0x0000000100000000 length=0x\(hex(high, width: 16)) type=1") }
     return lines.map { $0 + "\n" }.joined()
 }

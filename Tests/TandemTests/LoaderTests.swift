@@ -332,30 +332,35 @@ struct LoadingTests {
         #expect(m.bytes(at: startB, count: 3) == moduleB)
         #expect(string(m, at: UInt64(m.read(mods + 8, as: UInt32.self))) == "modA arg1 arg2")
         #expect(string(m, at: UInt64(m.read(mods + 24, as: UInt32.self))) == "modB")
-        // One memory-map entry: all of RAM.
-        #expect(u32(44) == 24)
+        // Three memory-map entries: RAM below the firmware tables, their range (reserved),
+        // the rest of RAM.
+        #expect(u32(44) == 72)
         let mmap = u32(48)
-        #expect(m.read(mmap, as: UInt32.self) == 20)
-        #expect(m.read(mmap + 4, as: UInt64.self) == 0)
-        #expect(m.read(mmap + 12, as: UInt64.self) == 128 * MiB)
-        #expect(m.read(mmap + 20, as: UInt32.self) == 1)
-        #expect(plan.placements.map(\.0) == ["entry", "Multiboot info", "GDT", "module 1", "module 2"])
+        for (i, (base, length, type)) in [(0, 0xE0000, 1), (0xE0000, 0x20000, 2), (MiB, 127 * MiB, 1)].enumerated() {
+            let e = mmap + UInt64(24 * i)
+            #expect(m.read(e, as: UInt32.self) == 20)
+            #expect(m.read(e + 4, as: UInt64.self) == UInt64(base))
+            #expect(m.read(e + 12, as: UInt64.self) == UInt64(length))
+            #expect(m.read(e + 20, as: UInt32.self) == UInt32(type))
+        }
+        #expect(plan.placements.map(\.0) == ["entry", "Multiboot info", "GDT", "module 1", "module 2", "ACPI RSDP", "MP floating pointer"])
     }
 
-    @Test("multiboot with RAM above 4 GiB: two memory-map entries, mem_upper up to 3 GiB")
+    @Test("multiboot with RAM above 4 GiB: an entry from 4 GiB, mem_upper up to 3 GiB")
     func multibootHighRAM() throws {
         let (m, plan) = try load(multibootELF().bytes, name: "k.elf", ram: 5 * GiB)
         let info = plan.initialState(cpu: 0, of: 1)[.rbx]
         #expect(m.read(info + 8, as: UInt32.self) == UInt32((3 * GiB - MiB) / 1024))
         #expect(m.read(info + 20, as: UInt32.self) == 0)     // no modules
         #expect(string(m, at: UInt64(m.read(info + 16, as: UInt32.self))) == "")
-        #expect(m.read(info + 44, as: UInt32.self) == 48)
+        #expect(m.read(info + 44, as: UInt32.self) == 96)
         let mmap = UInt64(m.read(info + 48, as: UInt32.self))
-        #expect(m.read(mmap + 4, as: UInt64.self) == 0)
-        #expect(m.read(mmap + 12, as: UInt64.self) == 3 * GiB)
-        #expect(m.read(mmap + 24 + 4, as: UInt64.self) == 4 * GiB)
-        #expect(m.read(mmap + 24 + 12, as: UInt64.self) == 2 * GiB)
-        #expect(m.read(mmap + 24 + 20, as: UInt32.self) == 1)
+        // Below 1 MiB the firmware tables' range is cut out (see FirmwareTableTests).
+        #expect(m.read(mmap + 48 + 4, as: UInt64.self) == MiB)
+        #expect(m.read(mmap + 48 + 12, as: UInt64.self) == 3 * GiB - MiB)
+        #expect(m.read(mmap + 72 + 4, as: UInt64.self) == 4 * GiB)
+        #expect(m.read(mmap + 72 + 12, as: UInt64.self) == 2 * GiB)
+        #expect(m.read(mmap + 72 + 20, as: UInt32.self) == 1)
     }
 
     @Test("multiboot modules stay below 4 GiB: the info structure holds 32-bit addresses")

@@ -31,7 +31,7 @@ final class AccessProbe: MMIODevice, PortDevice, @unchecked Sendable {
 
 @Suite("MMIO")
 struct MMIOTests {
-    static let base: UInt64 = 0xFEC0_0000
+    static let base: UInt64 = 0xFED0_0000   // clear of the IOAPIC (0xFEC00000) and the local APICs (0xFEE00000)
 
     /// Stores, loads, string and locked forms on the probe, with a port read in the middle.
     let program = """
@@ -43,7 +43,7 @@ struct MMIOTests {
             test rdi, rdi
             jnz park
             lea rsp, [stack_top]
-            mov rbx, 0xFEC00000
+            mov rbx, 0xFED00000
             mov dword [rbx], 1
             mov dword [rbx + 4], 2
             mov byte [rbx + 8], 3
@@ -77,14 +77,14 @@ struct MMIOTests {
 
     /// What the probe must see, in this order (values as `AccessProbe` answers them).
     let expected = [
-        "W fec00000 4 1", "W fec00004 4 2", "W fec00008 1 3", "W fec00010 8 1122334455667788",
+        "W fed00000 4 1", "W fed00004 4 2", "W fed00008 1 3", "W fed00010 8 1122334455667788",
         "in 99",
-        "R fec00100 4", "W fec00020 4 10104",
-        "R fec00200 4", "W fec00300 4 20204",
-        "W fec00400 1 ab", "W fec00401 1 ab", "W fec00402 1 ab",
-        "R fec00500 4", "W fec00500 4 7",
-        "R fec00600 4", "W fec00600 4 60605",
-        "R fec00700 8", "W fec00800 8 70708",
+        "R fed00100 4", "W fed00020 4 10104",
+        "R fed00200 4", "W fed00300 4 20204",
+        "W fed00400 1 ab", "W fed00401 1 ab", "W fed00402 1 ab",
+        "R fed00500 4", "W fed00500 4 7",
+        "R fed00600 4", "W fed00600 4 60605",
+        "R fed00700 8", "W fed00800 8 70708",
     ]
 
     func run(_ backend: BackendKind, cpus: Int = 1, trace: Bool = false) throws -> (GuestRun, [String]) {

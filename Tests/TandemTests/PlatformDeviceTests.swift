@@ -239,7 +239,7 @@ struct PlatformDeviceTests {
     func wiring() throws {
         let resets = Recorder<Int>(), offs = Recorder<Int>()
         let memory = try GuestMemoryMap(ramSize: 64 << 20)
-        let model = DeviceModel(console: try Console(.capture), input: .none(), memory: memory, cpuCount: 3,
+        let model = DeviceModel(console: try Console(.capture), input: .none(), memory: memory, cpus: 3,
                                 onReset: { resets.append(1) }, onPowerOff: { offs.append(1) }) { _ in }
         model.ports.write(0x510, size: 2, value: 5)
         #expect(model.ports.read(0x511, size: 1) == 3)
@@ -275,7 +275,7 @@ struct PlatformDeviceTests {
             }
         }
         let memory = try GuestMemoryMap(ramSize: 16 << 20)
-        let model = DeviceModel(console: try Console(.capture), input: .none(), memory: memory, cpuCount: 2) { _ in }
+        let model = DeviceModel(console: try Console(.capture), input: .none(), memory: memory, cpus: 2) { _ in }
         // Fast interrupt sources, so the timer thread is busy while the guest threads poke.
         model.ports.write(0x43, size: 1, value: 0x34)
         model.ports.write(0x40, size: 1, value: 2); model.ports.write(0x40, size: 1, value: 0)
