@@ -340,7 +340,7 @@ struct PITTests {
         #expect(!r.out2)
     }
 
-    @Test("a real-mode guest: Linux's channel 2 calibration poll, then IRQ 0 ticks through the PIC, then the RTC",
+    @Test("a real-mode guest: Linux's channel 2 calibration poll, then IRQ 0 ticks through the PIC waited for in HLT, then the RTC",
           arguments: backends())
     func guestTicks(backend: BackendKind) throws {
         let r = try runImage(try assemble("""
@@ -396,7 +396,8 @@ struct PITTests {
                 mov al, 0x04
                 out 0x40, al
                 sti
-        .wait:  cmp byte [ticks], 5
+        .wait:  hlt                            ; waits for the next tick
+                cmp byte [ticks], 5
                 jb .wait
                 cli
                 mov al, 'T'
