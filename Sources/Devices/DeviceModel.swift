@@ -18,16 +18,28 @@ public final class DeviceModel: Sendable {
     public let clock: MachineClock
     /// The one timer thread every device timer runs on.
     public let timers: TimerService
+    /// PC platform devices (Documentation/Devices.md lists their ports).
+    public let pit: PIT8254
+    public let rtc: RTC146818
+    public let keyboardController: I8042
+    public let fwCfg: FwCfg
+    public let acpiPM: ACPIPM
+    /// Port 0x80: `postCodes.postCodes` / `postCodes.observe(_:)` for the trace.
+    public let postCodes = PostCodePort()
 
     /// Builds the 8259A pair, COM1 (on IRQ 4), the 0xE9 debug console, the 0xF4 exit
     /// device and, given the memory whose A20 line it drives, the port 0x92 A20 gate.
     /// `onInterruptRequest(n)` is called when vCPU n may have an event to take (the
-    /// machine kicks it out of its engine, or wakes it from HLT).
-    /// `clock`: machine time (default: the host's); a virtual clock gets a manual timer
-    /// service that its owner drives with `timers.fireDue()`.
-    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, cpus: Int = 1, x2APIC: Bool = true,
-                clock: MachineClock? = nil,
-                onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in }, onExit: @escaping @Sendable (UInt8) -> Void) {
+    /// machine kicks it out of its engine, or wakes it from HLT). `ramSize` (default: the
+    /// memory's) and `cpus` are what the CMOS and fw_cfg report. `onReset` is called when
+    /// the guest resets the machine (i8042 0xFE or output port bit 0, 0xCF9), `onPowerOff`
+    /// when it enters ACPI S5; both end the run. `clock`: machine time (default: the
+    /// host's); a virtual clock gets a manual timer service its owner drives with
+    /// `timers.fireDue()`.
+    public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, ramSize: UInt64? = nil, cpus: Int = 1,
+                x2APIC: Bool = true, clock: MachineClock? = nil, onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in },
+                onReset: @escaping @Sendable () -> Void = {}, onPowerOff: @escaping @Sendable () -> Void = {},
+                onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
         // The PIC is built before the fabric it reports to.
         let fabric = WeakReference<APICBus>()
@@ -53,6 +65,21 @@ public final class DeviceModel: Sendable {
         if let memory {
             ports.attach(A20Gate(memory: memory), ports: A20Gate.port...A20Gate.port)
         }
+        let ram = ramSize ?? memory?.ramSize ?? 0
+        pit = PIT8254(clock: clock, timers: timers, irq0: router.line(PIT8254.irq))
+        ports.attach(pit, ports: PIT8254.ports)
+        ports.attach(pit, ports: PIT8254.portB...PIT8254.portB)
+        rtc = RTC146818(clock: clock, timers: timers, irq: router.line(RTC146818.irq), ramSize: ram, cpuCount: cpus)
+        ports.attach(rtc, ports: RTC146818.ports)
+        keyboardController = I8042(memory: memory, keyboardIRQ: router.line(I8042.keyboardIRQ), auxIRQ: router.line(I8042.auxIRQ), onReset: onReset)
+        ports.attach(keyboardController, ports: I8042.dataPort...I8042.dataPort)
+        ports.attach(keyboardController, ports: I8042.commandPort...I8042.commandPort)
+        ports.attach(ResetControl(onReset: onReset), ports: ResetControl.port...ResetControl.port)
+        ports.attach(postCodes, ports: PostCodePort.port...PostCodePort.port)
+        fwCfg = FwCfg(ramSize: ram, cpuCount: cpus)
+        ports.attach(fwCfg, ports: FwCfg.ports)
+        acpiPM = ACPIPM(clock: clock, timers: timers, sci: router.line(ACPIPM.sciIRQ), onPowerOff: onPowerOff)
+        ports.attach(acpiPM, ports: ACPIPM.ports)
     }
 }
 

@@ -344,8 +344,8 @@ struct GuestChecks {
     }
 
     func allOnes() throws {
-        // in al, 0x80; out 0xF4, al
-        let port = try runImage(bootSector([0xE4, 0x80, 0xE6, 0xF4]), backend: backend, name: "in80.img")
+        // in al, 0x81 (a DMA page register on PCs; nothing here); out 0xF4, al
+        let port = try runImage(bootSector([0xE4, 0x81, 0xE6, 0xF4]), backend: backend, name: "in81.img")
         #expect(port.status == 0xFF)
         // elf64, 128 MiB of RAM: read the dword at 3 GiB (identity-mapped, no RAM there).
         let code: [UInt8] = [
