@@ -28,9 +28,13 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     /// The console (stdout or `--serial file:`) or the trace could not be written
     /// (a closed pipe, a full disk).
     case outputError = 211
+    /// The guest reset the machine (i8042 command 0xFE or output-port bit 0, port 0xCF9):
+    /// Tandem has no firmware to restart, so the run ends.
+    case guestReset = 212
 
     public var meaning: String {
         switch self {
+        case .guestReset: "the guest reset the machine (i8042 0xFE, port 0xCF9)"
         case .usage: "bad command-line flag or value"
         case .badImage: "image unreadable or malformed"
         case .imageDoesNotFit: "image does not fit in guest memory"

@@ -28,6 +28,10 @@ public enum StopReason: Sendable {
     case instructionLimit
     /// The console or the trace could not be written.
     case outputError(String)
+    /// The guest reset the machine (i8042, 0xCF9).
+    case guestReset
+    /// The guest entered ACPI S5 (soft off) through PM1a_CNT.
+    case powerOff
 
     public var status: Int32 {
         switch self {
@@ -41,6 +45,8 @@ public enum StopReason: Sendable {
         case .interrupted: ExitStatus.interrupted.rawValue
         case .instructionLimit: ExitStatus.instructionLimit.rawValue
         case .outputError: ExitStatus.outputError.rawValue
+        case .guestReset: ExitStatus.guestReset.rawValue
+        case .powerOff: 0
         }
     }
 }
@@ -49,7 +55,7 @@ extension StopReason {
     /// The guest ended the run itself (the exit device, or halting for good).
     var isGuestEnding: Bool {
         switch self {
-        case .guestExit, .allHalted: true
+        case .guestExit, .allHalted, .powerOff: true
         default: false
         }
     }
@@ -208,7 +214,9 @@ public final class Machine: @unchecked Sendable {
         self.virtualTime = virtualTime
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus,
                               clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
-                              onInterruptRequest: { stopper.value?.interruptRequested($0) }) { value in stopper.value?.requestStop(.guestExit(value)) }
+                              onInterruptRequest: { stopper.value?.interruptRequested($0) },
+                              onReset: { stopper.value?.requestStop(.guestReset) },
+                              onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
         wakeups = (0..<c.cpus).map { _ in DispatchSemaphore(value: 0) }
 
         var backendNote: String? = nil
@@ -249,6 +257,13 @@ public final class Machine: @unchecked Sendable {
         slots = backends.map { VCPUSlot(active: $0) }
         traceWriter = try c.trace.map { (o) throws(MachineError) in
             try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
+        }
+        // POST codes (port 0x80) go into the trace, as Bochs and QEMU log them.
+        if let traceWriter {
+            let json = traceWriter.options.format == .jsonl
+            devices.postCodes.observe { code in
+                traceWriter.emit(json ? "{\"type\":\"post\",\"code\":\"0x\(String(format2: code))\"}" : "post code 0x\(String(format2: code))")
+            }
         }
         fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
@@ -675,6 +690,8 @@ public final class Machine: @unchecked Sendable {
         case .interrupted(let sig): return "tandem: interrupted by \(StopSignals.name(sig)) (status 209): \(where0())"
         case .instructionLimit: return "tandem: instruction limit reached (status 207): \(where0())"
         case .outputError(let line): return "tandem: \(line) (status 211)"
+        case .guestReset: return "tandem: the guest reset the machine (status 212): \(where0())"
+        case .powerOff: return "tandem: the guest powered the machine off (ACPI S5); stopping with status 0"
         }
     }
 
