@@ -2,10 +2,30 @@ import Foundation
 import Machine
 import Testing
 
-/// How the platform devices end a run: a reset (status 212), ACPI S5 (status 0), and POST
-/// codes in the trace.
-@Suite("Platform stops")
-struct PlatformStopTests {
+/// Guests of the PC platform devices, and how those devices end a run: a reset (status
+/// 212), ACPI S5 (status 0), and POST codes in the trace.
+@Suite("Platform")
+struct PlatformTests {
+    @Test("pit-rtc: PIT ticks in HLT through the PIC, channel 2 through port 0x61, the RTC's date (the host's UTC) and periodic interrupts", arguments: backends())
+    func pitRTC(backend: BackendKind) throws {
+        let before = Date()
+        let r = runGuest(try guest("pit-rtc.bin"), backend: backend, timeout: 60)
+        let after = Date()
+        let lines = r.output.split(separator: "\n").map(String.init)
+        try #require(lines.count == 5, "output: \(r.output)")
+        #expect(lines[0] == "pit: 50 ticks")
+        #expect(lines[1] == "pit: channel 2 out=1 status=b0")   // OUT high, lo/hi access, mode 0, binary
+        #expect(lines[3] == "rtc: binary agrees")
+        #expect(lines[4] == "rtc: 32 periodic interrupts")
+        #expect(r.status == 0)
+        // The RTC's time is the host's UTC time, read while the guest ran.
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        let shown = try #require(formatter.date(from: String(lines[2].dropFirst("rtc: ".count))))
+        #expect(shown >= before.addingTimeInterval(-1) && shown <= after.addingTimeInterval(1))
+    }
+
     @Test("i8042 0xFE and port 0xCF9 reset the machine: status 212 and a one-line report", arguments: backends())
     func reset(backend: BackendKind) throws {
         // mov al, 0xFE; out 0x64, al; hlt
