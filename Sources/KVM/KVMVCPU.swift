@@ -65,6 +65,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
 
+    /// The CPU model whose MSRs this vCPU answers in user space (KVMGuestCPU.swift).
+    public internal(set) var guestCPU: GuestCPU? = nil
+
     /// Injects a pending interrupt when KVM says the guest can take one (`KVM_INTERRUPT`),
     /// or asks for an exit as soon as it can (`request_interrupt_window`).
     private func offerInterrupt(_ controller: any InterruptController) {
@@ -133,6 +136,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 ? .mmioWrite(address: r.mmio.phys_addr, size: size, data: UnsafeRawPointer(data))
                 : .mmioRead(address: r.mmio.phys_addr, size: size, data: data)
         case KVM_EXIT_HLT: return .halt
+        case 29, 30:   // KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR: answered here; the run loop just re-enters
+            answerMSR(write: r.exit_reason == 30)
+            return .interrupted
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_DEBUG: return .debugStep
         case KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN: return .interrupted
@@ -274,7 +280,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host
     /// refuses are left out of the result rather than failing the whole exchange.
-    private func exchangeMSRs(_ entries: [(UInt32, UInt64)], set: Bool) throws(BackendError) -> [(UInt32, UInt64)] {
+    func exchangeMSRs(_ entries: [(UInt32, UInt64)], set: Bool) throws(BackendError) -> [(UInt32, UInt64)] {
         let bytes = MemoryLayout<kvm_msrs>.size + entries.count * MemoryLayout<kvm_msr_entry>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
         defer { raw.deallocate() }
