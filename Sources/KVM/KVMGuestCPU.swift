@@ -109,6 +109,12 @@ extension KVMVCPU {
             let subleaves = cpu.cpuid.subleaves(of: leaf)
             for sub in subleaves ?? 0...0 {
                 let (a, b, c, d) = cpu.query(leaf: leaf, subleaf: sub, vcpu: index)
+                // KVM answers a leaf within range that has no entry with zeros, as the model
+                // does. Kept all the same: leaves 0xB/0x1F (KVM answers their undefined
+                // subleaves only when subleaf 1 exists) and 0xD (without it KVM lets the guest
+                // have every XCR0 state the host has, and PVM then shows AVX in leaf 1; KVM
+                // rewrites its EBX from XCR0: Documentation/HostLimitations.md).
+                if a | b | c | d == 0 && leaf != 0xB && leaf != 0x1F && leaf != 0xD { continue }
                 var e = kvm_cpuid_entry2()
                 e.function = leaf
                 e.index = sub

@@ -120,10 +120,12 @@ public enum CPUFeature: String, CaseIterable, Sendable, Hashable {
     /// host kernel's emulator or (when that cannot) in the interpreter, so KVM's own list
     /// of supported flags (which on PVM hosts leaves out POPCNT, MOVBE, BMI, ...) need not
     /// cover them; the host CPU must. Everything else (paging and CR4 features, x2APIC,
-    /// TSC_AUX behind RDTSCP, XSAVE state, ...) needs KVM's support too.
+    /// TSC_AUX behind RDTSCP, XSAVE state, ...) needs KVM's support too, and so does MOVBE:
+    /// KVM's emulator runs it at CPL 0 only when KVM itself supports it, and raises #UD
+    /// (no hand-off to the interpreter) otherwise.
     public var isInstructionOnly: Bool {
         switch self {
-        case .cmov, .cx8, .cx16, .clflush, .popcnt, .movbe, .rdrand, .rdseed, .bmi1, .bmi2, .adx, .abm, .lahfLM,
+        case .cmov, .cx8, .cx16, .clflush, .popcnt, .rdrand, .rdseed, .bmi1, .bmi2, .adx, .abm, .lahfLM,
              .prefetchw, .clflushopt, .mmx, .sse, .sse2, .sse3, .ssse3, .sse41, .sse42, .pclmulqdq, .aes, .sha, .sse4a,
              .mmxext, .erms, .fsrm:
             true
