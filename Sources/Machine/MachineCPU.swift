@@ -30,6 +30,10 @@ public enum MachineCPU {
         if let path = kvmDevicePath, let device = try? KVMDevice(path: path),
            let kvm = try? device.availableFeatures(among: features) {
             features = kvm
+            // Where KVM's kernel emulator runs CPL 0 code (PVM: no VMX/SVM), it executes
+            // LZCNT as BSR and TZCNT as BSF (it ignores their F3 prefix) instead of failing
+            // and handing them over: LZCNT (ABM) and TZCNT (BMI1) give wrong answers there.
+            if !HostCheck.cpuHasVirtualization() { features.subtract([.abm, .bmi1]) }
         }
         return features
     }
