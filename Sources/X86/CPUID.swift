@@ -208,7 +208,7 @@ public struct CPUModel: Sendable {
 
     /// Intel Xeon X5670 (Westmere-EP, 2010): x86-64-v2 and little more.
     public static let westmere = CPUModel(
-        name: "westmere", summary: "Intel Xeon X5670 (Westmere-EP): x86-64-v2 (SSE4.2, POPCNT), AES, RDTSCP",
+        name: "westmere", summary: "Intel Xeon X5670 (Westmere-EP), a CPU of the x86-64-v2 level",
         vendor: .intel, family: 6, model: 0x2C, stepping: 2,
         brand: "Intel(R) Xeon(R) CPU           X5670  @ 2.93GHz",
         maxBasicLeaf: 0xB, maxExtendedLeaf: 0x8000_0008,
@@ -224,7 +224,7 @@ public struct CPUModel: Sendable {
     /// Intel Xeon Platinum 8480+ (Sapphire Rapids, 2023): MOVBE, RDRAND, BMI1/2, ADX, RDSEED, ...
     public static let sapphireRapids = CPUModel(
         name: "sapphirerapids",
-        summary: "Intel Xeon Platinum 8480+ (Sapphire Rapids): adds MOVBE, RDRAND/RDSEED, BMI1/2, ADX, LZCNT, TSC-deadline (the default)",
+        summary: "Intel Xeon Platinum 8480+ (Sapphire Rapids), with MOVBE, RDRAND/RDSEED, BMI, ADX, TSC-deadline (the default)",
         vendor: .intel, family: 6, model: 0x8F, stepping: 8,
         brand: "Intel(R) Xeon(R) Platinum 8480+",
         maxBasicLeaf: 0x1F, maxExtendedLeaf: 0x8000_0008,
@@ -243,7 +243,7 @@ public struct CPUModel: Sendable {
 
     /// AMD EPYC 7402 (Zen 2, 2019).
     public static let zen2 = CPUModel(
-        name: "zen2", summary: "AMD EPYC 7402 (Zen 2): the AMD vendor string, AMD cache and topology leaves, AMD MSRs",
+        name: "zen2", summary: "AMD EPYC 7402 (Zen 2): AuthenticAMD, AMD cache and topology leaves and MSRs",
         vendor: .amd, family: 0x17, model: 0x31, stepping: 0,
         brand: "AMD EPYC 7402 24-Core Processor",
         maxBasicLeaf: 0x10, maxExtendedLeaf: 0x8000_001E,
