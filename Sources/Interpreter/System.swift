@@ -179,14 +179,14 @@ extension InterpreterVCPU {
         case .wbinvd, .invd:
             break
         case .cpuid:
-            let (a, b, c, dx) = shared.cpuid(leaf: UInt32(truncatingIfNeeded: r[0]), subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)
+            let (a, b, c, dx) = shared.cpu.query(leaf: UInt32(truncatingIfNeeded: r[0]), subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)
             writeReg(0, 4, UInt64(a)); writeReg(3, 4, UInt64(b)); writeReg(1, 4, UInt64(c)); writeReg(2, 4, UInt64(dx))
         case .rdtsc, .rdtscp:
             if s.pointee.cr4 & 0x4 != 0 && cpl != 0 { throw .gp() }
             let t = readTSC()
             writeReg(0, 4, t & 0xFFFF_FFFF)
             writeReg(2, 4, t >> 32)
-            if op == .rdtscp { writeReg(1, 4, UInt64(index)) }
+            if op == .rdtscp { writeReg(1, 4, shared.cpu.tscAux(vcpu: index)) }
         case .rdrand, .rdseed:
             // The host's randomness (the system generator, getrandom on Linux); it never
             // runs dry, so CF = 1 always.
@@ -287,7 +287,8 @@ extension InterpreterVCPU {
         case 0xFE: return 0x508   // MTRRcap: 8 variable ranges, fixed ranges, WC
         default:
             if MTRRStorage.contains(index) { return mtrrs[index] ?? 0 }
-            return nil
+            // The MSRs the CPU model implies (shared with KVM: Sources/X86/GuestCPU.swift).
+            return shared.cpu.readMSR(vcpu: self.index, index)
         }
     }
 
@@ -325,8 +326,8 @@ extension InterpreterVCPU {
         case MSR.sysenterEIP: s.pointee.msrs.sysenterEIP = v
         case MSR.pat: s.pointee.msrs.pat = v
         default:
-            guard MTRRStorage.contains(index) else { throw .gp() }
-            mtrrs[index] = v
+            if MTRRStorage.contains(index) { mtrrs[index] = v; return }
+            guard shared.cpu.writeMSR(vcpu: self.index, index, v) else { throw .gp() }
         }
     }
 

@@ -136,40 +136,6 @@ public final class KVMVirtualMachine: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    /// Whether MSR accesses the local APIC owns reach user space (`enableAPICMSRExits`).
-    public private(set) var apicMSRExits = false
-
-    /// Sends the MSRs of our local APIC to user space: KVM has no APIC here (the
-    /// interrupt controllers are ours), so it fails x2APIC accesses (0x800-0x8FF), which
-    /// `KVM_MSR_EXIT_REASON_INVAL` turns into exits; and it would silently swallow
-    /// IA32_APIC_BASE and IA32_TSC_DEADLINE, which a filter denies so that they exit too.
-    /// False when the host lacks `KVM_CAP_X86_USER_SPACE_MSR` or the filter (then x2APIC
-    /// and TSC-deadline mode are not offered to the guest on KVM).
-    @discardableResult
-    public func enableAPICMSRExits(filtered: [UInt32]) -> Bool {
-        guard device.check(.userSpaceMSR) > 0, device.check(.msrFilter) > 0 else { return false }
-        var cap = kvm_enable_cap()
-        cap.cap = UInt32(KVMCapability.userSpaceMSR.rawValue)
-        cap.args.0 = UInt64(KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER)
-        guard ckvm_ioctl_ptr(fd, CKVM_ENABLE_CAP, &cap) == 0 else { return false }
-        // One range per MSR, its one-bit bitmap 0 (deny: exit to user space).
-        var deny = [UInt8](repeating: 0, count: filtered.count)
-        var filter = kvm_msr_filter()
-        filter.flags = UInt32(KVM_MSR_FILTER_DEFAULT_ALLOW)
-        let ok = deny.withUnsafeMutableBufferPointer { bits -> Bool in
-            withUnsafeMutableBytes(of: &filter.ranges) { raw in
-                let ranges = raw.bindMemory(to: kvm_msr_filter_range.self)
-                for (i, msr) in filtered.prefix(ranges.count).enumerated() {
-                    ranges[i] = kvm_msr_filter_range(flags: UInt32(KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE), nmsrs: 1,
-                                                     base: msr, bitmap: bits.baseAddress! + i)
-                }
-            }
-            return ckvm_ioctl_ptr(fd, CKVM_X86_SET_MSR_FILTER, &filter) == 0
-        }
-        apicMSRExits = ok
-        return ok
-    }
-
     /// `KVM_SET_USER_MEMORY_REGION`: backs `size` bytes of guest-physical memory at
     /// `guestAddress` with host memory at `host` (read-only if `readonly`).
     public func mapMemory(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readonly: Bool,

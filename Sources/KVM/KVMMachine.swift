@@ -2,8 +2,8 @@ import GuestMemory
 import X86
 
 extension KVMDevice {
-    /// A VM over `memory` with `cpus` vCPUs, each given the host's supported CPUID with
-    /// its own APIC ID.
+    /// A VM over `memory` with `cpus` vCPUs, each given the CPUID of `cpu` with its own
+    /// APIC IDs, and the MSRs that model implies answered in user space from `cpu`.
     ///
     /// Every region of the memory map becomes a memslot on the same host pages the
     /// interpreter uses. ROM is mapped writable: on PVM hosts, a descriptor load from a
@@ -11,24 +11,20 @@ extension KVMDevice {
     /// the host's instruction emulator (see Documentation/KVM.md).
     /// With `logDirtyPages`, RAM slots track writes for `KVMVirtualMachine.dirtyPages`
     /// (slot numbers are the indices of `memory.regions`).
-    public func makeMachine(memory: GuestMemoryMap, cpus: Int, logDirtyPages: Bool = false) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+    public func makeMachine(memory: GuestMemoryMap, cpus: Int, logDirtyPages: Bool = false, cpu: GuestCPU) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
         let vm = try createVM()
         vm.memoryOwner = memory
         for (slot, region) in memory.regions.enumerated() {
             try vm.mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
                              logDirtyPages: logDirtyPages && region.kind == .ram)
         }
-        vm.enableAPICMSRExits(filtered: [MSR.apicBase, MSR.tscDeadline])
-        let cpuid = try supportedCPUID()
+        // Without user-space MSRs (kernels before 5.10) KVM answers the model's MSRs itself.
+        let routed = (try? vm.routeMSRsToUserSpace()) != nil
         var vcpus: [KVMVCPU] = []
         for i in 0..<cpus {
             let vcpu = try vm.createVCPU(index: i)
-            try vcpu.setCPUID(cpuid.map { e in
-                var e = e
-                if e.function == 1 { e.ebx = e.ebx & 0x00FF_FFFF | UInt32(i & 0xFF) << 24 }
-                if e.function == 0xB || e.function == 0x1F { e.edx = UInt32(i) }
-                return e
-            })
+            try vcpu.setCPUID(cpu)
+            if routed { vcpu.guestCPU = cpu }
             vcpus.append(vcpu)
         }
         return (vm, vcpus)

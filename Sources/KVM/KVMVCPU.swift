@@ -75,6 +75,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         return injected
     }
 
+    /// The CPU model whose MSRs this vCPU answers in user space (KVMGuestCPU.swift).
+    public internal(set) var guestCPU: GuestCPU? = nil
+
     /// Injects a pending interrupt when KVM says the guest can take one (`KVM_INTERRUPT`),
     /// or asks for an exit as soon as it can (`request_interrupt_window`).
     private func offerInterrupt(_ controller: any InterruptController) {
@@ -147,12 +150,12 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 ? .mmioWrite(address: r.mmio.phys_addr, size: size, data: UnsafeRawPointer(data))
                 : .mmioRead(address: r.mmio.phys_addr, size: size, data: data)
         case KVM_EXIT_HLT: return .halt
+        case 29, 30:   // KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR: answered here; the run loop just re-enters
+            answerMSR(write: r.exit_reason == 30)
+            return .interrupted
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_DEBUG: return .debugStep
         case KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN: return .interrupted
-        case KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR:
-            answerMSR(write: Int32(r.exit_reason) == KVM_EXIT_X86_WRMSR)
-            return .interrupted
         case KVM_EXIT_FAIL_ENTRY: return .failedEntry(reason: r.fail_entry.hardware_entry_failure_reason)
         case KVM_EXIT_INTERNAL_ERROR:
             if r.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
@@ -164,32 +167,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         }
     }
 
-    /// A user-space MSR exit (the local APIC's MSRs): answered by the interrupt controller,
-    /// as the interpreter's RDMSR/WRMSR are; `error` makes KVM inject #GP. The access
-    /// completes on the next `KVM_RUN`.
-    private func answerMSR(write: Bool) {
-        let index = shared.pointee.msr.index
-        guard let controller = interruptController else {
-            shared.pointee.msr.error = 1
-            return
-        }
-        if write {
-            var tscNow: UInt64 = 0
-            if index == MSR.tscDeadline, let values = try? exchangeMSRs([(MSR.tsc, 0)], set: false), let v = values.first {
-                tscNow = v.1
-            }
-            let ok = controller.writeMSR(vcpu: self.index, index, shared.pointee.msr.data, tscNow: tscNow, tscKHz: tscKHz)
-            shared.pointee.msr.error = ok == true ? 0 : 1
-        } else if let value = controller.readMSR(vcpu: self.index, index) {
-            shared.pointee.msr.data = value
-            shared.pointee.msr.error = 0
-        } else {
-            shared.pointee.msr.error = 1
-        }
-    }
-
     /// The guest TSC's rate (`KVM_GET_TSC_KHZ`), for TSC-deadline arithmetic.
-    private lazy var tscKHz: UInt64 = {
+    lazy var tscKHz: UInt64 = {
         let khz = ckvm_ioctl_int(fd, CKVM_GET_TSC_KHZ, 0)
         return khz > 0 ? UInt64(khz) : 1_000_000
     }()
@@ -329,7 +308,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host
     /// refuses are left out of the result rather than failing the whole exchange.
-    private func exchangeMSRs(_ entries: [(UInt32, UInt64)], set: Bool) throws(BackendError) -> [(UInt32, UInt64)] {
+    func exchangeMSRs(_ entries: [(UInt32, UInt64)], set: Bool) throws(BackendError) -> [(UInt32, UInt64)] {
         let bytes = MemoryLayout<kvm_msrs>.size + entries.count * MemoryLayout<kvm_msr_entry>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
         defer { raw.deallocate() }

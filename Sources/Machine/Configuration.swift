@@ -47,6 +47,10 @@ public struct MachineConfiguration: Sendable {
     public var trace: TraceOptions? = nil
     /// Print a line naming the backend chosen by `auto` on stderr.
     public var announceBackend = true
+    /// `--cpu-model`: which CPU of `CPUModel.catalogue` the guest sees (CPUID, model MSRs).
+    public var cpuModel: String = "sapphirerapids"
+    /// Whether CPUID offers x2APIC (and IA32_APIC_BASE may enable it).
+    public var x2APIC = true
 
     public static let maxCPUs = 256
     /// The most guest RAM KVM is given: every GiB in a memory slot costs the host kernel

@@ -131,6 +131,8 @@ public final class DifferentialRun {
                 throw MachineError(error.isFit ? .imageDoesNotFit : .badImage, error.description)
             }
         }
+        // One CPUID for both sides; each keeps its own model MSRs (they run apart).
+        let cpuid = try MachineCPU.cpuid(for: c)
         let (km, plan) = try makeMemory()
         let (im, _) = try makeMemory()
         kvmMemory = km
@@ -142,7 +144,7 @@ public final class DifferentialRun {
         } catch { throw MachineError(.usage, error.description) }
         devices = DeviceModel(console: console, input: c.input, memory: km) { value in box.value?.exitStatus = value }
         do {
-            let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true)
+            let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true, cpu: GuestCPU(cpuid: cpuid))
             kvmVM = vm
             kvm = vcpus[0]
             try kvm.writeState(plan.initialState(cpu: 0, of: 1))
@@ -150,7 +152,7 @@ public final class DifferentialRun {
         } catch {
             throw MachineError(.backendUnavailable, "tandem diff needs KVM: \(error)")
         }
-        interp = InterpreterMachine(memory: im, cpuCount: 1).makeVCPU(index: 0)
+        interp = InterpreterMachine(memory: im, cpuCount: 1, cpu: GuestCPU(cpuid: cpuid)).makeVCPU(index: 0)
         do { try interp.writeState(plan.initialState(cpu: 0, of: 1)) } catch { throw MachineError(.hostError, "\(error)") }
         interp.tracing = true
         if let injectFault {

@@ -63,18 +63,20 @@ public final class FuzzCampaign {
         self.options = options
         sandbox = FuzzSandbox(mode: options.mode)
         hostSelectorsVisible = options.mode == .user64 && !HostCheck.cpuHasVirtualization()
+        // Both sides answer CPUID alike (each keeps its own model MSRs).
+        let cpuid = GuestCPUID(model: .default, available: MachineCPU.availableFeatures(kvmDevicePath: options.kvmDevicePath, x2APIC: true), cpuCount: 1)
         do {
             kvmMemory = try GuestMemoryMap(ramSize: 8 << 20)
             interpMemory = try GuestMemoryMap(ramSize: 8 << 20)
         } catch { throw MachineError(.hostError, error.description) }
         do {
-            let (vm, vcpus) = try KVMDevice(path: options.kvmDevicePath).makeMachine(memory: kvmMemory, cpus: 1)
+            let (vm, vcpus) = try KVMDevice(path: options.kvmDevicePath).makeMachine(memory: kvmMemory, cpus: 1, cpu: GuestCPU(cpuid: cpuid))
             self.vm = vm
             kvm = vcpus[0]
         } catch {
             throw MachineError(.backendUnavailable, "tandem fuzz compares against KVM: \(error)")
         }
-        interp = InterpreterMachine(memory: interpMemory, cpuCount: 1).makeVCPU(index: 0)
+        interp = InterpreterMachine(memory: interpMemory, cpuCount: 1, cpu: GuestCPU(cpuid: cpuid)).makeVCPU(index: 0)
         if let fault = options.injectFault {
             guard interp.injectFault(mnemonic: fault.mnemonic, flipFlags: fault.flags) else {
                 throw MachineError(.usage, "fault injection: the interpreter has no instruction '\(fault.mnemonic)'")

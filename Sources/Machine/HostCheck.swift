@@ -104,7 +104,9 @@ public struct HostCheck: Sendable {
         let code: [UInt8] = [0x66, 0xB9, UInt8(n & 0xFF), UInt8((n >> 8) & 0xFF), UInt8((n >> 16) & 0xFF), UInt8(n >> 24),
                              0x66, 0x49, 0x75, 0xFC, 0xF4]
         try memory.load(code, at: 0x7C00)
-        let (vm, vcpus) = try device.makeMachine(memory: memory, cpus: 1)
+        // A calibration loop: any CPU model does.
+        let cpu = GuestCPU(cpuid: GuestCPUID(model: .default, available: MachineCPU.availableFeatures(kvmDevicePath: nil, x2APIC: true), cpuCount: 1))
+        let (vm, vcpus) = try device.makeMachine(memory: memory, cpus: 1, cpu: cpu)
         defer { _ = vm }
         var state = CPUState()
         state.cs = .realMode(0, code: true)

@@ -131,6 +131,8 @@ public struct MachineError: Error, CustomStringConvertible, Sendable {
 /// ("vcpu0", "vcpu1", ...) running the shared vCPU loop over its backend.
 public final class Machine: @unchecked Sendable {
     public let configuration: MachineConfiguration
+    /// The guest CPU (CPUID and model MSRs) every engine of this machine answers from.
+    public let cpu: GuestCPU
     public let memory: GuestMemoryMap
     public let devices: DeviceModel
     public let plan: BootPlan
@@ -176,6 +178,8 @@ public final class Machine: @unchecked Sendable {
             throw MachineError(.usage, "--mem \(c.memorySize) bytes is not a whole number of 4 KiB pages")
         }
         let memoryNote = try Self.checkMemoryLimit(c.memorySize, backend: c.backend)
+        let cpu = GuestCPU(cpuid: try MachineCPU.cpuid(for: c))
+        self.cpu = cpu
         let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
         let name = c.imagePath
         let format: ImageFormat
@@ -212,7 +216,7 @@ public final class Machine: @unchecked Sendable {
         }
         let virtualTime = c.clock == .instructions ? VirtualTime() : nil
         self.virtualTime = virtualTime
-        devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus,
+        devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus, x2APIC: cpu.cpuid.offered.contains(.x2apic),
                               clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
                               onInterruptRequest: { stopper.value?.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
@@ -222,28 +226,28 @@ public final class Machine: @unchecked Sendable {
         var backendNote: String? = nil
         switch c.backend {
         case .interp:
-            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
             kvm = nil
             backendName = "interp"
         case .auto where c.clock == .instructions:
-            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
             kvm = nil
             backendName = "interp"
             backendNote = "--clock instructions needs the interpreter"
         case .auto where memoryNote != nil:
-            backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+            backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
             kvm = nil
             backendName = "interp"
             backendNote = memoryNote
         case .kvm, .auto:
             do {
-                let built = try Self.buildKVM(c, memory: memory, plan: plan)
+                let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu)
                 kvm = built.0
                 backends = built.1
                 backendName = "kvm"
             } catch {
                 guard c.backend == .auto else { throw MachineError(.backendUnavailable, "KVM is unavailable: \(error)") }
-                backends = Self.buildInterpreter(c, memory: memory, plan: plan)
+                backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
                 kvm = nil
                 backendName = "interp"
                 backendNote = "KVM is unavailable: \(error)"
@@ -265,7 +269,7 @@ public final class Machine: @unchecked Sendable {
                 traceWriter.emit(json ? "{\"type\":\"post\",\"code\":\"0x\(String(format2: code))\"}" : "post code 0x\(String(format2: code))")
             }
         }
-        fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus) : nil
+        fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
@@ -319,8 +323,8 @@ public final class Machine: @unchecked Sendable {
         return bytes
     }
 
-    private static func buildInterpreter(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) -> [InterpreterVCPU] {
-        let machine = InterpreterMachine(memory: memory, cpuCount: c.cpus)
+    private static func buildInterpreter(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU) -> [InterpreterVCPU] {
+        let machine = InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu)
         return (0..<c.cpus).map { i in
             let vcpu = machine.makeVCPU(index: i)
             try? vcpu.writeState(plan.initialState(cpu: i, of: c.cpus))
@@ -329,8 +333,8 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
-        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus)
+    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus, cpu: cpu)
         for (i, vcpu) in vcpus.enumerated() {
             do { try vcpu.writeState(plan.initialState(cpu: i, of: c.cpus)) } catch {
                 throw KVMError("setting the initial state of vCPU \(i): \(error)", Errno(EINVAL))
@@ -575,7 +579,7 @@ public final class Machine: @unchecked Sendable {
             vector = apic.takeSIPI(vcpu: index)
             return vector != nil
         }) else { return false }
-        do { try slots[index].active.writeState(CPUState.startup(vector: vector!)) } catch {
+        do { try slots[index].active.writeState(CPUState.startup(vector: vector!, signature: UInt64(cpu.cpuid.model.signature))) } catch {
             requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
             return false
         }

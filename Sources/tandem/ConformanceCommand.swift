@@ -63,7 +63,8 @@ struct SST286: ParsableCommand {
             vcpu = v
         case .kvm:
             do {
-                let (vm, vcpus) = try KVMDevice(path: kvmDevice).makeMachine(memory: memory, cpus: 1)
+                let (vm, vcpus) = try KVMDevice(path: kvmDevice).makeMachine(memory: memory, cpus: 1,
+                    cpu: GuestCPU(cpuid: GuestCPUID(model: .default, available: MachineCPU.availableFeatures(kvmDevicePath: kvmDevice, x2APIC: true), cpuCount: 1)))
                 keepAlive = vm
                 vcpu = vcpus[0]
             } catch {

@@ -5,6 +5,7 @@ import ArgumentParser
 import Devices
 import Loaders
 import Machine
+import X86
 
 /// The options that describe a machine and its image, shared by `run` and `diff`.
 struct MachineOptions: ParsableArguments {
@@ -29,6 +30,9 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "KVM device path (default /dev/kvm, or $TANDEM_KVM_DEVICE).")
     var kvmDevice: String?
 
+    @Option(help: ArgumentHelp("The CPU the guest sees (CPUID, model MSRs): \(MachineCPU.usage).", valueName: "name"))
+    var cpuModel: String = CPUModel.default.name
+
     @Argument(help: "The guest image.")
     var image: String
 
@@ -37,6 +41,9 @@ struct MachineOptions: ParsableArguments {
         // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
         guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
         _ = try serialSink()
+        guard CPUModel.named(cpuModel) != nil else {
+            throw ValidationError("--cpu-model '\(cpuModel)' is not one of \(CPUModel.catalogue.map(\.name).joined(separator: ", "))")
+        }
     }
 
     func serialSink() throws -> Console.Sink {
@@ -57,6 +64,7 @@ struct MachineOptions: ParsableArguments {
         c.input = c.serial == .stdout ? .stdin() : .none()
         c.commandLine = cmdline
         c.modules = modules
+        c.cpuModel = cpuModel
         c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
         return c
     }

@@ -93,7 +93,7 @@ struct InterruptHookTests {
     @Test("KVM gets the same interrupt through KVM_INTERRUPT", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
     func kvm() throws {
         let memory = try GuestMemoryMap(ramSize: 1 << 20)
-        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1, cpu: defaultGuestCPU())
         _ = vm
         try vcpus[0].writeState(try start(memory))
         let controller = OneShotInterrupt()
@@ -135,7 +135,7 @@ struct InterruptHookTests {
             let vcpu: any VCPUBackend
             var keep: AnyObject? = nil
             if useKVM {
-                let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+                let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1, cpu: defaultGuestCPU())
                 keep = vm
                 vcpus[0].interruptController = controller
                 vcpu = vcpus[0]

@@ -593,7 +593,7 @@ struct X87Tests {
           .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
     func kvmStateExchange() throws {
         let memory = try GuestMemoryMap(ramSize: 1 << 20)
-        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1)
+        let (vm, vcpus) = try KVMDevice().makeMachine(memory: memory, cpus: 1, cpu: defaultGuestCPU())
         _ = vm
         var s = try vcpus[0].readState()
         s.fpu.fcw = 0x0A7B

@@ -22,7 +22,6 @@ static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
 static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
 static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
-static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
 
 // vCPU ioctls.
 static const unsigned long CKVM_RUN = KVM_RUN;
@@ -50,6 +49,12 @@ int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
 
 /// ioctl(2) with an integer argument (or none).
 int ckvm_ioctl_int(int fd, unsigned long request, unsigned long argument);
+
+/// KVM_X86_SET_MSR_FILTER on a VM fd with `count` (at most 16) ranges, each applying to
+/// reads and writes: MSR bases[i] + j is left to KVM when bit j of bitmaps[i] is set and
+/// sent to user space otherwise; MSRs outside every range are left to KVM. (A C helper:
+/// struct kvm_msr_filter holds a fixed array Swift imports as a 16-tuple.)
+int ckvm_set_msr_filter(int vm_fd, int count, const uint32_t *bases, const uint32_t *nmsrs, uint8_t *const *bitmaps);
 
 /// The MMIO data bytes inside the mmapped kvm_run (KVM_EXIT_MMIO).
 static inline unsigned char *ckvm_mmio_data(struct kvm_run *run) { return run->mmio.data; }

@@ -1,0 +1,54 @@
+import X86
+
+extension InterpreterMachine {
+    // ============================================================================
+    // THE INTERPRETER'S CPUID FEATURE SET — the one place to switch a flag on.
+    //
+    // Every flag here is offered to guests (on both engines: KVM offers at most this)
+    // only because the interpreter executes the instructions or facility behind it.
+    // Tests/TandemTests/CPUIDTests.swift runs one instruction of each offered group.
+    //
+    // Waiting for the x87 / SSE / XSAVE work (switch on when the code is merged):
+    //   .mmx            MMX registers and instructions
+    //   .fxsr           FXSAVE/FXRSTOR and CR4.OSFXSR (allow CR4 bit 9 in writeControl)
+    //   .sse, .sse2     (x86-64 guests need both; with .fxsr)
+    //   .sse3, .ssse3, .sse41, .sse42, .pclmulqdq?   (x86-64-v2 = .cx16 .lahfLM .popcnt .sse3 .ssse3 .sse41 .sse42)
+    //   .xsave          XSAVE*/XRSTOR/XGETBV/XSETBV, CR4.OSXSAVE; GuestCPUID must then
+    //                   answer leaf 0xD too (it answers zeros today)
+    // ============================================================================
+    public static let implementedFeatures: Set<CPUFeature> = [
+        // Leaf 1 EDX
+        .fpu,      // x87 (X87.swift on the host FPU), FWAIT, #MF, CR0.EM/TS/NE
+        .pse,      // 4 MiB pages (Paging.swift)
+        .tsc,      // RDTSC, CR4.TSD
+        .msr,      // RDMSR/WRMSR
+        .pae,      // PAE and 4-level paging
+        .cx8,      // CMPXCHG8B
+        .apic,     // the local APIC (Devices/LocalAPIC.swift) behind MSR 0x1B and 0xFEE00000
+        .sep,      // SYSENTER/SYSEXIT
+        .mtrr,     // MTRR MSRs (System.swift, MTRRStorage)
+        .pge,      // global pages (CR4.PGE, TLB keeps them)
+        .cmov,     // CMOVcc
+        .pat,      // IA32_PAT
+        .pse36,    // 4 MiB page frames above 4 GiB
+        .clflush,  // CLFLUSH (a no-op: no caches are modelled)
+        // Leaf 1 ECX
+        .cx16,     // CMPXCHG16B
+        .x2apic,   // x2APIC MSRs (answered by the interrupt controller); see GuestCPUID(x2APIC:)
+        .movbe,    // MOVBE
+        .popcnt,   // POPCNT
+        .tscDeadline, // IA32_TSC_DEADLINE (interrupt controller)
+        .rdrand,   // RDRAND (host randomness)
+        // Leaf 7 EBX
+        .bmi1, .bmi2, .adx, .rdseed,
+        // 0x8000_0001 ECX
+        .lahfLM,   // LAHF/SAHF in 64-bit mode
+        .abm,      // LZCNT
+        .prefetchw, // PREFETCHW (0F 0D /1, a hint)
+        // 0x8000_0001 EDX
+        .syscall,  // SYSCALL/SYSRET
+        .nx,       // EFER.NXE, XD in page tables
+        .rdtscp,   // RDTSCP with IA32_TSC_AUX
+        .lm,       // long mode
+    ]
+}
