@@ -212,6 +212,9 @@ extension InterpreterVCPU {
             throw .ud()
         case .wait:
             if s.pointee.cr0 & (CR0.mp | CR0.ts) == (CR0.mp | CR0.ts) { throw .nm() }
+        case .sse:
+            try executeSIMD(d, next: next)
+            return
         case .unimplemented:
             try unimplemented(d)
         default:

@@ -33,7 +33,9 @@ enum Op: UInt16, CaseIterable {
     case endbr64, endbr32
     // Bit manipulation (POPCNT, LZCNT, BMI1, BMI2) and ADX
     case popcnt, lzcnt, tzcnt, andn, bextr, blsi, blsmsk, blsr, bzhi, pdep, pext, rorx, sarx, shlx, shrx, mulx, adcx, adox
-    /// A recognised instruction outside the implemented set (x87, SSE, ...).
+    /// MMX, SSE..SSE4.2, FXSAVE/XSAVE, XGETBV/XSETBV: one op, told apart by `DecodedInstruction.simd`.
+    case sse
+    /// A recognised instruction outside the implemented set (x87, ...).
     case unimplemented
 }
 
