@@ -102,14 +102,14 @@ private func rawForm(_ bytes: UnsafeRawBufferPointer, length: Int, bits: Int) ->
         case 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x67, 0xF0: f.rex = 0
         case 0x40...0x4F where bits == 64: f.rex = b
         default:
-            guard b == 0x0F, i + 2 < length else { return nil }
+            guard b == 0x0F, i + 1 < length else { return nil }
             var j = i + 1
             switch bytes[j] {
             case 0x38: f.map = 2; j += 1
             case 0x3A: f.map = 3; j += 1
             default: f.map = 1
             }
-            guard j + 1 < length || (j < length && f.map == 1) else { return nil }
+            guard j < length else { return nil }
             f.opcode = bytes[j]
             f.modrm = j + 1 < length ? bytes[j + 1] : 0
             f.prefix = lastRep == 0xF3 ? 2 : lastRep == 0xF2 ? 3 : f.opsize ? 1 : 0
