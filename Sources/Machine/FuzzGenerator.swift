@@ -177,6 +177,7 @@ struct InstructionGenerator {
 
     /// One instruction of a random table entry.
     mutating func next() -> FuzzInstruction {
+        if mode == .user64 && chance(50) { return nextSSE() }   // FuzzSSE.swift
         let entry = pick(table)
         let size = pick(sizes(entry.width))
         let bits = size * 8
