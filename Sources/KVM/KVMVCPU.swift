@@ -226,6 +226,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             default: break
             }
         }
+        readFPU(into: &s)
         return s
     }
 
@@ -259,6 +260,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             (MSR.kernelGSBase, m.kernelGSBase), (MSR.sysenterCS, m.sysenterCS), (MSR.sysenterESP, m.sysenterESP),
             (MSR.sysenterEIP, m.sysenterEIP), (MSR.pat, m.pat),
         ], set: true)
+        writeFPU(s)
     }
 
     /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host

@@ -5,8 +5,11 @@
 // rounding boundaries) under four MXCSR settings (nearest; down + DAZ; up + FTZ; truncate).
 // Further tests check fault rules and save-area layouts against constants from the SDM.
 import Foundation
+import GuestMemory
+import KVM
 import Machine
 import Testing
+import X86
 
 private let body = #"""
 
@@ -1115,5 +1118,28 @@ struct SSEStateTests {
         x4:
         """)
         #expect(r.output == "U0001 G0003 0002 dead 00038000 0000 GG", "\(r.output) \(r.message ?? "")")
+    }
+}
+
+@Suite("KVM FPU state")
+struct KVMFPUStateTests {
+    @Test("XMM, MMX/x87 registers (stack order vs physical) and MXCSR survive writeState/readState on KVM (KVM_SET_XSAVE/KVM_GET_XSAVE)", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func roundTrip() throws {
+        let memory = try GuestMemoryMap(ramSize: 1 << 20)
+        let (vm, vcpus) = try KVMDevice(path: KVMDevice.defaultPath).makeMachine(memory: memory, cpus: 1)
+        _ = vm
+        var s = try vcpus[0].readState()
+        for i in 0..<16 { s.fpu.xmm[i] = XMMRegister(low: 0x0123_4567_89AB_CDEF &* UInt64(i + 1), high: ~UInt64(i)) }
+        s.fpu.mxcsr = 0x9FC0 | 0x5
+        s.fpu.fsw = 3 << 11   // TOP = 3: ST(0) is physical register 3
+        s.fpu.ftw = 0xA5
+        for i in 0..<8 { s.fpu.st[i] = X87Register(significand: UInt64(0x1111 * (i + 1)), signExponent: UInt16(0x4000 + i)) }
+        try vcpus[0].writeState(s)
+        let back = try vcpus[0].readState()
+        for i in 0..<16 { #expect(back.fpu.xmm[i] == s.fpu.xmm[i]) }
+        #expect(back.fpu.mxcsr == s.fpu.mxcsr)
+        #expect(back.fpu.ftw == 0xA5)
+        #expect(back.fpu.top == 3)
+        for i in 0..<8 { #expect(back.fpu.st[i] == s.fpu.st[i], "physical register \(i)") }
     }
 }
