@@ -135,6 +135,15 @@ extension InterpreterVCPU {
             if cr0 & CR0.em != 0 { throw .ud() }
             if f.bits & SIMDBits.mmxOnly == 0 && s.pointee.cr4 & CR4Bits.osfxsr == 0 { throw .ud() }
             if cr0 & CR0.ts != 0 { throw .nm() }
+            // MMX instructions (and EMMS) report a pending unmasked x87 exception first:
+            // #MF with CR0.NE (the legacy FERR# signalling is not modelled). Pending means an
+            // FSW exception flag whose FCW mask is clear; FSW.ES alone does not count (the
+            // fuzz against this CPU shows both after FXRSTOR of such values).
+            let fsw = s.pointee.fpu.fsw
+            if _slowPath(fsw & ~s.pointee.fpu.fcw & 0x3F != 0) && cr0 & CR0.ne != 0
+                && (f.bits & (SIMDBits.regMMX | SIMDBits.rmMMX | SIMDBits.mmxOnly) != 0 || f.kind == .emms) {
+                throw Fault(vector: 16)
+            }
         }
         switch f.kind {
         case .host: try simdHost(d, next: next)

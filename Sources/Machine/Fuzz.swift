@@ -253,7 +253,7 @@ public final class FuzzCampaign {
             if onlyThoseFlags { return limitation.reason }
         }
         if options.mode == .user64 && misalignedSSEAsUD(culprit, k, i, diffs) {
-            return "PVM reports the #GP of a misaligned 16-byte SSE operand as #UD (its host emulator cannot run SSE)"
+            return "PVM reports the #GP of an SSE instruction (misaligned 16-byte operand, LDMXCSR of reserved bits) as #UD (its host emulator cannot run SSE)"
         }
         if options.mode != .user64 && name == "cmpxchg",
            diffs.allSatisfy({ d in GPR.allCases.contains { $0.name == d.0 } && UInt64(d.1.dropFirst(2), radix: 16).map { $0 & 0xFFFF_FFFF } == UInt64(d.2.dropFirst(2), radix: 16).map { $0 & 0xFFFF_FFFF } }) {
@@ -268,9 +268,16 @@ public final class FuzzCampaign {
     func misalignedSSEAsUD(_ culprit: FuzzInstruction, _ k: Result, _ i: Result, _ diffs: [(String, String, String)]) -> Bool {
         let handlers = sandbox.base + FuzzSandbox.handlers
         guard k.state.rip == handlers + 6 * 16 + 1, i.state.rip == handlers + 13 * 16 + 1,
-              let d = disassembler.disassemble(culprit.bytes, address: 0, bits: 64), d.text.contains("xmmword ptr [") else { return false }
+              let d = disassembler.disassemble(culprit.bytes, address: 0, bits: 64) else { return false }
         let digits = d.text.split(separator: "[").last.map { $0.prefix { $0 != "]" } } ?? ""
-        guard let address = UInt64(digits.dropFirst(2), radix: 16), address & 15 != 0 else { return false }
+        guard let address = UInt64(digits.dropFirst(2), radix: 16) else { return false }
+        if d.text.hasPrefix("ldmxcsr") {
+            // LDMXCSR of a value with reserved bits (31-16) set: #GP(0) on the CPU.
+            let offset = Int(address &- sandbox.base)
+            guard offset >= 0, offset + 4 <= k.memory.count, k.memory[offset + 2] | k.memory[offset + 3] != 0 else { return false }
+        } else {
+            guard d.text.contains("xmmword ptr ["), address & 15 != 0 else { return false }
+        }
         return diffs.allSatisfy { $0.0 == "rsp" || $0.0 == "rip" || ($0.0.hasPrefix("memory+") && Int($0.0.dropFirst(9), radix: 16).map { $0 >= 0x8F00 } == true) }
     }
 

@@ -33,6 +33,9 @@ struct SSEFuzzEntry: Sendable {
         case crc32
         /// maskmovq/maskmovdqu: register only, writes [rdi]
         case maskmov(mmx: Bool)
+        /// 0F AE /digit with an aligned memory operand: FXSAVE, FXRSTOR (REX.W random),
+        /// LDMXCSR, STMXCSR
+        case state(digit: UInt8)
     }
     var prefix: UInt8      // 0, 0x66, 0xF3, 0xF2
     var opcode: [UInt8]    // after 0F: [op], [0x38, op] or [0x3A, op]
@@ -137,6 +140,9 @@ enum SSEFuzzTable {
         t.append(SSEFuzzEntry(prefix: 0xF2, opcode: [0x38, 0xF1], mnemonic: "crc32", shape: .crc32, memSize: 4))
         t.append(SSEFuzzEntry(prefix: 0x66, opcode: [0xF7], mnemonic: "maskmovdqu", shape: .maskmov(mmx: false)))
         t.append(SSEFuzzEntry(prefix: 0, opcode: [0xF7], mnemonic: "maskmovq", shape: .maskmov(mmx: true)))
+        for (digit, m, size) in [(UInt8(0), "fxsave", 512), (1, "fxrstor", 512), (2, "ldmxcsr", 4), (3, "stmxcsr", 4)] {
+            t.append(SSEFuzzEntry(prefix: 0, opcode: [0xAE], mnemonic: m, shape: .state(digit: digit), memSize: size))
+        }
         return t
     }
 }
@@ -235,6 +241,10 @@ extension InstructionGenerator {
         case .maskmov(let mmx):
             memory = false
             if mmx { reg &= 7; rmReg &= 7 }
+        case .state(let digit):
+            memory = true
+            reg = digit
+            w = digit <= 1 && chance(50)
         }
         var rex: UInt8 = 0x40
         if w { rex |= 8 }
@@ -244,7 +254,13 @@ extension InstructionGenerator {
         if memory {
             var offset = (rng.next() % 0x3F) * 16
             let size = entry.memSize
-            if !entry.aligned || size < 16 || chance(4) { offset += rng.next() % 16 }
+            if case .state = entry.shape {
+                // FXSAVE/FXRSTOR: aligned (PVM turns the misaligned #GP into #UD, and only
+                // SSE forms are classified); LDMXCSR/STMXCSR: any dword.
+                if size == 4 { offset += rng.next() % 13 }
+            } else if !entry.aligned || size < 16 || chance(4) {
+                offset += rng.next() % 16
+            }
             modrm = [0x04 | (reg & 7) << 3, 0x25] + FuzzSandbox.le(dataBase + offset, 4)
         } else {
             modrm = [0xC0 | (reg & 7) << 3 | (rmReg & 7)]
