@@ -108,8 +108,11 @@ extension InterpreterVCPU {
 
     func loadLegacyArea(_ b: [UInt8], wide: Bool, x87: Bool, sse: Bool, xmmCount: Int) {
         if x87 {
-            s.pointee.fpu.fcw = b.load16(0)
-            s.pointee.fpu.fsw = b.load16(2)
+            // FCW's reserved bits 7 and 13-15 do not load; FSW's B (bit 15) follows ES
+            // (bit 7). Both as this CPU does (FXRSTOR then FXSAVE in the user64 fuzz).
+            s.pointee.fpu.fcw = b.load16(0) & 0x1F7F
+            let fsw = b.load16(2)
+            s.pointee.fpu.fsw = fsw & 0x7FFF | (fsw & 0x80) << 8
             s.pointee.fpu.ftw = b[4]
             s.pointee.fpu.fop = b.load16(6) & 0x7FF
             if wide {
