@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "CHostAtomics"),
         .target(name: "CHostX87"),
+        // Guest SSE arithmetic on the host's SSE unit under the guest's MXCSR (see its header).
+        .target(name: "CSSEHost", cSettings: [.unsafeFlags(["-msse4.2", "-mpopcnt"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "X86"),
         .target(name: "HostOS"),
@@ -34,7 +36,7 @@ let package = Package(
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         .target(
             name: "Interpreter",
-            dependencies: ["CCapstone", "CHostAtomics", "CHostX87", "X86", "GuestMemory", "HostOS", "Disassembler"],
+            dependencies: ["CCapstone", "CHostAtomics", "CHostX87", "CSSEHost", "X86", "GuestMemory", "HostOS", "Disassembler"],
             // The vCPU's mode flags are class properties read on every instruction; each
             // vCPU is only ever used by its own thread, so dynamic exclusivity checks on
             // them buy nothing (measured: see Documentation/Interpreter.md).

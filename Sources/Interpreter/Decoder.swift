@@ -4,6 +4,8 @@ import Disassembler
 /// Where an operand lives.
 enum OperandKind: UInt8 {
     case none, register, memory, immediate, segment, control, debug
+    /// SIMD registers: XMM0-15 and MM0-7 (SSEDecode.swift).
+    case xmm, mmx
 }
 
 /// One operand in the interpreter's compact form.
@@ -62,6 +64,8 @@ struct DecodedInstruction {
     var o2 = Operand()
     /// Relative branches: the displacement from the next instruction.
     var relative: Int64 = 0
+    /// MMX/SSE instructions (`op == .sse`): their decoded form (SSEDecode.swift).
+    var simd = SIMDForm()
 }
 
 /// Turns instruction bytes into `DecodedInstruction`s with Capstone (detail on).
@@ -123,6 +127,8 @@ final class Decoder {
         if name.hasPrefix("cr"), let n = UInt8(name.dropFirst(2)) { return (.control, n, 8) }
         if name.hasPrefix("dr"), let n = UInt8(name.dropFirst(2)) { return (.debug, n, 8) }
         if name == "rip" || name == "eip" || name == "ip" { return (.register, Operand.ripBase, 8) }
+        if name.hasPrefix("xmm"), let n = UInt8(name.dropFirst(3)), n < 16 { return (.xmm, n, 16) }
+        if name.hasPrefix("mm"), let n = UInt8(name.dropFirst(2)), n < 8 { return (.mmx, n, 8) }
         return (.none, 0, 0)
     }
 
@@ -212,6 +218,12 @@ final class Decoder {
                 default: d.o2 = o
                 }
             }
+        }
+        // MMX, SSE..SSE4.2 and the state instructions: decoded from the bytes (SSEDecode.swift).
+        if let form = simdForm(bytes, &d, bits: bits) {
+            d.op = form.kind == .invalid ? .invalid : .sse
+            d.simd = form
+            return d
         }
         // Forms whose width Capstone 4 names by the wrong mode in 16-bit code: go by opcode and operand size.
         if !d.twoByte {

@@ -214,6 +214,8 @@ extension InterpreterVCPU {
             try x87Wait()
         case .x87:
             try x87(d, next: next)
+        case .sse:
+            try executeSIMD(d, next: next)
             return
         case .unimplemented:
             try unimplemented(d)

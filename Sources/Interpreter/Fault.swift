@@ -16,6 +16,8 @@ struct Fault: Error {
     static func ss(_ code: UInt32 = 0) -> Fault { Fault(vector: 12, errorCode: code) }
     static func gp(_ code: UInt32 = 0) -> Fault { Fault(vector: 13, errorCode: code) }
     static func pf(_ code: UInt32) -> Fault { Fault(vector: 14, errorCode: code) }
+    /// SIMD floating-point exception (unmasked MXCSR exception with CR4.OSXMMEXCPT).
+    static func xm() -> Fault { Fault(vector: 19) }
     /// Leave the loop: the pending exit is stored in the vCPU.
     static let exit = Fault(vector: exitVector)
 

@@ -9,10 +9,6 @@ extension InterpreterMachine {
     // Tests/TandemTests/CPUIDTests.swift runs one instruction of each offered group.
     //
     // Waiting for the x87 / SSE / XSAVE work (switch on when the code is merged):
-    //   .mmx            MMX registers and instructions
-    //   .fxsr           FXSAVE/FXRSTOR and CR4.OSFXSR (allow CR4 bit 9 in writeControl)
-    //   .sse, .sse2     (x86-64 guests need both; with .fxsr)
-    //   .sse3, .ssse3, .sse41, .sse42, .pclmulqdq?   (x86-64-v2 = .cx16 .lahfLM .popcnt .sse3 .ssse3 .sse41 .sse42)
     //   .xsave          XSAVE*/XRSTOR/XGETBV/XSETBV, CR4.OSXSAVE; GuestCPUID must then
     //                   answer leaf 0xD too (it answers zeros today)
     // ============================================================================
@@ -32,7 +28,11 @@ extension InterpreterMachine {
         .pat,      // IA32_PAT
         .pse36,    // 4 MiB page frames above 4 GiB
         .clflush,  // CLFLUSH (a no-op: no caches are modelled)
+        .mmx,      // MMX on the x87 registers (SSE*.swift, CSSEHost)
+        .fxsr,     // FXSAVE/FXRSTOR, CR4.OSFXSR (SaveRestore.swift)
+        .sse, .sse2, // SSE, SSE2 under the guest's MXCSR
         // Leaf 1 ECX
+        .sse3, .ssse3, .sse41, .sse42, // incl. PCMPxSTRx and CRC32 (SSE4.2)
         .cx16,     // CMPXCHG16B
         .x2apic,   // x2APIC MSRs (answered by the interrupt controller); see GuestCPUID(x2APIC:)
         .movbe,    // MOVBE

@@ -36,7 +36,9 @@ enum Op: UInt16, CaseIterable {
     // x87 FPU: every D8-DF escape is one operation; X87.swift dispatches on the opcode byte
     // and ModRM (Capstone's names for them are many and partly undocumented aliases).
     case x87
-    /// A recognised instruction outside the implemented set (x87, SSE, ...).
+    /// MMX, SSE..SSE4.2, FXSAVE/XSAVE, XGETBV/XSETBV: one op, told apart by `DecodedInstruction.simd`.
+    case sse
+    /// A recognised instruction outside the implemented set (AVX, ...).
     case unimplemented
 }
 

@@ -104,6 +104,7 @@ extension InterpreterVCPU {
             tlb.flushAll(keepGlobal: true)
         case 4:
             let supported: UInt64 = 0x1 | 0x2 | 0x4 | 0x8 | CR4.pse | CR4.pae | 0x40 | CR4.pge | 0x100 | 0x200 | 0x400
+                | CR4Bits.osxsave   // XSAVE/XGETBV/XSETBV (SaveRestore.swift)
             if value & ~supported != 0 { throw .gp() }
             if longMode && value & CR4.pae == 0 { throw .gp() }
             s.pointee.cr4 = value

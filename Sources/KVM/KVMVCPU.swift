@@ -224,7 +224,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         MSR.sysenterCS, MSR.sysenterESP, MSR.sysenterEIP, MSR.tsc, MSR.pat,
     ]
 
-    /// `KVM_GET_REGS`, `KVM_GET_SREGS`, `KVM_GET_MSRS`, `KVM_GET_DEBUGREGS`, `KVM_GET_FPU`.
+    /// `KVM_GET_REGS`, `KVM_GET_SREGS`, `KVM_GET_MSRS`, `KVM_GET_DEBUGREGS`, and the FPU (KVMFPU.swift).
     public func readState() throws(BackendError) -> CPUState {
         var regs = kvm_regs()
         var sregs = kvm_sregs()
@@ -250,9 +250,6 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             s.dr0 = debug.db.0; s.dr1 = debug.db.1; s.dr2 = debug.db.2; s.dr3 = debug.db.3
             s.dr6 = debug.dr6; s.dr7 = debug.dr7
         }
-        var fpu = kvm_fpu()
-        guard ckvm_ioctl_ptr(fd, CKVM_GET_FPU, &fpu) == 0 else { throw BackendError("KVM_GET_FPU: \(Errno.current)") }
-        s.fpu = Self.fpuState(fpu, xcr0: s.fpu.xcr0)
         let values = try exchangeMSRs(Self.stateMSRs.map { ($0, 0) }, set: false)
         for (index, value) in values {
             switch index {
@@ -269,10 +266,11 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             default: break
             }
         }
+        readFPU(into: &s)
         return s
     }
 
-    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`, `KVM_SET_FPU`.
+    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`, and the FPU (KVMFPU.swift).
     public func writeState(_ s: CPUState) throws(BackendError) {
         var sregs = kvm_sregs()
         // Keep what CPUState does not model (the pending-interrupt bitmap).
@@ -291,8 +289,6 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             r8: s[.r8], r9: s[.r9], r10: s[.r10], r11: s[.r11], r12: s[.r12], r13: s[.r13], r14: s[.r14], r15: s[.r15],
             rip: s.rip, rflags: s.rflags)
         guard ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &regs) == 0 else { throw BackendError("KVM_SET_REGS: \(Errno.current)") }
-        var fpu = Self.kvmFPU(s.fpu)
-        guard ckvm_ioctl_ptr(fd, CKVM_SET_FPU, &fpu) == 0 else { throw BackendError("KVM_SET_FPU: \(Errno.current)") }
         var debug = kvm_debugregs()
         debug.db = (s.dr0, s.dr1, s.dr2, s.dr3)
         debug.dr6 = s.dr6
@@ -304,6 +300,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             (MSR.kernelGSBase, m.kernelGSBase), (MSR.sysenterCS, m.sysenterCS), (MSR.sysenterESP, m.sysenterESP),
             (MSR.sysenterEIP, m.sysenterEIP), (MSR.pat, m.pat),
         ], set: true)
+        writeFPU(s)
     }
 
     /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host
@@ -321,63 +318,6 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         return (0..<Int(done)).map { (list[$0].index, list[$0].data) }
     }
 
-    /// `kvm_fpu` (the FXSAVE image's contents) to `FPUState`. KVM stores the x87 registers
-    /// in stack order (fpr[i] is ST(i)), FPUState the physical registers: R[(TOP + i) & 7]
-    /// is ST(i). The tag byte is FXSAVE's abridged one, per physical register, in both.
-    /// kvm_fpu has no FCS and FDS: they read as zero (as FXSAVE64 and this host's CPU,
-    /// which deprecates them, store them).
-    static func fpuState(_ k: kvm_fpu, xcr0: UInt64) -> FPUState {
-        var f = FPUState()
-        f.fcw = k.fcw
-        f.fsw = k.fsw
-        f.ftw = k.ftwx
-        f.fop = k.last_opcode
-        f.fip = k.last_ip
-        f.fdp = k.last_dp
-        f.mxcsr = k.mxcsr
-        f.xcr0 = xcr0
-        let top = f.top
-        withUnsafeBytes(of: k.fpr) { raw in
-            for i in 0..<8 {
-                f.st[(top + i) & 7] = X87Register(significand: raw.loadUnaligned(fromByteOffset: 16 * i, as: UInt64.self),
-                                                  signExponent: raw.loadUnaligned(fromByteOffset: 16 * i + 8, as: UInt16.self))
-            }
-        }
-        withUnsafeBytes(of: k.xmm) { raw in
-            for i in 0..<16 {
-                f.xmm[i] = XMMRegister(low: raw.loadUnaligned(fromByteOffset: 16 * i, as: UInt64.self),
-                                       high: raw.loadUnaligned(fromByteOffset: 16 * i + 8, as: UInt64.self))
-            }
-        }
-        return f
-    }
-
-    /// `FPUState` to `kvm_fpu` (see `fpuState`).
-    static func kvmFPU(_ f: FPUState) -> kvm_fpu {
-        var k = kvm_fpu()
-        k.fcw = f.fcw
-        k.fsw = f.fsw
-        k.ftwx = f.ftw
-        k.last_opcode = f.fop
-        k.last_ip = f.fip
-        k.last_dp = f.fdp
-        k.mxcsr = f.mxcsr
-        let top = f.top
-        withUnsafeMutableBytes(of: &k.fpr) { raw in
-            for i in 0..<8 {
-                let r = f.st[(top + i) & 7]
-                raw.storeBytes(of: r.significand, toByteOffset: 16 * i, as: UInt64.self)
-                raw.storeBytes(of: r.signExponent, toByteOffset: 16 * i + 8, as: UInt16.self)
-            }
-        }
-        withUnsafeMutableBytes(of: &k.xmm) { raw in
-            for i in 0..<16 {
-                raw.storeBytes(of: f.xmm[i].low, toByteOffset: 16 * i, as: UInt64.self)
-                raw.storeBytes(of: f.xmm[i].high, toByteOffset: 16 * i + 8, as: UInt64.self)
-            }
-        }
-        return k
-    }
 
     static func segment(_ k: kvm_segment) -> SegmentRegister {
         SegmentRegister(selector: k.selector, base: k.base, limit: k.limit, attributes: SegmentRegister.attributes(

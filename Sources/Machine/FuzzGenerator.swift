@@ -181,6 +181,7 @@ struct InstructionGenerator {
     /// One instruction of a random table entry.
     mutating func next() -> FuzzInstruction {
         if x87Share > 0 && chance(x87Share) { return x87Instruction() }
+        if mode == .user64 && chance(50) { return nextSSE() }   // FuzzSSE.swift
         let entry = pick(table)
         let size = pick(sizes(entry.width))
         let bits = size * 8

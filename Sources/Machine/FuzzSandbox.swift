@@ -28,10 +28,15 @@ struct FuzzSandbox {
     static let userStack: UInt64 = 0x7800
     static let kernelStack: UInt64 = 0x9000
     static let size = 0x9000
+    /// user64: the MMX/SSE state loaded before the sequence (XMM0-15, MM0-7, MXCSR) and
+    /// where it is stored after it (FuzzSSE.swift).
+    static let vectorState: UInt64 = 0x8200
+    static let vectorDump: UInt64 = 0x8400
+    static let vectorStateSize = 16 * 16 + 8 * 8 + 8
 
     /// The image for `sequence` starting from `registers` (RAX...R15) and `flags`, with
     /// `dataBytes` (4 KiB) in the data page.
-    func image(sequence: [UInt8], registers: [UInt64], flags: UInt64, dataBytes: [UInt8]) -> [UInt8] {
+    func image(sequence: [UInt8], registers: [UInt64], flags: UInt64, dataBytes: [UInt8], vectorState: [UInt8] = []) -> [UInt8] {
         var img = [UInt8](repeating: 0, count: Self.size)
         func put(_ offset: UInt64, _ bytes: [UInt8]) { img.replaceSubrange(Int(offset)..<Int(offset) + bytes.count, with: bytes) }
         let le = Self.le
@@ -66,6 +71,10 @@ struct FuzzSandbox {
             c += [0x48, 0xB8] + le(base + Self.idt + 0x200, 8) + [0x0F, 0x01, 0x18] // lidt [rax]
             c += [0x48, 0xB8] + le(base + Self.pml4, 8) + [0x0F, 0x22, 0xD8]       // mov cr3, rax
             c += [0x66, 0xB8, 0x28, 0x00, 0x0F, 0x00, 0xD8]                        // ltr 0x28
+            if !vectorState.isEmpty {
+                // CR4.OSFXSR | OSXMMEXCPT: SSE enabled, unmasked SIMD exceptions are #XM.
+                c += [0x0F, 0x20, 0xE0, 0x48, 0x0D, 0x00, 0x06, 0x00, 0x00, 0x0F, 0x22, 0xE0]
+            }
             var load: [UInt8] = [0x48, 0xB8] + le(base + Self.stateBlock, 8)       // mov rax, state block
             for r in 1..<16 where r != 4 {
                 let rex: UInt8 = 0x48 | (r >= 8 ? 4 : 0)
@@ -128,6 +137,10 @@ struct FuzzSandbox {
             code = c
         }
         var all = code + sequence + [0xF4]
+        if !vectorState.isEmpty {
+            put(Self.vectorState, vectorState)
+            all = code + vectorTransfer(load: true) + sequence + vectorTransfer(load: false) + [0xF4]
+        }
         if mode == .prot32 { all.replaceSubrange(0..<0x20, with: img[0..<0x20]) }
         precondition(all.count <= Int(Self.handlers), "sequence too long for the sandbox")
         put(0, all)
@@ -155,6 +168,24 @@ struct FuzzSandbox {
             if undefinedFlags != 0 { out += [0x9C, 0x67, 0x81, 0x24, 0x24] + le(~undefinedFlags, 2) + [0x9D] }   // and word [esp], ~u
             out += [0x9C, 0x8F, 0x06] + le(address, 2)
         }
+        return out
+    }
+
+    /// At CPL 3 (KVM runs it natively, so no KVM_GET_FPU is needed): MOVDQU XMM0-15, MOVQ
+    /// MM0-7 and LDMXCSR from the state area (`load`), or the same stores to the dump area
+    /// and EMMS. Absolute [disp32] addresses, so no register is involved.
+    func vectorTransfer(load: Bool) -> [UInt8] {
+        let area = base + (load ? Self.vectorState : Self.vectorDump)
+        let le = Self.le
+        var out: [UInt8] = []
+        for i in 0..<16 {
+            out += [0xF3] + (i >= 8 ? [0x44] : []) + [0x0F, load ? 0x6F : 0x7F, 0x04 | UInt8(i & 7) << 3, 0x25] + le(area + UInt64(i * 16), 4)
+        }
+        for i in 0..<8 {
+            out += [0x0F, load ? 0x6F : 0x7F, 0x04 | UInt8(i) << 3, 0x25] + le(area + 256 + UInt64(i * 8), 4)
+        }
+        out += [0x0F, 0xAE, load ? 0x14 : 0x1C, 0x25] + le(area + 320, 4)
+        if !load { out += [0x0F, 0x77] }
         return out
     }
 

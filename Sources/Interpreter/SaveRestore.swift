@@ -1,0 +1,251 @@
+import X86
+
+// LDMXCSR/STMXCSR, FXSAVE/FXRSTOR (32- and 64-bit layouts), XSAVE/XSAVEOPT/XSAVEC/XRSTOR
+// for XCR0 = x87 | SSE (state components 0 and 1), XGETBV/XSETBV. Layouts: SDM vol. 1,
+// 10.5.1 (FXSAVE area) and 13.4 (XSAVE area). The FXSAVE image keeps the x87 registers in
+// stack order (ST(0) first); CPUState keeps physical registers, so ST(i) = st[(TOP+i)&7].
+
+/// MXCSR bits a guest may set (DAZ included: the host, whose unit runs the operations, has it).
+let mxcsrMask: UInt32 = 0xFFFF
+/// The state components offered in XCR0: x87 and SSE.
+let xcr0Supported: UInt64 = 0x3
+
+extension InterpreterVCPU {
+    @inline(never)
+    func saveRestore(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
+        let f = d.pointee.simd
+        let o = d.pointee.o1
+        let wide = f.bits & SIMDBits.w != 0
+        func offset() -> UInt64 { effectiveAddress(o, d.pointee.addressSize, next: next) }
+        switch f.kind {
+        case .ldmxcsr:
+            let v = UInt32(try read(o.segment, offset(), 4))
+            if v & ~mxcsrMask != 0 { throw .gp() }
+            s.pointee.fpu.mxcsr = v
+        case .stmxcsr:
+            try write(o.segment, offset(), 4, UInt64(s.pointee.fpu.mxcsr))
+        case .fxsave, .fxrstor:
+            let cr0 = s.pointee.cr0
+            if cr0 & (CR0.em | CR0.ts) != 0 { throw .nm() }
+            if f.kind == .fxsave {
+                var image = [UInt8](repeating: 0, count: 416)
+                fillLegacyArea(&image, wide: wide, x87: true, sse: true)
+                // Outside 64-bit mode only XMM0-7 exist; the XMM8-15 slots are not written.
+                try writeBlock(o.segment, offset(), longMode && codeBits == 64 ? image : Array(image[0..<288]), alignment: 16)
+            } else {
+                let image = try readBlock(o.segment, offset(), 416, alignment: 16)
+                let mxcsr = image.load32(24)
+                if mxcsr & ~mxcsrMask != 0 { throw .gp() }
+                loadLegacyArea(image, wide: wide, x87: true, sse: true, xmmCount: codeBits == 64 ? 16 : 8)
+                s.pointee.fpu.mxcsr = mxcsr
+            }
+        case .xsave, .xsaveopt, .xsavec, .xrstor:
+            if s.pointee.cr4 & CR4Bits.osxsave == 0 { throw .ud() }
+            if s.pointee.cr0 & CR0.ts != 0 { throw .nm() }
+            let rfbm = (r[2] << 32 | r[0] & 0xFFFF_FFFF) & s.pointee.fpu.xcr0
+            if f.kind == .xrstor { try xrstor(o.segment, offset(), rfbm: rfbm, wide: wide) } else {
+                try xsave(o.segment, offset(), rfbm: rfbm, wide: wide, compacted: f.kind == .xsavec)
+            }
+        case .xgetbv:
+            if s.pointee.cr4 & CR4Bits.osxsave == 0 { throw .ud() }
+            // XCR0 only (ECX = 1, XINUSE, is not offered).
+            if r[1] & 0xFFFF_FFFF != 0 { throw .gp() }
+            let v = s.pointee.fpu.xcr0
+            writeReg(0, 4, v & 0xFFFF_FFFF)
+            writeReg(2, 4, v >> 32)
+        case .xsetbv:
+            if s.pointee.cr4 & CR4Bits.osxsave == 0 { throw .ud() }
+            if cpl != 0 || virtual8086 { throw .gp() }
+            if r[1] & 0xFFFF_FFFF != 0 { throw .gp() }
+            let v = r[2] << 32 | r[0] & 0xFFFF_FFFF
+            if v & 1 == 0 || v & ~xcr0Supported != 0 { throw .gp() }
+            s.pointee.fpu.xcr0 = v
+        default:
+            throw .ud()
+        }
+    }
+
+    // MARK: The legacy (FXSAVE) area
+
+    /// Writes the x87 part (bytes 0-23, 32-159) and/or the SSE part (MXCSR at 24-31, XMM at
+    /// 160-415) of the legacy area.
+    func fillLegacyArea(_ b: inout [UInt8], wide: Bool, x87: Bool, sse: Bool) {
+        let fpu = s.pointee.fpu
+        if x87 {
+            b.store16(0, fpu.fcw)
+            b.store16(2, fpu.fsw)
+            b[4] = fpu.ftw
+            b.store16(6, fpu.fop & 0x7FF)
+            if wide {
+                b.store64(8, fpu.fip)
+                b.store64(16, fpu.fdp)
+            } else {
+                b.store32(8, UInt32(truncatingIfNeeded: fpu.fip))
+                b.store16(12, fpu.fcs)
+                b.store32(16, UInt32(truncatingIfNeeded: fpu.fdp))
+                b.store16(20, fpu.fds)
+            }
+            for i in 0..<8 {
+                let reg = fpu.st[(fpu.top + i) & 7]
+                b.store64(32 + 16 * i, reg.significand)
+                b.store16(40 + 16 * i, reg.signExponent)
+            }
+        }
+        if sse || x87 {
+            // MXCSR goes with either (FXSAVE always; XSAVE with the SSE component).
+            if sse {
+                b.store32(24, fpu.mxcsr)
+                b.store32(28, mxcsrMask)
+            }
+        }
+        if sse {
+            for i in 0..<16 {
+                b.store64(160 + 16 * i, fpu.xmm[i].low)
+                b.store64(168 + 16 * i, fpu.xmm[i].high)
+            }
+        }
+    }
+
+    func loadLegacyArea(_ b: [UInt8], wide: Bool, x87: Bool, sse: Bool, xmmCount: Int) {
+        if x87 {
+            // FCW's reserved bits 7 and 13-15 do not load; FSW's B (bit 15) follows ES
+            // (bit 7). Both as this CPU does (FXRSTOR then FXSAVE in the user64 fuzz).
+            s.pointee.fpu.fcw = b.load16(0) & 0x1F7F
+            let fsw = b.load16(2)
+            s.pointee.fpu.fsw = fsw & 0x7FFF | (fsw & 0x80) << 8
+            s.pointee.fpu.ftw = b[4]
+            s.pointee.fpu.fop = b.load16(6) & 0x7FF
+            if wide {
+                s.pointee.fpu.fip = b.load64(8)
+                s.pointee.fpu.fdp = b.load64(16)
+                s.pointee.fpu.fcs = 0
+                s.pointee.fpu.fds = 0
+            } else {
+                s.pointee.fpu.fip = UInt64(b.load32(8))
+                s.pointee.fpu.fcs = b.load16(12)
+                s.pointee.fpu.fdp = UInt64(b.load32(16))
+                s.pointee.fpu.fds = b.load16(20)
+            }
+            let top = s.pointee.fpu.top
+            for i in 0..<8 {
+                s.pointee.fpu.st[(top + i) & 7] = X87Register(significand: b.load64(32 + 16 * i), signExponent: b.load16(40 + 16 * i))
+            }
+        }
+        if sse {
+            for i in 0..<xmmCount {
+                s.pointee.fpu.xmm[i] = XMMRegister(low: b.load64(160 + 16 * i), high: b.load64(168 + 16 * i))
+            }
+        }
+    }
+
+    func initX87() {
+        s.pointee.fpu.fcw = 0x037F
+        s.pointee.fpu.fsw = 0
+        s.pointee.fpu.ftw = 0
+        s.pointee.fpu.fop = 0
+        s.pointee.fpu.fip = 0
+        s.pointee.fpu.fdp = 0
+        s.pointee.fpu.fcs = 0
+        s.pointee.fpu.fds = 0
+        for i in 0..<8 { s.pointee.fpu.st[i] = X87Register() }
+    }
+
+    /// XINUSE: which components differ from their initial configuration (SDM 13.6).
+    var stateInUse: UInt64 {
+        let fpu = s.pointee.fpu
+        var inUse: UInt64 = 0
+        var x87Init = fpu.fcw == 0x037F && fpu.fsw == 0 && fpu.ftw == 0 && fpu.fop == 0 && fpu.fip == 0 && fpu.fdp == 0
+        for i in 0..<8 where fpu.st[i] != X87Register() { x87Init = false }
+        if !x87Init { inUse |= 1 }
+        var sseInit = fpu.mxcsr == 0x1F80
+        for i in 0..<16 where fpu.xmm[i] != XMMRegister() { sseInit = false }
+        if !sseInit { inUse |= 2 }
+        return inUse
+    }
+
+    // MARK: XSAVE
+
+    func xsave(_ segment: UInt8, _ offset: UInt64, rfbm: UInt64, wide: Bool, compacted: Bool) throws(Fault) {
+        let inUse = stateInUse
+        // The header's XSTATE_BV is read and updated (bits outside RFBM are kept).
+        let old = try readBlock(segment, offset, 576, alignment: 64)
+        var image = old
+        let save = compacted ? rfbm & inUse : rfbm
+        fillLegacyArea(&image, wide: wide, x87: save & 1 != 0, sse: save & 2 != 0)
+        // FXSAVE-style areas written by XSAVE: the XMM8-15 slots only in 64-bit mode.
+        if codeBits != 64 { for i in 288..<416 { image[i] = old[i] } }
+        if compacted {
+            for i in 512..<576 { image[i] = 0 }
+            image.store64(512, rfbm & inUse)
+            image.store64(520, 1 << 63 | rfbm)
+        } else {
+            let bv = old.load64(512) & ~rfbm | rfbm & inUse
+            image.store64(512, bv)
+        }
+        try writeBlock(segment, offset, image, alignment: 64)
+    }
+
+    func xrstor(_ segment: UInt8, _ offset: UInt64, rfbm: UInt64, wide: Bool) throws(Fault) {
+        let image = try readBlock(segment, offset, 576, alignment: 64)
+        let xcr0 = s.pointee.fpu.xcr0
+        let bv = image.load64(512), comp = image.load64(520)
+        let compacted = comp >> 63 != 0
+        if compacted {
+            if comp & ~(1 << 63) & ~xcr0 != 0 || bv & ~comp != 0 { throw .gp() }
+            for i in stride(from: 528, to: 576, by: 8) where image.load64(i) != 0 { throw .gp() }
+        } else {
+            if bv & ~xcr0 != 0 { throw .gp() }
+            for i in stride(from: 520, to: 536, by: 8) where image.load64(i) != 0 { throw .gp() }
+        }
+        // MXCSR: loaded from memory whenever SSE is requested in the standard form; in the
+        // compacted form only with XSTATE_BV[1].
+        let loadMXCSR = rfbm & 2 != 0 && (!compacted || bv & 2 != 0)
+        let mxcsr = image.load32(24)
+        if loadMXCSR && mxcsr & ~mxcsrMask != 0 { throw .gp() }
+        if rfbm & 1 != 0 {
+            if bv & 1 != 0 { loadLegacyArea(image, wide: wide, x87: true, sse: false, xmmCount: 0) } else { initX87() }
+        }
+        if rfbm & 2 != 0 {
+            if bv & 2 != 0 {
+                loadLegacyArea(image, wide: wide, x87: false, sse: true, xmmCount: codeBits == 64 ? 16 : 8)
+            } else {
+                for i in 0..<(codeBits == 64 ? 16 : 8) { s.pointee.fpu.xmm[i] = XMMRegister() }
+            }
+            if loadMXCSR { s.pointee.fpu.mxcsr = mxcsr } else if compacted { s.pointee.fpu.mxcsr = 0x1F80 }
+        }
+    }
+
+    // MARK: Blocks of guest memory
+
+    /// Reads `count` bytes (a multiple of 8) after the segment and alignment checks.
+    func readBlock(_ segment: UInt8, _ offset: UInt64, _ count: Int, alignment: UInt64) throws(Fault) -> [UInt8] {
+        let la = try linearAddress(segment, offset, count, .read)
+        if la & (alignment - 1) != 0 { throw .gp() }
+        var b = [UInt8](repeating: 0, count: count)
+        for i in stride(from: 0, to: count, by: 8) { b.store64(i, try readLinear(la &+ UInt64(i), 8)) }
+        return b
+    }
+
+    /// Writes `bytes` (a multiple of 8 long); every page is checked first so a fault writes nothing.
+    func writeBlock(_ segment: UInt8, _ offset: UInt64, _ bytes: [UInt8], alignment: UInt64) throws(Fault) {
+        let la = try linearAddress(segment, offset, bytes.count, .write)
+        if la & (alignment - 1) != 0 { throw .gp() }
+        if paging {
+            var page = la & ~0xFFF
+            while page < la &+ UInt64(bytes.count) {
+                _ = try translateLinear(max(page, la), .write)
+                page &+= 0x1000
+            }
+        }
+        for i in stride(from: 0, to: bytes.count, by: 8) { try writeLinear(la &+ UInt64(i), 8, bytes.load64(i)) }
+    }
+}
+
+extension Array where Element == UInt8 {
+    func load16(_ i: Int) -> UInt16 { UInt16(self[i]) | UInt16(self[i + 1]) << 8 }
+    func load32(_ i: Int) -> UInt32 { UInt32(load16(i)) | UInt32(load16(i + 2)) << 16 }
+    func load64(_ i: Int) -> UInt64 { UInt64(load32(i)) | UInt64(load32(i + 4)) << 32 }
+    mutating func store16(_ i: Int, _ v: UInt16) { self[i] = UInt8(v & 0xFF); self[i + 1] = UInt8(v >> 8) }
+    mutating func store32(_ i: Int, _ v: UInt32) { store16(i, UInt16(v & 0xFFFF)); store16(i + 2, UInt16(v >> 16)) }
+    mutating func store64(_ i: Int, _ v: UInt64) { store32(i, UInt32(v & 0xFFFF_FFFF)); store32(i + 4, UInt32(v >> 32)) }
+}

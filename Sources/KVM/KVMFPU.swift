@@ -1,0 +1,102 @@
+import CKVM
+import X86
+
+// The x87, MMX and SSE registers and MXCSR between CPUState and KVM, so state moves between
+// KVM and the interpreter with the vCPU (a handoff of one SSE instruction at CPL 0 must see
+// the XMM values KVM left). Through KVM_GET_XSAVE/KVM_SET_XSAVE: its legacy area is the
+// 64-bit FXSAVE layout (fcw 0, fsw 2, abridged ftw 4, fop 6, fip 8, fdp 16, MXCSR 24,
+// ST(0)-ST(7) from 32 in stack order, XMM0-15 from 160) and XSTATE_BV at 512 says which
+// components hold values (a clear bit: the component is in its initial state). This
+// host's PVM KVM_GET_FPU reports MXCSR as 0 (Documentation/HostLimitations.md), so
+// KVM_GET_FPU/KVM_SET_FPU (struct kvm_fpu: the same fields at other offsets) are only the
+// fallback when XSAVE is unavailable. XCR0 is not transferred (it stays the interpreter's).
+extension KVMVCPU {
+    func readFPU(into s: inout CPUState) {
+        var xsave = kvm_xsave()
+        if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
+            withUnsafeBytes(of: &xsave) { b in
+                let bv = b.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
+                if bv & 1 != 0 { Self.loadX87(b, into: &s, fop: 6, fip: 8, fdp: 16, fpr: 32) } else { Self.initX87(&s) }
+                for i in 0..<16 {
+                    s.fpu.xmm[i] = bv & 2 != 0 ? XMMRegister(low: b.loadUnaligned(fromByteOffset: 160 + 16 * i, as: UInt64.self),
+                                                             high: b.loadUnaligned(fromByteOffset: 168 + 16 * i, as: UInt64.self)) : XMMRegister()
+                }
+                s.fpu.mxcsr = b.loadUnaligned(fromByteOffset: 24, as: UInt32.self)
+            }
+            return
+        }
+        var fpu = kvm_fpu()
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_FPU, &fpu) == 0 else { return }
+        withUnsafeBytes(of: &fpu) { b in
+            Self.loadX87(b, into: &s, fop: 134, fip: 136, fdp: 144, fpr: 0)
+            for i in 0..<16 {
+                s.fpu.xmm[i] = XMMRegister(low: b.loadUnaligned(fromByteOffset: 152 + 16 * i, as: UInt64.self),
+                                           high: b.loadUnaligned(fromByteOffset: 160 + 16 * i, as: UInt64.self))
+            }
+            s.fpu.mxcsr = b.loadUnaligned(fromByteOffset: 408, as: UInt32.self)
+        }
+    }
+
+    func writeFPU(_ s: CPUState) {
+        var xsave = kvm_xsave()
+        if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
+            withUnsafeMutableBytes(of: &xsave) { b in
+                Self.storeX87(s, b, fop: 6, fip: 8, fdp: 16, fpr: 32)
+                for i in 0..<16 {
+                    b.storeBytes(of: s.fpu.xmm[i].low, toByteOffset: 160 + 16 * i, as: UInt64.self)
+                    b.storeBytes(of: s.fpu.xmm[i].high, toByteOffset: 168 + 16 * i, as: UInt64.self)
+                }
+                b.storeBytes(of: s.fpu.mxcsr, toByteOffset: 24, as: UInt32.self)
+                let bv = b.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
+                b.storeBytes(of: bv | 3, toByteOffset: 512, as: UInt64.self)
+            }
+            if ckvm_ioctl_ptr(fd, CKVM_SET_XSAVE, &xsave) == 0 { return }
+        }
+        var fpu = kvm_fpu()
+        withUnsafeMutableBytes(of: &fpu) { b in
+            Self.storeX87(s, b, fop: 134, fip: 136, fdp: 144, fpr: 0)
+            for i in 0..<16 {
+                b.storeBytes(of: s.fpu.xmm[i].low, toByteOffset: 152 + 16 * i, as: UInt64.self)
+                b.storeBytes(of: s.fpu.xmm[i].high, toByteOffset: 160 + 16 * i, as: UInt64.self)
+            }
+            b.storeBytes(of: s.fpu.mxcsr, toByteOffset: 408, as: UInt32.self)
+        }
+        _ = ckvm_ioctl_ptr(fd, CKVM_SET_FPU, &fpu)
+    }
+
+    /// fcw, fsw and the abridged tag byte are at 0, 2, 4 (FXSAVE) or 128, 130, 132 (kvm_fpu).
+    private static func loadX87(_ b: UnsafeRawBufferPointer, into s: inout CPUState, fop: Int, fip: Int, fdp: Int, fpr: Int) {
+        let base = fpr == 0 ? 128 : 0
+        s.fpu.fcw = b.loadUnaligned(fromByteOffset: base, as: UInt16.self)
+        s.fpu.fsw = b.loadUnaligned(fromByteOffset: base + 2, as: UInt16.self)
+        s.fpu.ftw = b[base + 4]
+        s.fpu.fop = b.loadUnaligned(fromByteOffset: fop, as: UInt16.self)
+        s.fpu.fip = b.loadUnaligned(fromByteOffset: fip, as: UInt64.self)
+        s.fpu.fdp = b.loadUnaligned(fromByteOffset: fdp, as: UInt64.self)
+        let top = s.fpu.top
+        for i in 0..<8 {
+            s.fpu.st[(top + i) & 7] = X87Register(significand: b.loadUnaligned(fromByteOffset: fpr + 16 * i, as: UInt64.self),
+                                                  signExponent: b.loadUnaligned(fromByteOffset: fpr + 16 * i + 8, as: UInt16.self))
+        }
+    }
+
+    private static func storeX87(_ s: CPUState, _ b: UnsafeMutableRawBufferPointer, fop: Int, fip: Int, fdp: Int, fpr: Int) {
+        let base = fpr == 0 ? 128 : 0
+        b.storeBytes(of: s.fpu.fcw, toByteOffset: base, as: UInt16.self)
+        b.storeBytes(of: s.fpu.fsw, toByteOffset: base + 2, as: UInt16.self)
+        b[base + 4] = s.fpu.ftw
+        b.storeBytes(of: s.fpu.fop, toByteOffset: fop, as: UInt16.self)
+        b.storeBytes(of: s.fpu.fip, toByteOffset: fip, as: UInt64.self)
+        b.storeBytes(of: s.fpu.fdp, toByteOffset: fdp, as: UInt64.self)
+        let top = s.fpu.top
+        for i in 0..<8 {
+            b.storeBytes(of: s.fpu.st[(top + i) & 7].significand, toByteOffset: fpr + 16 * i, as: UInt64.self)
+            b.storeBytes(of: s.fpu.st[(top + i) & 7].signExponent, toByteOffset: fpr + 16 * i + 8, as: UInt16.self)
+        }
+    }
+
+    private static func initX87(_ s: inout CPUState) {
+        s.fpu.fcw = 0x037F; s.fpu.fsw = 0; s.fpu.ftw = 0; s.fpu.fop = 0; s.fpu.fip = 0; s.fpu.fdp = 0
+        for i in 0..<8 { s.fpu.st[i] = X87Register() }
+    }
+}
