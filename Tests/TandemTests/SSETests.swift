@@ -1126,7 +1126,7 @@ struct KVMFPUStateTests {
     @Test("XMM, MMX/x87 registers (stack order vs physical) and MXCSR survive writeState/readState on KVM (KVM_SET_XSAVE/KVM_GET_XSAVE)", .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
     func roundTrip() throws {
         let memory = try GuestMemoryMap(ramSize: 1 << 20)
-        let (vm, vcpus) = try KVMDevice(path: KVMDevice.defaultPath).makeMachine(memory: memory, cpus: 1)
+        let (vm, vcpus) = try KVMDevice(path: KVMDevice.defaultPath).makeMachine(memory: memory, cpus: 1, cpu: defaultGuestCPU())
         _ = vm
         var s = try vcpus[0].readState()
         for i in 0..<16 { s.fpu.xmm[i] = XMMRegister(low: 0x0123_4567_89AB_CDEF &* UInt64(i + 1), high: ~UInt64(i)) }
