@@ -213,57 +213,27 @@ on_spurious:
 
 ; Builds 256 gates: the spurious handler everywhere, then the four vectors.
 build_idt:
-        push rcx
         push rdi
         push rax
-        mov rdi, 0
-.fill:  lea rax, [on_spurious]
-        call set_gate
-        inc rdi
-        cmp rdi, 256
-        jb .fill
-        mov rdi, 0x40
+        lea rax, [on_spurious]
+        call fill_idt
+        mov edi, 0x40
         lea rax, [on_timer]
         call set_gate
-        mov rdi, 0x41
+        mov edi, 0x41
         lea rax, [on_ipi]
         call set_gate
-        mov rdi, 0x42
+        mov edi, 0x42
         lea rax, [on_all_but_self]
         call set_gate
-        mov rdi, 0x43
+        mov edi, 0x43
         lea rax, [on_all]
         call set_gate
         pop rax
         pop rdi
-        pop rcx
-        ret
-
-; set_gate: RDI = vector, RAX = handler. A 64-bit interrupt gate, DPL 0, present.
-set_gate:
-        push rcx
-        push rdx
-        mov rdx, rdi
-        shl rdx, 4
-        lea rcx, [idt]
-        add rcx, rdx
-        mov [rcx], ax
-        mov dx, cs
-        mov [rcx + 2], dx
-        mov word [rcx + 4], 0x8E00
-        mov rdx, rax
-        shr rdx, 16
-        mov [rcx + 6], dx
-        shr rdx, 16
-        mov [rcx + 8], edx
-        mov dword [rcx + 12], 0
-        pop rdx
-        pop rcx
         ret
 
 section .data
-idtr:   dw 256 * 16 - 1
-        dq idt
 s_cpu:  db "cpu", 0
 s_ticks: db " ticks=", 0
 s_ipi:  db " ipi=", 0
@@ -285,5 +255,6 @@ all:    resq MAXCPU
         alignb 4096
 stacks: resb 4096 * MAXCPU
 
-; COM1 routines
+; COM1 routines and the IDT helpers
 %include "uart64.inc"
+%include "idt64.inc"

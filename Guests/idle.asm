@@ -22,16 +22,9 @@ _start:
         shl rax, 12
         lea rsp, [stacks]
         add rsp, rax
-        lea rax, [on_timer]
-        lea rcx, [idt + 0x40 * 16]
-        mov [rcx], ax
-        mov dx, cs
-        mov [rcx + 2], dx
-        mov word [rcx + 4], 0x8E00
-        shr rax, 16
-        mov [rcx + 6], ax
-        shr rax, 16
-        mov [rcx + 8], eax
+        lea rax, [on_timer]                     ; gate 0x40
+        mov edi, 0x40
+        call set_gate
         lidt [idtr]
         mov rbx, APIC
         mov dword [rbx + 0xF0], 0x1FF
@@ -69,8 +62,6 @@ on_timer:
         iretq
 
 section .data
-idtr:   dw 256 * 16 - 1
-        dq idt
 s_done: db "idle: done", 10, 0
 
 section .bss
@@ -81,3 +72,4 @@ finished: resq 1
 stacks: resb 4096 * 64
 
 %include "uart64.inc"
+%include "idt64.inc"

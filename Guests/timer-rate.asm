@@ -23,15 +23,8 @@ _start:
         jmp .park
 .bsp:   lea rsp, [stack_top]
         lea rax, [on_timer]                     ; gate 0x40
-        lea rcx, [idt + 0x40 * 16]
-        mov [rcx], ax
-        mov dx, cs
-        mov [rcx + 2], dx
-        mov word [rcx + 4], 0x8E00
-        shr rax, 16
-        mov [rcx + 6], ax
-        shr rax, 16
-        mov [rcx + 8], eax
+        mov edi, 0x40
+        call set_gate
         lidt [idtr]
         mov rbx, APIC
         mov dword [rbx + 0xF0], 0x1FF
@@ -60,8 +53,6 @@ on_timer:
         iretq
 
 section .data
-idtr:   dw 256 * 16 - 1
-        dq idt
 s_done: db "timer-rate: ", 0
 s_tail: db " interrupts", 10, 0
 
@@ -72,3 +63,4 @@ stack:  resb 8192
 stack_top:
 
 %include "uart64.inc"
+%include "idt64.inc"

@@ -30,12 +30,8 @@ _start:
 .bsp:   lea rsp, [stack_top]
         call uart_init
         ; IDT: every vector to the spurious handler, 0x24 to the UART handler.
-        xor edi, edi
-.fill:  lea rax, [on_spurious]
-        call set_gate
-        inc edi
-        cmp edi, 256
-        jb .fill
+        lea rax, [on_spurious]
+        call fill_idt
         mov edi, 0x24
         lea rax, [on_uart]
         call set_gate
@@ -100,31 +96,7 @@ on_uart:
 on_spurious:
         iretq
 
-; set_gate: EDI = vector, RAX = handler (64-bit interrupt gate, DPL 0).
-set_gate:
-        push rcx
-        push rdx
-        mov edx, edi
-        shl rdx, 4
-        lea rcx, [idt]
-        add rcx, rdx
-        mov [rcx], ax
-        mov dx, cs
-        mov [rcx + 2], dx
-        mov word [rcx + 4], 0x8E00
-        mov rdx, rax
-        shr rdx, 16
-        mov [rcx + 6], dx
-        shr rdx, 16
-        mov [rcx + 8], edx
-        mov dword [rcx + 12], 0
-        pop rdx
-        pop rcx
-        ret
-
 section .data
-idtr:   dw 256 * 16 - 1
-        dq idt
 s_echo: db 10, "echo: ", 0
 s_bytes: db " bytes", 10, 0
 
@@ -138,3 +110,4 @@ stack:  resb 8192
 stack_top:
 
 %include "uart64.inc"
+%include "idt64.inc"

@@ -189,12 +189,8 @@ on_spurious:
         iretq
 
 build_idt:
-        xor edi, edi
-.fill:  lea rax, [on_spurious]
-        call set_gate
-        inc edi
-        cmp edi, 256
-        jb .fill
+        lea rax, [on_spurious]
+        call fill_idt
         mov edi, 0x40
         lea rax, [on_deadline]
         call set_gate
@@ -206,30 +202,7 @@ build_idt:
         call set_gate
         ret
 
-set_gate:
-        push rcx
-        push rdx
-        mov edx, edi
-        shl rdx, 4
-        lea rcx, [idt]
-        add rcx, rdx
-        mov [rcx], ax
-        mov dx, cs
-        mov [rcx + 2], dx
-        mov word [rcx + 4], 0x8E00
-        mov rdx, rax
-        shr rdx, 16
-        mov [rcx + 6], dx
-        shr rdx, 16
-        mov [rcx + 8], edx
-        mov dword [rcx + 12], 0
-        pop rdx
-        pop rcx
-        ret
-
 section .data
-idtr:   dw 256 * 16 - 1
-        dq idt
 s_cpu:  db "cpu", 0
 s_id:   db " id=", 0
 s_deadline: db " deadline=", 0
@@ -250,3 +223,4 @@ ring:   resq MAXCPU
 stacks: resb 4096 * MAXCPU
 
 %include "uart64.inc"
+%include "idt64.inc"
