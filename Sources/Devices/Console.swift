@@ -116,8 +116,11 @@ public final class ConsoleInput: Sendable {
     }
     private let state: Mutex<State>
     private let readsStdin: Bool
-    /// Called on the stdin thread after bytes arrive (the UART raises its interrupt).
-    private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Called on the stdin thread after bytes arrive (the UART raises its interrupt). Kept
+    /// in a class: a function value read out of a `Mutex` through its `inout` is written
+    /// back re-wrapped in a reabstraction thunk, so each call would add two frames to the
+    /// next one (found by the torture campaign: a stack overflow after some 30,000 reads).
+    private let arrival = Mutex<ArrivalHandler?>(nil)
     /// Signalled when the guest takes a byte from a full FIFO: the stdin thread may read again.
     private let room = DispatchSemaphore(value: 0)
 
@@ -149,7 +152,8 @@ public final class ConsoleInput: Sendable {
 
     /// Sets what is called when bytes arrive from stdin.
     public func onArrival(_ body: @escaping @Sendable () -> Void) {
-        arrival.withLock { $0 = body }
+        let handler = ArrivalHandler(body)
+        arrival.withLock { $0 = handler }
     }
 
     /// Takes the next byte, if any.
@@ -208,8 +212,14 @@ public final class ConsoleInput: Sendable {
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { state.withLock { $0.ended = true }; return }
                 state.withLock { $0.queue.append(contentsOf: buffer[0..<n]) }
-                arrival.withLock { $0 }?()
+                arrival.withLock { $0 }?.body()
             }
         }
     }
+}
+
+/// What `ConsoleInput.onArrival` calls.
+final class ArrivalHandler: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
