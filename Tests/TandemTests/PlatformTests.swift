@@ -26,6 +26,15 @@ struct PlatformTests {
         #expect(shown >= before.addingTimeInterval(-1) && shown <= after.addingTimeInterval(1))
     }
 
+    @Test("c-compute: C compiled at -O3 -march=x86-64-v2 (vectorised SSE4.1 integer loops, SSE float/double, POPCNT, x87 long double) prints what the same program prints natively", arguments: backends())
+    func compiledC(backend: BackendKind) throws {
+        let expected = try String(contentsOfFile: try guest("c-compute.expected"), encoding: .utf8)
+        #expect(expected.split(separator: "\n").count == 18)
+        let r = runGuest(try guest("c-compute.elf"), backend: backend, timeout: 120)
+        #expect(r.output == expected)
+        #expect(r.status == 0)
+    }
+
     @Test("i8042 0xFE and port 0xCF9 reset the machine: status 212 and a one-line report", arguments: backends())
     func reset(backend: BackendKind) throws {
         // mov al, 0xFE; out 0x64, al; hlt
