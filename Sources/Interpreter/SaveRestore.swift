@@ -108,28 +108,32 @@ extension InterpreterVCPU {
 
     func loadLegacyArea(_ b: [UInt8], wide: Bool, x87: Bool, sse: Bool, xmmCount: Int) {
         if x87 {
-            // FCW's reserved bits 7 and 13-15 do not load; FSW's B (bit 15) follows ES
-            // (bit 7). Both as this CPU does (FXRSTOR then FXSAVE in the user64 fuzz).
-            s.pointee.fpu.fcw = b.load16(0) & 0x1F7F
-            let fsw = b.load16(2)
-            s.pointee.fpu.fsw = fsw & 0x7FFF | (fsw & 0x80) << 8
+            // FCW's reserved bits do not load, as on this CPU.
+            s.pointee.fpu.fcw = x87ControlWord(b.load16(0))   // bit 6 reads as one
+            s.pointee.fpu.fsw = b.load16(2)
             s.pointee.fpu.ftw = b[4]
             s.pointee.fpu.fop = b.load16(6) & 0x7FF
             if wide {
-                s.pointee.fpu.fip = b.load64(8)
+                // This CPU keeps FIP as a 57-bit address, sign-extended from bit 56.
+                s.pointee.fpu.fip = UInt64(bitPattern: Int64(bitPattern: b.load64(8) << 7) >> 7)
                 s.pointee.fpu.fdp = b.load64(16)
                 s.pointee.fpu.fcs = 0
                 s.pointee.fpu.fds = 0
             } else {
+                // FCS and FDS are deprecated on this CPU (CPUID.7.EBX bit 13): they load as
+                // zero, as X87.swift keeps them.
                 s.pointee.fpu.fip = UInt64(b.load32(8))
-                s.pointee.fpu.fcs = b.load16(12)
+                s.pointee.fpu.fcs = 0
                 s.pointee.fpu.fdp = UInt64(b.load32(16))
-                s.pointee.fpu.fds = b.load16(20)
+                s.pointee.fpu.fds = 0
             }
             let top = s.pointee.fpu.top
             for i in 0..<8 {
                 s.pointee.fpu.st[(top + i) & 7] = X87Register(significand: b.load64(32 + 16 * i), signExponent: b.load16(40 + 16 * i))
             }
+            // ES and B are not loaded: they follow the exception flags FCW leaves unmasked,
+            // as after FLDENV and FRSTOR (FXRSTOR then the user64 fuzz's state compare).
+            x87RecomputeSummary()
         }
         if sse {
             for i in 0..<xmmCount {
