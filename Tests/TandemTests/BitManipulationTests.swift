@@ -130,73 +130,14 @@ private let values = """
     values: dq 0, 1, -1, 0x80000000, 0x8000000000000000, 0x00ff00ff00ff00f0, 0x123456789abcdef0, 0xFFFFFFFF, 7, 0x0000000000001004
 """
 
-private func hostCPUHas(_ flags: [String]) -> Bool {
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
-    let have = Set(line.split(separator: " ").map(String.init))
-    return flags.allSatisfy(have.contains)
-}
-
 @Suite("Bit manipulation against the host CPU",
        .enabled(if: hostCPUHas(["popcnt", "abm", "bmi1", "bmi2", "adx", "movbe"]), "this CPU lacks POPCNT/LZCNT/BMI1/BMI2/ADX/MOVBE"))
 struct BitManipulationTests {
     @Test("4,700 results of popcnt lzcnt tzcnt andn bextr blsi blsmsk blsr bzhi pdep pext rorx sarx shlx shrx mulx adcx adox movbe equal the CPU's")
     func againstHostCPU() throws {
-        let include = scratchPath("bmi")
-        try FileManager.default.createDirectory(atPath: include, withIntermediateDirectories: true)
-        try body.write(toFile: include + "/body.inc", atomically: true, encoding: .utf8)
-        try values.write(toFile: include + "/data.inc", atomically: true, encoding: .utf8)
-        // The host program: write(1, results, count * 8), exit(0).
-        let hostSource = try writeScratchFile(Array("""
-        bits 64
-        default rel
-        section .text
-        global _start
-        _start:
-        %include "body.inc"
-                mov eax, 1
-                mov edi, 1
-                lea rsi, [results]
-                lea rdx, [r15 * 8]
-                syscall
-                mov eax, 60
-                xor edi, edi
-                syscall
-        section .data
-        %include "data.inc"
-        section .bss
-        scratch: resq 1
-        results: resq 6000
-        """.utf8), name: "bmi-host.asm")
-        let object = scratchPath("bmi-host.o"), program = scratchPath("bmi-host")
-        #expect(try runProcess("/usr/bin/env", ["nasm", "-f", "elf64", "-I\(include)/", "-o", object, hostSource]).status == 0)
-        #expect(try runProcess("/usr/bin/env", ["ld", "-o", program, object]).status == 0)
-        let native = try runProcess(program, [])
+        let (native, guest) = try runNativeAndOnInterpreter(
+            name: "bmi", body: body, data: values, bss: "scratch: resq 1\nresults: resq 6000", length: { "lea \($0), [r15 * 8]" })
         #expect(native.status == 0)
-        // The guest: the same body, the results out through port 0xE9.
-        let guestImage = try assembleELF64("""
-        bits 64
-        default rel
-        section .text
-        global _start
-        _start:
-                lea rsp, [stack_top]
-        %include "\(include)/body.inc"
-                lea rsi, [results]
-                lea rcx, [r15 * 8]
-                mov dx, 0xe9
-                rep outsb
-                mov al, 0
-                out 0xf4, al
-        section .data
-        %include "\(include)/data.inc"
-        section .bss
-        scratch: resq 1
-        results: resq 6000
-                resb 4096
-        stack_top:
-        """, name: "bmi-guest")
-        let guest = runGuest(guestImage, backend: .interp)
         #expect(guest.status == 0, "\(guest.message ?? "")")
         let expected = Array(native.stdoutBytes)
         #expect(expected.count == 4700 * 8)

@@ -827,81 +827,15 @@ private let data = #"""
     mode: dd 0x1F80
 """#
 
-private func hostCPUHasSSE42() -> Bool {
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
-    let have = Set(line.split(separator: " ").map(String.init))
-    return ["sse4_2", "ssse3", "sse4_1"].allSatisfy(have.contains)
-}
-
-/// A 64-bit guest that enables SSE (CR4.OSFXSR | OSXMMEXCPT), runs `code`, and writes
-/// `count` bytes from `results` (R15 holds the count when `count` is nil) to port 0xE9.
-func sseGuest(_ code: String, name: String, cr4: Int = 0x600, extra: String = "") throws -> String {
-    try assembleELF64("""
-    bits 64
-    default rel
-    section .text
-    global _start
-    _start:
-            lea rsp, [stack_top]
-            mov rax, cr4
-            or rax, \(cr4)
-            mov cr4, rax
-    \(code)
-            lea rsi, [results]
-            mov rcx, r15
-            mov dx, 0xe9
-            rep outsb
-            mov al, 0
-            out 0xf4, al
-    \(extra)
-    section .bss
-    alignb 64
-    results: resb 3000000
-            resb 4096
-    stack_top:
-    """, name: name)
-}
-
-@Suite("SSE against the host CPU", .enabled(if: hostCPUHasSSE42(), "this CPU lacks SSE4.2"))
+@Suite("SSE against the host CPU", .enabled(if: hostCPUHas(["sse4_2", "ssse3", "sse4_1"]), "this CPU lacks SSE4.2"))
 struct SSEHostTests {
     @Test("2.5 MB of MMX/SSE/SSE2/SSE3/SSSE3/SSE4.1/SSE4.2 results under four MXCSR modes equal the CPU's")
     func againstHostCPU() throws {
-        let include = scratchPath("sse")
-        try FileManager.default.createDirectory(atPath: include, withIntermediateDirectories: true)
-        try body.write(toFile: include + "/body.inc", atomically: true, encoding: .utf8)
-        try data.write(toFile: include + "/data.inc", atomically: true, encoding: .utf8)
-        let hostSource = try writeScratchFile(Array("""
-        bits 64
-        default rel
-        section .text
-        global _start
-        _start:
-        %include "body.inc"
-                mov eax, 1
-                mov edi, 1
-                lea rsi, [results]
-                mov rdx, r15
-                syscall
-                mov eax, 60
-                xor edi, edi
-                syscall
-        section .data
-        %include "data.inc"
-        section .bss
-        alignb 16
-        results: resb 3000000
-        """.utf8), name: "sse-host.asm")
-        let object = scratchPath("sse-host.o"), program = scratchPath("sse-host")
-        #expect(try runProcess("/usr/bin/env", ["nasm", "-f", "elf64", "-I\(include)/", "-o", object, hostSource]).status == 0)
-        #expect(try runProcess("/usr/bin/env", ["ld", "-o", program, object]).status == 0)
-        let native = try runProcess(program, [])
+        // The guest turns on OSFXSR and OSXMMEXCPT first, as an OS does.
+        let (native, guest) = try runNativeAndOnInterpreter(
+            name: "sse", body: body, data: data, bss: "alignb 64\nresults: resb 3000000",
+            guestPrologue: "mov rax, cr4\n        or rax, 0x600\n        mov cr4, rax", length: { "mov \($0), r15" })
         #expect(native.status == 0)
-        let guestImage = try sseGuest("%include \"\(include)/body.inc\"", name: "sse-guest", extra: """
-        section .data
-        %include "\(include)/data.inc"
-        """)
-        let guest = runGuest(guestImage, backend: .interp)
         #expect(guest.status == 0, "\(guest.message ?? "")")
         let expected = Array(native.stdoutBytes)
         #expect(expected.count > 2_000_000)

@@ -401,3 +401,78 @@ func hex(_ v: some BinaryInteger, width: Int) -> String {
     let s = String(v, radix: 16)
     return String(repeating: "0", count: max(0, width - s.count)) + s
 }
+
+/// Runs one nasm fragment twice, as the x87/SSE/BMI tests compare the interpreter with this
+/// machine's CPU: natively, as a Linux process that writes its results to stdout, and as an
+/// elf64 guest on the interpreter that writes them to port 0xE9. `body` is included as
+/// body.inc and `data` as data.inc (in .data) on both sides; `bss` declares `results` (and
+/// whatever else the body uses); the results are the bytes from `results` on, their count
+/// put in a register by `length(register)` (RSI already holds `results`). `guestPrologue`
+/// runs first in the guest (after its stack is set). Returns the native process's output
+/// and the guest's run; the callers assert on both.
+func runNativeAndOnInterpreter(
+    name: String, body: String, data: String, bss: String, guestPrologue: String = "",
+    length: (String) -> String
+) throws -> (native: ProcessResult, guest: GuestRun) {
+    let include = scratchPath(name)
+    try FileManager.default.createDirectory(atPath: include, withIntermediateDirectories: true)
+    try body.write(toFile: include + "/body.inc", atomically: true, encoding: .utf8)
+    try data.write(toFile: include + "/data.inc", atomically: true, encoding: .utf8)
+    // The host program: write(1, results, length), exit(0).
+    let hostSource = try writeScratchFile(Array("""
+    bits 64
+    default rel
+    section .text
+    global _start
+    _start:
+    %include "body.inc"
+            lea rsi, [results]
+            \(length("rdx"))
+            mov eax, 1
+            mov edi, 1
+            syscall
+            mov eax, 60
+            xor edi, edi
+            syscall
+    section .data
+    %include "data.inc"
+    section .bss
+    \(bss)
+    """.utf8), name: "\(name)-host.asm")
+    let object = scratchPath("\(name)-host.o"), program = scratchPath("\(name)-host")
+    #expect(try runProcess("/usr/bin/env", ["nasm", "-f", "elf64", "-I\(include)/", "-o", object, hostSource]).status == 0)
+    #expect(try runProcess("/usr/bin/env", ["ld", "-o", program, object]).status == 0)
+    let native = try runProcess(program, [])
+    // The guest: the same body, the results out through port 0xE9.
+    let guestImage = try assembleELF64("""
+    bits 64
+    default rel
+    section .text
+    global _start
+    _start:
+            lea rsp, [stack_top]
+    \(guestPrologue)
+    %include "\(include)/body.inc"
+            lea rsi, [results]
+            \(length("rcx"))
+            mov dx, 0xe9
+            rep outsb
+            mov al, 0
+            out 0xf4, al
+    section .data
+    %include "\(include)/data.inc"
+    section .bss
+    \(bss)
+            resb 4096
+    stack_top:
+    """, name: "\(name)-guest")
+    return (native, runGuest(guestImage, backend: .interp))
+}
+
+/// Whether /proc/cpuinfo lists every one of `flags` (Linux's names) for this CPU.
+func hostCPUHas(_ flags: [String]) -> Bool {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+    let have = Set(line.split(separator: " ").map(String.init))
+    return flags.allSatisfy(have.contains)
+}

@@ -233,61 +233,10 @@ struct X87Tests {
 
     @Test("2.5 MB of x87 results (every form, edge operands, precision and rounding controls) equal this CPU's")
     func againstHostCPU() throws {
-        let include = scratchPath("x87")
-        try FileManager.default.createDirectory(atPath: include, withIntermediateDirectories: true)
-        try body.write(toFile: include + "/body.inc", atomically: true, encoding: .utf8)
-        try values.write(toFile: include + "/data.inc", atomically: true, encoding: .utf8)
-        let hostSource = try writeScratchFile(Array("""
-        bits 64
-        default rel
-        section .text
-        global _start
-        _start:
-        %include "body.inc"
-                mov eax, 1
-                mov edi, 1
-                lea rsi, [results]
-                mov rdx, r14
-                sub rdx, rsi
-                syscall
-                mov eax, 60
-                xor edi, edi
-                syscall
-        section .data
-        %include "data.inc"
-        section .bss
-        scratch: resb 128
-        results: resb 4000000
-        """.utf8), name: "x87-host.asm")
-        let object = scratchPath("x87-host.o"), program = scratchPath("x87-host")
-        #expect(try runProcess("/usr/bin/env", ["nasm", "-f", "elf64", "-I\(include)/", "-o", object, hostSource]).status == 0)
-        #expect(try runProcess("/usr/bin/env", ["ld", "-o", program, object]).status == 0)
-        let native = try runProcess(program, [])
+        let (native, guest) = try runNativeAndOnInterpreter(
+            name: "x87", body: body, data: values, bss: "scratch: resb 128\nresults: resb 4000000",
+            length: { "mov \($0), r14\n        sub \($0), rsi" })   // R14: the end of the results
         #expect(native.status == 0)
-        let guestImage = try assembleELF64("""
-        bits 64
-        default rel
-        section .text
-        global _start
-        _start:
-                lea rsp, [stack_top]
-        %include "\(include)/body.inc"
-                lea rsi, [results]
-                mov rcx, r14
-                sub rcx, rsi
-                mov dx, 0xe9
-                rep outsb
-                mov al, 0
-                out 0xf4, al
-        section .data
-        %include "\(include)/data.inc"
-        section .bss
-        scratch: resb 128
-        results: resb 4000000
-                resb 4096
-        stack_top:
-        """, name: "x87-guest")
-        let guest = runGuest(guestImage, backend: .interp)
         #expect(guest.status == 0, "\(guest.message ?? "")")
         let expected = Array(native.stdoutBytes)
         #expect(expected.count == 2_568_888)
