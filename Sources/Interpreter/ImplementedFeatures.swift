@@ -7,10 +7,6 @@ extension InterpreterMachine {
     // Every flag here is offered to guests (on both engines: KVM offers at most this)
     // only because the interpreter executes the instructions or facility behind it.
     // Tests/TandemTests/CPUIDTests.swift runs one instruction of each offered group.
-    //
-    // Waiting for the x87 / SSE / XSAVE work (switch on when the code is merged):
-    //   .xsave          XSAVE*/XRSTOR/XGETBV/XSETBV, CR4.OSXSAVE; GuestCPUID must then
-    //                   answer leaf 0xD too (it answers zeros today)
     // ============================================================================
     public static let implementedFeatures: Set<CPUFeature> = [
         // Leaf 1 EDX
@@ -38,6 +34,7 @@ extension InterpreterMachine {
         .movbe,    // MOVBE
         .popcnt,   // POPCNT
         .tscDeadline, // IA32_TSC_DEADLINE (interrupt controller)
+        .xsave,    // XSAVE/XSAVEOPT/XSAVEC/XRSTOR, XGETBV/XSETBV for x87 | SSE (SaveRestore.swift), leaf 0xD
         .rdrand,   // RDRAND (host randomness)
         // Leaf 7 EBX
         .bmi1, .bmi2, .adx, .rdseed,

@@ -7,8 +7,6 @@ import X86
 
 /// MXCSR bits a guest may set (DAZ included: the host, whose unit runs the operations, has it).
 let mxcsrMask: UInt32 = 0xFFFF
-/// The state components offered in XCR0: x87 and SSE.
-let xcr0Supported: UInt64 = 0x3
 
 extension InterpreterVCPU {
     @inline(never)
@@ -29,7 +27,7 @@ extension InterpreterVCPU {
             if cr0 & (CR0.em | CR0.ts) != 0 { throw .nm() }
             if f.kind == .fxsave {
                 var image = [UInt8](repeating: 0, count: 416)
-                fillLegacyArea(&image, wide: wide, x87: true, sse: true)
+                fillLegacyArea(&image, wide: wide, x87: true, mxcsr: true, xmm: true)
                 // Outside 64-bit mode only XMM0-7 exist; the XMM8-15 slots are not written.
                 try writeBlock(o.segment, offset(), longMode && codeBits == 64 ? image : Array(image[0..<288]), alignment: 16)
             } else {
@@ -44,7 +42,7 @@ extension InterpreterVCPU {
             if s.pointee.cr0 & CR0.ts != 0 { throw .nm() }
             let rfbm = (r[2] << 32 | r[0] & 0xFFFF_FFFF) & s.pointee.fpu.xcr0
             if f.kind == .xrstor { try xrstor(o.segment, offset(), rfbm: rfbm, wide: wide) } else {
-                try xsave(o.segment, offset(), rfbm: rfbm, wide: wide, compacted: f.kind == .xsavec)
+                try xsave(o.segment, offset(), rfbm: rfbm, wide: wide, compacted: f.kind == .xsavec, skipInit: f.kind == .xsaveopt)
             }
         case .xgetbv:
             if s.pointee.cr4 & CR4Bits.osxsave == 0 { throw .ud() }
@@ -58,7 +56,7 @@ extension InterpreterVCPU {
             if cpl != 0 || virtual8086 { throw .gp() }
             if r[1] & 0xFFFF_FFFF != 0 { throw .gp() }
             let v = r[2] << 32 | r[0] & 0xFFFF_FFFF
-            if v & 1 == 0 || v & ~xcr0Supported != 0 { throw .gp() }
+            if v & 1 == 0 || v & ~GuestCPUID.xsaveComponents != 0 { throw .gp() }
             s.pointee.fpu.xcr0 = v
         default:
             throw .ud()
@@ -67,9 +65,10 @@ extension InterpreterVCPU {
 
     // MARK: The legacy (FXSAVE) area
 
-    /// Writes the x87 part (bytes 0-23, 32-159) and/or the SSE part (MXCSR at 24-31, XMM at
-    /// 160-415) of the legacy area.
-    func fillLegacyArea(_ b: inout [UInt8], wide: Bool, x87: Bool, sse: Bool) {
+    /// Writes the x87 part (bytes 0-23, 32-159), MXCSR and its mask (24-31) and/or the XMM
+    /// registers (160-415) of the legacy area. MXCSR is separate because XSAVEOPT and
+    /// XSAVEC write it whenever SSE is requested, even when they skip the XMM registers.
+    func fillLegacyArea(_ b: inout [UInt8], wide: Bool, x87: Bool, mxcsr: Bool, xmm: Bool) {
         let fpu = s.pointee.fpu
         if x87 {
             b.store16(0, fpu.fcw)
@@ -85,20 +84,19 @@ extension InterpreterVCPU {
                 b.store32(16, UInt32(truncatingIfNeeded: fpu.fdp))
                 b.store16(20, fpu.fds)
             }
+            b[5] = 0   // reserved: written as zero, like the registers' padding below
             for i in 0..<8 {
                 let reg = fpu.st[(fpu.top + i) & 7]
                 b.store64(32 + 16 * i, reg.significand)
                 b.store16(40 + 16 * i, reg.signExponent)
+                for p in (42 + 16 * i)..<(48 + 16 * i) { b[p] = 0 }
             }
         }
-        if sse || x87 {
-            // MXCSR goes with either (FXSAVE always; XSAVE with the SSE component).
-            if sse {
-                b.store32(24, fpu.mxcsr)
-                b.store32(28, mxcsrMask)
-            }
+        if mxcsr {
+            b.store32(24, fpu.mxcsr)
+            b.store32(28, mxcsrMask)
         }
-        if sse {
+        if xmm {
             for i in 0..<16 {
                 b.store64(160 + 16 * i, fpu.xmm[i].low)
                 b.store64(168 + 16 * i, fpu.xmm[i].high)
@@ -154,7 +152,12 @@ extension InterpreterVCPU {
         for i in 0..<8 { s.pointee.fpu.st[i] = X87Register() }
     }
 
-    /// XINUSE: which components differ from their initial configuration (SDM 13.6).
+    /// XINUSE (SDM 13.6): which components differ from their initial configuration,
+    /// judged by value (the SDM lets XINUSE[i] be 1 for a component in its initial
+    /// configuration, never the reverse). SSE counts as in use when MXCSR is not 0x1F80,
+    /// as this CPU reports it after LDMXCSR (it tracks modifications: after an XRSTOR
+    /// that initialises the XMM registers but loads another MXCSR it reports 0; both are
+    /// allowed, and no value-based rule matches both).
     var stateInUse: UInt64 {
         let fpu = s.pointee.fpu
         var inUse: UInt64 = 0
@@ -169,28 +172,35 @@ extension InterpreterVCPU {
 
     // MARK: XSAVE
 
-    func xsave(_ segment: UInt8, _ offset: UInt64, rfbm: UInt64, wide: Bool, compacted: Bool) throws(Fault) {
+    /// XSAVE, XSAVEOPT (`skipInit`) and XSAVEC (`compacted`) of x87 | SSE, as this
+    /// machine's CPU does them (Tests: "XSAVE/XSAVEOPT/XSAVEC/XRSTOR ... equal the CPU's"):
+    /// - XSAVE writes every requested component, MXCSR with SSE, and sets XSTATE_BV[i] =
+    ///   XINUSE[i] for the requested ones (the others are kept);
+    /// - XSAVEOPT writes only the requested components in use (the init optimisation; the
+    ///   "modified" optimisation is not modelled: writing an unmodified component again
+    ///   is allowed) but MXCSR whenever SSE is requested; XSTATE_BV as XSAVE;
+    /// - XSAVEC writes the requested components in use (MXCSR with SSE), XSTATE_BV =
+    ///   RFBM & XINUSE and XCOMP_BV = bit 63 | RFBM; the rest of the header is not written.
+    func xsave(_ segment: UInt8, _ offset: UInt64, rfbm: UInt64, wide: Bool, compacted: Bool, skipInit: Bool) throws(Fault) {
         let inUse = stateInUse
-        // The header's XSTATE_BV is read and updated (bits outside RFBM are kept).
-        let old = try readBlock(segment, offset, 576, alignment: 64)
+        let old = try readBlock(segment, offset, Int(GuestCPUID.xsaveAreaSize), alignment: 64)
         var image = old
-        let save = compacted ? rfbm & inUse : rfbm
-        fillLegacyArea(&image, wide: wide, x87: save & 1 != 0, sse: save & 2 != 0)
+        let write = compacted || skipInit ? rfbm & inUse : rfbm
+        let mxcsr = (compacted ? write : rfbm) & 2 != 0
+        fillLegacyArea(&image, wide: wide, x87: write & 1 != 0, mxcsr: mxcsr, xmm: write & 2 != 0)
         // FXSAVE-style areas written by XSAVE: the XMM8-15 slots only in 64-bit mode.
         if codeBits != 64 { for i in 288..<416 { image[i] = old[i] } }
         if compacted {
-            for i in 512..<576 { image[i] = 0 }
             image.store64(512, rfbm & inUse)
             image.store64(520, 1 << 63 | rfbm)
         } else {
-            let bv = old.load64(512) & ~rfbm | rfbm & inUse
-            image.store64(512, bv)
+            image.store64(512, old.load64(512) & ~rfbm | rfbm & inUse)
         }
         try writeBlock(segment, offset, image, alignment: 64)
     }
 
     func xrstor(_ segment: UInt8, _ offset: UInt64, rfbm: UInt64, wide: Bool) throws(Fault) {
-        let image = try readBlock(segment, offset, 576, alignment: 64)
+        let image = try readBlock(segment, offset, Int(GuestCPUID.xsaveAreaSize), alignment: 64)
         let xcr0 = s.pointee.fpu.xcr0
         let bv = image.load64(512), comp = image.load64(520)
         let compacted = comp >> 63 != 0

@@ -103,8 +103,9 @@ extension InterpreterVCPU {
             s.pointee.cr3 = longMode ? value : value & 0xFFFF_FFFF
             tlb.flushAll(keepGlobal: true)
         case 4:
-            let supported: UInt64 = 0x1 | 0x2 | 0x4 | 0x8 | CR4.pse | CR4.pae | 0x40 | CR4.pge | 0x100 | 0x200 | 0x400
-                | CR4Bits.osxsave   // XSAVE/XGETBV/XSETBV (SaveRestore.swift)
+            var supported: UInt64 = 0x1 | 0x2 | 0x4 | 0x8 | CR4.pse | CR4.pae | 0x40 | CR4.pge | 0x100 | 0x200 | 0x400
+            // XSAVE/XGETBV/XSETBV (SaveRestore.swift), where CPUID offers XSAVE.
+            if shared.cpu.cpuid.offered.contains(.xsave) { supported |= CR4Bits.osxsave }
             if value & ~supported != 0 { throw .gp() }
             if longMode && value & CR4.pae == 0 { throw .gp() }
             s.pointee.cr4 = value
@@ -180,7 +181,10 @@ extension InterpreterVCPU {
         case .wbinvd, .invd:
             break
         case .cpuid:
-            let (a, b, c, dx) = shared.cpu.query(leaf: UInt32(truncatingIfNeeded: r[0]), subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)
+            let leaf = UInt32(truncatingIfNeeded: r[0])
+            var (a, b, c, dx) = shared.cpu.query(leaf: leaf, subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)
+            // OSXSAVE (leaf 1 ECX bit 27) mirrors this vCPU's CR4.OSXSAVE, as on hardware.
+            if leaf == 1 && s.pointee.cr4 & CR4Bits.osxsave != 0 { c |= 1 << 27 }
             writeReg(0, 4, UInt64(a)); writeReg(3, 4, UInt64(b)); writeReg(1, 4, UInt64(c)); writeReg(2, 4, UInt64(dx))
         case .rdtsc, .rdtscp:
             if s.pointee.cr4 & 0x4 != 0 && cpl != 0 { throw .gp() }

@@ -9,9 +9,20 @@ import X86
 // components hold values (a clear bit: the component is in its initial state). This
 // host's PVM KVM_GET_FPU reports MXCSR as 0 (Documentation/HostLimitations.md), so
 // KVM_GET_FPU/KVM_SET_FPU (struct kvm_fpu: the same fields at other offsets) are only the
-// fallback when XSAVE is unavailable. XCR0 is not transferred (it stays the interpreter's).
+// fallback when XSAVE is unavailable. XCR0 moves through KVM_GET_XCRS/KVM_SET_XCRS where
+// KVM has them (KVM_CAP_XCRS; not under this host's PVM, which offers no XSAVE).
 extension KVMVCPU {
     func readFPU(into s: inout CPUState) {
+        var xcrs = kvm_xcrs()
+        if ckvm_ioctl_ptr(fd, CKVM_GET_XCRS, &xcrs) == 0 {
+            let count = min(Int(xcrs.nr_xcrs), 16)
+            withUnsafeBytes(of: xcrs.xcrs) { b in
+                for i in 0..<count {
+                    let x = b.loadUnaligned(fromByteOffset: i * MemoryLayout<kvm_xcr>.stride, as: kvm_xcr.self)
+                    if x.xcr == 0 { s.fpu.xcr0 = x.value }
+                }
+            }
+        }
         var xsave = kvm_xsave()
         if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
             withUnsafeBytes(of: &xsave) { b in
@@ -38,6 +49,13 @@ extension KVMVCPU {
     }
 
     func writeFPU(_ s: CPUState) {
+        // XCR0 first: XSAVE state for a component XCR0 leaves off would not load. A failure
+        // leaves KVM's XCR0 (x87 only at reset), which is all a guest without XSAVE has.
+        var xcrs = kvm_xcrs()
+        xcrs.nr_xcrs = 1
+        xcrs.xcrs.0.xcr = 0
+        xcrs.xcrs.0.value = s.fpu.xcr0
+        _ = ckvm_ioctl_ptr(fd, CKVM_SET_XCRS, &xcrs)
         var xsave = kvm_xsave()
         if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
             withUnsafeMutableBytes(of: &xsave) { b in

@@ -305,6 +305,7 @@ public struct GuestCPUID: Sendable {
         switch leaf {
         case 4: vendor == .intel ? 0...UInt32(model.caches.count) : nil
         case 7: 0...0
+        case 0xD: offered.contains(.xsave) ? 0...1 : nil
         case 0xB, 0x1F: vendor == .intel ? 0...2 : nil
         case 0x8000_001D: vendor == .amd ? 0...UInt32(model.caches.count) : nil
         default: nil
@@ -350,6 +351,8 @@ public struct GuestCPUID: Sendable {
             return (0, word(.leaf7EBX), word(.leaf7ECX), word(.leaf7EDX))
         case 0xB where vendor == .intel, 0x1F where vendor == .intel:
             return topology(subleaf, apicID: apicID)
+        case 0xD where offered.contains(.xsave):
+            return xsaveComponents(subleaf)
         case 0x8000_0000:
             let v = vendor == .amd ? vendorWords : (0, 0, 0)
             return (model.maxExtendedLeaf, v.0, v.1, v.2)
@@ -417,6 +420,25 @@ public struct GuestCPUID: Sendable {
         }
         let ebx = (c.lineSize - 1) | 0 << 12 | (c.ways - 1) << 22
         return (eax, ebx, c.sets - 1, c.inclusive ? 1 << 1 : 0)
+    }
+
+    /// The XSAVE state components offered in XCR0: x87 (bit 0) and SSE (bit 1). AVX and
+    /// later components are not implemented by the interpreter, so not offered.
+    public static let xsaveComponents: UInt64 = 0x3
+    /// The standard-form XSAVE area for x87 | SSE: the 512-byte legacy area and the
+    /// 64-byte header. The compacted form of the same components has the same size.
+    public static let xsaveAreaSize: UInt32 = 576
+
+    /// Leaf 0xD: subleaf 0 = the XCR0 bits offered and the area sizes (the size for the
+    /// components XCR0 enables is 576 whichever of the two is enabled, x87 being
+    /// mandatory), subleaf 1 = XSAVEOPT and XSAVEC (no XGETBV with ECX = 1, no
+    /// XSAVES/IA32_XSS), subleaves 2-63 = zeros: no further component exists.
+    private func xsaveComponents(_ subleaf: UInt32) -> (UInt32, UInt32, UInt32, UInt32) {
+        switch subleaf {
+        case 0: return (UInt32(Self.xsaveComponents), Self.xsaveAreaSize, Self.xsaveAreaSize, 0)
+        case 1: return (1 << 0 | 1 << 1, Self.xsaveAreaSize, 0, 0)
+        default: return (0, 0, 0, 0)
+        }
     }
 
     /// Leaf 0xB / 0x1F: level 0 = SMT (one thread per core), level 1 = core (every vCPU

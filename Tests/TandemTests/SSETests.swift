@@ -845,6 +845,137 @@ struct SSEHostTests {
         func around(_ b: [UInt8]) -> String { b[max(0, at - 16)..<min(b.count, at + 32)].map { String($0, radix: 16) }.joined(separator: " ") }
         #expect(same, "\(got.count) bytes vs \(expected.count); first difference at byte \(at): guest \(around(got)) / host \(around(expected))")
     }
+
+    /// XSAVE, XSAVEOPT and XSAVEC of x87 | SSE into areas pre-filled with 0xAA (what each
+    /// form writes, skips and puts in the header), and XRSTOR of the standard and compacted
+    /// forms with components absent, as this CPU does them. Left out: states where this
+    /// CPU's XINUSE (modification tracking) and the interpreter's (by value) may differ,
+    /// which the SDM allows (SaveRestore.swift, `stateInUse`): XMM registers zeroed by an
+    /// instruction, or an XRSTOR of initial XMM with an MXCSR other than 0x1F80.
+    /// FIP/FCS/FDP/FDS (addresses of the program) are zeroed before the compare.
+    @Test("XSAVE/XSAVEOPT/XSAVEC/XRSTOR of x87 | SSE: the bytes written and the headers equal the CPU's")
+    func xsaveAgainstHostCPU() throws {
+        guard hostCPUHas(["xsave", "xsaveopt", "xsavec"]) else {
+            print("skipped: the host CPU lacks XSAVE, XSAVEOPT or XSAVEC"); return
+        }
+        // The sections are only 4-byte aligned: RBX = a 64-byte-aligned arena in .bss holding
+        // the two templates (copied there) and the 14 save areas, copied to `results` last.
+        let body = """
+        %macro area 2           ; area number, instruction: fill with 0xAA then save into it
+                lea rdi, [rbx + 2*576 + %1*576]
+                mov ecx, 576
+                mov al, 0xAA
+                rep stosb
+                mov eax, 3
+                xor edx, edx
+                %2 [rbx + 2*576 + %1*576]
+        %endmacro
+        %macro restorable 2     ; area, XCOMP_BV: a copy at RBX + 16*576 that XRSTOR takes (the
+                                ; saves leave the 0xAA fill in header bytes they do not write)
+                lea rsi, [rbx + 2*576 + %1*576]
+                lea rdi, [rbx + 16*576]
+                mov ecx, 512
+                rep movsb
+                mov rax, [rsi]
+                and eax, 3
+                stosq
+                mov rax, %2
+                stosq
+                xor eax, eax
+                mov ecx, 48
+                rep stosb
+        %endmacro
+                lea rbx, [arena + 63]
+                and rbx, -64
+                lea rsi, [initial]
+                mov rdi, rbx
+                mov ecx, 2*576
+                rep movsb
+                mov eax, 3
+                xor edx, edx
+                xrstor [rbx]                ; x87 and SSE in their initial configuration
+                area 0, xsave
+                area 1, xsaveopt
+                area 2, xsavec
+                ldmxcsr [daz]               ; MXCSR not 0x1F80, XMM still initial
+                area 3, xsavec
+                area 4, xsaveopt
+                fld1                        ; x87 and SSE in use
+                fldpi
+                movdqu xmm3, [pattern]
+                movdqu xmm15, [pattern + 16]
+                area 5, xsave
+                area 6, xsaveopt
+                area 7, xsavec
+                area 8, xsave64
+                mov eax, 2                  ; SSE only: XMM initial, MXCSR from memory
+                xor edx, edx
+                xrstor [rbx]
+                area 9, xsave
+                restorable 7, 0x8000000000000003
+                fldz                        ; clobber, then the compacted image back
+                movdqu xmm3, [pattern + 16]
+                mov eax, 3
+                xor edx, edx
+                xrstor [rbx + 16*576]
+                area 10, xsave
+                mov eax, 3                  ; compacted, XSTATE_BV = 0: both initial, MXCSR = 0x1F80
+                xor edx, edx
+                xrstor [rbx + 576]
+                area 11, xsavec
+                area 12, xsave
+                mov eax, 1                  ; x87 only from area 5: SSE untouched
+                xor edx, edx
+                fninit
+                restorable 5, 0
+                mov eax, 1
+                xor edx, edx
+                xrstor [rbx + 16*576]
+                area 13, xsave
+                lea rdi, [rbx + 2*576 + 8]  ; the program's addresses differ: zero them
+                mov ecx, 14
+        .zero:  mov qword [rdi], 0
+                mov qword [rdi + 8], 0
+                add rdi, 576
+                loop .zero
+                lea rsi, [rbx + 2*576]
+                lea rdi, [results]
+                mov ecx, 14*576
+                rep movsb
+        """
+        let data = """
+        initial: times 24 db 0      ; standard form, XSTATE_BV = 0, MXCSR = 0x1F80
+                 dd 0x1F80, 0
+                 times 576 - 32 db 0
+        compactedInitial: times 24 db 0
+                 dd 0x1234, 0
+                 times 512 - 32 db 0
+                 dq 0, 0x8000000000000003
+                 times 48 db 0
+        daz:     dd 0x1FC0
+        pattern: dq 0x0123456789ABCDEF, 0xFEDCBA9876543210, 0x1111222233334444, 0x5555666677778888
+        """
+        let (native, guest) = try runNativeAndOnInterpreter(
+            name: "xsave", body: body, data: data, bss: "results: resb 14*576\narena: resb 18*576",
+            guestPrologue: """
+                mov rax, cr4
+                or rax, 0x40600
+                mov cr4, rax
+                xor ecx, ecx
+                mov eax, 3
+                xor edx, edx
+                xsetbv
+            """, length: { "mov \($0), 14*576" }, configure: withoutKVM)
+        #expect(native.status == 0)
+        #expect(guest.status == 0, "\(guest.message ?? "")")
+        let expected = Array(native.stdoutBytes), got = guest.outputBytes
+        #expect(expected.count == 14 * 576)
+        var differences: [String] = []
+        for i in 0..<min(got.count, expected.count) where got[i] != expected[i] {
+            differences.append("area \(i / 576) byte \(i % 576): guest \(String(got[i], radix: 16)) host \(String(expected[i], radix: 16))")
+        }
+        #expect(got.count == expected.count && differences.isEmpty, "\(differences.count) bytes differ: \(differences.prefix(12))")
+    }
 }
 
 /// Real-mode programs that pin down the fault rules and the save-area layouts (SDM vol. 1
@@ -852,7 +983,7 @@ struct SSEHostTests {
 /// G or X and continue at [next].
 @Suite("SSE faults and state save areas")
 struct SSEStateTests {
-    func run(_ body: String) throws -> GuestRun {
+    func run(_ body: String, model: String = CPUModel.default.name) throws -> GuestRun {
         try runImage(try assemble(bootProgram("""
                 xor ax, ax
                 mov ds, ax
@@ -885,7 +1016,8 @@ struct SSEStateTests {
         next:   dw 0
         mx:     dd 0
         one:    dd 1.0
-        """ + "\n" + hexHelpers)), backend: .interp, name: "sse-state.bin", timeout: 20)
+        """ + "\n" + hexHelpers)), backend: .interp, name: "sse-state.bin", timeout: 20,
+           configure: { withoutKVM(&$0); $0.cpuModel = model })
     }
 
     @Test("#UD without CR4.OSFXSR, #NM with CR0.TS, #GP for a misaligned MOVAPS, unmasked divide-by-zero as #UD then #XM with the flag set and the destination kept")
@@ -1052,6 +1184,33 @@ struct SSEStateTests {
         x4:
         """)
         #expect(r.output == "U0001 G0003 0002 dead 00038000 0000 GG", "\(r.output) \(r.message ?? "")")
+    }
+
+    @Test("a CPU model without XSAVE: CR4.OSXSAVE is reserved (#GP), XGETBV is #UD, no XSAVE flags")
+    func noXSAVE() throws {
+        let r = try run("""
+                mov word [next], n1
+                mov eax, cr4
+                or eax, 0x40000
+                mov cr4, eax                ; #GP
+        n1:     mov word [next], n2
+                xor ecx, ecx
+                xgetbv                      ; #UD
+        n2:     mov eax, 0xD
+                xor ecx, ecx
+                cpuid
+                or eax, ebx
+                or eax, ecx
+                call hex16                  ; 0000
+                mov eax, 1
+                cpuid
+                shr ecx, 16
+                and cx, 0x0C00              ; XSAVE and OSXSAVE clear
+                mov ax, cx
+                call hex16
+        """, model: "westmere")
+        // Leaf 0xD is past Westmere's highest basic leaf (0xB): it answers as leaf 0xB.0 does.
+        #expect(r.output == "GU01010000", "\(r.output) \(r.message ?? "")")
     }
 }
 

@@ -412,7 +412,7 @@ func hex(_ v: some BinaryInteger, width: Int) -> String {
 /// and the guest's run; the callers assert on both.
 func runNativeAndOnInterpreter(
     name: String, body: String, data: String, bss: String, guestPrologue: String = "",
-    length: (String) -> String
+    length: (String) -> String, configure: (inout MachineConfiguration) -> Void = { _ in }
 ) throws -> (native: ProcessResult, guest: GuestRun) {
     let include = scratchPath(name)
     try FileManager.default.createDirectory(atPath: include, withIntermediateDirectories: true)
@@ -466,7 +466,14 @@ func runNativeAndOnInterpreter(
             resb 4096
     stack_top:
     """, name: "\(name)-guest")
-    return (native, runGuest(guestImage, backend: .interp))
+    return (native, runGuest(guestImage, backend: .interp, configure: configure))
+}
+
+/// A machine configured as on a host where /dev/kvm does not open: its CPUID offers all
+/// the interpreter implements instead of the part KVM can also run (XSAVE, which this
+/// project's PVM hosts do not support, is offered only then).
+func withoutKVM(_ c: inout MachineConfiguration) {
+    c.kvmDevicePath = "/nonexistent/kvm"
 }
 
 /// Whether /proc/cpuinfo lists every one of `flags` (Linux's names) for this CPU.
