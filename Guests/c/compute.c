@@ -2,7 +2,9 @@
  * Tools/build-guests: for the guest (freestanding, output on port 0xE9) and for the host
  * (output on stdout). The host run's output is the guest's expected output, so the
  * guest checks the interpreter's and KVM's x87, SSE and integer results against this
- * machine's CPU on whatever the compiler emits at -O3 -march=x86-64-v2.
+ * machine's CPU on whatever the compiler emits at -O3 -march=x86-64-v2, once with SSE
+ * floating point (c-compute.elf) and once with -mfpmath=387 (c-compute-387.elf: float and
+ * double arithmetic on the x87 as well).
  *
  * Values are printed exactly: integers in decimal, floating-point numbers as the hex of
  * their bits (no rounding in a printf to hide a difference). */
@@ -34,7 +36,7 @@ static void put_float(const char *name, float f) {
     put_string(name); put_string("=0x"); put_hex(b.u, 8); put_char('\n');
 }
 
-static void put_long_double(const char *name, long double x) {
+void put_long_double(const char *name, long double x) {
     union { long double x; struct { unsigned long long m; unsigned short se; } p; } b;
     b.p.m = 0; b.p.se = 0;
     b.x = x;
@@ -116,4 +118,7 @@ void compute(void) {
     for (int i = 0; i < 64; i++) acc += (long double)da[i] * (long double)ia[i];
     put_long_double("ldouble.acc", acc);
     put_int("ldouble.toint", (long long)(acc / 1e6L));
+
+    /* x87 transcendentals (transcendental.c) over the same run-time inputs. */
+    transcendental(da, 64);
 }

@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import KVM
 import Machine
+import X86
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -43,6 +44,16 @@ struct Check: ParsableCommand {
         case .emulated: kind = "emulated CPL 0 (PVM-style: 64-bit CPL 3 native, the rest through the host kernel's emulator)"
         case .unavailable: kind = "unavailable"
         }
+        // The CPUID every backend offers on this host (one CPUID: KVM's cut applies to the
+        // interpreter too), and what the interpreter alone would add.
+        let offered = MachineCPU.availableFeatures(kvmDevicePath: path, x2APIC: true)
+        let interpreterOnly = MachineCPU.availableFeatures(kvmDevicePath: nil, x2APIC: true).subtracting(offered)
+        let model = CPUModel.default
+        func names(_ f: Set<CPUFeature>) -> String {
+            f.intersection(model.features).map(\.rawValue).sorted().joined(separator: " ")
+        }
+        print("CPUID (\(model.name)):".padding(toLength: 26, withPad: " ", startingAt: 0) + names(offered))
+        print("  left out for KVM:       \(interpreterOnly.isEmpty ? "nothing" : names(interpreterOnly))")
         print("KVM:                      \(kind)")
         print("--backend auto:           \(c.autoChoice)")
         throw ExitCode(c.verdict.rawValue)
