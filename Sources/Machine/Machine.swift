@@ -194,13 +194,7 @@ public final class Machine: @unchecked Sendable {
             default: throw MachineError(.hostError, error.description)
             }
         }
-        var options = LoadOptions()
-        options.commandLine = c.commandLine
-        options.cpuCount = c.cpus
-        for module in c.modules {
-            let path = String(module.prefix { $0 != " " })
-            options.modules.append((try Self.readFile(path, what: "module", ramSize: c.memorySize), module))
-        }
+        let options = try Self.loadOptions(c, format: format)
         do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
             throw Self.imageError(error)
         }
@@ -274,6 +268,26 @@ public final class Machine: @unchecked Sendable {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         stopper.value = self
+    }
+
+    /// What the loader is given besides the image: the command line, the Multiboot
+    /// modules and the Linux initrd, read whole. `--initrd` is refused (status 200) for an
+    /// image that is not a Linux kernel.
+    static func loadOptions(_ c: MachineConfiguration, format: ImageFormat) throws(MachineError) -> LoadOptions {
+        var options = LoadOptions()
+        options.commandLine = c.commandLine
+        options.cpuCount = c.cpus
+        for module in c.modules {
+            let path = String(module.prefix { $0 != " " })
+            options.modules.append((try readFile(path, what: "module", ramSize: c.memorySize), module))
+        }
+        if let path = c.initrdPath {
+            guard format == .linux else {
+                throw MachineError(.usage, "--initrd is for Linux kernels, and \(c.imagePath) is a \(format.rawValue) image")
+            }
+            options.initrd = try readFile(path, what: "initrd", ramSize: c.memorySize)
+        }
+        return options
     }
 
     private static func imageError(_ error: ImageError) -> MachineError {
