@@ -179,6 +179,13 @@ extension InterpreterVCPU {
             tlb.flush(linear: la)
         case .wbinvd, .invd:
             break
+        case .clac, .stac:
+            // SMAP's AC toggles, at CPL 0 only. Run whatever the model's CPUID says: PVM's
+            // KVM shows a guest the host's SMAP flag (HostLimitations.md) and hands these
+            // to the interpreter when its emulator cannot run them (Linux's uaccess code).
+            // The interpreter itself does not enforce SMAP.
+            guard cpl == 0 else { throw .ud() }
+            if op == .clac { s.pointee.rflags &= ~Flag.ac } else { s.pointee.rflags |= Flag.ac }
         case .cpuid:
             let (a, b, c, dx) = shared.cpu.query(leaf: UInt32(truncatingIfNeeded: r[0]), subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)
             writeReg(0, 4, UInt64(a)); writeReg(3, 4, UInt64(b)); writeReg(1, 4, UInt64(c)); writeReg(2, 4, UInt64(dx))

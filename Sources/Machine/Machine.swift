@@ -593,7 +593,13 @@ public final class Machine: @unchecked Sendable {
             vector = apic.takeSIPI(vcpu: index)
             return vector != nil
         }) else { return false }
-        do { try slots[index].active.writeState(CPUState.startup(vector: vector!, signature: UInt64(cpu.cpuid.model.signature))) } catch {
+        do {
+            var state = CPUState.startup(vector: vector!, signature: UInt64(cpu.cpuid.model.signature))
+            // INIT and SIPI leave the TSC running: an AP that restarted it at 0 would be
+            // seconds behind the BSP (Linux measured the warp and dropped the TSC clock).
+            state.msrs.tsc = try slots[index].active.readState().msrs.tsc
+            try slots[index].active.writeState(state)
+        } catch {
             requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
             return false
         }
