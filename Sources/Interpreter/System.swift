@@ -180,6 +180,13 @@ extension InterpreterVCPU {
             tlb.flush(linear: la)
         case .wbinvd, .invd:
             break
+        case .clac, .stac:
+            // SMAP's AC toggles, at CPL 0 only. Run whatever the model's CPUID says: PVM's
+            // KVM shows a guest the host's SMAP flag (HostLimitations.md) and hands these
+            // to the interpreter when its emulator cannot run them (Linux's uaccess code).
+            // The interpreter itself does not enforce SMAP.
+            guard cpl == 0 else { throw .ud() }
+            if op == .clac { s.pointee.rflags &= ~Flag.ac } else { s.pointee.rflags |= Flag.ac }
         case .cpuid:
             let leaf = UInt32(truncatingIfNeeded: r[0])
             var (a, b, c, dx) = shared.cpu.query(leaf: leaf, subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)

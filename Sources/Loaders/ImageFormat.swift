@@ -1,6 +1,6 @@
 /// The image formats of the guest contract.
 public enum ImageFormat: String, CaseIterable, Sendable {
-    case auto, boot, bios, multiboot, elf64
+    case auto, boot, bios, multiboot, elf64, linux
 
     /// Raw `boot` images are at most this large.
     public static let maxBootImage = 64 << 10
@@ -8,10 +8,12 @@ public enum ImageFormat: String, CaseIterable, Sendable {
     static let multibootSearchLimit = 8192
 
     /// Picks the format of `bytes` (named `name`) as `--format auto` does:
-    /// a Multiboot header → multiboot; ELF64 x86-64 → elf64; a 64/128/256 KiB `*.rom`/`*.bin`
+    /// a Linux setup header (boot flag 0xAA55 at 0x1FE, "HdrS" at 0x202) → linux; a Multiboot header → multiboot; ELF64 x86-64 → elf64; a 64/128/256 KiB `*.rom`/`*.bin`
     /// with a far jump at its reset vector → bios; any other raw file up to 64 KiB → boot.
     public static func detect(_ bytes: [UInt8], name: String) throws(ImageError) -> ImageFormat {
         if bytes.isEmpty { throw .malformed("\(name) is empty") }
+        // Before Multiboot: a bzImage's compressed payload could hold the Multiboot magic by chance.
+        if Linux.hasSetupHeader(bytes) { return .linux }
         if multibootHeaderOffset(bytes) != nil { return .multiboot }
         if ELFImage.isELF(bytes) {
             guard bytes.count > 18 else { throw .malformed("\(name) is a truncated ELF file (\(bytes.count) bytes)") }

@@ -3,10 +3,12 @@ import X86
 
 /// What `tandem run` asks of a loader besides the image itself.
 public struct LoadOptions: Sendable {
-    /// The Multiboot command line.
+    /// The kernel command line (Multiboot's, or Linux's `cmd_line_ptr`).
     public var commandLine: String = ""
     /// Multiboot modules: each is a file's bytes and its string (path and arguments).
     public var modules: [(bytes: [UInt8], string: String)] = []
+    /// A Linux initrd (initramfs).
+    public var initrd: [UInt8]? = nil
     public var cpuCount: Int = 1
     public init() {}
 }
@@ -57,6 +59,7 @@ public enum Loader {
         case .bios: return try loadBIOS(image, name: name, memory: memory)
         case .multiboot: return try Multiboot.load(image, name: name, memory: memory, options: options)
         case .elf64: return try loadELF64(image, name: name, memory: memory, options: options)
+        case .linux: return try Linux.load(image, name: name, memory: memory, options: options)
         }
     }
 
@@ -151,36 +154,48 @@ public enum Loader {
         try placeSegments(elf, image: image, memory: memory, name: name, placement: &placement)
         // Before the page tables and GDT, which then keep out of the tables' range.
         let tables = FirmwareTables.install(cpuCount: options.cpuCount, memory: memory, placement: &placement)
+        var (s, entryPlacements) = try LongModeEntry.build(codeSelector: 0x08, dataSelector: 0x10, memory: memory, placement: &placement)
+        s.rip = elf.physicalEntry
+        return BootPlan(format: .elf64, startsAllCPUs: true, state: s, ramSize: memory.ramSize,
+                        placements: [("entry", s.rip)] + entryPlacements + tablePlacements(tables),
+                        firmwareTables: tables, memoryMap: FirmwareTables.memoryMap(of: memory, tablesInstalled: tables != nil))
+    }
+}
+
+/// The long-mode entry state of `elf64` and `linux` images: CPL 0, paging on with the
+/// identity map below, a GDT in its own 4 KiB page holding a 64-bit code descriptor at
+/// `codeSelector`, a flat data descriptor at `dataSelector` (the other slots below null)
+/// and a 16-byte 64-bit TSS descriptor right after the data one, the 104-byte TSS at
+/// +0x100 (all zero). Interrupts off, IDTR empty.
+enum LongModeEntry {
+    static func build(codeSelector: UInt16, dataSelector: UInt16, memory: GuestMemoryMap,
+                      placement: inout Placement) throws(ImageError) -> (CPUState, [(String, UInt64)]) {
         let (pml4, tablesSize) = try IdentityPageTables.build(memory: memory, placement: &placement)
         let gdt = try placement.allocate(0x1000, what: "GDT and TSS")
-        // null, 64-bit code (0x08), flat data (0x10), 64-bit TSS (0x18, 16 bytes); TSS at gdt + 0x100.
         let tss = gdt + 0x100
+        let tssSelector = dataSelector + 8
         let tssLow: UInt64 = 0x67 | (tss & 0xFFFF) << 16 | ((tss >> 16) & 0xFF) << 32 | 0x89 << 40 | ((tss >> 24) & 0xFF) << 56
-        for (i, d) in [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, tssLow, tss >> 32].enumerated() {
-            memory.write(gdt + UInt64(i * 8), UInt64(d))
-        }
+        let descriptors: [UInt16: UInt64] = [codeSelector: 0x00AF_9A00_0000_FFFF, dataSelector: 0x00CF_9200_0000_FFFF,
+                                             tssSelector: tssLow, tssSelector + 8: tss >> 32]
+        for (selector, d) in descriptors { memory.write(gdt + UInt64(selector), d) }
         var s = CPUState()
-        s.cs = SegmentRegister(selector: 0x08, base: 0, limit: 0xFFFF_FFFF,
+        s.cs = SegmentRegister(selector: codeSelector, base: 0, limit: 0xFFFF_FFFF,
                                attributes: SegmentRegister.attributes(type: 0xB, s: true, long: true, granularity: true))
-        let data = SegmentRegister(selector: 0x10, base: 0, limit: 0xFFFF_FFFF,
+        let data = SegmentRegister(selector: dataSelector, base: 0, limit: 0xFFFF_FFFF,
                                    attributes: SegmentRegister.attributes(type: 0x3, s: true, big: true, granularity: true))
         s.ds = data; s.es = data; s.ss = data; s.fs = data; s.gs = data
-        s.tr = SegmentRegister(selector: 0x18, base: tss, limit: 0x67, attributes: SegmentRegister.attributes(type: 0xB, s: false))
-        s.gdtr = DescriptorTable(base: gdt, limit: 0x27)
+        s.tr = SegmentRegister(selector: tssSelector, base: tss, limit: 0x67, attributes: SegmentRegister.attributes(type: 0xB, s: false))
+        s.gdtr = DescriptorTable(base: gdt, limit: tssSelector + 15)
         s.idtr = DescriptorTable(base: 0, limit: 0)
         s.cr0 = CR0.pe | CR0.mp | CR0.et | CR0.ne | CR0.wp | CR0.pg
         s.cr3 = pml4
         s.cr4 = CR4.pae
         s.efer = EFER.lme | EFER.lma
-        s.rip = elf.physicalEntry
-        return BootPlan(format: .elf64, startsAllCPUs: true, state: s, ramSize: memory.ramSize,
-                        placements: [("entry", s.rip), ("page tables", pml4), ("page tables end", pml4 + tablesSize), ("GDT", gdt), ("TSS", tss)]
-                            + tablePlacements(tables),
-                        firmwareTables: tables, memoryMap: FirmwareTables.memoryMap(of: memory, tablesInstalled: tables != nil))
+        return (s, [("page tables", pml4), ("page tables end", pml4 + tablesSize), ("GDT", gdt), ("TSS", tss)])
     }
 }
 
-/// The elf64 loader's identity map: every address from 0 to the end of RAM (at least
+/// The long-mode entry's identity map: every address from 0 to the end of RAM (at least
 /// 4 GiB, rounded up to a GiB) maps to itself with 2 MiB pages, read/write, supervisor.
 enum IdentityPageTables {
     static func build(memory: GuestMemoryMap, placement: inout Placement) throws(ImageError) -> (pml4: UInt64, size: UInt64) {

@@ -39,7 +39,10 @@ public struct MachineConfiguration: Sendable {
     public var maxInstructions: UInt64? = nil
     /// `--clock`.
     public var clock: ClockKind = .host
+    /// The kernel command line: `--cmdline` or `--append` (Multiboot's or Linux's).
     public var commandLine: String = ""
+    /// `--initrd`: a Linux initrd file.
+    public var initrdPath: String? = nil
     /// `--module` values: "PATH [ARGS]"; the whole value is the module's string.
     public var modules: [String] = []
     public var kvmDevicePath: String = KVMDevice.defaultPath

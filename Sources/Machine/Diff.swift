@@ -116,12 +116,7 @@ public final class DifferentialRun {
         do { format = c.format == .auto ? try ImageFormat.detect(image, name: c.imagePath) : c.format } catch {
             throw MachineError(error.isFit ? .imageDoesNotFit : .badImage, error.description)
         }
-        var options = LoadOptions()
-        options.commandLine = c.commandLine
-        for module in c.modules {
-            let path = String(module.prefix { $0 != " " })
-            options.modules.append((try Machine.readFile(path, what: "module", ramSize: c.memorySize), module))
-        }
+        let options = try Machine.loadOptions(c, format: format)
         func makeMemory() throws(MachineError) -> (GuestMemoryMap, BootPlan) {
             let memory: GuestMemoryMap
             do { memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image)) } catch {

@@ -15,14 +15,20 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Guest RAM, e.g. 128M, 4G, 64G (reserved lazily: untouched pages cost nothing).")
     var mem: String = "128M"
 
-    @Option(help: "Image format: auto, boot, bios, multiboot, elf64.")
+    @Option(help: "Image format: auto, boot, bios, multiboot, elf64, linux.")
     var format: ImageFormat = .auto
 
     @Option(help: "Where COM1 and port 0xE9 output goes: stdio, file:PATH, none.")
     var serial: String = "stdio"
 
-    @Option(help: "Multiboot command line passed to the kernel.")
-    var cmdline: String = ""
+    @Option(help: "The kernel command line (Multiboot or Linux); --append is the same option.")
+    var cmdline: String?
+
+    @Option(help: "The kernel command line, as QEMU names it: the same as --cmdline.")
+    var append: String?
+
+    @Option(help: ArgumentHelp("A Linux initrd (initramfs) for a linux image.", valueName: "file"))
+    var initrd: String?
 
     @Option(name: .customLong("module"), help: "Multiboot module: \"PATH [ARGS]\" (repeatable).")
     var modules: [String] = []
@@ -41,6 +47,9 @@ struct MachineOptions: ParsableArguments {
         // Guest RAM is mapped (and given to KVM as memslots) in whole host pages.
         guard size % 4096 == 0 else { throw ValidationError("--mem \(size) bytes is not a whole number of 4 KiB pages") }
         _ = try serialSink()
+        if let cmdline, let append, cmdline != append {
+            throw ValidationError("--cmdline and --append are the same option (the kernel command line); give one")
+        }
         guard CPUModel.named(cpuModel) != nil else {
             throw ValidationError("--cpu-model '\(cpuModel)' is not one of \(CPUModel.catalogue.map(\.name).joined(separator: ", "))")
         }
@@ -62,7 +71,8 @@ struct MachineOptions: ParsableArguments {
         c.format = format
         c.serial = try serialSink()
         c.input = c.serial == .stdout ? .stdin() : .none()
-        c.commandLine = cmdline
+        c.commandLine = append ?? cmdline ?? ""
+        c.initrdPath = initrd
         c.modules = modules
         c.cpuModel = cpuModel
         c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath

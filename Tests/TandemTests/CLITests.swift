@@ -29,6 +29,8 @@ struct CLITests {
             (["run", "--cpus", "257", image], "tandem: --cpus must be between 1 and 256, not 257\n"),
             (["run", "--mem", "512K", image], "tandem: --mem 524288 bytes is too small: a guest needs at least 1 MiB\n"),
             (["run", "--serial", "file:/nonexistent-dir/out", image], "tandem: cannot open serial file /nonexistent-dir/out: No such file or directory\n"),
+            (["run", "--cmdline", "a", "--append", "b", image], "tandem: --cmdline and --append are the same option (the kernel command line); give one (see 'tandem help')\n"),
+            (["run", "--initrd", image, image], "tandem: --initrd is for Linux kernels, and \(image) is a boot image\n"),
         ]
         for (arguments, message) in cases {
             let r = try runProcess(tandemBinary, arguments)
@@ -42,7 +44,7 @@ struct CLITests {
     func help() throws {
         let r = try tandem("help", "run")
         #expect(r.status == 0)
-        for flag in ["--backend", "--cpus", "--mem", "--format", "--serial", "--timeout", "--max-instructions", "--stats", "--trace", "--trace-format", "--trace-exits", "--trace-range", "--trace-from", "--trace-count", "--trace-last", "--cmdline", "--module", "--kvm-device", "--quiet"] {
+        for flag in ["--backend", "--cpus", "--mem", "--format", "--serial", "--timeout", "--max-instructions", "--stats", "--trace", "--trace-format", "--trace-exits", "--trace-range", "--trace-from", "--trace-count", "--trace-last", "--cmdline", "--append", "--initrd", "--module", "--kvm-device", "--quiet"] {
             #expect(r.stdout.contains(flag), "\(flag)")
         }
         #expect(r.stdout.contains("USAGE: tandem run ") && r.stdout.contains("<image>"))

@@ -490,3 +490,156 @@ struct LoadingTests {
         #expect(m.read(0x1000, as: UInt8.self) == 0xF4)
     }
 }
+
+/// A file shaped like a bzImage: a boot sector and `setupSectors` of setup code with the
+/// setup header (boot protocol `version`), then `kernelSize` bytes of "protected-mode
+/// kernel" (a byte pattern). Defaults as Debian 12's kernel has them.
+func syntheticBzImage(version: UInt16 = 0x020F, xloadflags: UInt16 = 0x7F, setupSectors: UInt8 = 4, kernelSize: Int = 0x3000,
+                      preferredAddress: UInt64 = 0x100_0000, initSize: UInt32 = 0x40_0000, relocatable: Bool = true,
+                      alignment: UInt32 = 0x20_0000, initrdAddressMax: UInt32 = 0x7FFF_FFFF, commandLineSize: UInt32 = 2047) -> [UInt8] {
+    var b = [UInt8](repeating: 0, count: (Int(setupSectors) + 1) * 512)
+    func set<T: FixedWidthInteger>(_ v: T, _ offset: Int) {
+        for i in 0..<(T.bitWidth / 8) { b[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+    }
+    b[0x1F1] = setupSectors
+    set(UInt16(0xAA55), 0x1FE)
+    b[0x200] = 0xEB; b[0x201] = 0x6A   // jmp over the header: it ends at 0x26C
+    set(UInt32(0x5372_6448), 0x202)      // "HdrS"
+    set(version, 0x206)
+    b[0x211] = 0x01                      // LOADED_HIGH
+    set(UInt32(0x10_0000), 0x214)
+    set(initrdAddressMax, 0x22C)
+    set(alignment, 0x230)
+    b[0x234] = relocatable ? 1 : 0
+    b[0x235] = 21
+    set(xloadflags, 0x236)
+    set(commandLineSize, 0x238)
+    set(preferredAddress, 0x258)
+    set(initSize, 0x260)
+    return b + (0..<kernelSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+}
+
+/// The e820 table of the zero page at `zp` (an unknown type reads as reserved).
+private func zeroPageE820(_ m: GuestMemoryMap, _ zp: UInt64) -> [MemoryMapEntry] {
+    let count = Int(m.read(zp + 0x1E8, as: UInt8.self))
+    return (0..<count).map { (i: Int) -> MemoryMapEntry in
+        let entry = zp + 0x2D0 + UInt64(20 * i)
+        let type = m.read(entry + 16, as: UInt32.self)
+        return MemoryMapEntry(start: m.read(entry, as: UInt64.self), length: m.read(entry + 8, as: UInt64.self),
+                              kind: MemoryMapEntry.Kind(rawValue: type) ?? .reserved)
+    }
+}
+
+@Suite("Linux boot protocol")
+struct LinuxLoaderTests {
+    let initrd: [UInt8] = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+
+    func options(commandLine: String = "console=ttyS0 quiet", initrd: [UInt8]? = nil, cpus: Int = 1) -> LoadOptions {
+        var o = LoadOptions()
+        o.commandLine = commandLine
+        o.initrd = initrd
+        o.cpuCount = cpus
+        return o
+    }
+
+    @Test("a HdrS setup header makes the image linux")
+    func detection() throws {
+        #expect(try ImageFormat.detect(syntheticBzImage(), name: "vmlinuz") == .linux)
+        #expect(try ImageFormat.detect(syntheticBzImage(version: 0x0200), name: "vmlinuz") == .linux)
+        var noMagic = syntheticBzImage()
+        noMagic[0x202] = 0
+        #expect(try ImageFormat.detect(noMagic, name: "vmlinuz") != .linux)
+    }
+
+    @Test("the kernel at pref_address, the zero page, command line, initrd, e820 and the 64-bit entry")
+    func layout() throws {
+        let image = syntheticBzImage()
+        let (m, plan) = try load(image, name: "vmlinuz", ram: 256 * MiB, options: options(initrd: initrd, cpus: 4))
+        #expect(plan.format == .linux)
+        #expect(!plan.startsAllCPUs, "the kernel starts its APs with INIT/SIPI")
+        let kernel = Array(image[(5 * 512)...])
+        #expect(m.bytes(at: 0x100_0000, count: kernel.count) == kernel)
+        let s = plan.initialState(cpu: 0, of: 4)
+        #expect(s.rip == 0x100_0200, "the 64-bit entry: load address + 0x200")
+        #expect(s.mode == .long64 && !s.interruptsEnabled)
+        #expect(s.cs.selector == 0x10 && s.cs.long && s.ds.selector == 0x18 && s.ss.selector == 0x18 && s.es.selector == 0x18)
+        #expect(m.read(s.gdtr.base + 0x10, as: UInt64.self) == 0x00AF_9A00_0000_FFFF, "__BOOT_CS")
+        #expect(m.read(s.gdtr.base + 0x18, as: UInt64.self) == 0x00CF_9200_0000_FFFF, "__BOOT_DS")
+        #expect(s.tr.selector == 0x20 && s.gdtr.limit == 0x2F)
+
+        let zp = s[.rsi]
+        #expect(zp != 0 && zp % 0x1000 == 0 && zp < 0x10_0000)
+        // The setup header copied, with the loader's fields filled in.
+        let header = m.bytes(at: zp + 0x1F1, count: 0x26C - 0x1F1)
+        for offset in 0x1F1..<0x26C where !(0x1FA..<0x1FC).contains(offset) && !(0x210..<0x218).contains(offset)
+            && !(0x218..<0x220).contains(offset) && !(0x228..<0x22C).contains(offset) {
+            #expect(header[offset - 0x1F1] == image[offset], "setup header byte \(String(offset, radix: 16))")
+        }
+        #expect(m.read(zp + 0x1FA, as: UInt16.self) == 0xFFFF, "vid_mode normal")
+        #expect(m.read(zp + 0x210, as: UInt8.self) == 0xFF, "type_of_loader: undefined")
+        #expect(m.read(zp + 0x211, as: UInt8.self) & 1 == 1, "LOADED_HIGH")
+        #expect(m.read(zp + 0x214, as: UInt32.self) == 0x100_0000, "code32_start")
+        #expect(string(m, at: UInt64(m.read(zp + 0x228, as: UInt32.self))) == "console=ttyS0 quiet")
+        let ramdisk = UInt64(m.read(zp + 0x218, as: UInt32.self))
+        #expect(m.read(zp + 0x21C, as: UInt32.self) == UInt32(initrd.count))
+        #expect(ramdisk % 0x1000 == 0 && ramdisk + UInt64(initrd.count) <= 256 * MiB && ramdisk + UInt64(initrd.count) > 256 * MiB - 0x2000,
+                "the initrd as high as it fits")
+        #expect(m.bytes(at: ramdisk, count: initrd.count) == initrd)
+        #expect(m.read(zp + 0x070, as: UInt64.self) == FirmwareTables.rsdpAddress, "acpi_rsdp_addr")
+        // e820: the memory map, with the firmware tables' range reserved.
+        let e820 = zeroPageE820(m, zp)
+        #expect(e820 == plan.memoryMap)
+        #expect(e820.contains(MemoryMapEntry(start: 0xE_0000, length: 0x2_0000, kind: .reserved)))
+        let total: UInt64 = e820.reduce(0) { $0 + $1.length }
+        #expect(total == 256 * MiB)
+    }
+
+    @Test("RAM above 3 GiB: e820 has the hole, the initrd stays below it and under initrd_addr_max")
+    func highMemory() throws {
+        let (m, plan) = try load(syntheticBzImage(initrdAddressMax: 0x3FFF_FFFF), name: "vmlinuz", ram: 5 * GiB,
+                                 options: options(initrd: initrd))
+        let zp = plan.initialState(cpu: 0, of: 1)[.rsi]
+        let ramdisk = UInt64(m.read(zp + 0x218, as: UInt32.self))
+        #expect(ramdisk + UInt64(initrd.count) <= 0x4000_0000 && ramdisk >= 0x4000_0000 - 0x4000)
+        let e820 = zeroPageE820(m, zp)
+        #expect(e820 == plan.memoryMap)
+        #expect(e820.last?.start == 4 * GiB, "RAM above the hole starts at 4 GiB")
+        #expect(plan.memoryMap.last?.end == 6 * GiB)
+    }
+
+    @Test("a relocatable kernel moves to an aligned address from 1 MiB when pref_address does not fit; a fixed one does not fit")
+    func relocation() throws {
+        let (m, plan) = try load(syntheticBzImage(initSize: 0x80_0000), name: "vmlinuz", ram: 16 * MiB, options: options())
+        #expect(plan.initialState(cpu: 0, of: 1).rip == 0x20_0200, "2 MiB: the first kernel_alignment boundary above 1 MiB")
+        #expect(m.read(0x20_0000, as: UInt8.self) == 3)
+        #expect(loadError(syntheticBzImage(initSize: 0x80_0000, relocatable: false), name: "vmlinuz", ram: 16 * MiB) == .doesNotFit(
+            "vmlinuz is not relocatable and needs 8 MiB of RAM at 0x1000000 (--mem is 16 MiB)"))
+    }
+
+    @Test("too old, 32-bit-only, truncated or malformed kernels: one line each (status 201)")
+    func malformed() {
+        #expect(loadError(syntheticBzImage(version: 0x020B), name: "old") == .malformed(
+            "old uses Linux boot protocol 2.11; Tandem needs 2.12 or later (a 64-bit entry point)"))
+        #expect(loadError(syntheticBzImage(version: 0x0204), name: "old") == .malformed(
+            "old uses Linux boot protocol 2.04; Tandem needs 2.12 or later (a 64-bit entry point)"))
+        #expect(loadError(syntheticBzImage(xloadflags: 0), name: "k32") == .malformed(
+            "k32 is a Linux kernel without a 64-bit entry point (xloadflags bit 0 clear): Tandem boots 64-bit kernels"))
+        #expect(loadError(Array(syntheticBzImage(setupSectors: 30).prefix(0x1000)), name: "cut") == .malformed(
+            "cut is truncated: its setup code is 15872 bytes, the file has 4096"))
+        #expect(loadError(syntheticBzImage(alignment: 0x30_0000), name: "odd") == .malformed(
+            "odd: kernel_alignment 0x300000 is not a power of two"))
+        #expect(loadError(bootSector([0xF4]), name: "boot.img", as: .linux) == .malformed(
+            "boot.img is not a Linux kernel: no boot flag 0xAA55 and \"HdrS\" setup header at offset 0x1FE"))
+    }
+
+    @Test("a command line over cmdline_size or an initrd that does not fit: status 202")
+    func doesNotFit() throws {
+        let long = String(repeating: "x", count: 300)
+        #expect(throws: ImageError.doesNotFit("the kernel command line is 300 bytes; vmlinuz takes at most 255")) {
+            try load(syntheticBzImage(commandLineSize: 255), name: "vmlinuz", options: options(commandLine: long))
+        }
+        #expect(throws: ImageError.doesNotFit("the initrd (16384 KiB) does not fit in guest RAM below 0x1400000 beside the kernel; give the guest more --mem")) {
+            try load(syntheticBzImage(), name: "vmlinuz", ram: 20 * MiB, options: options(initrd: [UInt8](repeating: 1, count: 16 << 20)))
+        }
+    }
+}
