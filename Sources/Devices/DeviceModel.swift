@@ -83,6 +83,28 @@ public final class DeviceModel: Sendable {
     }
 }
 
+extension DeviceModel {
+    /// An MMIO read by vCPU `vcpu`: its own local APIC's page (xAPIC mode), else the MMIO bus.
+    public func mmioRead(vcpu: Int, _ address: UInt64, size: Int) -> UInt64 {
+        apic.isLocalAPIC(address, vcpu: vcpu) ? apic.mmioRead(vcpu: vcpu, address, size: size) : mmio.read(address, size: size)
+    }
+
+    /// An MMIO write by vCPU `vcpu` (see `mmioRead`).
+    public func mmioWrite(vcpu: Int, _ address: UInt64, size: Int, value: UInt64) {
+        if apic.isLocalAPIC(address, vcpu: vcpu) {
+            apic.mmioWrite(vcpu: vcpu, address, size: size, value: value)
+        } else {
+            mmio.write(address, size: size, value: value)
+        }
+    }
+
+    /// Whether an interrupt can still arrive while every vCPU sleeps: an armed timer, a
+    /// request latched in an interrupt controller, or serial input still to come.
+    public var mayStillInterrupt: Bool {
+        timers.anyArmed || apic.anyPending() || serial.mayInterrupt
+    }
+}
+
 /// A weak reference for wiring devices built before what they report to.
 final class WeakReference<T: AnyObject>: @unchecked Sendable {
     weak var value: T?

@@ -103,6 +103,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     public var singleStep = false
     /// Set after an exit in single-step mode: the next `run()` only completes it.
     var stepCompletedByExit = false
+    /// Single-stepping: taking an external interrupt or an NMI is a step of its own
+    /// (`run()` returns `.debugStep` at the handler's entry, before its first
+    /// instruction), so a diff or a trace sees where the handler was entered.
+    public var interruptIsOwnStep = false
     /// Tracing: single-step and log memory accesses and interrupt deliveries.
     public var tracing: Bool {
         get { logAccesses }
@@ -314,9 +318,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             try deliver(vector: vector, errorCode: nil, returnAddress: s.pointee.rip, software: false)
         } catch {
             if error.vector == Fault.exitVector { return pendingExit }
-            return deliverException(error)
+            return deliverException(error) ?? (singleStep && interruptIsOwnStep ? .debugStep : nil)
         }
-        return nil
+        return singleStep && interruptIsOwnStep ? .debugStep : nil
     }
 
     // MARK: Mode

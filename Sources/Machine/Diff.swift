@@ -98,7 +98,21 @@ public final class DifferentialRun {
     let interp: InterpreterVCPU
     let disassembler = Disassembler()
     let hostIsEmulated: Bool
-    private var exitStatus: UInt8? = nil
+    /// How the guest ended the run itself: the exit device, a reset, ACPI power-off.
+    private var guestEnd: String? = nil
+    /// KVM's interrupt controller (the machine's, logging what KVM takes each step) and
+    /// the interpreter's (replaying that): the interpreter takes each interrupt where KVM took it.
+    let recorded: RecordedInterrupts
+    let replayed: ReplayedInterrupts
+    /// `--clock instructions`: machine time advances one nanosecond per instruction the
+    /// interpreter retires (and jumps to the next timer in HLT), so a diff is reproducible.
+    private let virtualTime: VirtualTime?
+    private var lastRetired: UInt64 = 0
+    /// Signalled when the controller may have an interrupt for the vCPU (waiting in HLT).
+    private let wakeup = DispatchSemaphore(value: 0)
+    /// KVM's MMIO writes in the current step (address, size, value), which the
+    /// interpreter's must equal.
+    private var mmioWrites: [(UInt64, Int, UInt64)] = []
     /// Set by a signal or an output error: the status and the line the run ends with.
     private let pendingStop = PendingStop()
     /// The pages the last memory comparison looked at (KVM's dirty log is read once).
@@ -137,27 +151,47 @@ public final class DifferentialRun {
         do {
             console = try Console(c.serial) { [pendingStop] line in pendingStop.request(.outputError, "\(line) (status 211)") }
         } catch { throw MachineError(.usage, error.description) }
-        devices = DeviceModel(console: console, input: c.input, memory: km) { value in box.value?.exitStatus = value }
+        let virtualTime = c.clock == .instructions ? VirtualTime() : nil
+        self.virtualTime = virtualTime
+        let wakeup = wakeup
+        devices = DeviceModel(console: console, input: c.input, memory: km, cpus: 1, x2APIC: cpuid.offered.contains(.x2apic),
+                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
+                              onInterruptRequest: { _ in wakeup.signal() },
+                              onReset: { box.value?.guestEnd = "the guest reset the machine" },
+                              onPowerOff: { box.value?.guestEnd = "the guest powered the machine off (ACPI S5)" }) { value in
+            box.value?.guestEnd = "the guest exited with status \(value)"
+        }
+        recorded = RecordedInterrupts(devices.apic)
+        replayed = ReplayedInterrupts(devices.apic)
         do {
             let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true, cpu: GuestCPU(cpuid: cpuid))
             kvmVM = vm
             kvm = vcpus[0]
             try kvm.writeState(plan.initialState(cpu: 0, of: 1))
             try kvm.setSingleStep(true)
+            kvm.interruptController = recorded
         } catch {
             throw MachineError(.backendUnavailable, "tandem diff needs KVM: \(error)")
         }
         interp = InterpreterMachine(memory: im, cpuCount: 1, cpu: GuestCPU(cpuid: cpuid)).makeVCPU(index: 0)
         do { try interp.writeState(plan.initialState(cpu: 0, of: 1)) } catch { throw MachineError(.hostError, "\(error)") }
         interp.tracing = true
-        if let injectFault {
+        interp.interruptIsOwnStep = true
+        interp.interruptController = replayed
+        if let virtualTime { interp.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
+        if injectFault == Self.wrongVectorFault {
+            replayed.wrongVector = true
+        } else if let injectFault {
             guard let (mnemonic, bit) = Self.parseFault(injectFault), interp.injectFault(mnemonic: mnemonic, flipFlags: bit) else {
-                throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG, e.g. add:cf")
+                throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG (e.g. add:cf) or \(Self.wrongVectorFault)")
             }
         }
         hostIsEmulated = HostCheck.cpuHasVirtualization() == false
         box.value = self
     }
+
+    /// The planted fault that replays each interrupt KVM took with the next vector.
+    public static let wrongVectorFault = "irq:vector"
 
     /// A planted fault as the command line gives it, "MNEMONIC:FLAG" (e.g. "add:cf"):
     /// the mnemonic and the RFLAGS bit to flip after it.
@@ -173,6 +207,52 @@ public final class DifferentialRun {
         var state: CPUState
         var bytes: [UInt8]
         var text: String
+        /// The interrupt taken before the instruction (which is then its handler's first), and where.
+        var interrupt: String? = nil
+    }
+
+    /// `--clock instructions`: machine time catches up with what the interpreter retired,
+    /// and the timers due by then fire (before KVM's step, which may take their interrupt).
+    private func advanceVirtualClock() {
+        guard let virtualTime else { return }
+        let retired = interp.retired
+        if retired > lastRetired { virtualTime.nanoseconds.add(retired - lastRetired, ordering: .relaxed) }
+        lastRetired = retired
+        devices.timers.fireDue()
+    }
+
+    /// Both sides halted: waits until the vCPU has an event that ends the HLT (an NMI, or
+    /// an interrupt when RFLAGS.IF is set), as `tandem run` does. With the instruction
+    /// clock, time jumps to the next timer. False when nothing can end it (the run ends,
+    /// "both sides halted") or on a signal.
+    private func waitWhileHalted(interruptsEnabled: Bool) -> Bool {
+        let apic = devices.apic
+        while pendingStop.current == nil && guestEnd == nil {
+            checkTimeout()
+            if apic.hasNMI(vcpu: 0) || (interruptsEnabled && apic.hasPendingInterrupt(vcpu: 0)) { return true }
+            guard interruptsEnabled, devices.mayStillInterrupt else { return false }
+            if let virtualTime, let deadline = devices.timers.nextDeadline() {
+                let now = virtualTime.nanoseconds.load(ordering: .relaxed)
+                if deadline > now { virtualTime.nanoseconds.add(deadline - now, ordering: .relaxed) }
+                devices.timers.fireDue()
+                continue
+            }
+            _ = wakeup.wait(timeout: .now() + .milliseconds(100))
+        }
+        return false
+    }
+
+    /// `--timeout`, in host monotonic nanoseconds.
+    private var deadline: UInt64? = nil
+
+    private func checkTimeout() {
+        guard let deadline, DispatchTime.now().uptimeNanoseconds >= deadline, let timeout = configuration.timeout else { return }
+        pendingStop.request(.timeout, "timeout after \(formatSeconds(timeout)) s (status 206)")
+    }
+
+    static func location(_ s: CPUState) -> String {
+        let cs = String(s.cs.selector, radix: 16)
+        return String(repeating: "0", count: max(0, 4 - cs.count)) + cs + ":" + hex(s.rip)
     }
 
     /// Runs to the end (exit device, both halted, `steps`), the first divergence, a signal
@@ -187,37 +267,53 @@ public final class DifferentialRun {
 
     private func compare() -> Outcome {
         let start = DispatchTime.now()
+        if let timeout = configuration.timeout {
+            deadline = (configuration.started ?? start).uptimeNanoseconds &+ UInt64(timeout * 1e9)
+        }
         var history: [Step] = []
         var hostLimited: [String: Int] = [:]
         var compared: UInt64 = 0
         for number in 0..<steps {
+            checkTimeout()
             if let (status, line) = pendingStop.current {
                 return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
             }
-            guard let before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
-            let (bytes, text) = instruction(at: before)
-            let mnemonic = String(text.prefix { $0 != " " })
+            advanceVirtualClock()
+            guard var before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
+            var (bytes, text) = instruction(at: before)
+            var mnemonic = String(text.prefix { $0 != " " })
             history.append(Step(number: number, state: before, bytes: bytes, text: text))
             if history.count > 21 { history.removeFirst() }
 
-            // KVM first: it talks to the devices; port and MMIO reads are recorded.
+            // KVM first: it talks to the devices; port and MMIO reads are recorded, and so
+            // is the interrupt it takes from the controller before the instruction.
             var reads: [UInt64] = []
             var writes: [(UInt16, Int, UInt32)] = []
             var kvmEnd: String? = nil
             var kvmCannot = false
+            // PVM completes an I/O instruction on re-entry and runs on to the next; when that
+            // is another I/O instruction, it exits again: each exit can add an instruction.
+            var ioExits = 0
+            var kvmHalted = false
+            recorded.beginStep()
+            mmioWrites.removeAll()
             kvmLoop: while true {
                 let exit: VCPUExit
                 do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
                 switch exit {
                 case .portIn, .mmioRead, .mmioWrite:
+                    recorded.offering = false
+                    ioExits += 1
                     answerFromDevices(exit, reads: &reads, writes: &writes)
                 case .portOut:
+                    recorded.offering = false
+                    ioExits += 1
                     answerFromDevices(exit, reads: &reads, writes: &writes)
-                    // The guest has exited: KVM must not run on (PVM would run the next
+                    // The guest has ended: KVM must not run on (PVM would run the next
                     // instruction before trapping).
-                    if exitStatus != nil { break kvmLoop }
+                    if guestEnd != nil { break kvmLoop }
                 case .debugStep: break kvmLoop
-                case .halt: kvmEnd = "hlt"; break kvmLoop
+                case .halt: kvmHalted = true; break kvmLoop
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
                 case .unsupportedInstruction: kvmCannot = true; break kvmLoop
                 case .interrupted: continue
@@ -225,6 +321,33 @@ public final class DifferentialRun {
                 case .internalError(let s): return failure("KVM: \(s)")
                 case .instructionLimit: break kvmLoop
                 }
+            }
+
+            // The interrupt KVM took (if any) is the interpreter's first step: it takes the
+            // same one at the same boundary, and the step's instruction is then the
+            // handler's first.
+            replayed.replay(recorded.log)
+            replayed.live = kvmCannot
+            var accesses: [MemoryAccess] = []
+            var events: [InterruptEvent] = []
+            var interrupted: CPUState? = nil
+            if let delivery = replayed.undelivered {
+                let exit: VCPUExit
+                do { exit = try interp.run() } catch { return failure("interpreter: \(error)") }
+                if replayed.undelivered != nil {
+                    let why = before.rflags & 0x200 == 0 && delivery != .nmi ? "RFLAGS.IF is clear" : "it is in an interrupt shadow (STI, MOV SS) or blocks NMIs"
+                    return divergence(number, history, "KVM took \(delivery) before this instruction; the interpreter does not accept one here (\(why))", compared: compared, start: start)
+                }
+                guard case .debugStep = exit, let entry = try? interp.readState() else {
+                    return divergence(number, history, "KVM took \(delivery) before this instruction; the interpreter's delivery ended with \(exit)", compared: compared, start: start)
+                }
+                (accesses, events) = interp.drainTrace()
+                interrupted = before
+                before = entry
+                (bytes, text) = instruction(at: entry)
+                mnemonic = String(text.prefix { $0 != " " })
+                history[history.count - 1] = Step(number: number, state: entry, bytes: bytes, text: text,
+                                                  interrupt: "\(delivery) at \(Self.location(history[history.count - 1].state))")
             }
 
             // The interpreter replays the same device answers. PVM's KVM completes a port
@@ -238,30 +361,30 @@ public final class DifferentialRun {
             // interpreter (like hardware) takes one iteration per step.
             let isString = mnemonic.hasPrefix("rep") && text.split(separator: " ").count > 1
             // And after delivering an exception it runs the handler's first instruction
-            // before trapping: so does the interpreter then.
+            // before trapping, and after an IRET the instruction it returns to: so does the
+            // interpreter then (once more than the I/O exits allow).
             var catchUp = 0
-            var accesses: [MemoryAccess] = []
-            var events: [InterruptEvent] = []
+            var ranIret = mnemonic.hasPrefix("iret"), delivered = false
             while true {
                 if catchUp > 0 {
                     let drained = interp.drainTrace()
                     accesses += drained.accesses
                     events += drained.events
+                    delivered = delivered || !drained.events.isEmpty
                     guard !kvmCannot, interpEnd == nil, let kvmAfter, let now = try? interp.readState(),
                           now.rip != kvmAfter.rip || (isString && now[.rcx] != kvmAfter[.rcx]) else { break }
-                    let tookIO = !reads.isEmpty || !writes.isEmpty
-                    let delivered = !drained.events.isEmpty || mnemonic.hasPrefix("iret")
                     let midString = isString && now.rip == before.rip
-                    guard ((tookIO || delivered) && catchUp == 1) || (midString && catchUp < 1 << 20) else { break }
+                    guard catchUp <= ioExits + (delivered || ranIret ? 1 : 0) || (midString && catchUp < 1 << 20) else { break }
+                    if !midString && instruction(at: now).1.hasPrefix("iret") { ranIret = true }
                 }
                 catchUp += 1
                 interpLoop: while true {
                     let exit: VCPUExit
                     do { exit = try interp.run() } catch { return failure("interpreter: \(error)") }
                     switch exit {
-                    case let .portIn(_, size, count, data):
+                    case let .portIn(port, size, count, data):
                         for k in 0..<count {
-                            let v = replay.popFirst() ?? 0xFFFF_FFFF
+                            let v = kvmCannot ? devices.ports.read(port, size: size) : replay.popFirst().map { UInt32(truncatingIfNeeded: $0) } ?? 0xFFFF_FFFF
                             withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
                         }
                     case let .portOut(port, size, count, data):
@@ -274,12 +397,24 @@ public final class DifferentialRun {
                             }
                             outIndex += 1
                         }
-                    case let .mmioRead(_, size, data):
-                        let v = replay.popFirst() ?? .max
+                    case let .mmioRead(address, size, data):
+                        let v = kvmCannot ? devices.mmioRead(vcpu: 0, address, size: size) : replay.popFirst() ?? .max
                         withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-                    case .mmioWrite: continue
+                    case let .mmioWrite(address, size, data):
+                        var v: UInt64 = 0
+                        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
+                        if kvmCannot { devices.mmioWrite(vcpu: 0, address, size: size, value: v); continue }
+                        // KVM's write reached the device; the interpreter's must be the same one.
+                        guard let first = mmioWrites.first, first == (address, size, v) else {
+                            let kvmWrote = mmioWrites.first.map { "KVM wrote \(hex($0.2)) to \(hex($0.0)) (\($0.1) bytes)" } ?? "KVM wrote nothing"
+                            return divergence(number, history, "MMIO output differs: the interpreter wrote \(hex(v)) to \(hex(address)) (\(size) bytes), \(kvmWrote)", compared: compared, start: start)
+                        }
+                        mmioWrites.removeFirst()
                     case .debugStep: break interpLoop
-                    case .halt: interpEnd = "hlt"; break interpLoop
+                    case .halt:
+                        interpEnd = "hlt"
+                        _ = try? interp.run()   // single-stepping: this completes the HLT's step
+                        break interpLoop
                     case .shutdown: interpEnd = "triple fault"; break interpLoop
                     case .unsupportedInstruction(let s):
                         if kvmCannot {
@@ -297,11 +432,31 @@ public final class DifferentialRun {
                k.rip == before.rip, i.rip != before.rip, k[.rcx] == i[.rcx] {
                 stepKVMOnce()
             }
-            if exitStatus != nil { compared += 1; break }
+            if guestEnd != nil { compared += 1; break }
+            // Whether KVM halted. PVM ends a single-stepped HLT with the debug trap, not a
+            // halt exit, and reports the halt later, after the IRET of the interrupt that
+            // ended it: the interpreter, which knows when it ran a HLT, decides.
+            if !kvmCannot, let k = try? kvm.readState(), let i = try? interp.readState(), k.rip == i.rip, hostIsEmulated {
+                if interpEnd == "hlt" {
+                    kvmEnd = "hlt"
+                } else if kvmHalted {
+                    hostLimited[Self.lateHalt, default: 0] += 1
+                }
+            } else if kvmHalted {
+                kvmEnd = "hlt"
+            }
             let last = interp.drainTrace()
             accesses += last.accesses
             events += last.events
             compared += 1
+            if !kvmCannot, outIndex < writes.count {
+                return divergence(number, history, "port output differs: KVM wrote \(hex(writes[outIndex].2)) to port \(hex(writes[outIndex].0)), the interpreter nothing", compared: compared, start: start)
+            }
+            if !kvmCannot, let w = mmioWrites.first {
+                return divergence(number, history, "MMIO output differs: KVM wrote \(hex(w.2)) to \(hex(w.0)) (\(w.1) bytes), the interpreter nothing", compared: compared, start: start)
+            }
+            replayed.finishStep()
+            if let problem = replayed.problems.first { return divergence(number, history, problem, compared: compared, start: start) }
 
             if kvmCannot {
                 // This host's KVM cannot run it: the interpreter's result goes to both sides.
@@ -311,10 +466,24 @@ public final class DifferentialRun {
                 _ = try? dirtyKVMPages()
             } else {
                 // Compare.
-                guard let k = try? kvm.readState(), let i = try? interp.readState() else { return failure("cannot read state") }
+                guard let k = try? kvm.readState(), var i = try? interp.readState() else { return failure("cannot read state") }
+                if mnemonic == "rdtsc" || mnemonic == "rdtscp" {
+                    // The time read is an input, like a port read: the interpreter gets KVM's.
+                    i[.rax] = k[.rax]
+                    i[.rdx] = k[.rdx]
+                    try? interp.writeState(i)
+                }
                 var fields = Self.differences(k, i, undefinedFlags: UndefinedFlags.mask(for: mnemonic))
-                if !events.isEmpty { fixSingleStepTrapFlag(before: before, accesses) }
-                let memory = compareMemory(accesses)
+                if !events.isEmpty {
+                    fixSingleStepTrapFlag(before: before, accesses)
+                    if let interrupted { fixSingleStepTrapFlag(before: interrupted, accesses) }
+                }
+                var memory = compareMemory(accesses)
+                if hostIsEmulated, !memory.isEmpty {
+                    let (rest, reasons) = unsetBookkeepingBits(memory, state: i, accesses: accesses)
+                    for reason in reasons { hostLimited[reason, default: 0] += 1 }
+                    memory = rest
+                }
                 if hostIsEmulated, i.rflags & 1 << 17 != 0, k.rflags & 1 << 17 == 0 {
                     return stopEarly(compared: compared - 1, start: start, hostLimited,
                                      "at step \(number), \(text): host limitation: this host's KVM does not run virtual-8086 mode")
@@ -348,10 +517,17 @@ public final class DifferentialRun {
                     try? interp.writeState(synced)
                 }
             }
-            if exitStatus != nil || (kvmEnd != nil && interpEnd != nil) { break }
+            if guestEnd != nil { break }
+            if kvmEnd == "hlt" && interpEnd == "hlt" {
+                // Both halted: wait, as the machine does, for an interrupt that ends the HLT.
+                guard let state = try? interp.readState(), waitWhileHalted(interruptsEnabled: state.rflags & 0x200 != 0) else { break }
+            } else if kvmEnd != nil && interpEnd != nil {
+                break
+            }
         }
+        devices.timers.stop()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        let end = exitStatus.map { "the guest exited with status \($0)" } ?? (compared >= steps ? "--steps \(steps) reached" : "both sides halted")
+        let end = guestEnd ?? (compared >= steps ? "--steps \(steps) reached" : "both sides halted")
         var lines = ["tandem diff: no divergence: all \(compared) instructions compared in \(String(format3: seconds)) s; \(end)"]
         for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
             lines.append("  host limitation (\(count)x): \(reason)")
@@ -383,7 +559,7 @@ public final class DifferentialRun {
         interp.singleStep = true
         var number = from
         while number < steps {
-            if exitStatus != nil { return (number, "the guest exited with status \(exitStatus!) after \(number) instructions") }
+            if let guestEnd { return (number, "\(guestEnd) after \(number) instructions") }
             let exit: VCPUExit
             do { exit = try interp.run() } catch { return (number, "interpreter error \(error) after \(number) instructions") }
             switch exit {
@@ -420,7 +596,7 @@ public final class DifferentialRun {
                 writes.append((port, size, v))
             }
         case let .mmioRead(address, size, data):
-            let v = devices.mmio.read(address, size: size)
+            let v = devices.mmioRead(vcpu: 0, address, size: size)
             // The interpreter reads unmapped memory without an exit: only device reads are
             // replayed to it.
             if PhysicalLayout.deviceWindow.contains(address) { reads.append(v) }
@@ -428,7 +604,9 @@ public final class DifferentialRun {
         case let .mmioWrite(address, size, data):
             var v: UInt64 = 0
             withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-            devices.mmio.write(address, size: size, value: v)
+            devices.mmioWrite(vcpu: 0, address, size: size, value: v)
+            // The interpreter writes unmapped memory without an exit (see reads).
+            if PhysicalLayout.deviceWindow.contains(address) { mmioWrites.append((address, size, v)) }
         default: break
         }
     }
@@ -453,7 +631,7 @@ public final class DifferentialRun {
         }
     }
 
-    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [String], before: CPUState) -> String? {
+    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [MemoryDifference], before: CPUState) -> String? {
         guard hostIsEmulated else { return nil }
         if mnemonic == "int" && before.cs.selector & 3 == 3 && !before.cs.long {
             return "INT n at CPL 3 raises #UD under this host's KVM"
@@ -463,6 +641,46 @@ public final class DifferentialRun {
             if fields.allSatisfy({ $0.0 == "rflags" }) { return limitation.reason }
         }
         return nil
+    }
+
+    static let lateHalt = "this host's KVM reports a single-stepped HLT as a debug trap, then once more as a halt exit after the interrupt handler's IRET"
+    static let unsetAccessedBit = "this host's KVM does not set the accessed bit of a descriptor it loads from the GDT"
+    static let unsetPageBits = "this host's KVM does not set the dirty (or accessed) bits of page-table entries"
+
+    /// The bits the CPU sets in memory on its own that this host's KVM leaves clear: the
+    /// accessed bit of a GDT descriptor it loads (interrupt delivery) and the accessed and
+    /// dirty bits of the page-table entries that map what the step touched. These
+    /// differences are host limitations; KVM's memory takes the interpreter's bytes. The
+    /// rest, and the reasons found, are returned.
+    func unsetBookkeepingBits(_ memory: [MemoryDifference], state s: CPUState, accesses: [MemoryAccess]) -> ([MemoryDifference], [String]) {
+        let gdt = s.gdtr.limit > 0 ? interp.translate(linear: s.gdtr.base) : nil
+        var tablePages = Set<UInt64>()
+        if s.efer & EFER.lma != 0 {
+            for linear in accesses.map(\.linear) + [s.cs.base &+ s.rip, s[.rsp]] {
+                var table = s.cr3 & 0x000F_FFFF_FFFF_F000
+                for shift: UInt64 in [39, 30, 21, 12] {
+                    tablePages.insert(table)
+                    let entry: UInt64 = interpMemory.read(table + ((linear >> shift) & 511) * 8)
+                    guard entry & 1 != 0, shift == 39 || shift == 12 || entry & 0x80 == 0 else { break }
+                    table = entry & 0x000F_FFFF_FFFF_F000
+                }
+            }
+        }
+        var rest: [MemoryDifference] = [], reasons = Set<String>()
+        for d in memory {
+            let extra = d.kvm ^ d.interp
+            let onlyAdded = d.interp & extra == extra
+            if let gdt, d.address >= gdt, d.address - gdt <= UInt64(s.gdtr.limit), (d.address - gdt) % 8 == 5, extra == 1, onlyAdded {
+                reasons.insert(Self.unsetAccessedBit)
+            } else if tablePages.contains(d.address & ~0xFFF), d.address % 8 == 0, extra & ~0x60 == 0, onlyAdded {
+                reasons.insert(Self.unsetPageBits)
+            } else {
+                rest.append(d)
+                continue
+            }
+            kvmMemory.write(d.address, d.interp)
+        }
+        return (rest, reasons.sorted())
     }
 
     /// Copies what the interpreter wrote into KVM's memory (when KVM could not run the instruction).
@@ -494,11 +712,11 @@ public final class DifferentialRun {
     }
 
     /// Bytes that differ on the pages either side wrote in this step.
-    func compareMemory(_ accesses: [MemoryAccess]) -> [String] {
+    func compareMemory(_ accesses: [MemoryAccess]) -> [MemoryDifference] {
         var pages = Set(accesses.filter(\.write).flatMap { [$0.physical & ~0xFFF, ($0.physical + UInt64($0.size) - 1) & ~0xFFF] })
         if let dirty = try? dirtyKVMPages() { pages.formUnion(dirty) }
         comparedPages = pages
-        var out: [String] = []
+        var out: [MemoryDifference] = []
         // ROM is writable under KVM (a PVM workaround, see Documentation/KVM.md) and not in
         // the interpreter; writes to it (descriptor accessed bits) are not divergences.
         for page in pages.sorted() where kvmMemory.region(containing: page)?.kind != .rom {
@@ -506,7 +724,7 @@ public final class DifferentialRun {
             let b = interpMemory.bytes(at: page, count: 4096)
             guard a != b else { continue }
             for i in 0..<4096 where a[i] != b[i] {
-                out.append("\(hex(page + UInt64(i))): kvm \(byteHex(a[i])) interp \(byteHex(b[i]))")
+                out.append(MemoryDifference(address: page + UInt64(i), kvm: a[i], interp: b[i]))
                 if out.count >= 32 { return out }
             }
         }
@@ -547,12 +765,12 @@ public final class DifferentialRun {
     }
 
     func describe(_ s: Step) -> String {
-        let cs = String(s.state.cs.selector, radix: 16)
-        return "#\(s.number) \(String(repeating: "0", count: max(0, 4 - cs.count)) + cs):\(hex(s.state.rip)) (\(s.state.mode.rawValue))  \(padRight(s.bytes.map(byteHex).joined(separator: " "), 24))\(s.text)"
+        let taken = s.interrupt.map { "#\(s.number) \($0), then:\n      " } ?? ""
+        return taken + "#\(s.number) \(Self.location(s.state)) (\(s.state.mode.rawValue))  \(padRight(s.bytes.map(byteHex).joined(separator: " "), 24))\(s.text)"
     }
 
     func divergence(_ number: UInt64, _ history: [Step], _ problem: String?, kvm k: CPUState? = nil, interp i: CPUState? = nil,
-                    fields: [(String, String, String)] = [], memory: [String] = [], compared: UInt64, start: DispatchTime) -> Outcome {
+                    fields: [(String, String, String)] = [], memory: [MemoryDifference] = [], compared: UInt64, start: DispatchTime) -> Outcome {
         var lines = ["tandem diff: divergence at step \(number) (vcpu0), after \(compared - 1) matching instructions"]
         if let current = history.last { lines.append("  " + describe(current)) }
         if let problem { lines.append("  " + problem) }
@@ -566,7 +784,7 @@ public final class DifferentialRun {
         }
         if !memory.isEmpty {
             lines.append("  memory that differs:")
-            lines += memory.map { "    " + $0 }
+            lines += memory.map { "    \($0)" }
         }
         lines.append("  previous instructions:")
         lines += history.dropLast().map { "    " + describe($0) }
@@ -576,6 +794,14 @@ public final class DifferentialRun {
     static func allFields(_ k: CPUState, _ i: CPUState) -> [(String, String, String)] {
         zip(k.namedFields, i.namedFields).map { ($0.name, hex($0.value), hex($1.value)) }
     }
+}
+
+/// A byte that differs between KVM's memory and the interpreter's.
+struct MemoryDifference: CustomStringConvertible {
+    var address: UInt64
+    var kvm: UInt8
+    var interp: UInt8
+    var description: String { "\(hex(address)): kvm \(byteHex(kvm)) interp \(byteHex(interp))" }
 }
 
 extension ImageError {

@@ -481,18 +481,12 @@ public final class Machine: @unchecked Sendable {
                     if stepping { tracer?.io.append((true, port, size, UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
-                let v = devices.apic.isLocalAPIC(address, vcpu: index)
-                    ? devices.apic.mmioRead(vcpu: index, address, size: size)
-                    : devices.mmio.read(address, size: size)
+                let v = devices.mmioRead(vcpu: index, address, size: size)
                 withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
             case let .mmioWrite(address, size, data):
                 var v: UInt64 = 0
                 withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                if devices.apic.isLocalAPIC(address, vcpu: index) {
-                    devices.apic.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
-                } else {
-                    devices.mmio.write(address, size: size, value: UInt64(littleEndian: v))
-                }
+                devices.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
             case .halt:
                 guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
@@ -583,7 +577,7 @@ public final class Machine: @unchecked Sendable {
 
     /// HLT: the vCPU sleeps (no host CPU) until it has an event it takes — an interrupt it
     /// accepts (IF set), an NMI, INIT or SIPI. Returns false when the machine stops, which
-    /// it does itself when every vCPU is halted and nothing can wake any (`canWake`).
+    /// it does itself when every vCPU is halted and nothing can wake any (`DeviceModel.mayStillInterrupt`).
     private func waitWhileHalted(_ index: Int, interruptsEnabled: Bool) -> Bool {
         let apic = devices.apic
         return sleep(index, interruptsEnabled: interruptsEnabled) {
@@ -641,7 +635,7 @@ public final class Machine: @unchecked Sendable {
                 }
             }
             let (all, anyEnabled) = control.withLock { ($0.halted == backends.count, $0.haltedWithInterruptsEnabled > 0) }
-            if all && !(anyEnabled && canWake()) {
+            if all && !(anyEnabled && devices.mayStillInterrupt) {
                 requestStop(.allHalted(interruptsDisabled: !anyEnabled))
                 return false
             }
@@ -679,10 +673,6 @@ public final class Machine: @unchecked Sendable {
         return true
     }
 
-    /// Whether an interrupt can still arrive while every vCPU sleeps.
-    private func canWake() -> Bool {
-        devices.timers.anyArmed || devices.apic.anyPending() || devices.serial.mayInterrupt
-    }
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
     func report(_ index: Int) -> VCPUReport {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import Dispatch
 import Devices
 import Loaders
 import Machine
@@ -93,7 +94,14 @@ struct Diff: ParsableCommand {
         instruction: the report says how many of the run's instructions were compared, and \
         why), or one of `tandem run`'s statuses when the machine cannot be built. \
         Instructions this host's KVM cannot run are executed by the interpreter for both \
-        sides and listed as host limitations, not divergences.
+        sides and listed as host limitations, not divergences. \
+        Interrupts: both sides run on the machine's interrupt controllers and timers; KVM \
+        takes each interrupt, and the interpreter is given the same vector at the same \
+        instruction boundary (the report shows it before the handler's first instruction). \
+        With --clock host, time runs while the guest is single-stepped, so interrupts come \
+        many times more often per instruction than in `tandem run`; --clock instructions \
+        (1 ns per instruction, HLT skips to the next timer) makes a diff reproducible, \
+        step for step, but a guest that polls a timer then runs for many instructions.
         """
     )
 
@@ -102,15 +110,29 @@ struct Diff: ParsableCommand {
     @Option(help: "Compare at most this many instructions.")
     var steps: UInt64 = 1_000_000
 
+    @Option(help: "Machine time: host (the host's monotonic clock) or instructions (1 ns per instruction: interrupts land on the same step in every diff).")
+    var clock: ClockKind = .host
+
+    @Option(help: "Stop after this many seconds (status 206).")
+    var timeout: Double?
+
     func validate() throws {
         if steps == 0 { throw ValidationError("--steps must be at least 1") }
+        if let timeout, !(timeout > 0 && timeout <= MachineConfiguration.maxTimeout) {
+            throw ValidationError("--timeout must be a positive number of seconds, at most \(Int(MachineConfiguration.maxTimeout))")
+        }
     }
 
-    @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. add:cf), or $TANDEM_INJECT_FAULT.")
+    @Option(help: "Testing aid: plant a bug in the interpreter, MNEMONIC:FLAG (e.g. add:cf), or irq:vector (replay each interrupt KVM takes with the next vector); or $TANDEM_INJECT_FAULT.")
     var injectFault: String?
 
     func run() throws {
-        let c = try machine.configuration()
+        let started = DispatchTime.now()
+        StopSignals.arm(timeout: timeout)
+        var c = try machine.configuration()
+        c.started = started
+        c.clock = clock
+        c.timeout = timeout
         let fault = injectFault ?? getenv("TANDEM_INJECT_FAULT").map { String(cString: $0) }
         let diff: DifferentialRun
         do { diff = try DifferentialRun(c, steps: steps, injectFault: fault) } catch {
