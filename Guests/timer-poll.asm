@@ -143,21 +143,16 @@ on_periodic:
         pop rax
         iretq
 
-on_oneshot:
-        push rax
-        lea rax, [oneshot]
+%macro counting_handler 2
+%1:     push rax
+        lea rax, [%2]
         inc qword [rax + r15*8]
-        mov dword [rbx + 0xB0], 0
+        mov dword [rbx + 0xB0], 0               ; EOI
         pop rax
         iretq
-
-on_deadline:
-        push rax
-        lea rax, [deadline]
-        inc qword [rax + r15*8]
-        mov dword [rbx + 0xB0], 0
-        pop rax
-        iretq
+%endmacro
+counting_handler on_oneshot, oneshot
+counting_handler on_deadline, deadline
 
 on_spurious:
         iretq
