@@ -3,7 +3,7 @@
 ; Benchmark (Tools/bench platform), not a test: an idle machine. Every CPU runs a
 ; 1 kHz periodic LAPIC timer (1,000,000 counts at the 1 GHz bus clock) and waits
 ; for TICKS ticks in STI;HLT, as an idle kernel does; the host should spend almost
-; nothing on it. CPU 0 then waits for the others and exits.
+; nothing on it. CPU 0 then waits for the others (still in HLT, on its ticks) and exits.
 ;
 ; Expected COM1 output: "idle: done\n" after about 2 s. Exit status 0.
 
@@ -38,19 +38,22 @@ _start:
         sti
         hlt
         jmp .wait
-.done:  mov dword [rbx + 0x320], 0x10040
-        lock inc qword [finished]
+.done:  lock inc qword [finished]
         test r15, r15
         jz .report
+        mov dword [rbx + 0x320], 0x10040        ; masked: this CPU is done
 .park:  cli
         hlt
         jmp .park
-.report:
+.report:                                        ; CPU 0 waits for the others in HLT too,
+        cli                                     ; woken by its own ticks (never spinning)
         cmp [finished], r14
         jae .print
-        pause
+        sti
+        hlt
         jmp .report
-.print: call uart_init
+.print: mov dword [rbx + 0x320], 0x10040
+        call uart_init
         lea rsi, [s_done]
         call puts
         mov al, 0

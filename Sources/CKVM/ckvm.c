@@ -1,5 +1,10 @@
+#define _GNU_SOURCE
 #include "ckvm.h"
+#include <signal.h>
+#include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);
@@ -19,4 +24,42 @@ int ckvm_set_msr_filter(int vm_fd, int count, const uint32_t *bases, const uint3
         filter.ranges[i].bitmap = bitmaps[i];
     }
     return ioctl(vm_fd, KVM_X86_SET_MSR_FILTER, &filter);
+}
+
+static __thread struct kvm_run *volatile entering_run;
+
+void ckvm_kick_handler(int signal) {
+    (void)signal;
+    struct kvm_run *run = entering_run;
+    if (run) run->immediate_exit = 1;
+}
+
+void ckvm_entering(struct kvm_run *run) {
+    entering_run = run;
+    // The handler runs on this thread: only the compiler must not move the store.
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+int ckvm_thread_timer_create(int signal, int *timer) {
+    struct sigevent event;
+    memset(&event, 0, sizeof event);
+    event.sigev_notify = SIGEV_THREAD_ID;
+    event.sigev_signo = signal;
+    event._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    timer_t created;
+    if (timer_create(CLOCK_MONOTONIC, &event, &created) != 0) return -1;
+    *timer = (int)(intptr_t)created;
+    return 0;
+}
+
+int ckvm_thread_timer_set(int timer, uint64_t nanoseconds) {
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.it_value.tv_sec = (time_t)(nanoseconds / 1000000000u);
+    spec.it_value.tv_nsec = (long)(nanoseconds % 1000000000u);
+    return timer_settime((timer_t)(intptr_t)timer, TIMER_ABSTIME, &spec, NULL);
+}
+
+int ckvm_thread_timer_delete(int timer) {
+    return timer_delete((timer_t)(intptr_t)timer);
 }

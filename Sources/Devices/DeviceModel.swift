@@ -16,7 +16,7 @@ public final class DeviceModel: Sendable {
     public let apic: APICBus
     /// Machine time, shared by devices and vCPUs.
     public let clock: MachineClock
-    /// The one timer thread every device timer runs on.
+    /// Device timers: the one timer thread, and the local APIC timers each vCPU fires itself.
     public let timers: TimerService
     /// PC platform devices (Documentation/Devices.md lists their ports).
     public let pit: PIT8254
@@ -47,7 +47,8 @@ public final class DeviceModel: Sendable {
         self.pic = pic
         let clock = clock ?? MachineClock()
         self.clock = clock
-        timers = TimerService(clock: clock, manual: clock.isVirtual)
+        // A local APIC timer armed by another thread than its vCPU's: that vCPU looks again.
+        timers = TimerService(clock: clock, manual: clock.isVirtual, wakeOwner: onInterruptRequest)
         apic = APICBus(cpus: cpus, pic: pic, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
         fabric.value = apic
         let router = InterruptRouter(pic: pic)

@@ -161,7 +161,7 @@ public final class LocalAPIC: @unchecked Sendable {
         var r = Registers(base: Self.defaultBase | (1 << 11) | (index == 0 ? 1 << 8 : 0))
         Self.resetLVT(&r, bootstrap: index == 0)
         registers = Mutex(r)
-        timer = timers.makeTimer("lapic\(index)") { [weak self] in self?.timerFired() }
+        timer = timers.makeTimer("lapic\(index)", owner: index) { [weak self] in self?.timerFired() }
     }
 
     /// The LVT after reset: all masked, except that the bootstrap processor's LINT0 is an

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import HostOS
 import Synchronization
+import X86
 
 /// The time devices see: nanoseconds since the machine was built, from the host's
 /// monotonic clock. One per machine, shared by every device and vCPU, so timers and the
@@ -35,29 +36,34 @@ public final class MachineClock: Sendable {
     }
 
     /// CLOCK_MONOTONIC in nanoseconds.
-    public static func hostMonotonic() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
-    }
+    public static func hostMonotonic() -> UInt64 { TimerDeadline.hostNow() }
 
     /// Host monotonic nanoseconds for machine time `t`.
     func hostTime(_ t: UInt64) -> UInt64 { origin &+ t }
+
+    /// CLOCK_MONOTONIC at machine time 0 (0 for a virtual clock).
+    var hostOrigin: UInt64 { origin }
 }
 
-/// One thread ("timers") that fires every device timer of a machine at its deadline, so
-/// that a machine with many timers (a PIT, an RTC, a LAPIC timer per vCPU) costs one host
-/// thread that sleeps until the earliest deadline. Handlers run on that thread and must
-/// not block; they lock their device's state themselves. The thread starts with the first
-/// armed timer and ends with `stop()` or when the service goes away.
+/// Fires every device timer of a machine at its deadline. Timers of the machine's
+/// devices (PIT, RTC, ACPI PM timer) run on one thread ("timers") that sleeps until the
+/// earliest deadline, so many timers cost one host thread, started with the first armed
+/// timer. A timer owned by a vCPU (its local APIC timer) is fired by that vCPU's own
+/// thread once the vCPU has `attach`ed to it: the vCPU sleeps in HLT until that deadline,
+/// and a running engine leaves its run when it passes (`TimerDeadline`), so an idle
+/// vCPU's tick costs one host wakeup and arming it costs no system call. Until attached,
+/// and after `detach`, the timer thread fires it too. Handlers must not block; they lock
+/// their device's state themselves.
 public final class TimerService: @unchecked Sendable {
     public let clock: MachineClock
     fileprivate let core: TimerCore
 
-    /// `manual`: no thread; timers fire only from `fireDue()` (a virtual clock, tests).
-    public init(clock: MachineClock, manual: Bool = false) {
+    /// `manual`: no thread; timers fire only from `fireDue()` (a virtual clock, tests),
+    /// and vCPUs do not attach. `wakeOwner(n)` is called when a thread other than vCPU
+    /// n's arms the timer vCPU n fires itself (so that it looks at the new deadline).
+    public init(clock: MachineClock, manual: Bool = false, wakeOwner: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.clock = clock
-        core = TimerCore(clock: clock, manual: manual)
+        core = TimerCore(clock: clock, manual: manual, wakeOwner: wakeOwner)
     }
 
     /// The earliest armed deadline, if any.
@@ -71,12 +77,19 @@ public final class TimerService: @unchecked Sendable {
 
     deinit { core.stop() }
 
-    /// A timer that calls `fire` on the timer thread when its deadline passes.
-    public func makeTimer(_ name: String, fire: @escaping @Sendable () -> Void) -> DeviceTimer {
-        let timer = DeviceTimer(name: name, core: core, fire: fire)
+    /// A timer that calls `fire` when its deadline passes: on the timer thread, or, for
+    /// a timer with an `owner` (a vCPU index; at most one timer per vCPU), on that vCPU's
+    /// thread while it is attached.
+    public func makeTimer(_ name: String, owner: Int? = nil, fire: @escaping @Sendable () -> Void) -> DeviceTimer {
+        let timer = DeviceTimer(name: name, owner: owner, core: core, fire: fire)
         core.add(timer)
         return timer
     }
+
+    /// Called on vCPU `owner`'s thread: from now on that thread fires the timer the vCPU
+    /// owns (`DeviceTimer.fireIfDue`, after every exit and in HLT), until `detach()`.
+    /// nil when it owns none, or when the service is manual.
+    public func attach(owner: Int) -> DeviceTimer? { core.attach(owner) }
 
     /// Whether any timer is armed (a halted machine with one can still be woken).
     public var anyArmed: Bool { core.anyArmed }
@@ -89,6 +102,7 @@ public final class TimerService: @unchecked Sendable {
 /// strongly and never outlives what it touches.
 final class TimerCore: @unchecked Sendable {
     let clock: MachineClock
+    let wakeOwner: @Sendable (Int) -> Void
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     // Guarded by `lock`.
@@ -98,10 +112,14 @@ final class TimerCore: @unchecked Sendable {
     private var stopping = false
     private var firing: DeviceTimer?
     private let manual: Bool
+    /// How many owner threads are inside a timer's handler (its deadline already cleared,
+    /// its interrupt perhaps not yet raised): the machine is not idle for good meanwhile.
+    let ownersFiring = Atomic<Int>(0)
 
-    init(clock: MachineClock, manual: Bool) {
+    init(clock: MachineClock, manual: Bool, wakeOwner: @escaping @Sendable (Int) -> Void) {
         self.clock = clock
         self.manual = manual
+        self.wakeOwner = wakeOwner
         pthread_mutex_init(lock, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
@@ -119,14 +137,17 @@ final class TimerCore: @unchecked Sendable {
 
     func add(_ timer: DeviceTimer) {
         pthread_mutex_lock(lock)
+        precondition(timer.owner == nil || !timers.contains { $0.owner == timer.owner }, "one timer per owner")
         timers.append(timer)
         pthread_mutex_unlock(lock)
     }
 
     var anyArmed: Bool {
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return timers.contains { $0.deadline != nil } || firing != nil
+        let armed = timers.contains { $0.isArmed } || firing != nil
+        pthread_mutex_unlock(lock)
+        // Read after the deadlines: an owner clears the deadline only after counting itself.
+        return armed || ownersFiring.load(ordering: .sequentiallyConsistent) > 0
     }
 
     func stop() {
@@ -140,11 +161,43 @@ final class TimerCore: @unchecked Sendable {
     }
 
     func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
+        // UInt64.max means disarmed: a deadline that far away never comes anyway.
+        let value = deadline.map { min($0, .max - 1) } ?? .max
+        if let owner = timer.owner {
+            // Stored before `attached` is read, as `detach` clears it before waking the
+            // timer thread: either the owner or the timer thread sees the new deadline.
+            timer.due.machineNanoseconds.store(value, ordering: .sequentiallyConsistent)
+            if timer.attached.load(ordering: .sequentiallyConsistent) {
+                wakeOwner(owner)
+                return
+            }
+        }
         pthread_mutex_lock(lock)
-        timer.deadline = deadline
-        if deadline != nil, thread == nil, !stopping, !manual {
+        timer.due.machineNanoseconds.store(value, ordering: .relaxed)
+        if value != .max { startThreadLocked() }
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(lock)
+    }
+
+    private func startThreadLocked() {
+        if thread == nil, !stopping, !manual {
             thread = HostThread.spawn(name: "timers") { [self] in loop() }
         }
+    }
+
+    func attach(_ owner: Int) -> DeviceTimer? {
+        guard !manual else { return nil }
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard let timer = timers.first(where: { $0.owner == owner }) else { return nil }
+        timer.attached.store(true, ordering: .sequentiallyConsistent)
+        return timer
+    }
+
+    func detach(_ timer: DeviceTimer) {
+        timer.attached.store(false, ordering: .sequentiallyConsistent)
+        pthread_mutex_lock(lock)
+        if timer.isArmed { startThreadLocked() }
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
     }
@@ -152,52 +205,55 @@ final class TimerCore: @unchecked Sendable {
     func nextDeadline() -> UInt64? {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        return timers.compactMap(\.deadline).min()
+        return timers.compactMap(\.armedDeadline).min()
     }
 
     func fireDue() -> Int {
         var fired = 0
         while fired < 1_000_000 {
             pthread_mutex_lock(lock)
-            let now = clock.now()
-            var earliest: DeviceTimer?
-            for t in timers where t.deadline != nil && t.deadline! <= now {
-                if earliest == nil || t.deadline! < earliest!.deadline! { earliest = t }
-            }
-            earliest?.deadline = nil
+            let next = earliestLocked(dueBy: clock.now(), includingAttached: true)
+            next?.due.machineNanoseconds.store(.max, ordering: .relaxed)
             pthread_mutex_unlock(lock)
-            guard let next = earliest else { break }
+            guard let next else { break }
             next.fire()
             fired += 1
         }
         return fired
     }
 
-    func deadline(of timer: DeviceTimer) -> UInt64? {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return timer.deadline
+    /// The armed timer with the earliest deadline (not after `limit`); attached owners'
+    /// timers are theirs to fire.
+    private func earliestLocked(dueBy limit: UInt64 = .max - 1, includingAttached: Bool) -> DeviceTimer? {
+        var earliest: DeviceTimer?
+        var best = UInt64.max
+        for t in timers where includingAttached || !t.attached.load(ordering: .sequentiallyConsistent) {
+            let d = t.due.machineNanoseconds.load(ordering: .relaxed)
+            if d <= limit && d < best {
+                earliest = t
+                best = d
+            }
+        }
+        return earliest
     }
 
     private func loop() {
         pthread_mutex_lock(lock)
         threadID = pthread_self()
         while !stopping {
-            var earliest: DeviceTimer?
-            for t in timers where t.deadline != nil {
-                if earliest == nil || t.deadline! < earliest!.deadline! { earliest = t }
-            }
-            guard let next = earliest, let deadline = next.deadline else {
+            guard let next = earliestLocked(includingAttached: false) else {
                 pthread_cond_wait(wake, lock)
                 continue
             }
+            let deadline = next.due.machineNanoseconds.load(ordering: .relaxed)
             if deadline > clock.now() {
                 let host = clock.hostTime(deadline)
                 var t = timespec(tv_sec: Int(host / 1_000_000_000), tv_nsec: Int(host % 1_000_000_000))
                 pthread_cond_timedwait(wake, lock, &t)
                 continue
             }
-            next.deadline = nil
+            // An owner that attached meanwhile fires it itself (the exchange decides who).
+            guard next.due.machineNanoseconds.compareExchange(expected: deadline, desired: .max, ordering: .sequentiallyConsistent).exchanged else { continue }
             firing = next
             pthread_mutex_unlock(lock)
             next.fire()
@@ -214,15 +270,21 @@ final class TimerCore: @unchecked Sendable {
 /// it fires (a periodic device re-arms it from its handler).
 public final class DeviceTimer: @unchecked Sendable {
     public let name: String
+    /// The vCPU whose thread fires this timer while attached (nil: the timer thread).
+    public let owner: Int?
     fileprivate let core: TimerCore
     fileprivate let fire: @Sendable () -> Void
-    /// Guarded by the core's lock.
-    fileprivate var deadline: UInt64?
+    /// When it falls due. Written under the core's lock, except for an owned timer.
+    public let due: TimerDeadline
+    /// Whether the owner's thread fires it now (`TimerService.attach`).
+    fileprivate let attached = Atomic<Bool>(false)
 
-    fileprivate init(name: String, core: TimerCore, fire: @escaping @Sendable () -> Void) {
+    fileprivate init(name: String, owner: Int?, core: TimerCore, fire: @escaping @Sendable () -> Void) {
         self.name = name
+        self.owner = owner
         self.core = core
         self.fire = fire
+        due = TimerDeadline(hostOrigin: core.clock.hostOrigin)
     }
 
     /// Fires at machine time `deadline` (nanoseconds; in the past: at once). Replaces any
@@ -235,5 +297,27 @@ public final class DeviceTimer: @unchecked Sendable {
     public func disarm() { core.arm(self, at: nil) }
 
     /// The pending deadline, or nil.
-    public var armedDeadline: UInt64? { core.deadline(of: self) }
+    public var armedDeadline: UInt64? {
+        let d = due.machineNanoseconds.load(ordering: .sequentiallyConsistent)
+        return d == .max ? nil : d
+    }
+
+    var isArmed: Bool { armedDeadline != nil }
+
+    /// On the attached owner's thread: fires the timer if its deadline has passed (once;
+    /// a periodic timer's next deadline is in the future). Returns whether it fired.
+    @discardableResult
+    public func fireIfDue() -> Bool {
+        let d = due.machineNanoseconds.load(ordering: .relaxed)
+        guard d != .max, d <= core.clock.now() else { return false }
+        core.ownersFiring.add(1, ordering: .sequentiallyConsistent)
+        defer { core.ownersFiring.subtract(1, ordering: .sequentiallyConsistent) }
+        // Another thread may re-arm it meanwhile: that deadline stays for the next look.
+        guard due.machineNanoseconds.compareExchange(expected: d, desired: .max, ordering: .sequentiallyConsistent).exchanged else { return false }
+        fire()
+        return true
+    }
+
+    /// Back to the timer thread (the owner's thread is ending).
+    public func detach() { core.detach(self) }
 }

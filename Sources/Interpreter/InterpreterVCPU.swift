@@ -86,6 +86,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
+    /// Checked between blocks of instructions: once it is due, `run()` returns so that
+    /// the shared loop fires it (nobody else watches the clock for it).
+    public var ownTimer: TimerDeadline? = nil
 
     public var interruptFlag: Bool { s.pointee.rflags & (1 << 9) != 0 }
 
@@ -215,9 +218,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var tscOffset: UInt64 = 0
     func hostTSC() -> UInt64 {
         if let timeSource { return timeSource() }
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(t.tv_nsec)
+        return TimerDeadline.hostNow()
     }
     func readTSC() -> UInt64 { hostTSC() &+ tscOffset }
 
@@ -287,15 +288,24 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 clearMMIOLog()
                 if let exit { return exit }
                 if singleStep { return .debugStep }
-                if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
+                if eventWaiting { return .interrupted }
                 continue
             }
             retired &+= UInt64(start)
             if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
-            if kicked.exchange(false, ordering: .relaxed) { return .interrupted }
+            if eventWaiting { return .interrupted }
         }
+    }
+
+    /// Between blocks: whether the shared loop has something to do for this vCPU — a
+    /// kick from another thread, or its own timer due.
+    @inline(__always)
+    var eventWaiting: Bool {
+        if kicked.exchange(false, ordering: .relaxed) { return true }
+        if let ownTimer, _slowPath(ownTimer.isDue) { return true }
+        return false
     }
 
     /// Delivers a pending external interrupt at this instruction boundary, if the

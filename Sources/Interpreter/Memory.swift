@@ -52,7 +52,7 @@ extension InterpreterVCPU {
     @inline(__always)
     func translateLinear(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
         let tag = linear >> 12
-        let e = tlb.entries + Int(tag & UInt64(TLB.size - 1))
+        let e = tlb.entry(tag)
         let user = cpl == 3
         if _fastPath(e.pointee.tag == tag && e.pointee.allows(access, user: user)) {
             return e.pointee.frame | (linear & 0xFFF)

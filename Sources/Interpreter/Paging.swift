@@ -23,6 +23,15 @@ struct TLB {
     static let size = 256
     let entries: UnsafeMutablePointer<Entry>
 
+    /// The entry for page number `tag`. The bits above the index are folded in, so that
+    /// pages 1 MiB apart do not evict each other: a guest linked at 2 MiB (page 0x200)
+    /// and its local APIC (page 0xFEE00) would otherwise share an entry, and every
+    /// timer tick's EOI would walk the page tables twice.
+    @inline(__always)
+    func entry(_ tag: UInt64) -> UnsafeMutablePointer<Entry> {
+        entries + Int((tag ^ tag >> 8) & UInt64(Self.size - 1))
+    }
+
     init() {
         entries = .allocate(capacity: Self.size)
         entries.initialize(repeating: Entry(), count: Self.size)
@@ -36,7 +45,7 @@ struct TLB {
 
     func flush(linear: UInt64) {
         let tag = linear >> 12
-        let e = entries + Int(tag & UInt64(Self.size - 1))
+        let e = entry(tag)
         if e.pointee.tag == tag { e.pointee = Entry() }
     }
 
@@ -49,7 +58,7 @@ struct TLB {
         if walk.executable { p |= 8 }
         if walk.dirty { p |= 16 }
         if walk.global { p |= 32 }
-        entries[Int(tag & UInt64(Self.size - 1))] = Entry(tag: tag, frame: walk.physical & ~0xFFF, permissions: p)
+        entry(tag).pointee = Entry(tag: tag, frame: walk.physical & ~0xFFF, permissions: p)
     }
 }
 

@@ -69,12 +69,12 @@ extension InterpreterVCPU {
                 if repne ? flag(Flag.zf) : !flag(Flag.zf) { break }
             }
             iterations += 1
-            // Long REP runs stay interruptible (a kick is looked at every 1,024
-            // iterations and ends the run at once), and single-stepping takes one
+            // Long REP runs stay interruptible (a kick or the vCPU's own timer is looked
+            // at every 1,024 iterations and ends the run at once), and single-stepping takes one
             // iteration per step as on hardware: RIP still points at the instruction.
             if r[1] & am != 0 {
                 if iterations >= 65536 || singleStep { return }
-                if iterations & 1023 == 0 && kicked.exchange(false, ordering: .relaxed) {
+                if iterations & 1023 == 0 && eventWaiting {
                     pendingExit = .interrupted
                     throw .exit
                 }

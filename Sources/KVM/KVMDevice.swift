@@ -184,7 +184,8 @@ public final class KVMVirtualMachine: @unchecked Sendable {
             close(fd)
             throw KVMError("mmap kvm_run of vCPU \(index)")
         }
-        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self)
+        let syncEvents = device.check(.syncRegs) & Int(CKVM_SYNC_X86_EVENTS) != 0
+        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents)
     }
 }
 

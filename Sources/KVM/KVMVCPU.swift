@@ -21,30 +21,42 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// The signal that interrupts `KVM_RUN` on another thread.
     public static let kickSignal = SIGUSR1
 
-    init(fd: Int32, index: Int, run: UnsafeMutableRawPointer, runSize: Int, vm: KVMVirtualMachine) {
+    /// Whether interrupts are injected through `kvm_run.s.regs.events` at entry
+    /// (KVM_CAP_SYNC_REGS with KVM_SYNC_X86_EVENTS) rather than a KVM_INTERRUPT ioctl.
+    let syncEvents: Bool
+    /// `kvm_run.s.regs.events` holds the vCPU's events as of the last exit.
+    private var eventsCurrent = false
+
+    init(fd: Int32, index: Int, run: UnsafeMutableRawPointer, runSize: Int, vm: KVMVirtualMachine, syncEvents: Bool) {
         self.fd = fd
         self.index = index
         self.shared = run.assumingMemoryBound(to: kvm_run.self)
         self.runSize = runSize
         self.vm = vm
+        self.syncEvents = syncEvents
+        // Every exit then stores the events where an injection can amend them.
+        if syncEvents { shared.pointee.kvm_valid_regs = UInt64(CKVM_SYNC_X86_EVENTS) }
         pthread_mutex_init(runnerLock, nil)
         Self.installKickHandler
     }
 
     deinit {
+        if ownTimerSignalCreated { ckvm_thread_timer_delete(ownTimerSignal) }
         munmap(shared, runSize)
         close(fd)
         pthread_mutex_destroy(runnerLock)
         runnerLock.deallocate()
     }
 
-    /// A do-nothing handler installed without SA_RESTART, so the signal makes `KVM_RUN`
-    /// return EINTR instead of killing the process.
+    /// The handler makes `KVM_RUN` return EINTR instead of the signal killing the process
+    /// (and sets `immediate_exit` when the signal lands just before the ioctl). KVM_RUN
+    /// returns EINTR whatever the flags; SA_RESTART keeps the vCPU thread's other system
+    /// calls (console writes, waits) going when the own-timer signal lands in them.
     private static let installKickHandler: Void = {
         var action = sigaction()
-        action.__sigaction_handler.sa_handler = { _ in }
+        action.__sigaction_handler.sa_handler = ckvm_kick_handler
         sigemptyset(&action.sa_mask)
-        action.sa_flags = 0
+        action.sa_flags = SA_RESTART
         sigaction(kickSignal, &action, nil)
     }()
 
@@ -64,6 +76,37 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
+
+    /// The vCPU's own timer: before each entry a host timer is set to signal this thread
+    /// at its deadline, which ends `KVM_RUN` with EINTR.
+    public var ownTimer: TimerDeadline? = nil
+    /// The POSIX timer (its ID) that sends the kick signal to the thread that runs this vCPU.
+    private var ownTimerSignal: Int32 = 0
+    private var ownTimerSignalCreated = false
+    private var ownTimerSignalError: Int32 = 0
+    /// The CLOCK_MONOTONIC time it is set for (0: not set).
+    private var ownTimerSet: UInt64 = 0
+
+    /// Sets the host timer for the own timer's deadline, if that changed (a system call
+    /// only then: an idle vCPU's periodic timer costs one per tick).
+    private func setOwnTimerSignal(_ deadline: TimerDeadline) {
+        let want = deadline.hostNanoseconds ?? 0
+        guard want != ownTimerSet, ownTimerSignalCreated else { return }
+        // A disarmed deadline leaves a timer that has already gone off alone.
+        if want == 0 && ownTimerSet <= TimerDeadline.hostNow() {
+            ownTimerSet = 0
+            return
+        }
+        if ckvm_thread_timer_set(ownTimerSignal, want) == 0 { ownTimerSet = want }
+    }
+
+    /// A new thread runs this vCPU: the own-timer signal goes to it from now on.
+    private func retargetOwnTimerSignal() {
+        if ownTimerSignalCreated { ckvm_thread_timer_delete(ownTimerSignal) }
+        ownTimerSet = 0
+        ownTimerSignalCreated = ckvm_thread_timer_create(Self.kickSignal, &ownTimerSignal) == 0
+        ownTimerSignalError = ownTimerSignalCreated ? 0 : errno
+    }
 
     /// Whether injected vectors are kept for `takeInjected` (traces).
     public var recordInjections = false
@@ -91,8 +134,10 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             return
         }
         if shared.pointee.ready_for_interrupt_injection != 0, let vector = controller.acknowledgeInterrupt(vcpu: index) {
-            var irq = kvm_interrupt(irq: UInt32(vector))
-            _ = ckvm_ioctl_ptr(fd, CKVM_INTERRUPT, &irq)
+            if !injectAtEntry(vector) {
+                var irq = kvm_interrupt(irq: UInt32(vector))
+                _ = ckvm_ioctl_ptr(fd, CKVM_INTERRUPT, &irq)
+            }
             shared.pointee.request_interrupt_window = 0
             if recordInjections { injected.append(vector) }
         } else {
@@ -100,8 +145,56 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         }
     }
 
+    /// Queues external interrupt `vector` in `kvm_run.s.regs.events`, which KVM_RUN applies
+    /// as KVM_SET_VCPU_EVENTS would, saving the KVM_INTERRUPT ioctl: on a host where each
+    /// vCPU ioctl reloads the vCPU (PVM reads MSRs in vcpu_load) that is a third of an idle
+    /// timer tick. Only when the events from the last exit show nothing in flight (no
+    /// exception, NMI or interrupt being injected): they are written back as they are,
+    /// except the NMI count, which a KVM_NMI since then may have raised. False: not done.
+    private func injectAtEntry(_ vector: UInt8) -> Bool {
+        guard syncEvents, eventsCurrent else { return false }
+        let events = shared.pointee.s.regs.events
+        guard events.exception.injected == 0, events.interrupt.injected == 0, events.nmi.injected == 0 else { return false }
+        shared.pointee.s.regs.events.interrupt.injected = 1
+        shared.pointee.s.regs.events.interrupt.nr = vector
+        shared.pointee.s.regs.events.interrupt.soft = 0
+        shared.pointee.s.regs.events.flags &= ~UInt32(CKVM_VCPUEVENT_VALID_NMI_PENDING)
+        shared.pointee.kvm_dirty_regs |= UInt64(CKVM_SYNC_X86_EVENTS)
+        return true
+    }
+
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
+        let me = pthread_self()
+        pthread_mutex_lock(runnerLock)
+        let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
+        runner = me
+        lastRunner = me
+        pthread_mutex_unlock(runnerLock)
+        if newThread {
+            Self.unblockKickSignal()
+            retargetOwnTimerSignal()
+        }
+        if ownTimer != nil && !ownTimerSignalCreated {
+            pthread_mutex_lock(runnerLock)
+            runner = nil
+            pthread_mutex_unlock(runnerLock)
+            // Without it the local APIC timer would wait for the guest's next exit.
+            throw BackendError("vCPU \(index): cannot create the host timer for its local APIC timer (timer_create: \(Errno(ownTimerSignalError)))")
+        }
+        if let ownTimer {
+            setOwnTimerSignal(ownTimer)
+            ckvm_entering(shared)
+            // Due already (or its signal came before `ckvm_entering`): the loop fires it.
+            // Looked at before an interrupt is injected, which then waits inside KVM.
+            if ownTimer.isDue {
+                ckvm_entering(nil)
+                pthread_mutex_lock(runnerLock)
+                runner = nil
+                pthread_mutex_unlock(runnerLock)
+                return .interrupted
+            }
+        }
         if let controller = interruptController {
             // Without an in-kernel APIC, KVM keeps the guest's CR8 in kvm_run: ours is the
             // local APIC's TPR, handed in before each entry and taken back after.
@@ -114,15 +207,11 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
             }
         }
-        let me = pthread_self()
-        pthread_mutex_lock(runnerLock)
-        let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
-        runner = me
-        lastRunner = me
-        pthread_mutex_unlock(runnerLock)
-        if newThread { Self.unblockKickSignal() }
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
+        if ownTimer != nil { ckvm_entering(nil) }
+        // KVM_RUN stores the events at every return once it got past loading the vCPU.
+        eventsCurrent = syncEvents && (result >= 0 || error == EINTR)
         // Only a thread inside (or entering) KVM_RUN may be signalled: a pthread_t kept
         // after its thread exits would make pthread_kill write into freed memory.
         pthread_mutex_lock(runnerLock)

@@ -162,7 +162,7 @@ public final class Machine: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
     /// in wait-for-SIPI) and at stop.
-    private let wakeups: [DispatchSemaphore]
+    private let wakeups: [HostWakeup]
     private let stopFlag = Atomic<Bool>(false)
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
@@ -215,7 +215,7 @@ public final class Machine: @unchecked Sendable {
                               onInterruptRequest: { stopper.value?.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
-        wakeups = (0..<c.cpus).map { _ in DispatchSemaphore(value: 0) }
+        wakeups = (0..<c.cpus).map { _ in HostWakeup() }
 
         var backendNote: String? = nil
         switch c.backend {
@@ -433,6 +433,11 @@ public final class Machine: @unchecked Sendable {
     private func vcpuMain(_ index: Int) {
         let slot = slots[index]
         defer { control.withLock { $0.finalStates[index] = try? slot.active.readState() } }
+        slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
+        // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
+        slot.ownTimer = devices.timers.attach(owner: index)
+        slot.active.ownTimer = slot.ownTimer?.due
+        defer { slot.ownTimer?.detach() }
         if !plan.startsAllCPUs && index > 0 {
             // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
             guard waitForStartup(index) else { return }
@@ -451,6 +456,7 @@ public final class Machine: @unchecked Sendable {
                 }
             }
             if virtualTime != nil { advanceVirtualClock(slot) }
+            slot.ownTimer?.fireIfDue()
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
@@ -515,6 +521,9 @@ public final class Machine: @unchecked Sendable {
     /// its engine's run, or wakes from HLT, and looks.
     func interruptRequested(_ index: Int) {
         guard index < slots.count else { return }
+        // On its own thread the vCPU looks anyway before it enters its engine again, or
+        // sleeps again (a kick would only cost KVM an entry that returns at once).
+        if slots[index].isCurrentThread { return }
         // A sleeping vCPU looks as soon as it wakes; kicking it too would only cost its
         // next entry (KVM's immediate_exit) a round trip.
         if !slots[index].sleeping.load(ordering: .sequentiallyConsistent) { slots[index].active.kick() }
@@ -535,6 +544,7 @@ public final class Machine: @unchecked Sendable {
     private func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine) -> Bool {
         let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
         interpreter.interruptController = devices.apic
+        interpreter.ownTimer = slot.ownTimer?.due
         slot.fallbackVCPU = interpreter
         do {
             let state = try slot.active.readState()
@@ -612,8 +622,12 @@ public final class Machine: @unchecked Sendable {
     /// Sleeps on the vCPU's wakeup until `ready()` or the stop, counted as halted meanwhile.
     /// Every 100 ms (and at each wakeup) it re-checks whether the whole machine is halted
     /// for good: all vCPUs asleep and no armed timer, latched request or input that could
-    /// still raise an interrupt for one that accepts them.
+    /// still raise an interrupt for one that accepts them. With interrupts enabled it also
+    /// wakes at its own timer's deadline and fires it; with them disabled that timer's
+    /// interrupt could not end the sleep, and it fires when the vCPU wakes for another
+    /// reason (its count is read from the clock, not ticked).
     private func sleep(_ index: Int, interruptsEnabled: Bool, until ready: () -> Bool) -> Bool {
+        let ownTimer = slots[index].ownTimer
         var counted = false
         slots[index].sleeping.store(true, ordering: .sequentiallyConsistent)
         defer {
@@ -626,6 +640,7 @@ public final class Machine: @unchecked Sendable {
             }
         }
         while !stopRequested {
+            ownTimer?.fireIfDue()
             if ready() { return true }
             if !counted {
                 counted = true
@@ -640,7 +655,9 @@ public final class Machine: @unchecked Sendable {
                 return false
             }
             if interruptsEnabled && skipToNextDeadline() { continue }
-            _ = wakeups[index].wait(timeout: .now() + .milliseconds(100))
+            var until = TimerDeadline.hostNow() &+ Self.haltRecheck
+            if interruptsEnabled, let due = ownTimer?.due.hostNanoseconds { until = min(until, due) }
+            wakeups[index].wait(untilMonotonic: until)
         }
         return false
     }
@@ -673,6 +690,8 @@ public final class Machine: @unchecked Sendable {
         return true
     }
 
+    /// How often a sleeping vCPU re-checks whether the machine is halted for good (ns).
+    static let haltRecheck: UInt64 = 100_000_000
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
     func report(_ index: Int) -> VCPUReport {
@@ -739,7 +758,13 @@ final class VCPUSlot: @unchecked Sendable {
     var lastRetired: UInt64 = 0
     /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
     let sleeping = Atomic<Bool>(false)
+    /// The vCPU's local APIC timer, which its thread fires (nil on a virtual clock).
+    var ownTimer: DeviceTimer?
+    /// The vCPU's thread (its pthread_t; 0 before it starts).
+    let thread = Atomic<UInt>(0)
     init(active: any VCPUBackend) { self.active = active }
+
+    var isCurrentThread: Bool { pthread_equal(pthread_t(thread.load(ordering: .relaxed)), pthread_self()) != 0 }
 }
 
 /// Machine time for `--clock instructions`.

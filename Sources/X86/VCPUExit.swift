@@ -59,6 +59,9 @@ public protocol VCPUBackend: AnyObject {
     /// Where external interrupts come from (nil: none); consulted at instruction boundaries
     /// (the interpreter) or before each entry (KVM's injection).
     var interruptController: (any InterruptController)? { get set }
+    /// The vCPU's own timer (its local APIC timer), which the shared loop fires on this
+    /// vCPU's thread: `run()` returns `.interrupted` soon after its deadline passes.
+    var ownTimer: TimerDeadline? { get set }
 }
 
 /// One guest memory access, as the interpreter's trace records it.

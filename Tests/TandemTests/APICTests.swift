@@ -243,6 +243,41 @@ struct APICTests {
         #expect(r.status == 0)
     }
 
+    @Test("timer-poll: periodic, one-shot and TSC-deadline interrupts reach vCPUs that spin with IF set and never exit", arguments: backends(), [1, 4])
+    func timerPoll(backend: BackendKind, cpus: Int) throws {
+        let r = runGuest(try guest("timer-poll.elf"), backend: backend, cpus: cpus, timeout: 60)
+        #expect(r.output == (0..<cpus).map { "cpu\($0) periodic=10 one-shot=1 deadline=1\n" }.joined())
+        #expect(r.status == 0)
+    }
+
+    @Test("a local APIC timer is fired by its vCPU's thread once attached: arming wakes no timer thread, another thread's arm wakes the owner, detach hands it back")
+    func ownedTimer() throws {
+        let woken = Recorder<Int>()
+        let clock = MachineClock()
+        let timers = TimerService(clock: clock, wakeOwner: { woken.append($0) })
+        let fired = Recorder<String>()
+        let own = timers.makeTimer("own", owner: 2) { fired.append("own") }
+        #expect(timers.attach(owner: 1) == nil)   // vCPU 1 owns none
+        let attached = try #require(timers.attach(owner: 2))
+        #expect(attached === own)
+        own.arm(after: 1_000_000)
+        #expect(woken.all == [2])                 // armed from a thread other than vCPU 2's (the machine tells them apart)
+        #expect(timers.anyArmed)
+        #expect(!own.fireIfDue())                 // not yet due
+        usleepMilliseconds(20)
+        #expect(fired.all.isEmpty)                // no timer thread fires an attached timer
+        #expect(own.fireIfDue())
+        #expect(fired.all == ["own"])
+        #expect(own.armedDeadline == nil && !timers.anyArmed)
+        // Detached, the timer thread fires it again.
+        own.arm(after: 1_000_000)
+        own.detach()
+        var waited = 0
+        while fired.all.count < 2 && waited < 5000 { usleepMilliseconds(1); waited += 1 }
+        #expect(fired.all == ["own", "own"])
+        timers.stop()
+    }
+
     @Test("x2apic: x2APIC mode, TSC-deadline timer, SELF IPI and ICR-MSR IPIs round a ring, through MSRs only", arguments: backends(), [1, 4])
     func x2APICGuest(backend: BackendKind, cpus: Int) throws {
         let r = runGuest(try guest("x2apic.elf"), backend: backend, cpus: cpus, timeout: 60)

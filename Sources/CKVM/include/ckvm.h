@@ -1,12 +1,15 @@
 // The tiny C shim for the KVM API: <linux/kvm.h> defines its ioctl request numbers
 // with function-like macros (_IOW, _IOR, ...) that Swift cannot import, and ioctl(2)
 // itself is variadic. This header turns each request into a constant and exposes
-// non-variadic ioctl entry points. Nothing else lives here.
+// non-variadic ioctl entry points; and the kick signal's handler with the per-thread
+// timer that sends it, which need thread-local state and async-signal safety Swift
+// cannot express. Nothing else lives here.
 #ifndef CKVM_H
 #define CKVM_H
 
 #include <linux/kvm.h>
 #include <stdint.h>
+#include <time.h>
 
 // System ioctls (on the /dev/kvm fd).
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -48,6 +51,10 @@ static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
 static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
 static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
 
+// kvm_run.kvm_valid_regs / kvm_dirty_regs bit for struct kvm_vcpu_events (KVM_CAP_SYNC_REGS).
+static const unsigned long CKVM_SYNC_X86_EVENTS = KVM_SYNC_X86_EVENTS;
+static const unsigned int CKVM_VCPUEVENT_VALID_NMI_PENDING = KVM_VCPUEVENT_VALID_NMI_PENDING;
+
 /// ioctl(2) with a pointer argument. Returns -1 and sets errno on failure.
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
 
@@ -59,6 +66,26 @@ int ckvm_ioctl_int(int fd, unsigned long request, unsigned long argument);
 /// sent to user space otherwise; MSRs outside every range are left to KVM. (A C helper:
 /// struct kvm_msr_filter holds a fixed array Swift imports as a 16-tuple.)
 int ckvm_set_msr_filter(int vm_fd, int count, const uint32_t *bases, const uint32_t *nmsrs, uint8_t *const *bitmaps);
+
+/// The handler of the signal that kicks a vCPU thread out of KVM_RUN. If the thread is
+/// between `ckvm_entering(run)` and `ckvm_entering(NULL)`, it sets run->immediate_exit,
+/// so that a signal that lands just before the ioctl still makes it return EINTR.
+void ckvm_kick_handler(int signal);
+
+/// Marks the calling thread as about to enter (and inside) KVM_RUN on `run`; NULL
+/// after it returns.
+void ckvm_entering(struct kvm_run *run);
+
+/// A CLOCK_MONOTONIC POSIX timer that sends `signal` to the calling thread
+/// (SIGEV_THREAD_ID), as its kernel timer ID (timer_t is that ID cast to a pointer, and
+/// the first is 0, which Swift would see as nil). Returns 0, or -1 with errno.
+int ckvm_thread_timer_create(int signal, int *timer);
+
+/// Arms `timer` for CLOCK_MONOTONIC time `nanoseconds` (absolute; 0 disarms).
+int ckvm_thread_timer_set(int timer, uint64_t nanoseconds);
+
+/// timer_delete(2).
+int ckvm_thread_timer_delete(int timer);
 
 /// The MMIO data bytes inside the mmapped kvm_run (KVM_EXIT_MMIO).
 static inline unsigned char *ckvm_mmio_data(struct kvm_run *run) { return run->mmio.data; }
