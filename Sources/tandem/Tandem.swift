@@ -6,6 +6,7 @@ import Dispatch
 import Devices
 import Loaders
 import Machine
+import Tracing
 
 /// The `tandem` command line.
 @main
