@@ -35,7 +35,12 @@ let package = Package(
         .target(name: "Disassembler", dependencies: ["CCapstone", "X86", "HostOS"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         // Traces: the binary record format, its writer thread, its readers and formatters.
-        .target(name: "Tracing", dependencies: ["X86", "HostOS", "Disassembler"]),
+        .target(
+            name: "Tracing", dependencies: ["X86", "HostOS", "Disassembler"],
+            // The recorder runs after every traced instruction, on its vCPU's thread only
+            // (as the Interpreter's state does).
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+        ),
         .target(
             name: "Interpreter",
             dependencies: ["CCapstone", "CHostAtomics", "CHostX87", "CSSEHost", "X86", "GuestMemory", "HostOS", "Disassembler", "Tracing"],

@@ -32,12 +32,17 @@ extension InterpreterVCPU {
         let rip = s.pointee.rip
         let linear = codeBits == 64 ? rip : (seg[1].pointee.base &+ rip) & 0xFFFF_FFFF
         t.instructionLength = length
-        withUnsafeMutableBytes(of: &t.instructionBytes) { out in
-            if !paging, linear & a20Mask &+ UInt64(length) <= lowEnd, linear & a20Mask == linear {
-                out.baseAddress!.copyMemory(from: lowHost + Int(linear), byteCount: length)
-            } else {
-                copyBytesSlow(linear, length, out)
-            }
+        // The common case, code in low RAM and not at a page's end: two loads, no call.
+        let physical: UInt64?
+        if paging {
+            physical = linear & 0xFFF <= 0x1000 - 16 ? try? translateLinear(linear, .execute) : nil
+        } else {
+            physical = linear & a20Mask == linear ? linear : nil
+        }
+        if let physical, physical &+ 16 <= lowEnd {
+            t.instructionBytes = ((lowHost + Int(physical)).loadUnaligned(as: UInt64.self), (lowHost + Int(physical) + 8).loadUnaligned(as: UInt64.self))
+        } else {
+            withUnsafeMutableBytes(of: &t.instructionBytes) { copyBytesSlow(linear, length, $0) }
         }
     }
 
