@@ -14,10 +14,15 @@ extension InterpreterVCPU {
             accessLogMark = accessLog.count
             try execute(d)
             budget &-= 1
-            t.retired(s, accesses: accessLog, events: eventLog)
-            if !accessLog.isEmpty { accessLog.removeAll(keepingCapacity: true) }
-            if !eventLog.isEmpty { eventLog.removeAll(keepingCapacity: true) }
-            if _slowPath(!t.active) {
+            let goesOn: Bool
+            if accessLog.isEmpty && eventLog.isEmpty {
+                goesOn = t.retired(s, accesses: [], events: [])
+            } else {
+                goesOn = t.retired(s, accesses: accessLog, events: eventLog)
+                accessLog.removeAll(keepingCapacity: true)
+                eventLog.removeAll(keepingCapacity: true)
+            }
+            if _slowPath(!goesOn) {
                 recorder = nil
                 return
             }
@@ -59,10 +64,10 @@ extension InterpreterVCPU {
     func recordCompleted() {
         recordPending = false
         guard let t = recorder else { return }
-        t.retired(s, accesses: accessLog, events: eventLog)
+        let goesOn = t.retired(s, accesses: accessLog, events: eventLog)
         accessLog.removeAll(keepingCapacity: true)
         eventLog.removeAll(keepingCapacity: true)
-        if !t.active { recorder = nil }
+        if !goesOn { recorder = nil }
     }
 
     /// An instruction faulted and its exception was delivered: the exception's records.

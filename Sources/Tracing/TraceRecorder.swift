@@ -50,9 +50,14 @@ public final class TraceRecorder {
     let from: UInt64
     let rangeLow: UInt64, rangeHigh: UInt64
     let counted: Bool
-    /// The field values (CPUState.fieldValues) before and after the current instruction.
-    var previous: UnsafeMutablePointer<UInt64>
-    var current: UnsafeMutablePointer<UInt64>
+    /// The field values (CPUState.fieldValues) as of the last record; `retired` updates
+    /// them and notes which changed.
+    var values: UnsafeMutablePointer<UInt64>
+    /// Scratch for KVM's whole-state records and for system fields.
+    var scratch: UnsafeMutablePointer<UInt64>
+    /// The raw bytes of the state's system part (segments to EFER) as of the last record:
+    /// one vectorised compare tells whether any of those 41 fields can have changed.
+    var systemRaw: UnsafeMutablePointer<UInt64>
     var previousMode: ExecutionMode = .real
     /// The port I/O of the instruction being executed (the shared vCPU loop adds it).
     public var io: [PortAccess] = []
@@ -68,16 +73,20 @@ public final class TraceRecorder {
         rangeLow = sink.options.range?.lowerBound ?? 0
         rangeHigh = sink.options.range?.upperBound ?? .max
         counted = sink.options.count != nil
-        previous = .allocate(capacity: CPUState.fieldCount)
-        current = .allocate(capacity: CPUState.fieldCount)
-        previous.initialize(repeating: 0, count: CPUState.fieldCount)
-        current.initialize(repeating: 0, count: CPUState.fieldCount)
+        _ = Layout.checked
+        values = .allocate(capacity: CPUState.fieldCount)
+        scratch = .allocate(capacity: CPUState.fieldCount)
+        values.initialize(repeating: 0, count: CPUState.fieldCount)
+        scratch.initialize(repeating: 0, count: CPUState.fieldCount)
+        systemRaw = .allocate(capacity: Layout.systemWords)
+        systemRaw.initialize(repeating: 0, count: Layout.systemWords)
         pthread_setspecific(Self.threadKey, Unmanaged.passUnretained(self).toOpaque())
     }
 
     deinit {
-        previous.deallocate()
-        current.deallocate()
+        values.deallocate()
+        scratch.deallocate()
+        systemRaw.deallocate()
     }
 
     /// False once `--trace-count` records are out or the trace cannot be written: the
@@ -105,34 +114,93 @@ public final class TraceRecorder {
 
     /// Where the trace starts (or starts again after an event changed the state).
     public func start(_ state: UnsafePointer<CPUState>) {
-        CPUState.fieldValues(state, into: previous)
+        CPUState.fieldValues(state, into: values)
+        (UnsafeRawPointer(state) + Layout.systemOffset).withMemoryRebound(to: UInt64.self, capacity: Layout.systemWords) {
+            systemRaw.update(from: $0, count: Layout.systemWords)
+        }
         previousMode = state.pointee.mode
     }
 
     /// The instruction whose bytes are in `instructionBytes` retired, leaving `state`:
-    /// its record, then the events it raised (INT n), then a mode change if any.
+    /// its record, then the events it raised (INT n), then a mode change if any. Returns
+    /// whether the trace goes on (false once it is full).
     @inline(never)
-    public func retired(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) {
-        CPUState.fieldValues(state, into: current)
+    public func retired(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
         let seq = sequence
         sequence &+= 1
-        let rip = previous[CPUState.ripField]
+        let rip = values[CPUState.ripField]
+        let cs = UInt16(truncatingIfNeeded: values[Self.csField])
+        let changed = update(state)
         if admit(seq, rip) {
             withUnsafeBytes(of: &instructionBytes) { bytes in
-                encodeInstruction(seq, previousMode, UInt16(truncatingIfNeeded: previous[Self.csField]), rip,
-                                  UnsafeRawBufferPointer(rebasing: bytes[0..<instructionLength]), accesses, withIO: true)
+                encodeInstruction(seq, previousMode, cs, rip, UnsafeRawBufferPointer(rebasing: bytes[0..<instructionLength]),
+                                  changed: changed, accesses, withIO: true)
             }
         }
         if !io.isEmpty { io.removeAll(keepingCapacity: true) }
         for e in events where admit(seq, e.rip) { encodeEvent(seq, e) }
-        let mode = state.pointee.mode
-        if mode != previousMode {
-            if admit(seq, rip) {
-                encodeMode(seq, from: previousMode, to: mode, cs: UInt16(truncatingIfNeeded: current[Self.csField]), rip: current[CPUState.ripField])
+        // The mode follows CR0, RFLAGS.VM, EFER and CS's attributes.
+        if _slowPath(changed & Self.modeFields != 0) {
+            let mode = Self.mode(values)
+            if mode != previousMode {
+                if admit(seq, rip) {
+                    encodeMode(seq, from: previousMode, to: mode, cs: UInt16(truncatingIfNeeded: values[Self.csField]), rip: values[CPUState.ripField])
+                }
+                previousMode = mode
             }
-            previousMode = mode
         }
-        swap(&previous, &current)
+        return !sink.full.load(ordering: .relaxed)
+    }
+
+    /// Brings `values` up to `state`; returns the changed fields as a bit mask (RIP excluded).
+    @inline(__always)
+    func update(_ state: UnsafePointer<CPUState>) -> UInt64 {
+        let raw = UnsafeRawPointer(state)
+        var changed: UInt64 = 0
+        // General registers, RIP and RFLAGS lead the state, in field order.
+        let fast = raw.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<Layout.fastFields {
+            let v = fast[i]
+            changed |= (v != values[i] ? 1 : 0) << UInt64(i)
+            values[i] = v
+        }
+        let system = (raw + Layout.systemOffset).assumingMemoryBound(to: UInt64.self)
+        var difference: UInt64 = 0
+        for i in 0..<Layout.systemWords { difference |= system[i] ^ systemRaw[i] }
+        if _slowPath(difference != 0) {
+            systemRaw.update(from: system, count: Layout.systemWords)
+            CPUState.fieldValues(state, into: scratch)
+            for i in Layout.fastFields..<CPUState.fieldCount {
+                changed |= (scratch[i] != values[i] ? 1 : 0) << UInt64(i)
+                values[i] = scratch[i]
+            }
+        }
+        return changed & ~(1 << UInt64(CPUState.ripField))
+    }
+
+    /// Where the state's parts are, checked against `CPUState.fieldValues`' order once.
+    enum Layout {
+        static let fastFields = 18
+        static let systemOffset = MemoryLayout<CPUState>.offset(of: \CPUState.es)!
+        static let systemWords = (MemoryLayout<CPUState>.offset(of: \CPUState.efer)! + 8 - systemOffset) / 8
+        static let checked: Void = {
+            precondition(MemoryLayout<CPUState>.offset(of: \CPUState.gpr) == 0 && MemoryLayout<CPUState>.offset(of: \CPUState.rip) == 128
+                         && MemoryLayout<CPUState>.offset(of: \CPUState.rflags) == 136 && systemOffset % 8 == 0 && systemOffset == 144,
+                         "CPUState's layout changed: TraceRecorder.update reads it raw")
+        }()
+    }
+
+    /// CR0, RFLAGS, CS's attributes and EFER: the fields the mode depends on.
+    static let modeFields: UInt64 = 1 << 50 | 1 << 17 | 1 << UInt64(csField + 3) | 1 << 54
+
+    /// `CPUState.mode` from field values (without copying the state).
+    @inline(__always)
+    static func mode(_ f: UnsafeMutablePointer<UInt64>) -> ExecutionMode {
+        if f[50] & 1 == 0 { return .real }                       // CR0.PE
+        if f[17] & (1 << 17) != 0 { return .virtual8086 }        // RFLAGS.VM
+        let attributes = f[csField + 3]
+        if f[54] & EFER.lma != 0 && attributes & (1 << 13) != 0 { return .long64 }
+        return attributes & (1 << 14) != 0 ? .protected32 : .protected16
     }
 
     /// The instruction faulted: its exception (and any it led to) is recorded under its
@@ -194,10 +262,9 @@ public final class TraceRecorder {
         chunk.records &+= 1
     }
 
-    /// An instruction record: changed registers are the fields where `previous` and
-    /// `current` differ (RIP excepted: the next record says where it went).
+    /// An instruction record; `changed` marks the fields of `values` it changed.
     public func encodeInstruction(_ seq: UInt64, _ mode: ExecutionMode, _ cs: UInt16, _ rip: UInt64, _ bytes: UnsafeRawBufferPointer,
-                                  _ accesses: [MemoryAccess], withIO: Bool) {
+                                  changed: UInt64, _ accesses: [MemoryAccess], withIO: Bool) {
         let io = withIO ? self.io.count : 0
         reserve(64 + bytes.count + CPUState.fieldCount * 11 + accesses.count * 33 + io * 24)
         var w = ByteWriter(p: chunk.end)
@@ -208,15 +275,14 @@ public final class TraceRecorder {
         w.varint(rip)
         w.byte(UInt8(bytes.count))
         if bytes.count > 0 { w.bytes(bytes.baseAddress!, bytes.count) }
-        let countAt = w.p
-        w.byte(0)
-        var changed: UInt8 = 0
-        for i in 0..<CPUState.fieldCount where previous[i] != current[i] && i != CPUState.ripField {
+        w.byte(UInt8(changed.nonzeroBitCount))
+        var rest = changed
+        while rest != 0 {
+            let i = rest.trailingZeroBitCount
             w.byte(UInt8(i))
-            w.varint(current[i])
-            changed &+= 1
+            w.varint(values[i])
+            rest &= rest &- 1
         }
-        countAt.pointee = changed
         w.varint(UInt64(accesses.count))
         for a in accesses {
             w.byte(a.write ? 1 : 0)
@@ -239,9 +305,11 @@ public final class TraceRecorder {
 
     /// An instruction record from two whole states (KVM's single-stepping tracer).
     public func encodeInstruction(_ seq: UInt64, before: CPUState, after: CPUState, bytes: [UInt8], accesses: [MemoryAccess], withIO: Bool) {
-        withUnsafePointer(to: before) { CPUState.fieldValues($0, into: previous) }
-        withUnsafePointer(to: after) { CPUState.fieldValues($0, into: current) }
-        bytes.withUnsafeBytes { encodeInstruction(seq, before.mode, before.cs.selector, before.rip, $0, accesses, withIO: withIO) }
+        withUnsafePointer(to: before) { CPUState.fieldValues($0, into: scratch) }
+        withUnsafePointer(to: after) { CPUState.fieldValues($0, into: values) }
+        var changed: UInt64 = 0
+        for i in 0..<CPUState.fieldCount where i != CPUState.ripField && scratch[i] != values[i] { changed |= 1 << UInt64(i) }
+        bytes.withUnsafeBytes { encodeInstruction(seq, before.mode, before.cs.selector, before.rip, $0, changed: changed, accesses, withIO: withIO) }
     }
 
     public func encodeEvent(_ seq: UInt64, _ e: InterruptEvent) {
