@@ -159,14 +159,15 @@ public final class TraceRecorder {
         var changed: UInt64 = 0
         // General registers, RIP and RFLAGS lead the state, in field order.
         let fast = raw.assumingMemoryBound(to: UInt64.self)
-        for i in 0..<Layout.fastFields {
+        let known = values, snapshot = systemRaw   // (locals: the stores below cannot move them)
+        for i in 0..<18 {
             let v = fast[i]
-            changed |= (v != values[i] ? 1 : 0) << UInt64(i)
-            values[i] = v
+            changed |= (v != known[i] ? 1 : 0) << UInt64(i)
+            known[i] = v
         }
         let system = (raw + Layout.systemOffset).assumingMemoryBound(to: UInt64.self)
         var difference: UInt64 = 0
-        for i in 0..<Layout.systemWords { difference |= system[i] ^ systemRaw[i] }
+        for i in 0..<Layout.systemWords { difference |= system[i] ^ snapshot[i] }
         if _slowPath(difference != 0) {
             systemRaw.update(from: system, count: Layout.systemWords)
             CPUState.fieldValues(state, into: scratch)
@@ -180,6 +181,7 @@ public final class TraceRecorder {
 
     /// Where the state's parts are, checked against `CPUState.fieldValues`' order once.
     enum Layout {
+        /// The general registers, RIP and RFLAGS (`update` spells out 18 for the compiler).
         static let fastFields = 18
         static let systemOffset = MemoryLayout<CPUState>.offset(of: \CPUState.es)!
         static let systemWords = (MemoryLayout<CPUState>.offset(of: \CPUState.efer)! + 8 - systemOffset) / 8
