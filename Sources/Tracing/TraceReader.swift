@@ -101,41 +101,49 @@ public final class TraceFile {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw TraceFileError("cannot read trace file \(path): \(String(cString: strerror(errno)))") }
         guard st.st_mode & S_IFMT == S_IFREG else { throw TraceFileError("trace file \(path) is not a regular file") }
-        size = Int(st.st_size)
+        let size = Int(st.st_size)
+        var mapped: UnsafeMutableRawPointer? = nil
         if size > 0 {
             guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
                 throw TraceFileError("cannot map trace file \(path): \(String(cString: strerror(errno)))")
             }
-            base = p
-        } else {
-            base = nil
+            mapped = p
         }
-        let bytes = UnsafeRawBufferPointer(start: base, count: size)
-        func bad(_ why: String) -> TraceFileError { TraceFileError("\(path) is not a Tandem binary trace: \(why)") }
-        guard size >= 16, Array(bytes[0..<8]) == BinaryTrace.magic else {
-            if let base { munmap(base, size) }
-            throw bad(size < 16 && Array(bytes.prefix(8)) == Array(BinaryTrace.magic.prefix(min(8, size))) ? "the header is truncated" : "no TANDEMTR header (a text or JSONL trace needs no conversion)")
+        let header: (names: [String], end: Int)
+        do { header = try Self.readHeader(UnsafeRawBufferPointer(start: mapped, count: size), path: path) } catch {
+            if let mapped { munmap(mapped, size) }
+            throw error
+        }
+        base = mapped
+        self.size = size
+        fieldNames = header.names
+        firstChunk = header.end
+    }
+
+    /// The header's register names and where the first chunk starts.
+    private static func readHeader(_ bytes: UnsafeRawBufferPointer, path: String) throws(TraceFileError) -> (names: [String], end: Int) {
+        let magic = BinaryTrace.magic
+        guard bytes.count >= 16, Array(bytes[0..<8]) == magic else {
+            let truncated = bytes.count < 16 && bytes.count > 0 && Array(bytes) .prefix(8).elementsEqual(magic.prefix(min(8, bytes.count)))
+            throw TraceFileError("\(path) is not a Tandem binary trace: " + (truncated || bytes.isEmpty ? "the header is truncated" : "no TANDEMTR header (a text or JSONL trace needs no conversion)"))
         }
         let version = bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
         guard version == BinaryTrace.version else {
-            munmap(base, size)
             throw TraceFileError("\(path) is a version \(version) trace; this Tandem reads version \(BinaryTrace.version)")
         }
         let count = Int(bytes.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian)
+        guard count <= 64 else { throw TraceFileError("\(path) is damaged: \(count) register names in its header (at most 64)") }
         var offset = 16
         var names: [String] = []
-        for _ in 0..<min(count, 256) {
-            guard offset < size, offset + 1 + Int(bytes[offset]) <= size else {
-                munmap(base, size)
+        for _ in 0..<count {
+            guard offset < bytes.count, offset + 1 + Int(bytes[offset]) <= bytes.count else {
                 throw TraceFileError("\(path) is truncated: it ends inside the header")
             }
             let n = Int(bytes[offset])
             names.append(String(decoding: bytes[(offset + 1)..<(offset + 1 + n)], as: UTF8.self))
             offset += 1 + n
         }
-        guard count <= 256 else { munmap(base, size); throw TraceFileError("\(path) is damaged: \(count) register names in its header") }
-        fieldNames = names
-        firstChunk = offset
+        return (names, offset)
     }
 
     deinit { if let base { munmap(base, size) } }
