@@ -3,7 +3,7 @@ import PackageDescription
 
 // One module per layer; each depends only on the layers below it.
 //   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
-//   Loaders (images into memory + initial CPU state)
+//   Loaders (images into memory + initial CPU state) · Tracing (trace records, writer, readers)
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
 //   Machine (VM, vCPU threads, the shared run loop) · Conformance (hardware-captured test suites)
 //   tandem (command line)
@@ -35,9 +35,16 @@ let package = Package(
         .target(name: "Devices", dependencies: ["X86", "HostOS", "GuestMemory"]),
         .target(name: "Disassembler", dependencies: ["CCapstone", "X86", "HostOS"]),
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
+        // Traces: the binary record format, its writer thread, its readers and formatters.
+        .target(
+            name: "Tracing", dependencies: ["X86", "HostOS", "Disassembler"],
+            // The recorder runs after every traced instruction, on its vCPU's thread only
+            // (as the Interpreter's state does).
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+        ),
         .target(
             name: "Interpreter",
-            dependencies: ["CCapstone", "CHostAtomics", "CHostX87", "CSSEHost", "X86", "GuestMemory", "HostOS", "Disassembler"],
+            dependencies: ["CCapstone", "CHostAtomics", "CHostX87", "CSSEHost", "X86", "GuestMemory", "HostOS", "Disassembler", "Tracing"],
             // The vCPU's mode flags are class properties read on every instruction; each
             // vCPU is only ever used by its own thread, so dynamic exclusivity checks on
             // them buy nothing (measured: see Documentation/Interpreter.md).
@@ -47,12 +54,13 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory"]),
         .target(
             name: "Machine",
-            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing"]
         ),
         .executableTarget(
             name: "tandem",
             dependencies: [
                 "Machine",
+                "Tracing",
                 "Conformance",
                 "Interpreter",
                 "KVM",
@@ -65,7 +73,7 @@ let package = Package(
         .executableTarget(name: "torture"),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance"]
+            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
         ),
     ],
     swiftLanguageModes: [.v6]

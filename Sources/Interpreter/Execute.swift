@@ -5,7 +5,12 @@ extension InterpreterVCPU {
     /// iterations a REP string instruction has finished.
     @inline(__always)
     func step() throws(Fault) {
-        let d = try fetch()
+        try execute(try fetch())
+    }
+
+    /// Executes the instruction `fetch` returned.
+    @inline(__always)
+    func execute(_ d: UnsafeMutablePointer<DecodedInstruction>) throws(Fault) {
         let rip = s.pointee.rip
         let next = codeBits == 64 ? rip &+ UInt64(d.pointee.length) : (codeBits == 32 ? (rip &+ UInt64(d.pointee.length)) & 0xFFFF_FFFF : (rip &+ UInt64(d.pointee.length)) & 0xFFFF)
         if _slowPath(interruptShadow) { interruptShadow = false }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import GuestMemory
 import Synchronization
+import Tracing
 import X86
 
 /// One cached decode: tag = physical address << 2 | mode, and the code-page word it was
@@ -116,6 +117,17 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         set { logAccesses = newValue; singleStep = newValue }
     }
     var logAccesses = false
+    /// Records the trace from inside the run loop, without single-stepping
+    /// (`runRecorded`); nil when not tracing, or once the trace is full.
+    public var recorder: TraceRecorder? = nil {
+        didSet {
+            logAccesses = recorder != nil   // (never together with single-step `tracing`)
+            recorder?.start(s)
+        }
+    }
+    /// An instruction that ended in an exit (port I/O, HLT) is recorded when it completes,
+    /// with its port I/O, at the next `run()` (or by `finishTrace`).
+    var recordPending = false
     /// The operation of the last instruction, kept while single-stepping.
     var lastOp: Op = .invalid
     /// A deliberate bug for testing the differential tester: flip these RFLAGS bits after
@@ -234,6 +246,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             mmioLog[last].value = load(ioBuffer, 8) & sizeMask(mmioLog[last].size)
         }
         mmioReplayed = 0
+        if _slowPath(recordPending) { recordCompleted() }
         // A kick is never cleared before it is seen: one that lands between the caller's
         // stop check and this call still ends this run.
         if stepCompletedByExit {
@@ -262,9 +275,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             }
             let start = budget
             do throws(Fault) {
-                while budget > 0 {
-                    try step()
-                    budget &-= 1
+                if _slowPath(recorder != nil) {
+                    try runRecorded(&budget)
+                } else {
+                    while budget > 0 {
+                        try step()
+                        budget &-= 1
+                    }
                 }
             } catch {
                 retired &+= UInt64(start - budget)
@@ -276,6 +293,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                     }
                     retired &+= 1   // the instruction that exited has retired (or will on completion)
                     if singleStep { stepCompletedByExit = true }
+                    if recorder != nil { recordPending = true }
                     return pendingExit
                 }
                 let exit = deliverException(error)
@@ -286,12 +304,14 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                     return exit ?? .interrupted
                 }
                 clearMMIOLog()
+                if let recorder { recordFault(recorder) }
                 if let exit { return exit }
                 if singleStep { return .debugStep }
                 if eventWaiting { return .interrupted }
                 continue
             }
-            retired &+= UInt64(start)
+            // (A trace that fills up stops recording before the budget is spent.)
+            retired &+= UInt64(start &- budget)
             if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
@@ -322,10 +342,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             vector = v
         }
         do throws(Fault) {
-            if logAccesses {
-                eventLog.append(InterruptEvent(kind: .external, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))
-            }
+            let event = InterruptEvent(kind: .external, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip)
+            if logAccesses && recorder == nil { eventLog.append(event) }
             try deliver(vector: vector, errorCode: nil, returnAddress: s.pointee.rip, software: false)
+            if let recorder {
+                recorder.interrupted(event, s)
+                accessLog.removeAll(keepingCapacity: true)
+            }
         } catch {
             if error.vector == Fault.exitVector { return pendingExit }
             return deliverException(error) ?? (singleStep && interruptIsOwnStep ? .debugStep : nil)

@@ -72,8 +72,9 @@ extension InterpreterVCPU {
             // Long REP runs stay interruptible (a kick or the vCPU's own timer is looked
             // at every 1,024 iterations and ends the run at once), and single-stepping takes one
             // iteration per step as on hardware: RIP still points at the instruction.
+            // A recorded trace does the same, so it matches a single-stepped one.
             if r[1] & am != 0 {
-                if iterations >= 65536 || singleStep { return }
+                if iterations >= 65536 || singleStep || recorder != nil { return }
                 if iterations & 1023 == 0 && eventWaiting {
                     pendingExit = .interrupted
                     throw .exit

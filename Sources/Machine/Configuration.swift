@@ -3,6 +3,7 @@ import Devices
 import GuestMemory
 import KVM
 import Loaders
+import Tracing
 
 /// Which execution backend runs the vCPUs.
 public enum BackendKind: String, CaseIterable, Sendable {

@@ -11,6 +11,7 @@ import KVM
 import Loaders
 import Synchronization
 import X86
+import Tracing
 
 /// Why a machine stopped.
 public enum StopReason: Sendable {
@@ -146,7 +147,7 @@ public final class Machine: @unchecked Sendable {
     private let slots: [VCPUSlot]
     /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
     private let fallback: InterpreterMachine?
-    private let traceWriter: TraceWriter?
+    private let traceSink: TraceSink?
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
 
@@ -253,15 +254,15 @@ public final class Machine: @unchecked Sendable {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
         slots = backends.map { VCPUSlot(active: $0) }
-        traceWriter = try c.trace.map { (o) throws(MachineError) in
-            try TraceWriter(o) { line in stopper.value?.requestStop(.outputError(line)) }
-        }
-        // POST codes (port 0x80) go into the trace, as Bochs and QEMU log them.
-        if let traceWriter {
-            let json = traceWriter.options.format == .jsonl
-            devices.postCodes.observe { code in
-                traceWriter.emit(json ? "{\"type\":\"post\",\"code\":\"0x\(String(format2: code))\"}" : "post code 0x\(String(format2: code))")
+        do {
+            traceSink = try c.trace.map { (o) throws(TraceFileError) in
+                try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
             }
+        } catch { throw MachineError(.usage, error.description) }
+        // POST codes (port 0x80) go into the trace, as Bochs and QEMU log them: into the
+        // stream of the vCPU that wrote them, in order with its instructions.
+        if traceSink != nil {
+            devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
         fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
@@ -389,7 +390,7 @@ public final class Machine: @unchecked Sendable {
         if allStopped {
             for t in threads { t.join() }
             devices.console.flush()
-            traceWriter?.finish(status: control.withLock { $0.reason?.status } ?? 0)
+            traceSink?.finish(status: control.withLock { $0.reason?.status } ?? 0)
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
@@ -442,10 +443,20 @@ public final class Machine: @unchecked Sendable {
             // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
             guard waitForStartup(index) else { return }
         }
-        let tracer = traceWriter.map { VCPUTracer(vcpu: index, writer: $0, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
-        let stepping = tracer != nil && !(traceWriter?.options.exitsOnly ?? true)
+        // Tracing: the interpreter records inside its run loop; KVM is single-stepped and
+        // traced from here (`VCPUTracer`), as is every backend under --trace-exits.
+        let recorder = traceSink.map { TraceRecorder(vcpu: index, sink: $0) }
+        let exitsOnly = traceSink?.options.exitsOnly ?? false
+        let recordedByInterpreter = recorder != nil && !exitsOnly && slot.active is InterpreterVCPU
+        if recordedByInterpreter, let interpreter = slot.active as? InterpreterVCPU { interpreter.recorder = recorder }
+        let tracer = recorder.flatMap { r in recordedByInterpreter ? nil : VCPUTracer(recorder: r, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
+        let stepping = tracer != nil && !exitsOnly
         if stepping { setStepping(slot.active, true) }
-        defer { if let tracer, stepping { tracer.step(slot.active) } }
+        defer {
+            if let tracer, stepping { tracer.step(slot.active) }
+            (slot.active as? InterpreterVCPU)?.finishTrace()
+            recorder?.flush()
+        }
         while !stopRequested {
             if devices.apic.hasStartupEvent(vcpu: index) {
                 // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
@@ -466,7 +477,7 @@ public final class Machine: @unchecked Sendable {
             if let tracer {
                 if !stepping {
                     tracer.exit(exit, backend)
-                } else if traceWriter!.full.load(ordering: .relaxed) {
+                } else if !tracer.recorder.active {
                     setStepping(backend, false)
                 } else if case .debugStep = exit {
                     tracer.step(backend)
@@ -477,14 +488,14 @@ public final class Machine: @unchecked Sendable {
                 for k in 0..<count {
                     let v = devices.ports.read(port, size: size)
                     withUnsafeBytes(of: v.littleEndian) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                    if stepping { tracer?.io.append((false, port, size, v)) }
+                    if stepping || recordedByInterpreter { recorder?.io.append(PortAccess(out: false, port: port, size: size, value: v)) }
                 }
             case let .portOut(port, size, count, data):
                 for k in 0..<count {
                     var v: UInt32 = 0
                     withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
                     devices.ports.write(port, size: size, value: UInt32(littleEndian: v))
-                    if stepping { tracer?.io.append((true, port, size, UInt32(littleEndian: v))) }
+                    if stepping || recordedByInterpreter { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
                 let v = devices.mmioRead(vcpu: index, address, size: size)
@@ -556,7 +567,7 @@ public final class Machine: @unchecked Sendable {
             return false
         }
         interpreter.instructionLimit = interpreter.retired + Self.handoffBurst
-        interpreter.tracing = traceWriter != nil && !(traceWriter?.options.exitsOnly ?? true)
+        interpreter.tracing = traceSink != nil && !(traceSink?.options.exitsOnly ?? true)
         slot.kvm = slot.active
         slot.active = interpreter
         slot.interpreter = interpreter

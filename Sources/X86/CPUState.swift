@@ -296,16 +296,45 @@ extension CPUState {
     /// RIP, RFLAGS, each segment's selector, base, limit and attributes (type, S, DPL, P,
     /// AVL, L, D/B, G), control registers, EFER, GDTR and IDTR.
     public var namedFields: [(name: String, value: UInt64)] {
-        var out: [(String, UInt64)] = GPR.allCases.map { ($0.name, self[$0]) }
-        out.append(("rip", rip))
-        out.append(("rflags", rflags))
-        for (name, path) in Self.segmentRegisters {
-            let s = self[keyPath: path]
-            out += [(name, UInt64(s.selector)), (name + ".base", s.base), (name + ".limit", UInt64(s.limit)),
-                    (name + ".attributes", UInt64(s.attributes & 0xF0FF))]
+        var values = [UInt64](repeating: 0, count: Self.fieldCount)
+        values.withUnsafeMutableBufferPointer { out in withUnsafePointer(to: self) { Self.fieldValues($0, into: out.baseAddress!) } }
+        return zip(Self.fieldNames, values).map { ($0, $1) }
+    }
+
+    /// The names of `namedFields`, in order (binary traces store a field by its index here).
+    public static let fieldNames: [String] = {
+        var names = GPR.allCases.map(\.name) + ["rip", "rflags"]
+        for (name, _) in segmentRegisters { names += [name, name + ".base", name + ".limit", name + ".attributes"] }
+        return names + ["cr0", "cr2", "cr3", "cr4", "efer", "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit"]
+    }()
+    public static let fieldCount = 16 + 2 + 8 * 4 + 9
+    /// Where RIP is in `fieldNames`.
+    public static let ripField = 16
+
+    /// Writes the values of `namedFields` to `out` (`fieldCount` of them) without allocating:
+    /// the trace recorder calls this after every instruction.
+    @inline(__always)
+    public static func fieldValues(_ s: UnsafePointer<CPUState>, into out: UnsafeMutablePointer<UInt64>) {
+        for i in 0..<16 { out[i] = s.pointee.gpr[i] }
+        out[16] = s.pointee.rip
+        out[17] = s.pointee.rflags
+        @inline(__always) func segment(_ k: Int, _ r: SegmentRegister) {
+            out[18 + 4 * k] = UInt64(r.selector)
+            out[19 + 4 * k] = r.base
+            out[20 + 4 * k] = UInt64(r.limit)
+            out[21 + 4 * k] = UInt64(r.attributes & 0xF0FF)
         }
-        out += [("cr0", cr0), ("cr2", cr2), ("cr3", cr3), ("cr4", cr4), ("efer", efer),
-                ("gdtr.base", gdtr.base), ("gdtr.limit", UInt64(gdtr.limit)), ("idtr.base", idtr.base), ("idtr.limit", UInt64(idtr.limit))]
-        return out
+        // The order of `segmentRegisters`.
+        segment(0, s.pointee.es); segment(1, s.pointee.cs); segment(2, s.pointee.ss); segment(3, s.pointee.ds)
+        segment(4, s.pointee.fs); segment(5, s.pointee.gs); segment(6, s.pointee.tr); segment(7, s.pointee.ldtr)
+        out[50] = s.pointee.cr0
+        out[51] = s.pointee.cr2
+        out[52] = s.pointee.cr3
+        out[53] = s.pointee.cr4
+        out[54] = s.pointee.efer
+        out[55] = s.pointee.gdtr.base
+        out[56] = UInt64(s.pointee.gdtr.limit)
+        out[57] = s.pointee.idtr.base
+        out[58] = UInt64(s.pointee.idtr.limit)
     }
 }

@@ -6,6 +6,7 @@ import Dispatch
 import Devices
 import Loaders
 import Machine
+import Tracing
 
 /// The `tandem` command line.
 @main
@@ -13,7 +14,7 @@ struct Tandem: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "An x86 guest emulator: one guest image, on KVM or on an interpreter.",
-        subcommands: [Run.self, Diff.self, Fuzz.self, Check.self, ConformanceCommand.self]
+        subcommands: [Run.self, Diff.self, Fuzz.self, Check.self, ConformanceCommand.self, TraceCommand.self]
     )
 
     /// Parses and runs, mapping every usage error to status 200 (the guest contract
@@ -81,10 +82,10 @@ struct Run: ParsableCommand {
     @Flag(help: "Print run statistics (backend, seconds, instructions) on stderr at the end.")
     var stats = false
 
-    @Option(help: "Write an instruction trace to this file (single-steps the guest).")
+    @Option(help: "Write an instruction trace to this file (KVM single-steps the guest; the interpreter records as it runs).")
     var trace: String?
 
-    @Option(help: "Trace format: text (QEMU -d in_asm,cpu style) or jsonl (one JSON object per line).")
+    @Option(help: "Trace format: text (QEMU -d in_asm,cpu style), jsonl (one JSON object per line) or bin (compact binary; read it with tandem trace).")
     var traceFormat: TraceFormat = .text
 
     @Flag(help: "Trace only VM exits, at full speed (no single-stepping).")
@@ -123,13 +124,7 @@ struct Run: ParsableCommand {
             }
             o.last = last
         }
-        if let range = traceRange {
-            let parts = range.split(separator: "-").map { $0.hasPrefix("0x") ? $0.dropFirst(2) : $0 }
-            guard parts.count == 2, let a = UInt64(parts[0], radix: 16), let b = UInt64(parts[1], radix: 16), a <= b else {
-                throw ValidationError("--trace-range '\(range)' must be START-END in hex, e.g. 7c00-7dff")
-            }
-            o.range = a...b
-        }
+        if let range = traceRange { o.range = try parseRange(range, option: "--trace-range") }
         return o
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import Interpreter
 import KVM
 import Machine
+import Tracing
 import Testing
 import X86
 

@@ -5,6 +5,7 @@ import Devices
 import Foundation
 import GuestMemory
 import Machine
+import Tracing
 import Synchronization
 import Testing
 
