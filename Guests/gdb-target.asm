@@ -5,7 +5,8 @@
 ;   add_step   adds 3 to the shared `counter` (LOCK XADD), called 5 times per vCPU
 ;   done       reached by vCPU 0 once every vCPU has finished: loads `counter`
 ;   report     writes AL to the exit device
-; Other vCPUs halt with interrupts off once finished.
+; Other vCPUs halt with interrupts off once finished. While `hold` is nonzero
+; (a debugger sets it), vCPU 0 spins before `done`: something to interrupt.
 ;
 ; Expected console output (port 0xE9), once, from vCPU 0:  "gdb-target done\n"
 ; Expected exit: status = counter & 0xFF = 15 * CPU count (15 with one vCPU),
@@ -18,7 +19,7 @@ STACK_SIZE equ 4096
 MAX_CPUS   equ 16
 
 section .text
-global _start, add_step, done, report, counter, finished
+global _start, add_step, done, report, counter, finished, hold
 _start:
         cmp rsi, MAX_CPUS
         ja too_many
@@ -37,8 +38,10 @@ _start:
         test r12, r12
         jnz .park
 .wait:  cmp [finished], r13d            ; vCPU 0 waits for the others
+        jne .again
+        cmp dword [hold], 0
         je done
-        pause
+.again: pause
         jmp .wait
 .park:  cli
         hlt
@@ -71,6 +74,7 @@ message_length equ $ - message
 section .data
 counter:  dd 0
 finished: dd 0
+hold:     dd 0
 
 section .bss
 alignb 4096

@@ -123,7 +123,12 @@ extension Machine {
         if first { pauseForDebugger() }
         while debug.resumed[index].wait(timeout: .now() + .milliseconds(50)) == .timedOut {
             if stopRequested {
-                debug.state.withLock { $0.parked[index] = false }
+                // The machine ends here: what gdb changed is what the final report shows.
+                let changed = debug.state.withLock { s -> CPUState? in
+                    s.parked[index] = false
+                    return s.dirty[index] ? s.states[index] : nil
+                }
+                if let changed { try? slot.active.writeState(changed) }
                 return false
             }
         }

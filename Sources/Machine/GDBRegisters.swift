@@ -42,6 +42,7 @@ enum GDBArchitecture: String, Sendable {
             <!DOCTYPE target SYSTEM "gdb-target.dtd">
             <target version="1.0">
             <architecture>\(rawValue)</architecture>
+            <osabi>none</osabi>
 
             """
         var feature: String? = nil

@@ -121,7 +121,7 @@ final class GDBSession {
     private var resumeThread = -1
     /// `monitor phys on`: `m`/`M`/`X` take physical addresses.
     private var physical = false
-    private var lastStopReply = "S05"
+    private var lastStopReply = "T05thread:1;"
     /// The mode each vCPU was last reported in (for the note when the layout no longer fits).
     private var warnedModes: Set<Int> = []
     private var alive = true
