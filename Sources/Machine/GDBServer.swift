@@ -125,6 +125,7 @@ final class GDBSession {
     /// The mode each vCPU was last reported in (for the note when the layout no longer fits).
     private var warnedModes: Set<Int> = []
     private var alive = true
+    private var detached = false
 
     init(fd: Int32, machine: Machine, server: GDBServer) {
         self.fd = fd
@@ -143,9 +144,11 @@ final class GDBSession {
             guard let packet = readPacket() else { break }
             handle(packet)
         }
-        guard !machineStopped else { return }
-        // The connection ended without `D` or `k`: the guest runs on, as after a detach.
-        detach()
+        guard !machineStopped, !detached else { return }
+        // The connection ended without `D` or `k` (gdb's `disconnect`, or a gdb that died):
+        // the machine stays stopped for the next gdb (the way to reconnect for another
+        // register layout), without the breakpoints this one set.
+        removeBreakpoints()
     }
 
     private var machineStopped: Bool { machine.stopRequested }
@@ -194,6 +197,7 @@ final class GDBSession {
         case "D":
             send("OK")
             detach()
+            detached = true
             alive = false
         case "k":
             alive = false
@@ -309,7 +313,9 @@ final class GDBSession {
                 var byte: UInt8 = 0
                 let n = recv(fd, &byte, 1, 0)
                 if n <= 0 {
-                    // gdb went away while the guest ran: it runs on.
+                    // gdb went away while the guest ran: it runs on, as after a detach.
+                    detach()
+                    detached = true
                     alive = false
                     return false
                 }
@@ -343,13 +349,18 @@ final class GDBSession {
         send(reply)
     }
 
+    /// `D`: the breakpoints go and the guest runs on.
     private func detach() {
+        removeBreakpoints()
+        debug.resume(Array(repeating: .run, count: machine.backends.count))
+    }
+
+    private func removeBreakpoints() {
         debug.state.withLock { s in
             s.breakpoints = []
             s.hardware = []
             s.watchpoints = []
         }
-        debug.resume(Array(repeating: .run, count: machine.backends.count))
     }
 
     // MARK: Registers
