@@ -25,10 +25,14 @@ public final class PortIOBus: @unchecked Sendable {
     private var owner = [UInt8](repeating: 0, count: 65536)
     private var devices: [any PortDevice] = []
 
+    /// Every claim, in the order made: the device's type and its ports (`monitor info devices`).
+    public private(set) var claims: [(device: String, ports: ClosedRange<UInt16>)] = []
+
     public init() {}
 
     /// Claims `ports` for `device`. Overlapping an earlier claim is a programming error.
     public func attach(_ device: any PortDevice, ports: ClosedRange<UInt16>) {
+        claims.append((String(describing: type(of: device)), ports))
         devices.append(device)
         for p in ports {
             precondition(owner[Int(p)] == 0, "port 0x\(String(p, radix: 16)) claimed twice")
@@ -65,6 +69,11 @@ public final class MMIOBus: @unchecked Sendable {
         precondition(PhysicalLayout.deviceWindow.contains(range.lowerBound) && PhysicalLayout.deviceWindow.contains(range.upperBound),
                      "MMIO devices live in PhysicalLayout.deviceWindow")
         ranges.append((range, device))
+    }
+
+    /// Every claim: the device's type and its range (`monitor info devices`).
+    public var claims: [(device: String, range: ClosedRange<UInt64>)] {
+        ranges.map { (String(describing: type(of: $0.1)), $0.0) }
     }
 
     public func read(_ address: UInt64, size: Int) -> UInt64 {

@@ -116,7 +116,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         get { logAccesses }
         set { logAccesses = newValue; singleStep = newValue }
     }
-    var logAccesses = false
+    /// Log memory accesses and interrupt deliveries: for the trace recorder and for the
+    /// debugger's watchpoints (Debugger.swift).
+    public var logAccesses = false
     /// Records the trace from inside the run loop, without single-stepping
     /// (`runRecorded`); nil when not tracing, or once the trace is full.
     public var recorder: TraceRecorder? = nil {
@@ -144,6 +146,20 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     }
     var accessLog: [MemoryAccess] = []
     var eventLog: [InterruptEvent] = []
+    /// The memory accesses logged since the last `drainTrace` (a debugger's watchpoints
+    /// look at them before the trace takes them).
+    public var loggedAccesses: [MemoryAccess] { accessLog }
+
+    /// Debugger breakpoints: linear addresses of instructions before which `run()` stops,
+    /// returning `.debugStep` without executing them. No memory is patched, so the guest
+    /// never sees them. Checked only while the set is not empty.
+    public var breakpoints: Set<UInt64> = [] {
+        didSet { hasBreakpoints = !breakpoints.isEmpty }
+    }
+    var hasBreakpoints = false
+    /// The breakpoint the vCPU resumes from: not stopped at again until it has executed
+    /// one instruction.
+    public var breakpointToSkip: UInt64? = nil
 
     public func drainTrace() -> (accesses: [MemoryAccess], events: [InterruptEvent]) {
         defer { accessLog.removeAll(keepingCapacity: true); eventLog.removeAll(keepingCapacity: true) }
@@ -264,7 +280,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if mmioLog.isEmpty, let controller = interruptController, let exit = takeInterrupt(controller) { return exit }
             // An instruction restarted after an MMIO exit runs alone, so that its log is
             // emptied as soon as it completes.
-            var budget = singleStep || !mmioLog.isEmpty ? 1 : 4096
+            var budget = singleStep || !mmioLog.isEmpty || hasBreakpoints ? 1 : 4096
+            if _slowPath(hasBreakpoints) && mmioLog.isEmpty && atBreakpoint() { return .debugStep }
             if retired &+ UInt64(budget) > instructionLimit {
                 budget = Int(instructionLimit &- retired)
                 if budget <= 0 { return .instructionLimit }
@@ -326,6 +343,19 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         if kicked.exchange(false, ordering: .relaxed) { return true }
         if let ownTimer, _slowPath(ownTimer.isDue) { return true }
         return false
+    }
+
+    /// Whether the next instruction is at a debugger breakpoint (other than the one the
+    /// vCPU resumes from, which it passes once).
+    @inline(never)
+    func atBreakpoint() -> Bool {
+        let rip = s.pointee.rip
+        let linear = codeBits == 64 ? rip : (seg[1].pointee.base &+ rip) & 0xFFFF_FFFF
+        if let skip = breakpointToSkip {
+            breakpointToSkip = nil
+            if skip == linear { return false }
+        }
+        return breakpoints.contains(linear)
     }
 
     /// Delivers a pending external interrupt at this instruction boundary, if the

@@ -302,23 +302,7 @@ extension InterpreterVCPU {
 
     /// The full tag word (FSTENV, FSAVE) from the abridged tags and the registers' contents:
     /// 00 valid, 01 zero, 10 special (NaN, infinity, denormal, unnormal), 11 empty.
-    func x87FullTagWord() -> UInt16 {
-        var tw: UInt16 = 0
-        for i in 0..<8 {
-            let tag: UInt16
-            if s.pointee.fpu.ftw & (1 << UInt8(i)) == 0 {
-                tag = 3
-            } else {
-                let r = s.pointee.fpu.st[i]
-                let e = r.signExponent & 0x7FFF
-                if e == 0x7FFF { tag = 2 }
-                else if e == 0 { tag = r.significand == 0 ? 1 : 2 }
-                else { tag = r.significand >> 63 != 0 ? 0 : 2 }
-            }
-            tw |= tag << UInt16(2 * i)
-        }
-        return tw
-    }
+    func x87FullTagWord() -> UInt16 { s.pointee.fpu.fullTagWord }
 
     // MARK: Environment and state images
 
@@ -430,9 +414,7 @@ extension InterpreterVCPU {
         }
         s.pointee.fpu.fcw = x87ControlWord(fcw)
         s.pointee.fpu.fsw = fsw
-        var abridged: UInt8 = 0
-        for i in 0..<8 where (tw >> UInt16(2 * i)) & 3 != 3 { abridged |= 1 << UInt8(i) }
-        s.pointee.fpu.ftw = abridged
+        s.pointee.fpu.ftw = FPUState.abridgedTags(tw)
         s.pointee.fpu.fip = fip
         s.pointee.fpu.fdp = fdp
         s.pointee.fpu.fop = fop

@@ -277,13 +277,40 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// KVM does not count guest instructions.
     public var instructionsRetired: UInt64? { nil }
 
-    /// `KVM_SET_GUEST_DEBUG` with single-stepping on or off.
+    /// `KVM_SET_GUEST_DEBUG` with single-stepping on or off (the hardware breakpoints stay).
     public func setSingleStep(_ enabled: Bool) throws(BackendError) {
+        try setGuestDebug(singleStep: enabled, hardwareBreakpoints: hardwareBreakpoints)
+    }
+
+    /// The debugger's instruction breakpoints in the debug registers (linear addresses).
+    public private(set) var hardwareBreakpoints: [UInt64] = []
+    /// How many instruction breakpoints the debug registers hold.
+    public static let hardwareBreakpointSlots = 4
+
+    /// `KVM_SET_GUEST_DEBUG`: single-stepping, and up to four instruction breakpoints in
+    /// DR0-DR3 (`KVM_GUESTDBG_USE_HW_BP`, which PVM honours even for code its instruction
+    /// emulator runs; its software breakpoints, `KVM_GUESTDBG_USE_SW_BP`, fail there: the
+    /// emulator cannot run `int3`). Both end `run()` with `.debugStep`.
+    public func setGuestDebug(singleStep: Bool, hardwareBreakpoints: [UInt64]) throws(BackendError) {
+        precondition(hardwareBreakpoints.count <= Self.hardwareBreakpointSlots)
         var debug = kvm_guest_debug()
-        debug.control = enabled ? UInt32(KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP) : 0
+        var control: Int32 = singleStep ? KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP : 0
+        if !hardwareBreakpoints.isEmpty {
+            control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP
+            var dr7: UInt64 = 0x400
+            withUnsafeMutableBytes(of: &debug.arch.debugreg) { regs in
+                for (i, address) in hardwareBreakpoints.enumerated() {
+                    regs.storeBytes(of: address, toByteOffset: i * 8, as: UInt64.self)
+                    dr7 |= 1 << (2 * UInt64(i))   // Li: enabled, RW=00 (execute), LEN=00
+                }
+                regs.storeBytes(of: dr7, toByteOffset: 7 * 8, as: UInt64.self)
+            }
+        }
+        debug.control = UInt32(control)
         guard ckvm_ioctl_ptr(fd, CKVM_SET_GUEST_DEBUG, &debug) == 0 else {
             throw BackendError("KVM_SET_GUEST_DEBUG: \(Errno.current)")
         }
+        self.hardwareBreakpoints = hardwareBreakpoints
     }
 
     /// `KVM_SET_CPUID2`.

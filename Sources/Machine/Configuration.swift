@@ -53,6 +53,8 @@ public struct MachineConfiguration: Sendable {
     public var announceBackend = true
     /// `--cpu-model`: which CPU of `CPUModel.catalogue` the guest sees (CPUID, model MSRs).
     public var cpuModel: String = "sapphirerapids"
+    /// `--gdb` (nil: no debugger).
+    public var gdb: GDBOptions? = nil
     /// Whether CPUID offers x2APIC (and IA32_APIC_BASE may enable it).
     public var x2APIC = true
 

@@ -31,9 +31,12 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     /// The guest reset the machine (i8042 command 0xFE or output-port bit 0, port 0xCF9):
     /// Tandem has no firmware to restart, so the run ends.
     case guestReset = 212
+    /// gdb killed the guest (`kill`, the `k` packet) through `--gdb`.
+    case debuggerKilled = 213
 
     public var meaning: String {
         switch self {
+        case .debuggerKilled: "killed by the debugger (gdb's kill)"
         case .guestReset: "the guest reset the machine (i8042 0xFE, port 0xCF9)"
         case .usage: "bad command-line flag or value"
         case .badImage: "image unreadable or malformed"

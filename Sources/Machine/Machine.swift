@@ -33,6 +33,8 @@ public enum StopReason: Sendable {
     case guestReset
     /// The guest entered ACPI S5 (soft off) through PM1a_CNT.
     case powerOff
+    /// gdb's `kill` (the `k` packet).
+    case debuggerKilled
 
     public var status: Int32 {
         switch self {
@@ -48,6 +50,7 @@ public enum StopReason: Sendable {
         case .outputError: ExitStatus.outputError.rawValue
         case .guestReset: ExitStatus.guestReset.rawValue
         case .powerOff: 0
+        case .debuggerKilled: ExitStatus.debuggerKilled.rawValue
         }
     }
 }
@@ -140,13 +143,18 @@ public final class Machine: @unchecked Sendable {
     public let backendName: String
     /// Why `auto` did not choose KVM, if it did not.
     public let backendNote: String?
-    private let backends: [any VCPUBackend]
+    let backends: [any VCPUBackend]
     /// `--clock instructions`: machine time in nanoseconds, advanced by retired instructions.
     private let virtualTime: VirtualTime?
     /// Per vCPU: the backend running it now (KVM, or the interpreter during a fallback).
-    private let slots: [VCPUSlot]
+    let slots: [VCPUSlot]
     /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
-    private let fallback: InterpreterMachine?
+    let fallback: InterpreterMachine?
+    /// `--gdb`: the debugger's control of the vCPUs, and the stub that speaks to gdb.
+    let debug: DebugControl?
+    private let gdbServer: GDBServer?
+    /// The TCP port the gdb stub listens on (nil without `--gdb`).
+    public var gdbPort: UInt16? { gdbServer?.boundPort }
     private let traceSink: TraceSink?
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
@@ -163,7 +171,7 @@ public final class Machine: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
     /// in wait-for-SIPI) and at stop.
-    private let wakeups: [HostWakeup]
+    let wakeups: [HostWakeup]
     private let stopFlag = Atomic<Bool>(false)
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
@@ -268,6 +276,13 @@ public final class Machine: @unchecked Sendable {
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
+        if let gdb = c.gdb {
+            gdbServer = try GDBServer(gdb)
+            debug = DebugControl(cpus: c.cpus, startPaused: gdb.waitForDebugger)
+        } else {
+            gdbServer = nil
+            debug = nil
+        }
         stopper.value = self
     }
 
@@ -369,6 +384,7 @@ public final class Machine: @unchecked Sendable {
 
     private func runRouted() -> RunOutcome {
         let started = DispatchTime.now()
+        gdbServer?.start(self)
         let finished = DispatchGroup()
         let threads = (0..<backends.count).map { i in
             finished.enter()
@@ -400,6 +416,7 @@ public final class Machine: @unchecked Sendable {
             backend: backendName, seconds: seconds, instructions: allStopped ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
             handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
             fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
+        gdbServer?.finish(status: reason.status)
         var message = message(for: reason)
         if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
         return RunOutcome(status: reason.status, message: message, reason: reason, statistics: statistics)
@@ -422,13 +439,22 @@ public final class Machine: @unchecked Sendable {
         }
         guard first else { return }
         stopFlag.store(true, ordering: .sequentiallyConsistent)
-        for b in backends { b.kick() }
+        kickAll()
         for w in wakeups { w.signal() }
         devices.timers.stop()
         stopped.signal()
     }
 
-    private var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
+    var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
+
+    /// Makes every vCPU leave its engine: its backend, and the interpreter running it in
+    /// KVM's place (a handoff, or the debugger's watchpoints). `fallbackVCPU` is set once,
+    /// by the vCPU's own thread; a kick that misses a new one is repeated by the caller's
+    /// next look (the stop flag, the debugger's pause).
+    func kickAll() {
+        for b in backends { b.kick() }
+        for slot in slots { slot.fallbackVCPU?.kick() }
+    }
 
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
     private func vcpuMain(_ index: Int) {
@@ -452,12 +478,17 @@ public final class Machine: @unchecked Sendable {
         let tracer = recorder.flatMap { r in recordedByInterpreter ? nil : VCPUTracer(recorder: r, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
         let stepping = tracer != nil && !exitsOnly
         if stepping { setStepping(slot.active, true) }
+        slot.traceStepping = stepping
         defer {
             if let tracer, stepping { tracer.step(slot.active) }
             (slot.active as? InterpreterVCPU)?.finishTrace()
             recorder?.flush()
         }
         while !stopRequested {
+            if let debug, debug.pauseRequested.load(ordering: .relaxed) {
+                guard parkForDebugger(index, cause: nil) else { return }
+                continue
+            }
             if devices.apic.hasStartupEvent(vcpu: index) {
                 // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
                 if devices.apic.takeINIT(vcpu: index) {
@@ -474,6 +505,9 @@ public final class Machine: @unchecked Sendable {
                 requestStop(.hostError("vcpu\(index): \(error)"))
                 return
             }
+            // Before the trace takes the interpreter's access log (watchpoints read it).
+            var debugStop: DebugStopCause? = nil
+            if debug != nil, case .debugStep = exit { debugStop = debugStopCause(index) }
             if let tracer {
                 if !stepping {
                     tracer.exit(exit, backend)
@@ -522,7 +556,9 @@ public final class Machine: @unchecked Sendable {
                     return
                 }
                 requestStop(.instructionLimit)
-            case .debugStep, .interrupted:
+            case .debugStep:
+                if let debugStop { guard parkForDebugger(index, cause: debugStop) else { return } }
+            case .interrupted:
                 continue
             }
         }
@@ -551,8 +587,8 @@ public final class Machine: @unchecked Sendable {
 
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
     /// the interpreter (same memory, same devices) for that instruction and the next
-    /// `handoffBurst - 1`.
-    private func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine) -> Bool {
+    /// `handoffBurst - 1` (the debugger then lifts the limit itself).
+    func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine, forDebugger: Bool = false) -> Bool {
         let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
         interpreter.interruptController = devices.apic
         interpreter.ownTimer = slot.ownTimer?.due
@@ -571,12 +607,12 @@ public final class Machine: @unchecked Sendable {
         slot.kvm = slot.active
         slot.active = interpreter
         slot.interpreter = interpreter
-        slot.handoffs += 1
+        if !forDebugger { slot.handoffs += 1 }
         return true
     }
 
     /// The interpreter ran the instruction: the vCPU goes back to KVM.
-    private func handBack(_ slot: VCPUSlot, index: Int) -> Bool {
+    func handBack(_ slot: VCPUSlot, index: Int) -> Bool {
         guard let interpreter = slot.interpreter, let kvm = slot.kvm else { return false }
         do { try kvm.writeState(try interpreter.readState()) } catch {
             requestStop(.hostError("vcpu\(index): handing back to KVM: \(error)"))
@@ -652,6 +688,10 @@ public final class Machine: @unchecked Sendable {
         }
         while !stopRequested {
             ownTimer?.fireIfDue()
+            if let debug, debug.pauseRequested.load(ordering: .relaxed) {
+                guard parkForDebugger(index, cause: nil) else { return false }
+                continue
+            }
             if ready() { return true }
             if !counted {
                 counted = true
@@ -745,6 +785,7 @@ public final class Machine: @unchecked Sendable {
         case .outputError(let line): return "tandem: \(line) (status 211)"
         case .guestReset: return "tandem: the guest reset the machine (status 212): \(where0())"
         case .powerOff: return "tandem: the guest powered the machine off (ACPI S5); stopping with status 0"
+        case .debuggerKilled: return "tandem: killed by the debugger (status 213): \(where0())"
         }
     }
 
@@ -773,6 +814,16 @@ final class VCPUSlot: @unchecked Sendable {
     var ownTimer: DeviceTimer?
     /// The vCPU's thread (its pthread_t; 0 before it starts).
     let thread = Atomic<UInt>(0)
+    /// `--trace` single-steps this vCPU (the debugger keeps it so).
+    var traceStepping = false
+    // The debugger's settings, copied when the vCPU resumes (Debugger.swift).
+    var debugAction: DebugAction = .run
+    var debugBreakpoints: Set<UInt64> = []
+    var debugWatchpoints: [Watchpoint] = []
+    /// KVM: the one step off a breakpoint, taken without the debug registers.
+    var steppingOverBreakpoint = false
+    /// KVM: the interpreter runs this vCPU for the debugger's watchpoints.
+    var debugOnInterpreter = false
     init(active: any VCPUBackend) { self.active = active }
 
     var isCurrentThread: Bool { pthread_equal(pthread_t(thread.load(ordering: .relaxed)), pthread_self()) != 0 }

@@ -108,6 +108,34 @@ public struct FPUState: Equatable, Hashable, Sendable {
 
     public var top: Int { Int(fsw >> 11) & 7 }
 
+    /// The full tag word (FSTENV, FSAVE, gdb's `ftag`) from the abridged tags and the
+    /// registers' contents: 00 valid, 01 zero, 10 special (NaN, infinity, denormal,
+    /// unnormal), 11 empty; two bits per physical register.
+    public var fullTagWord: UInt16 {
+        var tw: UInt16 = 0
+        for i in 0..<8 {
+            let tag: UInt16
+            if ftw & (1 << UInt8(i)) == 0 {
+                tag = 3
+            } else {
+                let r = st[i]
+                let e = r.signExponent & 0x7FFF
+                if e == 0x7FFF { tag = 2 }
+                else if e == 0 { tag = r.significand == 0 ? 1 : 2 }
+                else { tag = r.significand >> 63 != 0 ? 0 : 2 }
+            }
+            tw |= tag << UInt16(2 * i)
+        }
+        return tw
+    }
+
+    /// The abridged tags (FXSAVE) of a full tag word: set where a register is not empty.
+    public static func abridgedTags(_ fullTagWord: UInt16) -> UInt8 {
+        var abridged: UInt8 = 0
+        for i in 0..<8 where (fullTagWord >> UInt16(2 * i)) & 3 != 3 { abridged |= 1 << UInt8(i) }
+        return abridged
+    }
+
     public static func == (a: FPUState, b: FPUState) -> Bool {
         for i in 0..<8 where a.st[i] != b.st[i] { return false }
         for i in 0..<16 where a.xmm[i] != b.xmm[i] { return false }

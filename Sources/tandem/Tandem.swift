@@ -106,6 +106,12 @@ struct Run: ParsableCommand {
     @Flag(help: "Do not say which backend --backend auto chose.")
     var quiet = false
 
+    @Option(help: ArgumentHelp("Serve the GDB remote protocol on tcp:[HOST:]PORT (HOST: 127.0.0.1 by default; PORT 0: any free port, named on stderr).", valueName: "tcp:[host:]port"))
+    var gdb: String?
+
+    @Flag(help: "With --gdb: stop every vCPU before its first instruction until gdb resumes it.")
+    var gdbWait = false
+
     func traceOptions() throws -> TraceOptions? {
         guard let trace else {
             if traceExits || traceRange != nil || traceCount != nil || traceLast != nil || traceFrom != 0 {
@@ -135,6 +141,10 @@ struct Run: ParsableCommand {
         }
         if maxInstructions == 0 { throw ValidationError("--max-instructions must be at least 1") }
         if traceCount == 0 { throw ValidationError("--trace-count must be at least 1") }
+        if let gdb, GDBOptions.parse(gdb) == nil {
+            throw ValidationError("--gdb '\(gdb)' must be tcp:[HOST:]PORT, e.g. tcp:1234 or tcp:127.0.0.1:1234 (HOST a numeric IPv4 address)")
+        }
+        if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs --gdb tcp:[HOST:]PORT") }
     }
 
     func run() throws {
@@ -149,6 +159,8 @@ struct Run: ParsableCommand {
         c.clock = clock
         c.trace = try traceOptions()
         c.announceBackend = !quiet
+        c.gdb = gdb.flatMap(GDBOptions.parse)
+        c.gdb?.waitForDebugger = gdbWait
         let vm: Machine
         do { vm = try Machine(c) } catch {
             throw Failure(status: error.status.rawValue, message: error.description)
@@ -156,6 +168,9 @@ struct Run: ParsableCommand {
         if backend == .auto && !quiet {
             let why = vm.backendNote.map { " (\($0))" } ?? ""
             printError("tandem: --backend auto chose \(vm.backendName)\(why)")
+        }
+        if let port = vm.gdbPort, let gdb = c.gdb {
+            printError("tandem: gdb stub listening on tcp:\(gdb.host):\(port)\(gdb.waitForDebugger ? "; the guest waits for gdb (--gdb-wait)" : "")")
         }
         let outcome = vm.run()
         if let message = outcome.message { printError(message) }

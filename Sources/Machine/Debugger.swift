@@ -1,0 +1,267 @@
+import Dispatch
+import Interpreter
+import KVM
+import Synchronization
+import X86
+
+/// What the debugger asked a vCPU to do when the machine resumes.
+enum DebugAction: Sendable, Equatable {
+    /// Stay stopped (a `vCont` that does not name it).
+    case stay
+    case run
+    /// Execute one instruction, then stop (and stop the others).
+    case step
+}
+
+/// A data watchpoint (gdb's `Z2`-`Z4`): exact on the interpreter, which sees every access.
+struct Watchpoint: Sendable, Equatable {
+    enum Kind: Sendable { case write, read, access }
+    var kind: Kind
+    var address: UInt64
+    var length: UInt64
+
+    func isHit(by access: MemoryAccess) -> Bool {
+        switch kind {
+        case .write: guard access.write else { return false }
+        case .read: guard !access.write else { return false }
+        case .access: break
+        }
+        return access.linear < address &+ length && address < access.linear &+ UInt64(access.size)
+    }
+}
+
+/// Why a vCPU stopped for the debugger.
+enum DebugStopCause: Sendable, Equatable {
+    /// gdb's Ctrl-C, its connection, or `--gdb-wait`.
+    case interrupted
+    case step
+    case breakpoint
+    case watchpoint(Watchpoint.Kind, UInt64)
+}
+
+/// The machine's side of a debugger (`--gdb`): all-stop control of the vCPUs.
+///
+/// A stop (a breakpoint, a watchpoint, a finished step, gdb's Ctrl-C) sets `pauseRequested`
+/// and kicks every vCPU; each parks at its next instruction boundary, or where it sleeps
+/// (HLT, wait-for-SIPI), on its own thread: it leaves its state here and waits. The gdb
+/// thread reads and changes those states while every vCPU is parked, then gives each an
+/// action and resumes it; the vCPU writes back a changed state and sets up its backend
+/// (breakpoints, single-step, watchpoints) before it runs again.
+final class DebugControl: @unchecked Sendable {
+    struct State {
+        var parked: [Bool]
+        /// The state of each parked vCPU, as gdb sees and changes it.
+        var states: [CPUState?]
+        var dirty: [Bool]
+        var actions: [DebugAction]
+        /// The first vCPU that stopped since the last resume, and why.
+        var stop: (vcpu: Int, cause: DebugStopCause)?
+        /// Linear addresses of instruction breakpoints; `hardware` holds the `Z1` ones.
+        var breakpoints: Set<UInt64> = []
+        var hardware: Set<UInt64> = []
+        var watchpoints: [Watchpoint] = []
+    }
+
+    let state: Mutex<State>
+    let pauseRequested: Atomic<Bool>
+    /// Per vCPU: signalled when it may run again.
+    let resumed: [DispatchSemaphore]
+
+    init(cpus: Int, startPaused: Bool) {
+        state = Mutex(State(parked: Array(repeating: false, count: cpus), states: Array(repeating: nil, count: cpus),
+                            dirty: Array(repeating: false, count: cpus), actions: Array(repeating: .stay, count: cpus)))
+        pauseRequested = Atomic(startPaused)
+        resumed = (0..<cpus).map { _ in DispatchSemaphore(value: 0) }
+    }
+
+    var allParked: Bool { state.withLock { $0.parked.allSatisfy { $0 } } }
+
+    /// Resumes the parked vCPUs with the given actions (the others stay parked).
+    func resume(_ actions: [DebugAction]) {
+        let go = state.withLock { s -> [Int] in
+            s.stop = nil
+            s.actions = actions
+            let go = actions.indices.filter { actions[$0] != .stay && s.parked[$0] }
+            // Not parked from now on: a stop is not complete until they park again.
+            for i in go { s.parked[i] = false }
+            return go
+        }
+        pauseRequested.store(false, ordering: .sequentiallyConsistent)
+        for i in go { resumed[i].signal() }
+    }
+}
+
+/// The linear address of the instruction at CS:RIP (what breakpoints are compared with).
+func linearInstructionPointer(_ s: CPUState) -> UInt64 {
+    s.mode == .long64 ? s.rip : (s.cs.base &+ s.rip) & 0xFFFF_FFFF
+}
+
+extension Machine {
+    /// Stops every vCPU for the debugger: each parks at its next instruction boundary.
+    func pauseForDebugger() {
+        guard let debug else { return }
+        debug.pauseRequested.store(true, ordering: .sequentiallyConsistent)
+        kickAll()
+        for w in wakeups { w.signal() }
+    }
+
+    /// On vCPU `index`'s thread: parks it for the debugger (reporting `cause`, if it is the
+    /// first to stop) until gdb resumes it. False when the machine stopped meanwhile.
+    func parkForDebugger(_ index: Int, cause: DebugStopCause?) -> Bool {
+        guard let debug else { return true }
+        let slot = slots[index]
+        let before = try? slot.active.readState()
+        let first = debug.state.withLock { s -> Bool in
+            s.parked[index] = true
+            s.states[index] = before
+            s.dirty[index] = false
+            s.actions[index] = .stay
+            guard let cause, s.stop == nil else { return false }
+            s.stop = (index, cause)
+            return true
+        }
+        if first { pauseForDebugger() }
+        while debug.resumed[index].wait(timeout: .now() + .milliseconds(50)) == .timedOut {
+            if stopRequested {
+                // The machine ends here: what gdb changed is what the final report shows.
+                let changed = debug.state.withLock { s -> CPUState? in
+                    s.parked[index] = false
+                    return s.dirty[index] ? s.states[index] : nil
+                }
+                if let changed { try? slot.active.writeState(changed) }
+                return false
+            }
+        }
+        let (changed, action, settings) = debug.state.withLock { s in
+            defer { s.states[index] = nil }
+            return (s.dirty[index] ? s.states[index] : nil, s.actions[index], (s.breakpoints, s.watchpoints))
+        }
+        if let changed {
+            do { try slot.active.writeState(changed) } catch {
+                requestStop(.hostError("vcpu\(index): writing the debugger's registers: \(error)"))
+                return false
+            }
+        }
+        return applyDebugSettings(index, action: action, breakpoints: settings.0, watchpoints: settings.1,
+                                  pc: (changed ?? before).map(linearInstructionPointer))
+    }
+
+    /// Sets up vCPU `index`'s backend for what gdb asked (on the vCPU's thread). The
+    /// interpreter stops at breakpoints itself and logs memory accesses for watchpoints.
+    /// KVM gets the breakpoints in its debug registers (`KVM_GUESTDBG_USE_HW_BP`); with
+    /// watchpoints, or more breakpoints than the four registers hold, the vCPU runs on the
+    /// interpreter until they are removed (PVM's instruction emulator ignores data
+    /// breakpoints: Documentation/Debugging.md).
+    private func applyDebugSettings(_ index: Int, action: DebugAction, breakpoints: Set<UInt64>, watchpoints: [Watchpoint], pc: UInt64?) -> Bool {
+        let slot = slots[index]
+        slot.debugAction = action
+        slot.debugBreakpoints = breakpoints
+        slot.debugWatchpoints = watchpoints
+        let atBreakpoint = pc.map { breakpoints.contains($0) } ?? false
+        if let fallback, backendName == "kvm" {
+            let needsInterpreter = !watchpoints.isEmpty || breakpoints.count > KVMVCPU.hardwareBreakpointSlots
+            if needsInterpreter && slot.interpreter == nil {
+                guard handOff(slot, index: index, machine: fallback, forDebugger: true) else { return false }
+                slot.interpreter?.instructionLimit = .max
+                slot.debugOnInterpreter = true
+            } else if !needsInterpreter && slot.debugOnInterpreter {
+                slot.debugOnInterpreter = false
+                guard handBack(slot, index: index) else { return false }
+            }
+        }
+        if let interpreter = slot.active as? InterpreterVCPU {
+            interpreter.singleStep = slot.traceStepping || action == .step || !watchpoints.isEmpty
+            interpreter.logAccesses = interpreter.recorder != nil || slot.traceStepping || !watchpoints.isEmpty
+            interpreter.breakpoints = breakpoints
+            interpreter.breakpointToSkip = atBreakpoint ? pc : nil
+        } else if let kvm = slot.active as? KVMVCPU {
+            // Leaving a breakpoint: one step without the breakpoints (the debug registers
+            // would stop the vCPU again before the instruction), then they go back in.
+            slot.steppingOverBreakpoint = atBreakpoint
+            do {
+                try kvm.setGuestDebug(singleStep: slot.traceStepping || action == .step || atBreakpoint,
+                                      hardwareBreakpoints: atBreakpoint ? [] : Array(breakpoints))
+            } catch {
+                requestStop(.hostError("vcpu\(index): \(error)"))
+                return false
+            }
+        }
+        return true
+    }
+
+    /// After a `.debugStep` exit of vCPU `index` (on its thread): whether it stops for the
+    /// debugger, and why. Checked before the trace takes the interpreter's access log.
+    func debugStopCause(_ index: Int) -> DebugStopCause? {
+        let slot = slots[index]
+        if !slot.debugWatchpoints.isEmpty, let interpreter = slot.active as? InterpreterVCPU {
+            var hit: Watchpoint? = nil
+            for access in interpreter.loggedAccesses where hit == nil {
+                hit = slot.debugWatchpoints.first { $0.isHit(by: access) }
+            }
+            if !slot.traceStepping { _ = interpreter.drainTrace() }
+            if let hit { return .watchpoint(hit.kind, hit.address) }
+        }
+        if slot.debugAction == .step { return .step }
+        if slot.steppingOverBreakpoint, let kvm = slot.active as? KVMVCPU {
+            slot.steppingOverBreakpoint = false
+            do { try kvm.setGuestDebug(singleStep: slot.traceStepping, hardwareBreakpoints: Array(slot.debugBreakpoints)) } catch {
+                requestStop(.hostError("vcpu\(index): \(error)"))
+            }
+            return nil
+        }
+        if !slot.debugBreakpoints.isEmpty, let state = try? slot.active.readState(),
+           slot.debugBreakpoints.contains(linearInstructionPointer(state)) {
+            return .breakpoint
+        }
+        return nil
+    }
+
+    /// For gdb's `m`/`M`: the physical address of `linear` as vCPU `index` sees it (nil: not
+    /// mapped). Called while the vCPU is parked.
+    func debugTranslate(_ index: Int, linear: UInt64, state: CPUState) -> UInt64? {
+        guard state.cr0 & CR0.pg != 0 && state.cr0 & CR0.pe != 0 else { return linear }
+        return slots[index].active.translate(linear: linear)
+    }
+
+    /// gdb wrote guest memory: the interpreters' decode caches forget what was there.
+    func debugMemoryWritten(at physical: UInt64, length: Int) {
+        for case let interpreter as InterpreterVCPU in backends { interpreter.memoryWritten(at: physical, length: length) }
+        for slot in slots { slot.fallbackVCPU?.memoryWritten(at: physical, length: length) }
+    }
+
+    /// What `monitor stats` says: the backend, and per vCPU where it is and what it ran.
+    func debugStatistics() -> String {
+        var lines = ["backend \(backendName), \(backends.count) vCPU\(backends.count == 1 ? "" : "s")"]
+        let states = debug?.state.withLock { $0.states } ?? []
+        for (i, slot) in slots.enumerated() {
+            var line = "vcpu\(i):"
+            if i < states.count, let s = states[i] {
+                line += " \(s.mode.rawValue) at \(String(s.cs.selector, radix: 16)):0x\(String(s.rip, radix: 16))"
+            }
+            if let n = backends[i].instructionsRetired { line += ", \(n) instructions" }
+            if backendName == "kvm" {
+                line += ", \(slot.handoffs) handoff\(slot.handoffs == 1 ? "" : "s") to the interpreter"
+                if let n = slot.fallbackVCPU?.retired { line += " (\(n) instructions)" }
+                if slot.debugOnInterpreter { line += ", on the interpreter for the debugger's watchpoints" }
+            }
+            lines.append(line)
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// What `monitor info devices` says: every port and MMIO claim, and the local APICs.
+    func debugDeviceList() -> String {
+        var lines = ["I/O ports:"]
+        for c in devices.ports.claims {
+            let a = String(c.ports.lowerBound, radix: 16), b = String(c.ports.upperBound, radix: 16)
+            lines.append("  0x\(a)\(c.ports.count > 1 ? "-0x\(b)" : ""): \(c.device)")
+        }
+        lines.append("MMIO:")
+        for c in devices.mmio.claims {
+            lines.append("  0x\(String(c.range.lowerBound, radix: 16))-0x\(String(c.range.upperBound, radix: 16)): \(c.device)")
+        }
+        lines.append("  0xfee00000-0xfee00fff: LocalAPIC (one per vCPU, \(backends.count))")
+        lines.append("RAM: \(memory.ramSize) bytes")
+        return lines.joined(separator: "\n")
+    }
+}
