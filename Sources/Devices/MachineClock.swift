@@ -87,8 +87,9 @@ public final class TimerService: @unchecked Sendable {
     }
 
     /// Called on vCPU `owner`'s thread: from now on that thread fires the timer the vCPU
-    /// owns (`DeviceTimer.fireIfDue`, after every exit and in HLT), until `detach()`.
-    /// nil when it owns none, or when the service is manual.
+    /// owns (`DeviceTimer.fireIfDue`, after every exit and in HLT), until `detach()`; an
+    /// arm from any other thread calls `wakeOwner`. nil when it owns none, or when the
+    /// service is manual.
     public func attach(owner: Int) -> DeviceTimer? { core.attach(owner) }
 
     /// Whether any timer is armed (a halted machine with one can still be woken).
@@ -168,7 +169,9 @@ final class TimerCore: @unchecked Sendable {
             // timer thread: either the owner or the timer thread sees the new deadline.
             timer.due.machineNanoseconds.store(value, ordering: .sequentiallyConsistent)
             if timer.attached.load(ordering: .sequentiallyConsistent) {
-                wakeOwner(owner)
+                // The owner's own arms (a periodic timer re-armed as it fires, the guest's
+                // register writes) need no wakeup: it looks before it sleeps or enters.
+                if pthread_equal(pthread_t(timer.ownerThread.load(ordering: .relaxed)), pthread_self()) == 0 { wakeOwner(owner) }
                 return
             }
         }
@@ -190,6 +193,7 @@ final class TimerCore: @unchecked Sendable {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         guard let timer = timers.first(where: { $0.owner == owner }) else { return nil }
+        timer.ownerThread.store(UInt(pthread_self()), ordering: .relaxed)
         timer.attached.store(true, ordering: .sequentiallyConsistent)
         return timer
     }
@@ -276,8 +280,9 @@ public final class DeviceTimer: @unchecked Sendable {
     fileprivate let fire: @Sendable () -> Void
     /// When it falls due. Written under the core's lock, except for an owned timer.
     public let due: TimerDeadline
-    /// Whether the owner's thread fires it now (`TimerService.attach`).
+    /// Whether the owner's thread fires it now (`TimerService.attach`), and that thread.
     fileprivate let attached = Atomic<Bool>(false)
+    fileprivate let ownerThread = Atomic<UInt>(0)
 
     fileprivate init(name: String, owner: Int?, core: TimerCore, fire: @escaping @Sendable () -> Void) {
         self.name = name

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Devices
 import Foundation
+import HostOS
 import Machine
 import Testing
 import X86
@@ -258,10 +259,16 @@ struct APICTests {
         let fired = Recorder<String>()
         let own = timers.makeTimer("own", owner: 2) { fired.append("own") }
         #expect(timers.attach(owner: 1) == nil)   // vCPU 1 owns none
-        let attached = try #require(timers.attach(owner: 2))
+        // vCPU 2's thread attaches and arms: its own arm wakes nobody.
+        var attached: DeviceTimer?
+        HostThread.spawn(name: "vcpu2") {
+            attached = timers.attach(owner: 2)
+            own.arm(after: 60_000_000_000)
+        }.join()
         #expect(attached === own)
+        #expect(woken.all.isEmpty)
         own.arm(after: 1_000_000)
-        #expect(woken.all == [2])                 // armed from a thread other than vCPU 2's (the machine tells them apart)
+        #expect(woken.all == [2])                 // armed from another thread: the owner looks again
         #expect(timers.anyArmed)
         #expect(!own.fireIfDue())                 // not yet due
         usleepMilliseconds(20)
