@@ -46,10 +46,14 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         return l.acceptsPICInterrupts && pic.hasPendingInterrupt(vcpu: 0)
     }
 
+    /// Called after `hasPendingInterrupt` said yes. The local APIC's requests cannot go away
+    /// in between (only its own vCPU changes ISR and TPR), so when it has none the request
+    /// was the PIC's: its INTA cycle runs even if the line has dropped since, and then
+    /// answers the spurious IRQ 7 (or 15), as the 8259A does.
     public func acknowledgeInterrupt(vcpu: Int) -> UInt8? {
         let l = lapics[vcpu]
         if let v = l.acknowledge() { return v }
-        guard l.acceptsPICInterrupts, pic.hasPendingInterrupt(vcpu: 0) else { return nil }
+        guard l.acceptsPICInterrupts else { return nil }
         return pic.acknowledgeInterrupt(vcpu: 0)
     }
 
