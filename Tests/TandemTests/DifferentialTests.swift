@@ -85,6 +85,13 @@ struct DifferentialTests {
         #expect(outcome.interrupts >= 5, "\(outcome.report)")
     }
 
+    @Test("uart-echo (COM1's receive interrupt through the IOAPIC) diffs to its exit, the input read once and replayed")
+    func interruptDrivenSerialInput() throws {
+        let outcome = try diffGuest("uart-echo.elf") { $0.input = .bytes(Array("hello, world. after".utf8)) }
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.end == "the guest exited with status 0" && outcome.interrupts >= 1, "\(outcome.report)")
+    }
+
     @Test("with --clock instructions a diff with timer interrupts is reproducible, step for step")
     func deterministicClockDiff() throws {
         let runs = try (0..<2).map { _ in try diffGuest("apic-ipi.elf") { $0.clock = .instructions } }
