@@ -17,6 +17,8 @@ public final class APICBus: InterruptController, @unchecked Sendable {
     /// Per vCPU, the offset that turns machine nanoseconds into its TSC (set by the engine
     /// that owns the TSC), for TSC-deadline mode.
     private let tscOffsets: Mutex<[Int64]>
+    /// A vCPU saw the PIC's INTR and has not acknowledged it yet (see `acknowledgeInterrupt`).
+    private let picRequestSeen = Atomic<Bool>(false)
 
     public init(cpus: Int, pic: PIC8259Pair, timers: TimerService, x2APICAvailable: Bool,
                 onRequest: @escaping @Sendable (Int) -> Void) {
@@ -43,13 +45,19 @@ public final class APICBus: InterruptController, @unchecked Sendable {
     public func hasPendingInterrupt(vcpu: Int) -> Bool {
         let l = lapics[vcpu]
         if l.deliverableVector() != nil { return true }
-        return l.acceptsPICInterrupts && pic.hasPendingInterrupt(vcpu: 0)
+        guard l.acceptsPICInterrupts, pic.hasPendingInterrupt(vcpu: 0) else { return false }
+        picRequestSeen.store(true, ordering: .relaxed)
+        return true
     }
 
+    /// Once a vCPU has seen the PIC's INTR (`hasPendingInterrupt` said yes for it), its
+    /// INTA cycle runs even if the request has gone away since, and the 8259A then answers
+    /// the spurious IRQ 7 (or 15).
     public func acknowledgeInterrupt(vcpu: Int) -> UInt8? {
         let l = lapics[vcpu]
         if let v = l.acknowledge() { return v }
-        guard l.acceptsPICInterrupts, pic.hasPendingInterrupt(vcpu: 0) else { return nil }
+        let seen = picRequestSeen.exchange(false, ordering: .relaxed)
+        guard l.acceptsPICInterrupts, seen || pic.hasPendingInterrupt(vcpu: 0) else { return nil }
         return pic.acknowledgeInterrupt(vcpu: 0)
     }
 

@@ -5,6 +5,16 @@ import Synchronization
 public protocol InterruptPins: AnyObject, Sendable {
     /// Drives input `pin` high or low. Edge-triggered inputs act on the rising edge.
     func setPin(_ pin: Int, high: Bool)
+    /// A rising edge on `pin` from a source whose output stays high long enough for the
+    /// request to be acknowledged (the PIT's OUT), then low again.
+    func pulsePin(_ pin: Int)
+}
+
+extension InterruptPins {
+    public func pulsePin(_ pin: Int) {
+        setPin(pin, high: true)
+        setPin(pin, high: false)
+    }
 }
 
 /// The machine's interrupt wiring, as on a PC: global system interrupt (GSI) n < 16 is ISA
@@ -45,6 +55,18 @@ public final class InterruptRouter: @unchecked Sendable {
         }
     }
 
+    /// A rising edge on `gsi`, then low again (edge-triggered sources: see `InterruptPins.pulsePin`).
+    public func pulse(_ gsi: Int) {
+        precondition((0..<Self.gsiCount).contains(gsi), "GSI \(gsi) does not exist")
+        levels.withLock { $0 &= ~(1 << gsi) }
+        if gsi < Self.isaIRQs {
+            pic?.pulsePin(gsi)
+            ioapic?.pulsePin(Self.ioapicPin(forISA: gsi))
+        } else {
+            ioapic?.pulsePin(gsi)
+        }
+    }
+
     /// Whether `gsi` is driven high now.
     public func level(_ gsi: Int) -> Bool { levels.withLock { $0 & (1 << gsi) != 0 } }
 
@@ -62,8 +84,5 @@ public struct IRQLine: Sendable {
     public func raise() { set(true) }
     public func lower() { set(false) }
     /// A rising edge followed by the line's return to low (edge-triggered sources).
-    public func pulse() {
-        set(true)
-        set(false)
-    }
+    public func pulse() { router.pulse(gsi) }
 }

@@ -64,7 +64,14 @@ public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, 
             return irq
         }
 
-        mutating func setLine(_ irq: Int, high: Bool) {
+        /// An input changes. An edge-triggered request is latched on the rising edge and,
+        /// as the datasheet requires the input to stay high until the acknowledge, dropped
+        /// when the line falls first (the acknowledge then finds nothing: the spurious IRQ
+        /// 7). `latchEdge`: keep the latched request when the line falls, as QEMU's i8259
+        /// does for every edge input; used for the master's cascade input, so that a slave
+        /// request that goes away leaves IRQ 2 requested and the acknowledge gets the
+        /// slave's spurious IRQ 15 (with IRQ 2 in service on the master).
+        mutating func setLine(_ irq: Int, high: Bool, latchEdge: Bool = false) {
             let bit = UInt8(1 << irq)
             let wasHigh = lines & bit != 0
             if high { lines |= bit } else { lines &= ~bit }
@@ -72,6 +79,8 @@ public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, 
                 if high { irr |= bit } else { irr &= ~bit }
             } else if high && !wasHigh {
                 irr |= bit
+            } else if !high && wasHigh && !latchEdge {
+                irr &= ~bit
             }
         }
 
@@ -163,9 +172,26 @@ public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, 
 
     public func setPin(_ pin: Int, high: Bool) { setLine(pin, high: high) }
 
+    /// A rising edge whose request stays latched when the line falls again: the PIT's OUT
+    /// stays high for far longer than an acknowledge takes.
+    public func pulsePin(_ pin: Int) {
+        let request = chips.withLock { c -> Bool in
+            if pin < 8 {
+                c.master.setLine(pin, high: true)
+                c.master.setLine(pin, high: false, latchEdge: true)
+            } else {
+                c.slave.setLine(pin - 8, high: true)
+                c.slave.setLine(pin - 8, high: false, latchEdge: true)
+            }
+            Self.cascade(&c)
+            return c.master.pending() != nil
+        }
+        if request { onRequest() }
+    }
+
     /// The slave's output is the master's input 2.
     private static func cascade(_ c: inout (master: Chip, slave: Chip)) {
-        c.master.setLine(2, high: c.slave.pending() != nil)
+        c.master.setLine(2, high: c.slave.pending() != nil, latchEdge: true)
     }
 
     // MARK: InterruptController (vCPU 0 only: the 8259's output pin)

@@ -82,6 +82,8 @@ public final class DifferentialRun {
         public var ran: UInt64 = 0
         /// Why the comparison ended (the guest exited, both halted, --steps, or why it stopped early).
         public var end: String = ""
+        /// Interrupts (and NMIs) KVM took and the interpreter took at the same instruction boundary.
+        public var interrupts: UInt64 = 0
     }
 
     /// `tandem diff`'s exit status when nothing diverged but the comparison stopped early
@@ -113,6 +115,8 @@ public final class DifferentialRun {
     /// KVM's MMIO writes in the current step (address, size, value), which the
     /// interpreter's must equal.
     private var mmioWrites: [(UInt64, Int, UInt64)] = []
+    /// Interrupts taken by both sides so far.
+    private var interrupts: UInt64 = 0
     /// Set by a signal or an output error: the status and the line the run ends with.
     private let pendingStop = PendingStop()
     /// The pages the last memory comparison looked at (KVM's dirty log is read once).
@@ -342,6 +346,7 @@ public final class DifferentialRun {
                     return divergence(number, history, "KVM took \(delivery) before this instruction; the interpreter's delivery ended with \(exit)", compared: compared, start: start)
                 }
                 (accesses, events) = interp.drainTrace()
+                interrupts += 1
                 interrupted = before
                 before = entry
                 (bytes, text) = instruction(at: entry)
@@ -528,11 +533,12 @@ public final class DifferentialRun {
         devices.timers.stop()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         let end = guestEnd ?? (compared >= steps ? "--steps \(steps) reached" : "both sides halted")
-        var lines = ["tandem diff: no divergence: all \(compared) instructions compared in \(String(format3: seconds)) s; \(end)"]
+        let taken = interrupts == 0 ? "" : ", \(interrupts) interrupt\(interrupts == 1 ? "" : "s") taken by both at the same instruction"
+        var lines = ["tandem diff: no divergence: all \(compared) instructions compared in \(String(format3: seconds)) s\(taken); \(end)"]
         for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
             lines.append("  host limitation (\(count)x): \(reason)")
         }
-        return Outcome(status: 0, report: lines.joined(separator: "\n"), compared: compared, ran: compared, end: end)
+        return Outcome(status: 0, report: lines.joined(separator: "\n"), compared: compared, ran: compared, end: end, interrupts: interrupts)
     }
 
     /// The comparison cannot go on (`reason`) after `compared` matching instructions. The
@@ -557,6 +563,8 @@ public final class DifferentialRun {
     func runInterpreterAlone(from: UInt64) -> (UInt64, String) {
         interp.tracing = false
         interp.singleStep = true
+        // Nothing to replay any more: the interpreter asks the machine's controller itself.
+        interp.interruptController = devices.apic
         var number = from
         while number < steps {
             if let guestEnd { return (number, "\(guestEnd) after \(number) instructions") }

@@ -67,6 +67,51 @@ struct DifferentialTests {
         }
     }
 
+    @Test("pit-rtc (PIT and RTC interrupts through the 8259A pair, real mode, waiting in HLT) diffs to its exit with every interrupt taken by both at the same instruction")
+    func interruptDrivenRealMode() throws {
+        let outcome = try diffGuest("pit-rtc.bin")
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.end == "the guest exited with status 0" && outcome.compared == outcome.ran, "\(outcome.report)")
+        // 50 PIT ticks and 32 RTC periodic interrupts at least (more when interrupts pile up
+        // while single-stepping on the host clock).
+        #expect(outcome.interrupts >= 82, "\(outcome.report)")
+        #expect(outcome.report.contains("\(outcome.interrupts) interrupts taken by both at the same instruction"), "\(outcome.report)")
+    }
+
+    @Test("LAPIC timer, IPI and x2APIC/TSC-deadline guests in long mode diff to their exits", arguments: ["apic-ipi.elf", "x2apic.elf", "idle.elf"])
+    func interruptDrivenLongMode(_ name: String) throws {
+        let outcome = try diffGuest(name)
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.end == "the guest exited with status 0" && outcome.compared == outcome.ran, "\(outcome.report)")
+        #expect(outcome.interrupts >= 5, "\(outcome.report)")
+    }
+
+    @Test("uart-echo (COM1's receive interrupt through the IOAPIC) diffs to its exit, the input read once and replayed")
+    func interruptDrivenSerialInput() throws {
+        let outcome = try diffGuest("uart-echo.elf") { $0.input = .bytes(Array("hello, world. after".utf8)) }
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.end == "the guest exited with status 0" && outcome.interrupts >= 1, "\(outcome.report)")
+    }
+
+    @Test("with --clock instructions a diff with timer interrupts is reproducible, step for step")
+    func deterministicClockDiff() throws {
+        let runs = try (0..<2).map { _ in try diffGuest("apic-ipi.elf") { $0.clock = .instructions } }
+        for r in runs { #expect(r.status == 0 && r.end == "the guest exited with status 0", "\(r.report)") }
+        // 20 timer ticks and the broadcast IPI that includes itself.
+        #expect(runs[0].interrupts == 21, "\(runs[0].report)")
+        #expect(runs[0].compared == runs[1].compared && runs[0].interrupts == runs[1].interrupts, "\(runs.map(\.report))")
+    }
+
+    @Test("an interrupt replayed to the interpreter with the wrong vector is reported where it is taken")
+    func wrongInterruptReplay() throws {
+        let outcome = try diffGuest("pit-rtc.bin", inject: DifferentialRun.wrongVectorFault)
+        #expect(outcome.status == 1, "\(outcome.report)")
+        let lines = outcome.report.split(separator: "\n").map(String.init)
+        // The step that diverges is the first interrupt: PIT IRQ 0 at vector 0x20.
+        #expect(lines.count > 1 && lines[1].contains("external interrupt vector 0x20 at 0000:"), "\(outcome.report)")
+        #expect(lines.contains { $0.hasPrefix("  rip") && $0.hasSuffix("<<<") }, "\(outcome.report)")
+    }
+
     @Test("a flag bug planted in the interpreter is caught at the first instruction it affects, with the field marked")
     func injectedFault() throws {
         let outcome = try diffGuest("hello-multiboot.elf", inject: "add:cf")

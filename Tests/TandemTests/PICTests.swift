@@ -73,6 +73,45 @@ struct PICTests {
         #expect(pic.portRead(0x20, size: 1) == 0)
     }
 
+    @Test("an edge request whose line drops before the acknowledge is the spurious IRQ 7 (master) or 15 (slave, with IRQ 2 in service on the master)")
+    func spuriousWhenTheLineDrops() {
+        let pic = initialized()
+        pic.setLine(5, high: true)
+        #expect(pic.hasPendingInterrupt(vcpu: 0))
+        pic.setLine(5, high: false)
+        #expect(pic.acknowledgeInterrupt(vcpu: 0) == 0x0F, "spurious IRQ 7, not IRQ 5's stale request")
+        pic.portWrite(0x20, size: 1, value: 0x0B)
+        #expect(pic.portRead(0x20, size: 1) == 0, "a spurious IRQ 7 is not in service")
+        pic.portWrite(0x20, size: 1, value: 0x0A)
+        #expect(pic.portRead(0x20, size: 1) == 0, "nor requested any more")
+        // A new rising edge requests again.
+        pic.setLine(5, high: true)
+        #expect(pic.acknowledgeInterrupt(vcpu: 0) == 0x0D)
+        pic.portWrite(0x20, size: 1, value: 0x20)
+
+        pic.setLine(12, high: true)
+        #expect(pic.hasPendingInterrupt(vcpu: 0))
+        pic.setLine(12, high: false)
+        #expect(pic.acknowledgeInterrupt(vcpu: 0) == 0x77, "the slave's spurious IRQ 15")
+        pic.portWrite(0xA0, size: 1, value: 0x0B)
+        #expect(pic.portRead(0xA0, size: 1) == 0, "nothing in service on the slave")
+        pic.portWrite(0x20, size: 1, value: 0x0B)
+        #expect(pic.portRead(0x20, size: 1) == 0x04, "the cascade, IRQ 2, in service on the master (its handler EOIs the master only)")
+        pic.portWrite(0x20, size: 1, value: 0x20)
+        #expect(pic.portRead(0x20, size: 1) == 0)
+        #expect(!pic.hasPendingInterrupt(vcpu: 0))
+    }
+
+    @Test("through the APIC bus (virtual wire), a PIC request that went away after the CPU saw it is still acknowledged: the spurious vector")
+    func spuriousThroughTheAPICBus() {
+        let pic = initialized()
+        let bus = APICBus(cpus: 1, pic: pic, timers: TimerService(clock: MachineClock(), manual: true), x2APICAvailable: false, onRequest: { _ in })
+        pic.setLine(3, high: true)
+        #expect(bus.hasPendingInterrupt(vcpu: 0))
+        pic.setLine(3, high: false)
+        #expect(bus.acknowledgeInterrupt(vcpu: 0) == 0x0F)
+    }
+
     @Test("level-triggered inputs (ELCR) request while high; auto-EOI leaves ISR empty")
     func levelAndAutoEOI() {
         let pic = initialized(autoEOI: true)
