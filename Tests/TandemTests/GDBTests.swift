@@ -209,10 +209,18 @@ struct GDBTests {
         let r = try runProcess(tandemBinary, ["run", "--backend", "interp", "--gdb", "tcp:\(session.port)", image])
         #expect(r.status == 200)
         #expect(r.stderr == "tandem: --gdb tcp:127.0.0.1:\(session.port): cannot listen: Address already in use\n", "\(r.stderr)")
+        // A gdb that goes away without detaching leaves the machine stopped for the next one.
+        do {
+            let first = try RawGDBLink(port: session.port)
+            let addStep = try Self.symbols()["add_step"]!.dropFirst(2).drop { $0 == "0" }
+            #expect(try first.exchange("Z0,\(addStep),1") == "OK")
+        }
+        usleep(300_000)
         let link = try RawGDBLink(port: session.port)
+        #expect(try link.exchange("p10") == "0000200000000000", "still stopped at the entry point")
         try link.sendRaw("$D#44")
         let end = try session.finish()
-        #expect(end.status == 15, "detached: the guest runs to its end; \(end.stderr)")
+        #expect(end.status == 15, "detached: the guest runs to its end, without the first gdb's breakpoint; \(end.stderr)")
     }
 }
 
