@@ -15,6 +15,7 @@
 ; Expected exit: status 0. A lost interrupt hangs (the test's timeout catches it).
 
 bits 64
+%include "put-field.inc"
 default rel
 
 APIC    equ 0xFEE00000
@@ -138,21 +139,9 @@ _start:
         lea rsi, [s_few]
 .ticks_ok:
         call puts
-        lea rsi, [s_ipi]
-        call puts
-        lea rax, [ipi]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_abs]
-        call puts
-        lea rax, [all_but_self]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_all]
-        call puts
-        lea rax, [all]
-        mov rax, [rax + rcx*8]
-        call putdec
+        put_field s_ipi, ipi
+        put_field s_abs, all_but_self
+        put_field s_all, all
         mov al, 10
         call putc
         inc rcx

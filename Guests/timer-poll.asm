@@ -18,6 +18,7 @@
 ; timeout catches it).
 
 bits 64
+%include "put-field.inc"
 default rel
 
 APIC    equ 0xFEE00000
@@ -109,21 +110,9 @@ _start:
         call puts
         mov rax, rcx
         call putdec
-        lea rsi, [s_periodic]
-        call puts
-        lea rax, [periodic]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_oneshot]
-        call puts
-        lea rax, [oneshot]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_deadline]
-        call puts
-        lea rax, [deadline]
-        mov rax, [rax + rcx*8]
-        call putdec
+        put_field s_periodic, periodic
+        put_field s_oneshot, oneshot
+        put_field s_deadline, deadline
         mov al, 10
         call putc
         inc rcx

@@ -15,6 +15,7 @@
 ; Expected exit: status 0.
 
 bits 64
+%include "put-field.inc"
 default rel
 
 DEADLINES equ 5
@@ -135,26 +136,10 @@ _start:
         call puts
         mov rax, rcx
         call putdec
-        lea rsi, [s_id]
-        call puts
-        lea rax, [ids]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_deadline]
-        call puts
-        lea rax, [deadline]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_self]
-        call puts
-        lea rax, [self]
-        mov rax, [rax + rcx*8]
-        call putdec
-        lea rsi, [s_ring]
-        call puts
-        lea rax, [ring]
-        mov rax, [rax + rcx*8]
-        call putdec
+        put_field s_id, ids
+        put_field s_deadline, deadline
+        put_field s_self, self
+        put_field s_ring, ring
         mov al, 10
         call putc
         inc rcx
