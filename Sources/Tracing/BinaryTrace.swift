@@ -88,6 +88,14 @@ struct ByteWriter {
         p += count
     }
 
+    /// An instruction's bytes (`count` ≤ 15 of the 16 in `words`) as two 8-byte stores,
+    /// no call; the record's reservation leaves room for all 16.
+    @inline(__always) mutating func instructionBytes(_ words: (UInt64, UInt64), _ count: Int) {
+        UnsafeMutableRawPointer(p).storeBytes(of: words.0, as: UInt64.self)
+        (UnsafeMutableRawPointer(p) + 8).storeBytes(of: words.1, as: UInt64.self)
+        p += count
+    }
+
     mutating func string(_ s: String) {
         let utf8 = Array(s.utf8)
         varint(UInt64(utf8.count))

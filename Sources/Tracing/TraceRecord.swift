@@ -73,9 +73,23 @@ public final class TraceFormatter {
     }
 
     /// The instruction's disassembly ("(unknown)" when its bytes are not an instruction).
+    /// Traces repeat instructions (loops), so the text is cached by address, mode and
+    /// bytes: Capstone is most of the cost of a JSONL line.
     public func assembly(_ i: InstructionRecord) -> String {
-        disassembler.disassemble(i.bytes, address: i.rip, bits: i.mode.bits)?.text ?? "(unknown)"
+        let key = DisassemblyKey(rip: i.rip, bits: i.mode.bits, bytes: i.bytes)
+        if let text = disassembled[key] { return text }
+        let text = disassembler.disassemble(i.bytes, address: i.rip, bits: i.mode.bits)?.text ?? "(unknown)"
+        if disassembled.count >= 1 << 16 { disassembled.removeAll(keepingCapacity: true) }
+        disassembled[key] = text
+        return text
     }
+
+    private struct DisassemblyKey: Hashable {
+        var rip: UInt64
+        var bits: Int
+        var bytes: [UInt8]
+    }
+    private var disassembled: [DisassemblyKey: String] = [:]
 
     func name(_ field: Int) -> String { field < fieldNames.count ? fieldNames[field] : "field\(field)" }
 

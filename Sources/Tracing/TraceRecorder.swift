@@ -58,6 +58,8 @@ public final class TraceRecorder {
     /// The raw bytes of the state's system part (segments to EFER) as of the last record:
     /// one vectorised compare tells whether any of those 41 fields can have changed.
     var systemRaw: UnsafeMutablePointer<UInt64>
+    /// `Layout`'s, kept here so the hot path reads no lazy global.
+    let systemOffset = Layout.systemOffset, systemWords = Layout.systemWords
     var previousMode: ExecutionMode = .real
     /// The port I/O of the instruction being executed (the shared vCPU loop adds it).
     public var io: [PortAccess] = []
@@ -132,10 +134,7 @@ public final class TraceRecorder {
         let cs = UInt16(truncatingIfNeeded: values[Self.csField])
         let changed = update(state)
         if admit(seq, rip) {
-            withUnsafeBytes(of: &instructionBytes) { bytes in
-                encodeInstruction(seq, previousMode, cs, rip, UnsafeRawBufferPointer(rebasing: bytes[0..<instructionLength]),
-                                  changed: changed, accesses, withIO: true)
-            }
+            encodeInstruction(seq, previousMode, cs, rip, instructionBytes, instructionLength, changed: changed, accesses, withIO: true)
         }
         if !io.isEmpty { io.removeAll(keepingCapacity: true) }
         for e in events where admit(seq, e.rip) { encodeEvent(seq, e) }
@@ -165,11 +164,11 @@ public final class TraceRecorder {
             changed |= (v != known[i] ? 1 : 0) << UInt64(i)
             known[i] = v
         }
-        let system = (raw + Layout.systemOffset).assumingMemoryBound(to: UInt64.self)
+        let system = (raw + systemOffset).assumingMemoryBound(to: UInt64.self)
         var difference: UInt64 = 0
-        for i in 0..<Layout.systemWords { difference |= system[i] ^ snapshot[i] }
+        for i in 0..<systemWords { difference |= system[i] ^ snapshot[i] }
         if _slowPath(difference != 0) {
-            systemRaw.update(from: system, count: Layout.systemWords)
+            systemRaw.update(from: system, count: systemWords)
             CPUState.fieldValues(state, into: scratch)
             for i in Layout.fastFields..<CPUState.fieldCount {
                 changed |= (scratch[i] != values[i] ? 1 : 0) << UInt64(i)
@@ -265,18 +264,18 @@ public final class TraceRecorder {
     }
 
     /// An instruction record; `changed` marks the fields of `values` it changed.
-    public func encodeInstruction(_ seq: UInt64, _ mode: ExecutionMode, _ cs: UInt16, _ rip: UInt64, _ bytes: UnsafeRawBufferPointer,
+    public func encodeInstruction(_ seq: UInt64, _ mode: ExecutionMode, _ cs: UInt16, _ rip: UInt64, _ bytes: (UInt64, UInt64), _ length: Int,
                                   changed: UInt64, _ accesses: [MemoryAccess], withIO: Bool) {
         let io = withIO ? self.io.count : 0
-        reserve(64 + bytes.count + CPUState.fieldCount * 11 + accesses.count * 33 + io * 24)
+        reserve(64 + 16 + CPUState.fieldCount * 11 + accesses.count * 33 + io * 24)
         var w = ByteWriter(p: chunk.end)
         w.byte(RecordKind.instruction.rawValue)
         w.varint(seq)
         w.byte(mode.code)
         w.varint(UInt64(cs))
         w.varint(rip)
-        w.byte(UInt8(bytes.count))
-        if bytes.count > 0 { w.bytes(bytes.baseAddress!, bytes.count) }
+        w.byte(UInt8(length))
+        w.instructionBytes(bytes, length)
         w.byte(UInt8(changed.nonzeroBitCount))
         var rest = changed
         while rest != 0 {
@@ -311,7 +310,10 @@ public final class TraceRecorder {
         withUnsafePointer(to: after) { CPUState.fieldValues($0, into: values) }
         var changed: UInt64 = 0
         for i in 0..<CPUState.fieldCount where i != CPUState.ripField && scratch[i] != values[i] { changed |= 1 << UInt64(i) }
-        bytes.withUnsafeBytes { encodeInstruction(seq, before.mode, before.cs.selector, before.rip, $0, changed: changed, accesses, withIO: withIO) }
+        var words = (UInt64(0), UInt64(0))
+        let length = min(bytes.count, 15)
+        withUnsafeMutableBytes(of: &words) { out in bytes.withUnsafeBytes { out.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<length])) } }
+        encodeInstruction(seq, before.mode, before.cs.selector, before.rip, words, length, changed: changed, accesses, withIO: withIO)
     }
 
     public func encodeEvent(_ seq: UInt64, _ e: InterruptEvent) {

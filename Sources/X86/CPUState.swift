@@ -335,9 +335,10 @@ extension CPUState {
         for (name, _) in segmentRegisters { names += [name, name + ".base", name + ".limit", name + ".attributes"] }
         return names + ["cr0", "cr2", "cr3", "cr4", "efer", "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit"]
     }()
-    public static let fieldCount = 16 + 2 + 8 * 4 + 9
+    /// (Inlinable constants: the trace recorder uses them after every instruction.)
+    @inlinable public static var fieldCount: Int { 16 + 2 + 8 * 4 + 9 }
     /// Where RIP is in `fieldNames`.
-    public static let ripField = 16
+    @inlinable public static var ripField: Int { 16 }
 
     /// Writes the values of `namedFields` to `out` (`fieldCount` of them) without allocating:
     /// the trace recorder calls this after every instruction.
