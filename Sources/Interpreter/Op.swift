@@ -28,6 +28,7 @@ enum Op: UInt16, CaseIterable {
     case hlt, nop, pause, cpuid, rdtsc, rdtscp, rdrand, rdseed, rdmsr, wrmsr, `in`, out
     case lgdt, lidt, sgdt, sidt, lldt, sldt, ltr, str, smsw, lmsw, clts, arpl, lar, lsl, verr, verw
     case invlpg, wbinvd, invd, syscall, sysret, sysenter, sysexit, swapgs, ud2, ud0, wait, clac, stac
+    case rdfsbase, rdgsbase, wrfsbase, wrgsbase, invpcid
     case prefetch, prefetchw, prefetcht0, prefetcht1, prefetcht2, prefetchnta, lfence, sfence, mfence, clflush
     /// CET's branch-target markers: NOPs on a CPU without CET (the hint-NOP space 0F 1E).
     case endbr64, endbr32

@@ -12,6 +12,11 @@ enum CR4Bits {
     static let osfxsr: UInt64 = 1 << 9
     static let osxmmexcpt: UInt64 = 1 << 10
     static let osxsave: UInt64 = 1 << 18
+    static let umip: UInt64 = 1 << 11
+    static let fsgsbase: UInt64 = 1 << 16
+    static let pcide: UInt64 = 1 << 17
+    static let smep: UInt64 = 1 << 20
+    static let smap: UInt64 = 1 << 21
 }
 
 extension InterpreterVCPU {

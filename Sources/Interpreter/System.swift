@@ -100,10 +100,15 @@ extension InterpreterVCPU {
             refreshMode()
         case 2: s.pointee.cr2 = value
         case 3:
-            s.pointee.cr3 = longMode ? value : value & 0xFFFF_FFFF
+            // With CR4.PCIDE, bit 63 asks not to flush the PCID's entries and is not stored.
+            s.pointee.cr3 = longMode ? value & (st.cr4 & CR4Bits.pcide != 0 ? ~(1 << 63) : .max) : value & 0xFFFF_FFFF
             tlb.flushAll(keepGlobal: true)
         case 4:
             var supported: UInt64 = 0x1 | 0x2 | 0x4 | 0x8 | CR4.pse | CR4.pae | 0x40 | CR4.pge | 0x100 | 0x200 | 0x400
+                // What a kernel handed over from KVM has on: PVM shows it the host's flags
+                // (HostLimitations.md). FSGSBASE and SMEP are honoured, PCIDE with an untagged
+                // TLB; UMIP and SMAP are accepted but not enforced.
+                | CR4Bits.umip | CR4Bits.fsgsbase | CR4Bits.pcide | CR4Bits.smep | CR4Bits.smap
             // XSAVE/XGETBV/XSETBV (SaveRestore.swift), where CPUID offers XSAVE.
             if shared.cpu.cpuid.offered.contains(.xsave) { supported |= CR4Bits.osxsave }
             if value & ~supported != 0 { throw .gp() }
@@ -187,6 +192,36 @@ extension InterpreterVCPU {
             // The interpreter itself does not enforce SMAP.
             guard cpl == 0 else { throw .ud() }
             if op == .clac { s.pointee.rflags &= ~Flag.ac } else { s.pointee.rflags |= Flag.ac }
+        case .rdfsbase, .rdgsbase, .wrfsbase, .wrgsbase:
+            // FSGSBASE, like CLAC/STAC run for KVM's handoffs (Linux's context switch) and
+            // not offered in the interpreter's own CPUID; CR4.FSGSBASE enables them.
+            guard codeBits == 64, s.pointee.cr4 & CR4Bits.fsgsbase != 0, o0.kind == .register else { throw .ud() }
+            let size = Int(o0.size)
+            switch op {
+            case .rdfsbase: writeReg(o0.reg, size, s.pointee.fs.base)
+            case .rdgsbase: writeReg(o0.reg, size, s.pointee.gs.base)
+            default:
+                let base = readReg(o0.reg, size)
+                guard canonicalAddress(base) else { throw .gp() }
+                if op == .wrfsbase { s.pointee.fs.base = base } else { s.pointee.gs.base = base }
+            }
+        case .invpcid:
+            // The TLB is not tagged with PCIDs: flushing more than asked is always allowed.
+            guard cpl == 0 else { throw .gp() }
+            guard d.pointee.o1.kind == .memory, o0.kind == .register else { throw .ud() }
+            let off = effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next)
+            let pcid = try read(d.pointee.o1.segment, off, 8)
+            let linear = try read(d.pointee.o1.segment, off &+ 8, 8)
+            switch readReg(o0.reg, 8) {
+            case 0:
+                guard pcid < 0x1000, canonicalAddress(linear) else { throw .gp() }
+                tlb.flush(linear: linear)
+            case 1, 3:
+                guard pcid < 0x1000 else { throw .gp() }
+                tlb.flushAll(keepGlobal: true)
+            case 2: tlb.flushAll()
+            default: throw .gp()
+            }
         case .cpuid:
             let leaf = UInt32(truncatingIfNeeded: r[0])
             var (a, b, c, dx) = shared.cpu.query(leaf: leaf, subleaf: UInt32(truncatingIfNeeded: r[1]), vcpu: index)

@@ -577,17 +577,13 @@ public final class Machine: @unchecked Sendable {
         wakeups[index].signal()
     }
 
-    /// How many instructions the interpreter runs once it has taken a vCPU from KVM. Not
-    /// just the one KVM could not run: such instructions come in runs (on PVM hosts, Linux's
-    /// SSE crypto and checksums at CPL 0, where every SSE instruction is handed over), each
-    /// round trip costs two full state exchanges with KVM, and on PVM the interpreter runs
-    /// CPL 0 code faster than the host's emulator anyway. Measured booting Debian's kernel:
-    /// one instruction per handoff spent minutes in blake2s's self-test alone.
-    static let handoffBurst: UInt64 = 20_000
-
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
-    /// the interpreter (same memory, same devices) for that instruction and the next
-    /// `handoffBurst - 1` (the debugger then lifts the limit itself).
+    /// the interpreter (same memory, same devices) for that one instruction (the debugger
+    /// then lifts the limit itself). (Running a burst of instructions there instead was
+    /// tried for Linux on PVM, where every SSE instruction at CPL 0 is handed over: the
+    /// boot then stalled after "smpboot: CPU0" — probably because the interpreter's TSC
+    /// runs at 1 GHz and KVM's at the host's rate, so each round trip bends the guest's
+    /// clock; see Documentation/Linux.md.)
     func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine, forDebugger: Bool = false) -> Bool {
         let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
         interpreter.interruptController = devices.apic
@@ -602,7 +598,7 @@ public final class Machine: @unchecked Sendable {
             requestStop(.hostError("vcpu\(index): handing over to the interpreter: \(error)"))
             return false
         }
-        interpreter.instructionLimit = interpreter.retired + Self.handoffBurst
+        interpreter.instructionLimit = interpreter.retired + 1
         interpreter.tracing = traceSink != nil && !(traceSink?.options.exitsOnly ?? true)
         slot.kvm = slot.active
         slot.active = interpreter
