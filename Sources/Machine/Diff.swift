@@ -320,7 +320,15 @@ public final class DifferentialRun {
                 case .halt: kvmHalted = true; break kvmLoop
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
                 case .unsupportedInstruction: kvmCannot = true; break kvmLoop
-                case .interrupted: continue
+                case .interrupted:
+                    // A kick (EINTR) can end a KVM_RUN after PVM has already run the
+                    // stepped instruction: then the step is done, and entering again would
+                    // offer an interrupt at the next boundary as if it were this one's.
+                    if recorded.log.deliveries.isEmpty, let now = try? kvm.readState(), now.rip != before.rip {
+                        recorded.offering = false
+                        break kvmLoop
+                    }
+                    continue
                 case .failedEntry(let r): return failure("KVM refused to enter the guest (reason \(hex(r)))")
                 case .internalError(let s): return failure("KVM: \(s)")
                 case .instructionLimit: break kvmLoop
