@@ -140,18 +140,6 @@ extension InterpreterVCPU {
         }
     }
 
-    func initX87() {
-        s.pointee.fpu.fcw = 0x037F
-        s.pointee.fpu.fsw = 0
-        s.pointee.fpu.ftw = 0
-        s.pointee.fpu.fop = 0
-        s.pointee.fpu.fip = 0
-        s.pointee.fpu.fdp = 0
-        s.pointee.fpu.fcs = 0
-        s.pointee.fpu.fds = 0
-        for i in 0..<8 { s.pointee.fpu.st[i] = X87Register() }
-    }
-
     /// XINUSE (SDM 13.6): which components differ from their initial configuration,
     /// judged by value (the SDM lets XINUSE[i] be 1 for a component in its initial
     /// configuration, never the reverse). SSE counts as in use when MXCSR is not 0x1F80,
@@ -217,7 +205,7 @@ extension InterpreterVCPU {
         let mxcsr = image.load32(24)
         if loadMXCSR && mxcsr & ~mxcsrMask != 0 { throw .gp() }
         if rfbm & 1 != 0 {
-            if bv & 1 != 0 { loadLegacyArea(image, wide: wide, x87: true, sse: false, xmmCount: 0) } else { initX87() }
+            if bv & 1 != 0 { loadLegacyArea(image, wide: wide, x87: true, sse: false, xmmCount: 0) } else { s.pointee.fpu.initializeX87() }
         }
         if rfbm & 2 != 0 {
             if bv & 2 != 0 {

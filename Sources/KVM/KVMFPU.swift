@@ -27,7 +27,7 @@ extension KVMVCPU {
         if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
             withUnsafeBytes(of: &xsave) { b in
                 let bv = b.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
-                if bv & 1 != 0 { Self.loadX87(b, into: &s, fop: 6, fip: 8, fdp: 16, fpr: 32) } else { Self.initX87(&s) }
+                if bv & 1 != 0 { Self.loadX87(b, into: &s, fop: 6, fip: 8, fdp: 16, fpr: 32) } else { s.fpu.initializeX87() }
                 for i in 0..<16 {
                     s.fpu.xmm[i] = bv & 2 != 0 ? XMMRegister(low: b.loadUnaligned(fromByteOffset: 160 + 16 * i, as: UInt64.self),
                                                              high: b.loadUnaligned(fromByteOffset: 168 + 16 * i, as: UInt64.self)) : XMMRegister()
@@ -111,10 +111,5 @@ extension KVMVCPU {
             b.storeBytes(of: s.fpu.st[(top + i) & 7].significand, toByteOffset: fpr + 16 * i, as: UInt64.self)
             b.storeBytes(of: s.fpu.st[(top + i) & 7].signExponent, toByteOffset: fpr + 16 * i + 8, as: UInt16.self)
         }
-    }
-
-    private static func initX87(_ s: inout CPUState) {
-        s.fpu.fcw = 0x037F; s.fpu.fsw = 0; s.fpu.ftw = 0; s.fpu.fop = 0; s.fpu.fip = 0; s.fpu.fdp = 0
-        for i in 0..<8 { s.fpu.st[i] = X87Register() }
     }
 }

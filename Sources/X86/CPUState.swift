@@ -147,6 +147,15 @@ public struct FPUState: Equatable, Hashable, Sendable {
         h.combine(fcw); h.combine(fsw); h.combine(mxcsr)
         for i in 0..<16 { h.combine(xmm[i]) }
     }
+
+    /// Puts the x87 component in its initial configuration (SDM 13.6: what XRSTOR loads for
+    /// an absent component): FCW 0x037F, everything else zero, registers included. FNINIT
+    /// differs: it leaves the registers.
+    public mutating func initializeX87() {
+        fcw = 0x037F; fsw = 0; ftw = 0; fop = 0
+        fip = 0; fcs = 0; fdp = 0; fds = 0
+        for i in 0..<8 { st[i] = X87Register() }
+    }
 }
 
 /// Indices into `CPUState.gpr`, in the instruction encoding's order.
