@@ -100,6 +100,18 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     public var yieldAt: UInt64 = .max
     /// Where the TSC comes from when the machine's clock is not the host's (nanoseconds).
     public var timeSource: (@Sendable () -> UInt64)? = nil
+    /// The TSC's rate on the host clock. A machine with KVM gives its interpreter vCPUs
+    /// KVM's rate, so that a vCPU's TSC keeps one rate when it moves between engines.
+    public var tscKHz: UInt64 = 1_000_000
+    /// The hybrid engine: `run()` returns `.interrupted` right after an instruction that
+    /// enters 64-bit user mode (CPL 3, a 64-bit code segment), where KVM takes over.
+    public var exitOnUserMode64 = false
+    /// Ends the current block of instructions after the one executing (`exitOnUserMode64`).
+    var endBlock = false
+    /// CPL 3 in a 64-bit code segment.
+    public var inUserMode64: Bool { cpl == 3 && codeBits == 64 }
+    /// STI or MOV SS/POP SS inhibits interrupts until the next instruction has run.
+    public var inInterruptShadow: Bool { interruptShadow }
     public private(set) var retired: UInt64 = 0
     public var instructionsRetired: UInt64? { retired }
     /// Single-step: `run()` returns `.debugStep` after each instruction (after each
@@ -246,7 +258,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var tscOffset: UInt64 = 0
     func hostTSC() -> UInt64 {
         if let timeSource { return timeSource() }
-        return TimerDeadline.hostNow()
+        let ns = TimerDeadline.hostNow()
+        if tscKHz == 1_000_000 { return ns }
+        // ns * kHz / 10^6, in two parts so that the product cannot overflow.
+        return (ns / 1_000_000) &* tscKHz &+ (ns % 1_000_000) &* tscKHz / 1_000_000
     }
     func readTSC() -> UInt64 { hostTSC() &+ tscOffset }
 
@@ -298,6 +313,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                     while budget > 0 {
                         try step()
                         budget &-= 1
+                        if _slowPath(endBlock) { break }
                     }
                 }
             } catch {
@@ -333,6 +349,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
             if eventWaiting { return .interrupted }
+            if _slowPath(endBlock) {
+                endBlock = false
+                return .interrupted
+            }
         }
     }
 
@@ -397,6 +417,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         if longMode { codeBits = 64 } else if protectedMode && st.rflags & (1 << 17) == 0 && st.cs.defaultBig { codeBits = 32 } else { codeBits = 16 }
         if !protectedMode { cpl = 0 } else if st.rflags & (1 << 17) != 0 { cpl = 3 } else { cpl = UInt8(st.cs.selector & 3) }
         if longMode { stackMask = .max } else { stackMask = st.ss.defaultBig ? 0xFFFF_FFFF : 0xFFFF }
+        if _slowPath(exitOnUserMode64) && cpl == 3 && codeBits == 64 { endBlock = true }
     }
 
     var virtual8086: Bool { s.pointee.rflags & (1 << 17) != 0 && protectedMode }

@@ -347,7 +347,7 @@ extension InterpreterVCPU {
     func writeMSR(_ index: UInt32, _ v: UInt64) throws(Fault) {
         if Self.isAPICMSR(index), let c = interruptController {
             // This engine's TSC counts nanoseconds (1 GHz).
-            guard c.writeMSR(vcpu: self.index, index, v, tscNow: readTSC(), tscKHz: 1_000_000) == true else { throw .gp() }
+            guard c.writeMSR(vcpu: self.index, index, v, tscNow: readTSC(), tscKHz: tscKHz) == true else { throw .gp() }
             if index == MSR.apicBase { s.pointee.msrs.apicBase = c.readMSR(vcpu: self.index, index) ?? v }
             return
         }

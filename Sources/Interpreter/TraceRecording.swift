@@ -26,6 +26,7 @@ extension InterpreterVCPU {
                 recorder = nil
                 return
             }
+            if _slowPath(endBlock) { return }
         }
     }
 

@@ -118,6 +118,13 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         return injected
     }
 
+    /// The hybrid engine: KVM runs only 64-bit user mode and never takes an event itself.
+    /// Instead of injecting, `run()` returns `.interrupted` as soon as an NMI, or an
+    /// interrupt the guest accepts (IF set), is pending, and the interpreter delivers it.
+    public var leavesForEvents = false
+    /// RFLAGS.IF as of the last `writeState` or exit (`kvm_run.if_flag` is only written at exits).
+    private var guestInterruptFlag = false
+
     /// The CPU model whose MSRs this vCPU answers in user space (KVMGuestCPU.swift).
     public internal(set) var guestCPU: GuestCPU? = nil
 
@@ -195,14 +202,25 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 return .interrupted
             }
         }
-        if let controller = interruptController {
+        if leavesForEvents, let controller = interruptController {
+            let interrupt = controller.hasPendingInterrupt(vcpu: index)
+            if controller.hasNMI(vcpu: index) || (interrupt && guestInterruptFlag) {
+                if ownTimer != nil { ckvm_entering(nil) }
+                pthread_mutex_lock(runnerLock)
+                runner = nil
+                pthread_mutex_unlock(runnerLock)
+                return .interrupted
+            }
+            // IF clear (CPL 3 with IOPL 3): an exit as soon as the guest sets it.
+            shared.pointee.request_interrupt_window = interrupt ? 1 : 0
+        } else if let controller = interruptController {
             // Without an in-kernel APIC, KVM keeps the guest's CR8 in kvm_run: ours is the
             // local APIC's TPR, handed in before each entry and taken back after.
             shared.pointee.cr8 = UInt64(controller.taskPriority(vcpu: index) >> 4)
             offerInterrupt(controller)
         }
         defer {
-            if let controller = interruptController {
+            if !leavesForEvents, let controller = interruptController {
                 let tpr = UInt8(truncatingIfNeeded: shared.pointee.cr8 << 4)
                 if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
             }
@@ -210,6 +228,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
         if ownTimer != nil { ckvm_entering(nil) }
+        guestInterruptFlag = shared.pointee.if_flag != 0
         // KVM_RUN stores the events at every return once it got past loading the vCPU.
         eventsCurrent = syncEvents && (result >= 0 || error == EINTR)
         // Only a thread inside (or entering) KVM_RUN may be signalled: a pthread_t kept
@@ -256,8 +275,21 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         }
     }
 
+    /// The exception KVM was delivering when `run()` returned: after a `.shutdown`, the
+    /// one whose delivery failed (PVM keeps its vector in the vCPU events); after other
+    /// exits, one still pending or being injected (a signal can end `KVM_RUN` between
+    /// PVM raising it and delivering it). Nil: none, or the events are unreadable.
+    public func exceptionInFlight(afterShutdown: Bool) -> UInt8? {
+        var events = shared.pointee.s.regs.events
+        if !eventsCurrent {
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_VCPU_EVENTS, &events) == 0 else { return nil }
+        }
+        if afterShutdown || events.exception.injected != 0 || events.exception.pending != 0 { return events.exception.nr }
+        return nil
+    }
+
     /// The guest TSC's rate (`KVM_GET_TSC_KHZ`), for TSC-deadline arithmetic.
-    lazy var tscKHz: UInt64 = {
+    public lazy var tscKHz: UInt64 = {
         let khz = ckvm_ioctl_int(fd, CKVM_GET_TSC_KHZ, 0)
         return khz > 0 ? UInt64(khz) : 1_000_000
     }()
@@ -271,8 +303,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         pthread_mutex_unlock(runnerLock)
     }
 
-    /// `kvm_run.if_flag`, which KVM fills in at every exit.
-    public var interruptFlag: Bool { shared.pointee.if_flag != 0 }
+    /// RFLAGS.IF: `kvm_run.if_flag`, which KVM fills in at every exit, or the value
+    /// `writeState` gave it since.
+    public var interruptFlag: Bool { guestInterruptFlag }
 
     /// KVM does not count guest instructions.
     public var instructionsRetired: UInt64? { nil }
@@ -280,6 +313,14 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// `KVM_SET_GUEST_DEBUG` with single-stepping on or off (the hardware breakpoints stay).
     public func setSingleStep(_ enabled: Bool) throws(BackendError) {
         try setGuestDebug(singleStep: enabled, hardwareBreakpoints: hardwareBreakpoints)
+    }
+
+    /// `KVM_GUESTDBG_USE_SW_BP`: an `int3` of the guest ends `run()` with `.debugStep`
+    /// (the hybrid engine: PVM reports it as a triple fault past the instruction).
+    public private(set) var breakpointExits = false
+    public func setBreakpointExits(_ on: Bool) throws(BackendError) {
+        breakpointExits = on
+        try setGuestDebug(singleStep: false, hardwareBreakpoints: hardwareBreakpoints)
     }
 
     /// The debugger's instruction breakpoints in the debug registers (linear addresses).
@@ -295,6 +336,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         precondition(hardwareBreakpoints.count <= Self.hardwareBreakpointSlots)
         var debug = kvm_guest_debug()
         var control: Int32 = singleStep ? KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP : 0
+        if breakpointExits { control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP }
         if !hardwareBreakpoints.isEmpty {
             control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP
             var dr7: UInt64 = 0x400
@@ -405,6 +447,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             r8: s[.r8], r9: s[.r9], r10: s[.r10], r11: s[.r11], r12: s[.r12], r13: s[.r13], r14: s[.r14], r15: s[.r15],
             rip: s.rip, rflags: s.rflags)
         guard ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &regs) == 0 else { throw BackendError("KVM_SET_REGS: \(Errno.current)") }
+        guestInterruptFlag = s.interruptsEnabled
         var debug = kvm_debugregs()
         debug.db = (s.dr0, s.dr1, s.dr2, s.dr3)
         debug.dr6 = s.dr6

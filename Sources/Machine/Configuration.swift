@@ -11,6 +11,8 @@ public enum BackendKind: String, CaseIterable, Sendable {
     case auto
     case kvm
     case interp
+    /// 64-bit user mode on KVM, everything else on the interpreter (Documentation/Hybrid.md).
+    case hybrid
 }
 
 /// Where machine time comes from.

@@ -94,8 +94,10 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     public var instructions: [UInt64?]
     /// KVM → interpreter handoffs (instructions KVM could not emulate).
     public var handoffs: Int = 0
-    /// Instructions the interpreter ran during those handoffs.
+    /// Instructions the interpreter ran during those handoffs (hybrid: all it ran).
     public var fallbackInstructions: UInt64 = 0
+    /// `--backend hybrid`: vCPU time on each engine (summed over vCPUs) and the switches.
+    public var hybrid: HybridStatistics? = nil
 
     public var description: String {
         var text = "backend \(backend), \(instructions.count) vCPU\(instructions.count == 1 ? "" : "s"), \(String(format3: seconds)) s"
@@ -110,6 +112,11 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
         if backend == "kvm" {
             text += ", \(handoffs) handoff\(handoffs == 1 ? "" : "s") to the interpreter (\(fallbackInstructions) instructions)"
         }
+        if let h = hybrid {
+            text += "; interpreter \(String(format3: h.interpreterSeconds)) s, \(fallbackInstructions) instructions"
+            text += " (\(String(format3: Double(fallbackInstructions) / max(h.interpreterSeconds, 1e-9) / 1e6)) M/s)"
+            text += ", KVM \(String(format3: h.kvmSeconds)) s (64-bit user mode, not counted), \(h.switches) engine switches"
+        }
         return text
     }
 }
@@ -119,6 +126,13 @@ extension String {
         let scaled = (value * 1000).rounded() / 1000
         self = String(scaled)
     }
+}
+
+/// Where the vCPUs of a hybrid machine ran.
+public struct HybridStatistics: Sendable {
+    public var interpreterSeconds: Double
+    public var kvmSeconds: Double
+    public var switches: Int
 }
 
 /// An error that keeps a machine from being built or started.
@@ -157,7 +171,10 @@ public final class Machine: @unchecked Sendable {
     public var gdbPort: UInt16? { gdbServer?.boundPort }
     private let traceSink: TraceSink?
     // Keeps the KVM VM fd open as long as the vCPUs.
-    private let kvm: KVMVirtualMachine?
+    let kvm: KVMVirtualMachine?
+    /// `--backend hybrid`: each vCPU runs 64-bit user mode on KVM and the rest on the
+    /// interpreter (Hybrid.swift).
+    let hybrid: Bool
 
     private struct Control {
         var reason: StopReason?
@@ -214,7 +231,7 @@ public final class Machine: @unchecked Sendable {
             console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
         } catch { throw MachineError(.usage, error.description) }
         control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
-        if c.clock == .instructions && c.backend == .kvm {
+        if c.clock == .instructions && (c.backend == .kvm || c.backend == .hybrid) {
             throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
         }
         let virtualTime = c.clock == .instructions ? VirtualTime() : nil
@@ -242,6 +259,13 @@ public final class Machine: @unchecked Sendable {
             kvm = nil
             backendName = "interp"
             backendNote = memoryNote
+        case .hybrid:
+            do {
+                let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu, logDirtyPages: true)
+                kvm = built.0
+                backends = built.1
+                backendName = "hybrid"
+            } catch { throw MachineError(.backendUnavailable, "the hybrid engine needs KVM, which is unavailable: \(error)") }
         case .kvm, .auto:
             do {
                 let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu)
@@ -262,6 +286,7 @@ public final class Machine: @unchecked Sendable {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
         slots = backends.map { VCPUSlot(active: $0) }
+        hybrid = backendName == "hybrid"
         do {
             traceSink = try c.trace.map { (o) throws(TraceFileError) in
                 try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -272,8 +297,9 @@ public final class Machine: @unchecked Sendable {
         if traceSink != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
-        if c.maxInstructions != nil && backendName == "kvm" {
+        fallback = backendName == "kvm" || hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
+        if hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
+        if c.maxInstructions != nil && (backendName == "kvm" || hybrid) {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
@@ -363,8 +389,9 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
-        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus, cpu: cpu)
+    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU,
+                                 logDirtyPages: Bool = false) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus, logDirtyPages: logDirtyPages, cpu: cpu)
         for (i, vcpu) in vcpus.enumerated() {
             do { try vcpu.writeState(plan.initialState(cpu: i, of: c.cpus)) } catch {
                 throw KVMError("setting the initial state of vCPU \(i): \(error)", Errno(EINVAL))
@@ -412,10 +439,11 @@ public final class Machine: @unchecked Sendable {
         var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
         // Output lost at the final flush turns a guest's own ending into an output error.
         if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
-        let statistics = RunStatistics(
+        var statistics = RunStatistics(
             backend: backendName, seconds: seconds, instructions: allStopped ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
             handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
             fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
+        if hybrid && allStopped { statistics.hybrid = hybridStatistics() }
         gdbServer?.finish(status: reason.status)
         var message = message(for: reason)
         if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
@@ -459,11 +487,14 @@ public final class Machine: @unchecked Sendable {
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
     private func vcpuMain(_ index: Int) {
         let slot = slots[index]
-        defer { control.withLock { $0.finalStates[index] = try? slot.active.readState() } }
+        defer { control.withLock { $0.finalStates[index] = try? slot.guestState() } }
         slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
+        if hybrid { slot.engineSince = DispatchTime.now().uptimeNanoseconds }
         // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
         slot.ownTimer = devices.timers.attach(owner: index)
         slot.active.ownTimer = slot.ownTimer?.due
+        slot.kvm?.ownTimer = slot.ownTimer?.due
+        slot.fallbackVCPU?.ownTimer = slot.ownTimer?.due
         defer { slot.ownTimer?.detach() }
         if !plan.startsAllCPUs && index > 0 {
             // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
@@ -499,6 +530,7 @@ public final class Machine: @unchecked Sendable {
             }
             if virtualTime != nil { advanceVirtualClock(slot) }
             slot.ownTimer?.fireIfDue()
+            if hybrid { guard placeHybrid(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
@@ -541,8 +573,17 @@ public final class Machine: @unchecked Sendable {
             case .halt:
                 guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
+                // Hybrid: an exception or SYSCALL of user mode (see Hybrid.swift).
+                if hybrid && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                    continue
+                }
                 requestStop(.tripleFault(report(index)))
             case .unsupportedInstruction(let detail):
+                if hybrid && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                    continue
+                }
                 if slot.interpreter == nil, let fallback, handOff(slot, index: index, machine: fallback) { continue }
                 let what = slot.interpreter != nil ? "\(detail) (after KVM could not emulate it either)" : detail
                 requestStop(.unsupportedInstruction(report(index), what))
@@ -557,6 +598,11 @@ public final class Machine: @unchecked Sendable {
                 }
                 requestStop(.instructionLimit)
             case .debugStep:
+                // Hybrid: an int3 of user mode (KVMVCPU.breakpointExits).
+                if hybrid && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                    continue
+                }
                 if let debugStop { guard parkForDebugger(index, cause: debugStop) else { return } }
             case .interrupted:
                 continue
@@ -643,6 +689,8 @@ public final class Machine: @unchecked Sendable {
     /// start-up IPI, then starts in real mode at the vector's page. False: the machine stopped.
     private func waitForStartup(_ index: Int) -> Bool {
         let apic = devices.apic
+        // Hybrid: INIT in user mode; the vCPU restarts on the interpreter.
+        if hybrid && !moveToInterpreter(slots[index], index: index) { return false }
         var vector: UInt8?
         guard sleep(index, interruptsEnabled: false, until: {
             _ = apic.takeINIT(vcpu: index)   // INIT again while waiting: still waiting
@@ -653,7 +701,7 @@ public final class Machine: @unchecked Sendable {
             var state = CPUState.startup(vector: vector!, signature: UInt64(cpu.cpuid.model.signature))
             // INIT and SIPI leave the TSC running: an AP that restarted it at 0 would be
             // seconds behind the BSP (Linux measured the warp and dropped the TSC clock).
-            state.msrs.tsc = try slots[index].active.readState().msrs.tsc
+            state.msrs.tsc = try slots[index].guestState().msrs.tsc
             try slots[index].active.writeState(state)
         } catch {
             requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
@@ -742,7 +790,7 @@ public final class Machine: @unchecked Sendable {
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
     func report(_ index: Int) -> VCPUReport {
-        let state = (try? slots[index].active.readState()) ?? CPUState()
+        let state = (try? slots[index].guestState()) ?? CPUState()
         return report(index, state: state)
     }
 
@@ -802,6 +850,15 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
+    /// Hybrid, while KVM runs the vCPU: the guest's IDTR, EFER and LSTAR (KVM runs with its own).
+    var nativeShadow: (idtr: DescriptorTable, efer: UInt64, lstar: UInt64)? = nil
+    /// Hybrid: engine switches, and host time on each engine (until the last switch).
+    var switches = 0
+    /// Hybrid: the interpreter runs the next instruction before the vCPU goes back to KVM.
+    var interpretNext = false
+    var engineSince: UInt64 = 0
+    var kvmNanoseconds: UInt64 = 0
+    var interpreterNanoseconds: UInt64 = 0
     /// `--clock instructions`: the retired count machine time has been advanced to.
     var lastRetired: UInt64 = 0
     /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).

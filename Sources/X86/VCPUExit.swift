@@ -121,6 +121,8 @@ public protocol InterruptController: AnyObject, Sendable {
     /// Takes a pending NMI for `vcpu`. NMIs ignore RFLAGS.IF; a second one waits until the
     /// guest's handler has returned with IRET.
     func takeNMI(vcpu: Int) -> Bool
+    /// Whether an NMI is pending for `vcpu` (without taking it).
+    func hasNMI(vcpu: Int) -> Bool
     /// RDMSR of an MSR the interrupt controller owns (IA32_APIC_BASE, IA32_TSC_DEADLINE,
     /// the x2APIC range): its value, or nil when it is not the controller's or faults now.
     func readMSR(vcpu: Int, _ index: UInt32) -> UInt64?
@@ -136,6 +138,7 @@ public protocol InterruptController: AnyObject, Sendable {
 extension InterruptController {
     /// Controllers without an NMI source.
     public func takeNMI(vcpu: Int) -> Bool { false }
+    public func hasNMI(vcpu: Int) -> Bool { false }
     /// Controllers without MSRs or a TPR (the 8259A pair alone).
     public func readMSR(vcpu: Int, _ index: UInt32) -> UInt64? { nil }
     public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool? { nil }

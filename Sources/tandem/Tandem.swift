@@ -65,7 +65,7 @@ struct Run: ParsableCommand {
         """
     )
 
-    @Option(help: "Execution backend: auto (KVM if it opens, else the interpreter), kvm, interp.")
+    @Option(help: "Execution backend: auto (KVM if it opens, else the interpreter), kvm, interp, hybrid (64-bit user mode on KVM, the rest on the interpreter).")
     var backend: BackendKind = .auto
 
     @OptionGroup var machine: MachineOptions
