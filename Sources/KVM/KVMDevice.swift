@@ -125,6 +125,14 @@ public final class KVMVirtualMachine: @unchecked Sendable {
     public let device: KVMDevice
     /// The owner of the host memory behind the memslots: it must outlive the VM fd.
     var memoryOwner: AnyObject?
+    /// The RAM memslots log dirty pages (`makeMachine(logDirtyPages:)`).
+    public internal(set) var logsDirtyPages = false
+    /// Serialises `forgetTranslations` between vCPU threads.
+    let memslotLock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        return lock
+    }()
 
     init(fd: Int32, device: KVMDevice) {
         self.fd = fd
@@ -134,7 +142,11 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         _ = ckvm_ioctl_int(fd, CKVM_SET_TSS_ADDR, 0xFFFB_D000)
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        pthread_mutex_destroy(memslotLock)
+        memslotLock.deallocate()
+    }
 
     /// `KVM_SET_USER_MEMORY_REGION`: backs `size` bytes of guest-physical memory at
     /// `guestAddress` with host memory at `host` (read-only if `readonly`).

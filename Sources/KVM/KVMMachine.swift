@@ -1,3 +1,4 @@
+import Glibc
 import GuestMemory
 import X86
 
@@ -27,6 +28,24 @@ extension KVMDevice {
             if routed { vcpu.guestCPU = cpu }
             vcpus.append(vcpu)
         }
+        vm.logsDirtyPages = logDirtyPages
         return (vm, vcpus)
+    }
+}
+
+extension KVMVirtualMachine {
+    /// Makes KVM drop every translation it built from the guest's page tables (shadow
+    /// paging: PVM) by removing and re-adding each memslot of `memory`. A vCPU in `KVM_RUN`
+    /// meanwhile may see a RAM access as an MMIO exit, which the machine serves from RAM.
+    /// The dirty log of the slots starts afresh.
+    public func forgetTranslations(_ memory: GuestMemoryMap) throws(KVMError) {
+        // One vCPU thread at a time: two removing the same slot would fail.
+        pthread_mutex_lock(memslotLock)
+        defer { pthread_mutex_unlock(memslotLock) }
+        for (slot, region) in memory.regions.enumerated() {
+            try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: 0, host: region.host, readonly: false)
+            try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
+                          logDirtyPages: logsDirtyPages && region.kind == .ram)
+        }
     }
 }

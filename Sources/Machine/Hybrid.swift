@@ -88,6 +88,10 @@ extension Machine {
             state.idtr.limit = 0
             state.efer &= ~EFER.sce
             state.msrs.lstar = Self.syscallSentinel
+            // PVM shadows the guest's page tables and learns of changes by trapping the
+            // guest's own writes; the interpreter's writes (the kernel's, to its page
+            // tables) bypass that, so KVM must forget what it translated.
+            try self.kvm?.forgetTranslations(memory)
             try kvm.writeState(state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to KVM: \(error)"))

@@ -564,9 +564,19 @@ public final class Machine: @unchecked Sendable {
                     if stepping || recordedByInterpreter { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
+                // RAM as MMIO: a vCPU on KVM while the hybrid engine remaps the memslots.
+                if hybrid && memory.isRAM(address, length: UInt64(size)) {
+                    memory.read(address, into: UnsafeMutableRawBufferPointer(start: data, count: size))
+                    continue
+                }
                 let v = devices.mmioRead(vcpu: index, address, size: size)
                 withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
             case let .mmioWrite(address, size, data):
+                if hybrid && memory.isRAM(address, length: UInt64(size)) {
+                    memory.write(address, from: UnsafeRawBufferPointer(start: data, count: size))
+                    slot.fallbackVCPU?.memoryWritten(at: address, length: size)
+                    continue
+                }
                 var v: UInt64 = 0
                 withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
                 devices.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
