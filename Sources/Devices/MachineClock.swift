@@ -14,8 +14,10 @@ public final class MachineClock: Sendable {
     /// nil on ordinary machines, so `now()` stays one clock_gettime.
     private let source: (@Sendable () -> UInt64)?
 
-    public init() {
-        origin = Self.hostMonotonic()
+    /// A clock that reads `start` now (a restored snapshot's machine time, so that every
+    /// time a device kept goes on from where it was).
+    public init(startingAt start: UInt64 = 0) {
+        origin = Self.hostMonotonic() &- start
         source = nil
     }
 
@@ -325,4 +327,17 @@ public final class DeviceTimer: @unchecked Sendable {
 
     /// Back to the timer thread (the owner's thread is ending).
     public func detach() { core.detach(self) }
+}
+
+extension DeviceTimer {
+    /// The deadline as the time left after machine time `now` (a snapshot's), or none.
+    public func saveDeadline(_ w: inout StateWriter, now: UInt64) {
+        w.optional(armedDeadline) { w, d in w.u64(d > now ? d - now : 0) }
+    }
+
+    /// Re-arms the timer for the time left after `now` that `saveDeadline` recorded (on
+    /// a clock that reads `now` at the snapshot's moment: the same deadline), or disarms it.
+    public func restoreDeadline(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        if let left = try r.optional({ (r) throws(SnapshotError) in try r.u64() }) { arm(at: now &+ left) } else { disarm() }
+    }
 }

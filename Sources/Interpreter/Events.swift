@@ -27,3 +27,20 @@ extension InterpreterVCPU {
         return nil
     }
 }
+
+extension InterpreterVCPU {
+    /// Finishes the instruction the last exit left unfinished — an `in` whose value the
+    /// shared loop has supplied, an instruction restarted after an MMIO access — without
+    /// starting another, so that the state is at an instruction boundary (a snapshot).
+    public func completePendingExit() {
+        if let p = pendingIn {
+            pendingIn = nil
+            completeIn(p)
+        }
+        guard mmioAwaitingValue || !mmioLog.isEmpty else { return }
+        let limit = instructionLimit
+        instructionLimit = retired &+ 1
+        defer { instructionLimit = limit }
+        _ = try? run()
+    }
+}

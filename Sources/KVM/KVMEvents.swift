@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CKVM
 import HostOS
 import X86
@@ -47,6 +50,23 @@ extension KVMVCPU {
         guard ckvm_ioctl_ptr(fd, CKVM_SET_VCPU_EVENTS, &k) == 0 else { throw BackendError("KVM_SET_VCPU_EVENTS: \(Errno.current)") }
         // The events kvm_run kept from the last exit are stale now (`injectAtEntry` would
         // write them back).
+        eventsCurrent = false
+    }
+}
+
+extension KVMVCPU {
+    /// Completes the exit the vCPU loop has answered (an `in`'s value, an `out`, an MMIO
+    /// access: KVM advances RIP past them only at the next KVM_RUN) with a KVM_RUN that
+    /// returns at once (`immediate_exit`), so that the registers are at an instruction
+    /// boundary: a snapshot taken without it would run an `out` again on restore.
+    public func completePendingExit() throws(BackendError) {
+        shared.pointee.immediate_exit = 1
+        defer { shared.pointee.immediate_exit = 0 }
+        let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
+        let error = errno
+        guard result < 0, error == EINTR || error == EAGAIN else {
+            throw BackendError("KVM_RUN with immediate_exit on vCPU \(index): \(result < 0 ? Errno(error).description : "it ran the guest (exit reason \(shared.pointee.exit_reason))")")
+        }
         eventsCurrent = false
     }
 }

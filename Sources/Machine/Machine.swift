@@ -159,7 +159,7 @@ public final class Machine: @unchecked Sendable {
     // Keeps the KVM VM fd open as long as the vCPUs.
     private let kvm: KVMVirtualMachine?
 
-    private struct Control {
+    struct Control {
         var reason: StopReason?
         var halted = 0
         var haltedWithInterruptsEnabled = 0
@@ -167,7 +167,7 @@ public final class Machine: @unchecked Sendable {
         /// An output error after the stop (the final flush of the console or the trace).
         var lateOutputError: String?
     }
-    private let control: Mutex<Control>
+    let control: Mutex<Control>
     private let stopped = DispatchSemaphore(value: 0)
     /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
     /// in wait-for-SIPI) and at stop.
@@ -189,23 +189,22 @@ public final class Machine: @unchecked Sendable {
         let memoryNote = try Self.checkMemoryLimit(c.memorySize, backend: c.backend)
         let cpu = GuestCPU(cpuid: try MachineCPU.cpuid(for: c))
         self.cpu = cpu
-        let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
-        let name = c.imagePath
-        let format: ImageFormat
-        do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
-            throw Self.imageError(error)
-        }
-        do {
-            memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
-        } catch {
-            switch error {
-            case .tooSmall: throw MachineError(.usage, error.description)
-            default: throw MachineError(.hostError, error.description)
+        if let snapshot = c.restore {
+            // Memory and vCPU states come from the snapshot (`applySnapshot`, below).
+            memory = try Self.makeMemory(ramSize: c.memorySize, romSize: snapshot.configuration.romSize)
+            plan = .restored(format: snapshot.configuration.format, ramSize: c.memorySize)
+        } else {
+            let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
+            let name = c.imagePath
+            let format: ImageFormat
+            do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
+                throw Self.imageError(error)
             }
-        }
-        let options = try Self.loadOptions(c, format: format)
-        do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
-            throw Self.imageError(error)
+            memory = try Self.makeMemory(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
+            let options = try Self.loadOptions(c, format: format)
+            do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
+                throw Self.imageError(error)
+            }
         }
         // The exit device and output errors stop the machine; they must not keep it alive.
         let stopper = WeakBox<Machine>()
@@ -217,10 +216,13 @@ public final class Machine: @unchecked Sendable {
         if c.clock == .instructions && c.backend == .kvm {
             throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
         }
-        let virtualTime = c.clock == .instructions ? VirtualTime() : nil
+        // A restored machine's clock goes on from the snapshot's time.
+        let startTime = c.restore?.configuration.machineTime ?? 0
+        let virtualTime = c.clock == .instructions ? VirtualTime(startingAt: startTime) : nil
         self.virtualTime = virtualTime
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus, x2APIC: cpu.cpuid.offered.contains(.x2apic),
-                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
+                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } }
+                                  ?? (c.restore != nil ? MachineClock(startingAt: startTime) : nil),
                               onInterruptRequest: { stopper.value?.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
@@ -262,6 +264,8 @@ public final class Machine: @unchecked Sendable {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
         slots = backends.map { VCPUSlot(active: $0) }
+        // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
+        if !plan.startsAllCPUs { for slot in slots.dropFirst() { slot.runState = .waitForSIPI } }
         do {
             traceSink = try c.trace.map { (o) throws(TraceFileError) in
                 try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -283,7 +287,18 @@ public final class Machine: @unchecked Sendable {
             gdbServer = nil
             debug = nil
         }
+        if let snapshot = c.restore { try applySnapshot(snapshot) }
         stopper.value = self
+    }
+
+    /// Reserves guest memory (an error: a usage error for a size too small, else the host's).
+    static func makeMemory(ramSize: UInt64, romSize: Int) throws(MachineError) -> GuestMemoryMap {
+        do { return try GuestMemoryMap(ramSize: ramSize, romSize: romSize) } catch {
+            switch error {
+            case .tooSmall: throw MachineError(.usage, error.description)
+            default: throw MachineError(.hostError, error.description)
+            }
+        }
     }
 
     /// What the loader is given besides the image: the command line, the Multiboot
@@ -410,6 +425,7 @@ public final class Machine: @unchecked Sendable {
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
+        if allStopped, let path = configuration.snapshotPath, let failure = writeSnapshot(to: path) { reason = .outputError(failure) }
         // Output lost at the final flush turns a guest's own ending into an output error.
         if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
         let statistics = RunStatistics(
@@ -459,15 +475,22 @@ public final class Machine: @unchecked Sendable {
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
     private func vcpuMain(_ index: Int) {
         let slot = slots[index]
-        defer { control.withLock { $0.finalStates[index] = try? slot.active.readState() } }
+        defer {
+            // A snapshot needs the state at an instruction boundary (KVM completes an
+            // answered `out` only at its next entry).
+            if configuration.snapshotPath != nil { completePendingExit(slot) }
+            control.withLock { $0.finalStates[index] = try? slot.active.readState() }
+        }
         slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
         slot.ownTimer = devices.timers.attach(owner: index)
         slot.active.ownTimer = slot.ownTimer?.due
         defer { slot.ownTimer?.detach() }
-        if !plan.startsAllCPUs && index > 0 {
-            // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
-            guard waitForStartup(index) else { return }
+        switch slot.runState {
+        case .running: break
+        case .waitForSIPI: guard waitForStartup(index) else { return }
+        case .halted:   // (a restored snapshot's)
+            guard waitWhileHalted(index, interruptsEnabled: (try? slot.active.readState().interruptsEnabled) ?? false) else { return }
         }
         // Tracing: the interpreter records inside its run loop; KVM is single-stepped and
         // traced from here (`VCPUTracer`), as is every backend under --trace-exits.
@@ -633,10 +656,13 @@ public final class Machine: @unchecked Sendable {
     /// it does itself when every vCPU is halted and nothing can wake any (`DeviceModel.mayStillInterrupt`).
     private func waitWhileHalted(_ index: Int, interruptsEnabled: Bool) -> Bool {
         let apic = devices.apic
-        return sleep(index, interruptsEnabled: interruptsEnabled) {
+        slots[index].runState = .halted
+        guard sleep(index, interruptsEnabled: interruptsEnabled, until: {
             apic.hasStartupEvent(vcpu: index) || apic.hasNMI(vcpu: index)
                 || (interruptsEnabled && apic.hasPendingInterrupt(vcpu: index))
-        }
+        }) else { return false }
+        slots[index].runState = .running
+        return true
     }
 
     /// Wait-for-SIPI: an application processor (or a vCPU after INIT) sleeps until a
@@ -644,6 +670,7 @@ public final class Machine: @unchecked Sendable {
     private func waitForStartup(_ index: Int) -> Bool {
         let apic = devices.apic
         var vector: UInt8?
+        slots[index].runState = .waitForSIPI
         guard sleep(index, interruptsEnabled: false, until: {
             _ = apic.takeINIT(vcpu: index)   // INIT again while waiting: still waiting
             vector = apic.takeSIPI(vcpu: index)
@@ -655,6 +682,7 @@ public final class Machine: @unchecked Sendable {
             // seconds behind the BSP (Linux measured the warp and dropped the TSC clock).
             state.msrs.tsc = try slots[index].active.readState().msrs.tsc
             try slots[index].active.writeState(state)
+            slots[index].runState = .running
         } catch {
             requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
             return false
@@ -802,6 +830,9 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
+    /// Executing, in HLT or waiting for a start-up IPI: set by the vCPU loop, recorded in
+    /// snapshots (the engines return to the loop at HLT and never see the wait).
+    var runState = RunState.running
     /// `--clock instructions`: the retired count machine time has been advanced to.
     var lastRetired: UInt64 = 0
     /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
@@ -827,7 +858,8 @@ final class VCPUSlot: @unchecked Sendable {
 
 /// Machine time for `--clock instructions`.
 final class VirtualTime: Sendable {
-    let nanoseconds = Atomic<UInt64>(0)
+    let nanoseconds: Atomic<UInt64>
+    init(startingAt start: UInt64 = 0) { nanoseconds = Atomic(start) }
 }
 
 final class WeakBox<T: AnyObject>: @unchecked Sendable {
