@@ -99,6 +99,12 @@ public final class TimerService: @unchecked Sendable {
 
     /// Stops the thread; timers armed later never fire.
     public func stop() { core.stop() }
+
+    /// Holds the timer thread (after any handler it is running returns) until `resume()`:
+    /// the devices' state stays still while a snapshot reads it. Owned timers are not held:
+    /// their vCPUs' threads fire them, and those are parked for the snapshot.
+    public func pause() { core.setPaused(true) }
+    public func resume() { core.setPaused(false) }
 }
 
 /// The timer thread's state, kept apart from `TimerService` so that the thread holds it
@@ -114,6 +120,7 @@ final class TimerCore: @unchecked Sendable {
     private var threadID: pthread_t?
     private var stopping = false
     private var firing: DeviceTimer?
+    private var paused = false
     private let manual: Bool
     /// How many owner threads are inside a timer's handler (its deadline already cleared,
     /// its interrupt perhaps not yet raised): the machine is not idle for good meanwhile.
@@ -161,6 +168,19 @@ final class TimerCore: @unchecked Sendable {
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
         if !onTimerThread { t?.join() }
+    }
+
+    func setPaused(_ on: Bool) {
+        pthread_mutex_lock(lock)
+        paused = on
+        pthread_cond_broadcast(wake)
+        // A handler the thread is running now finishes before the pause counts.
+        while on && firing != nil {
+            pthread_mutex_unlock(lock)
+            usleep(50)
+            pthread_mutex_lock(lock)
+        }
+        pthread_mutex_unlock(lock)
     }
 
     func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
@@ -247,6 +267,10 @@ final class TimerCore: @unchecked Sendable {
         pthread_mutex_lock(lock)
         threadID = pthread_self()
         while !stopping {
+            if paused {
+                pthread_cond_wait(wake, lock)
+                continue
+            }
             guard let next = earliestLocked(includingAttached: false) else {
                 pthread_cond_wait(wake, lock)
                 continue

@@ -173,6 +173,8 @@ public final class Machine: @unchecked Sendable {
     /// in wait-for-SIPI) and at stop.
     let wakeups: [HostWakeup]
     private let stopFlag = Atomic<Bool>(false)
+    /// A snapshot taken while the guest runs (SIGUSR2): the vCPUs park for it.
+    let liveSnapshot = LiveSnapshot()
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
     /// initial state. Nothing runs until `run()`.
@@ -394,7 +396,11 @@ public final class Machine: @unchecked Sendable {
     /// device, all vCPUs halted, a fault, `--timeout`, a signal, an output error), and
     /// reports it. `--timeout` counts from `configuration.started` (when the command began).
     public func run() -> RunOutcome {
-        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) { runRouted() }
+        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) {
+            // SIGUSR2: a snapshot while the guest runs (Snapshot.swift).
+            guard configuration.snapshotPath != nil else { return runRouted() }
+            return StopSignals.routingSnapshots(to: { [weak self] in self?.takeLiveSnapshot() }) { runRouted() }
+        }
     }
 
     private func runRouted() -> RunOutcome {
@@ -512,6 +518,7 @@ public final class Machine: @unchecked Sendable {
                 guard parkForDebugger(index, cause: nil) else { return }
                 continue
             }
+            if liveSnapshot.requested { parkForSnapshot(index); continue }
             if devices.apic.hasStartupEvent(vcpu: index) {
                 // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
                 if devices.apic.takeINIT(vcpu: index) {
@@ -716,6 +723,7 @@ public final class Machine: @unchecked Sendable {
                 guard parkForDebugger(index, cause: nil) else { return false }
                 continue
             }
+            if liveSnapshot.requested { parkForSnapshot(index); continue }
             if ready() { return true }
             if !counted {
                 counted = true

@@ -5,6 +5,7 @@ import Devices
 import GuestMemory
 import Interpreter
 import KVM
+import Synchronization
 import X86
 
 // Snapshots of a whole machine (`--snapshot-on-exit`, SIGUSR2, `--restore`): taking one
@@ -178,5 +179,117 @@ extension Machine {
             let bytes = try r.raw(4096)
             bytes.withUnsafeBytes { host.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
         }
+    }
+}
+
+/// A snapshot of a running machine (SIGUSR2): the thread that takes it asks every vCPU to
+/// park at its next instruction boundary (or where it sleeps, in HLT or wait-for-SIPI),
+/// holds the timer thread, writes the file and lets everything go on.
+final class LiveSnapshot: @unchecked Sendable {
+    private let flag = Atomic<Bool>(false)
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Guarded by `lock`.
+    private var states: [CPUState?] = []
+
+    init() {
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(changed, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(changed)
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+        changed.deallocate()
+    }
+
+    /// Whether the vCPUs are to park (read at every turn of their loop).
+    var requested: Bool { flag.load(ordering: .relaxed) }
+
+    /// Starts a request for `cpus` vCPUs; false when one is under way.
+    func begin(cpus: Int) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard !flag.load(ordering: .relaxed) else { return false }
+        states = Array(repeating: nil, count: cpus)
+        flag.store(true, ordering: .sequentiallyConsistent)
+        return true
+    }
+
+    /// The states once every vCPU has parked, or nil when `stopped()` says so first.
+    func waitForAll(stopped: () -> Bool) -> [CPUState]? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        while states.contains(where: { $0 == nil }) {
+            if stopped() { return nil }
+            var t = timespec()
+            clock_gettime(CLOCK_REALTIME, &t)
+            t.tv_nsec += 10_000_000
+            if t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
+            pthread_cond_timedwait(changed, lock, &t)
+        }
+        return states.map { $0! }
+    }
+
+    /// A vCPU parks with its state until `end()` (or the stop).
+    func park(_ index: Int, state: CPUState, stopped: () -> Bool) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        states[index] = state
+        pthread_cond_broadcast(changed)
+        while flag.load(ordering: .relaxed) && !stopped() {
+            var t = timespec()
+            clock_gettime(CLOCK_REALTIME, &t)
+            t.tv_nsec += 10_000_000
+            if t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
+            pthread_cond_timedwait(changed, lock, &t)
+        }
+    }
+
+    func end() {
+        pthread_mutex_lock(lock)
+        flag.store(false, ordering: .sequentiallyConsistent)
+        pthread_cond_broadcast(changed)
+        pthread_mutex_unlock(lock)
+    }
+}
+
+extension Machine {
+    /// SIGUSR2 (on the signal thread): parks every vCPU, writes the snapshot to the
+    /// `--snapshot-on-exit` file (replacing it: the last one taken is kept, and at the end
+    /// the one of the stop), says so on stderr, and lets the guest go on.
+    func takeLiveSnapshot() {
+        guard let path = configuration.snapshotPath, !stopRequested, liveSnapshot.begin(cpus: slots.count) else { return }
+        devices.timers.pause()
+        defer {
+            liveSnapshot.end()
+            devices.timers.resume()
+        }
+        kickAll()
+        for w in wakeups { w.signal() }
+        guard let states = liveSnapshot.waitForAll(stopped: { stopRequested }) else { return }
+        let line: String
+        do {
+            try takeSnapshot(states: states).write(to: path)
+            line = "tandem: snapshot written to \(path) (SIGUSR2); the guest continues"
+        } catch {
+            line = "tandem: \(error.description) (SIGUSR2); the guest continues"
+        }
+        var bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// On vCPU `index`'s thread: completes its last exit, hands its state to the snapshot
+    /// and waits until the snapshot is written.
+    func parkForSnapshot(_ index: Int) {
+        let slot = slots[index]
+        completePendingExit(slot)
+        guard var state = try? slot.active.readState() else {
+            requestStop(.hostError("vcpu\(index): its state cannot be read for the snapshot"))
+            return
+        }
+        state.runState = slot.runState
+        liveSnapshot.park(index, state: state, stopped: { stopRequested })
     }
 }
