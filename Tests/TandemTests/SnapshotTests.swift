@@ -1,5 +1,8 @@
 // Snapshots end to end: `tandem run --snapshot-on-exit` on one engine, `--restore` on
 // either, and the guest's output is exactly the uninterrupted run's; bad files refused.
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import Testing
 
@@ -111,6 +114,61 @@ struct SnapshotTests {
                 #expect(first.stdout + second.stdout == whole.stdout, "\(limit) → \(to)")
             }
         }
+    }
+
+    @Test("SIGUSR2 writes a snapshot while the guest runs on: the run's output is unchanged and the snapshot resumes with exactly the rest")
+    func signal() throws {
+        // 24 lines "line A\n" ... "line X\n", each after a busy loop (about 0.05 s on the interpreter).
+        let image = try assembleELF64("""
+        bits 64
+        section .text
+        global _start
+        _start:
+                test rdi, rdi
+                jnz .ap
+                mov bl, 'A'
+        .line:  mov ecx, 2000000
+        .busy:  dec ecx
+                jnz .busy
+                mov al, 'l'
+                out 0xe9, al
+                mov al, 'i'
+                out 0xe9, al
+                mov al, 'n'
+                out 0xe9, al
+                mov al, 'e'
+                out 0xe9, al
+                mov al, ' '
+                out 0xe9, al
+                mov al, bl
+                out 0xe9, al
+                mov al, 10
+                out 0xe9, al
+                inc bl
+                cmp bl, 'Y'
+                jne .line
+                xor eax, eax
+                out 0xf4, al
+        .ap:    cli
+                hlt
+                jmp .ap
+        """, name: "lines")
+        let expected = (UInt8(ascii: "A")...UInt8(ascii: "X")).map { "line \(Character(UnicodeScalar($0)))\n" }.joined()
+        let snapshot = scratchPath("signal.snap"), copy = scratchPath("signal-copy.snap")
+        let run = try runProcess(tandemBinary, ["run", "--backend", "interp", "--timeout", "120", "--snapshot-on-exit", snapshot, image]) { process in
+            usleep(400_000)
+            kill(process.processIdentifier, SIGUSR2)
+            // The file is replaced when the run ends: keep the signal's.
+            for _ in 0..<100 where !FileManager.default.fileExists(atPath: snapshot) { usleep(20_000) }
+            _ = try? FileManager.default.copyItem(atPath: snapshot, toPath: copy)
+        }
+        #expect(run.status == 0)
+        #expect(run.stdout == expected)
+        #expect(run.stderr.contains("tandem: snapshot written to \(snapshot) (SIGUSR2); the guest continues"), "\(run.stderr)")
+        let resumed = try tandem(["run", "--backend", "interp", "--timeout", "120", "--restore", copy])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(!resumed.stdout.isEmpty && resumed.stdout.count < expected.count && expected.hasSuffix(resumed.stdout),
+                "resumed: \(resumed.stdout.debugDescription)")
     }
 
     @Test("guest RAM is stored sparsely: an 8 GiB guest that touched little makes a small file")
