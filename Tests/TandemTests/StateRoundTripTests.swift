@@ -126,12 +126,7 @@ struct StateRoundTripTests {
                 hlt
         """), at: 0x7C00)
         try memory.load([0x01, 0x7C, 0x00, 0x00], at: 0x40 * 4)   // IVT[0x40] = 0000:7C01
-        var s = CPUState()
-        s.cs = .realMode(0, code: true)
-        s.ds = .realMode(0); s.es = .realMode(0); s.ss = .realMode(0); s.fs = .realMode(0); s.gs = .realMode(0)
-        s.rip = 0x7C00
-        s[.rsp] = 0x7000
-        s.cr0 = CR0.et
+        var s = CPUState.bootSector(stack: 0x7000)
         s.events.interrupt = InjectedInterrupt(vector: 0x40, soft: false)
         return s
     }
