@@ -111,6 +111,24 @@ struct SnapshotTests {
         try expectResumesExactly(try guest("apic-ipi.elf"), cpus: 3, limits: ["500", "5000"])
     }
 
+    @Test("a 3-vCPU guest stopped by --timeout on KVM while its processors boot resumes on either engine with the rest of its output",
+          .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"))
+    func kvmTimeoutMidBoot() throws {
+        let image = try guest("apic-ipi.elf")
+        let whole = try tandem(["run", "--backend", "interp", "--cpus", "3", "--timeout", "60", image])
+        #expect(whole.status == 0)
+        for timeout in ["0.05", "0.2"] {
+            let snapshot = scratchPath("kvm-\(timeout).snap")
+            let first = try tandem(["run", "--backend", "kvm", "--cpus", "3", "--timeout", timeout, "--snapshot-on-exit", snapshot, image])
+            #expect(first.status == 206 || first.status == 0, "\(first.stderr)")
+            for to in engines {
+                let second = try tandem(["run", "--backend", to, "--timeout", "60", "--restore", snapshot])
+                #expect(second.status == 0, "\(timeout) → \(to): \(second.stderr)")
+                #expect(first.stdout + second.stdout == whole.stdout, "\(timeout) → \(to)")
+            }
+        }
+    }
+
     @Test("SIGUSR2 writes a snapshot while the guest runs on: the run's output is unchanged and the snapshot resumes with exactly the rest")
     func signal() throws {
         // 24 lines "line A\n" ... "line X\n", each after a busy loop (about 0.05 s on the interpreter).
