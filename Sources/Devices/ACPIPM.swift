@@ -1,4 +1,5 @@
 import Synchronization
+import X86
 
 /// The ACPI fixed power-management registers a FADT points at, laid out as QEMU's PIIX4 PM
 /// function has them at I/O base 0x600:
@@ -149,5 +150,24 @@ public final class ACPIPM: PortDevice, @unchecked Sendable {
         }
         if let line { sci?.set(line) }
         rearm()
+    }
+}
+
+// MARK: Snapshot
+
+extension ACPIPM {
+    public func saveState(_ w: inout StateWriter, now: UInt64) {
+        let s = state.withLock { $0 }
+        w.u16(s.status); w.u16(s.enable); w.u16(s.control); w.u64(s.timerPeriod); w.bool(s.sci)
+        w.optional(timer) { w, t in t.saveDeadline(&w, now: now) }
+    }
+
+    public func restoreState(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        let s = State(status: try r.u16(), enable: try r.u16(), control: try r.u16(), timerPeriod: try r.u64(), sci: try r.bool())
+        state.withLock { $0 = s }
+        if try r.bool() {
+            guard let timer else { throw SnapshotError("\(r.what): a timer this machine's ACPI PM block does not have") }
+            try timer.restoreDeadline(&r, now: now)
+        }
     }
 }

@@ -187,3 +187,25 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         lapics.contains { $0.deliverableVector() != nil || $0.hasNMI || $0.hasStartupEvent } || pic.hasPendingInterrupt(vcpu: 0)
     }
 }
+
+// MARK: Snapshot
+
+extension APICBus {
+    /// Each local APIC, the IOAPIC, the TSC offsets for TSC-deadline mode, and whether a
+    /// vCPU has seen the PIC's request (the 8259A pair is saved on its own).
+    public func saveState(_ w: inout StateWriter, now: UInt64) {
+        for l in lapics { l.saveState(&w, now: now) }
+        ioapic.saveState(&w)
+        for o in tscOffsets.withLock({ $0 }) { w.i64(o) }
+        w.bool(picRequestSeen.load(ordering: .relaxed))
+    }
+
+    public func restoreState(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        for l in lapics { try l.restoreState(&r, now: now) }
+        try ioapic.restoreState(&r)
+        var offsets: [Int64] = []
+        for _ in lapics { offsets.append(try r.i64()) }
+        tscOffsets.withLock { $0 = offsets }
+        picRequestSeen.store(try r.bool(), ordering: .relaxed)
+    }
+}

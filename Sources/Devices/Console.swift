@@ -223,3 +223,18 @@ final class ArrivalHandler: Sendable {
     let body: @Sendable () -> Void
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
+
+// MARK: Snapshot
+
+extension ConsoleInput {
+    /// The bytes in the receive FIFO (received, not yet read by the guest).
+    var received: [UInt8] { state.withLock { $0.queue } }
+
+    /// Puts a snapshot's received bytes back in front of the FIFO (what arrives from
+    /// this run's input follows them, as far as there is room).
+    func restoreReceived(_ bytes: [UInt8]) {
+        state.withLock { s in
+            s.queue = Array((bytes + s.queue).prefix(Self.capacity))
+        }
+    }
+}

@@ -1,4 +1,5 @@
 import Synchronization
+import X86
 
 /// QEMU's firmware configuration interface (docs/specs/fw_cfg.rst), the traditional I/O
 /// form: a 16-bit write to the selector at 0x510 picks an item and rewinds it; each byte
@@ -95,6 +96,33 @@ public final class FwCfg: PortDevice, @unchecked Sendable {
         state.withLock { s in
             s.selector = UInt16(truncatingIfNeeded: value)
             s.offset = 0
+        }
+    }
+}
+
+// MARK: Snapshot
+
+extension FwCfg {
+    /// The selector, the read offset and the files (the fixed items follow from the
+    /// machine's RAM size and CPU count, which the snapshot rebuilds it with).
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        w.u16(s.selector); w.int(s.offset)
+        w.u32(UInt32(s.files.count))
+        for f in s.files { w.text(f.name); w.data(f.bytes) }
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        let selector = try r.u16(), offset = try r.int(in: 0...Int(Int32.max))
+        let count = Int(try r.u32())
+        for _ in 0..<count {
+            let name = try r.text(), bytes = try r.data()
+            guard !name.isEmpty, name.utf8.count <= Self.maximumNameLength else { throw SnapshotError("\(r.what): fw_cfg file name \"\(name)\"") }
+            addFile(name: name, bytes: bytes)
+        }
+        state.withLock { s in
+            s.selector = selector
+            s.offset = offset
         }
     }
 }

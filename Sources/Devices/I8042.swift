@@ -1,5 +1,6 @@
 import GuestMemory
 import Synchronization
+import X86
 
 /// The minimum of the PC's 8042 keyboard controller at 0x60 (data) and 0x64 (status /
 /// command) that firmware and kernels rely on without a keyboard attached: the status
@@ -252,5 +253,35 @@ public final class PostCodePort: PortDevice, @unchecked Sendable {
             return s.observer
         }
         observer?(code)
+    }
+}
+
+// MARK: Snapshot
+
+extension I8042 {
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        w.u32(UInt32(s.output.count))
+        for o in s.output { w.u8(o.byte); w.bool(o.aux) }
+        w.u8(s.lastRead); w.data(s.ram)
+        w.optional(s.pendingCommand) { $0.u8($1) }
+        for b in [s.lastWriteWasCommand, s.systemFlag] { w.bool(b) }
+        w.u8(s.outputPortRest)
+        for b in [s.a20, s.keyboardLine, s.auxLine] { w.bool(b) }
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        var s = State()
+        let count = Int(try r.u32())
+        guard count <= 16 else { throw SnapshotError("\(r.what): \(count) bytes in a 16-byte output queue") }
+        s.output = []
+        for _ in 0..<count { s.output.append((try r.u8(), try r.bool())) }
+        s.lastRead = try r.u8(); s.ram = try r.data()
+        guard s.ram.count == 32 else { throw SnapshotError("\(r.what): \(s.ram.count) bytes of controller RAM, not 32") }
+        s.pendingCommand = try r.optional { (r) throws(SnapshotError) in try r.u8() }
+        s.lastWriteWasCommand = try r.bool(); s.systemFlag = try r.bool()
+        s.outputPortRest = try r.u8()
+        s.a20 = try r.bool(); s.keyboardLine = try r.bool(); s.auxLine = try r.bool()
+        state.withLock { $0 = s }
     }
 }

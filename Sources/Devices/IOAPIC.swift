@@ -1,4 +1,5 @@
 import Synchronization
+import X86
 
 /// The I/O APIC at 0xFEC00000 (82093AA register set, version 0x20): 24 input pins, each
 /// with a redirection-table entry (vector, delivery mode, physical or logical destination,
@@ -136,5 +137,24 @@ public final class IOAPIC: MMIODevice, InterruptPins, @unchecked Sendable {
             if let message { bus.send(message, from: nil) }
         default: break
         }
+    }
+}
+
+// MARK: Snapshot
+
+extension IOAPIC {
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        w.u8(s.select); w.u8(s.id)
+        for e in s.table { w.u64(e) }
+        w.u32(s.levels)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        var s = State(id: 0)
+        s.select = try r.u8(); s.id = try r.u8()
+        for i in 0..<Self.pins { s.table[i] = try r.u64() }
+        s.levels = try r.u32()
+        state.withLock { $0 = s }
     }
 }

@@ -521,3 +521,43 @@ public final class LocalAPIC: @unchecked Sendable {
         }
     }
 }
+
+// MARK: Snapshot
+
+extension VectorSet {
+    func encode(_ w: inout StateWriter) { w.u64(words.0); w.u64(words.1); w.u64(words.2); w.u64(words.3) }
+    init(decoding r: inout StateReader) throws(SnapshotError) {
+        self.init()
+        words = (try r.u64(), try r.u64(), try r.u64(), try r.u64())
+    }
+}
+
+extension LocalAPIC {
+    /// Every register, the pending NMI/INIT/SIPI, and the timer (as the time left after `now`).
+    public func saveState(_ w: inout StateWriter, now: UInt64) {
+        let r = registers.withLock { $0 }
+        w.u64(r.base); w.u8(r.tpr); w.u32(r.ldr); w.u32(r.dfr); w.u32(r.svr)
+        r.irr.encode(&w); r.isr.encode(&w); r.tmr.encode(&w)
+        w.u32(r.esr); w.u32(r.pendingESR)
+        for v in [r.lvt.0, r.lvt.1, r.lvt.2, r.lvt.3, r.lvt.4, r.lvt.5, r.lvt.6] { w.u32(v) }
+        w.u32(r.icrLow); w.u32(r.icrHigh); w.u32(r.divide); w.u32(r.initialCount)
+        w.u64(r.timerStart); w.bool(r.timerRunning); w.u64(r.tscDeadline)
+        w.bool(r.nmiPending); w.bool(r.initPending)
+        w.optional(r.sipiVector) { $0.u8($1) }
+        timer.saveDeadline(&w, now: now)
+    }
+
+    public func restoreState(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        var g = Registers(base: try r.u64())
+        g.tpr = try r.u8(); g.ldr = try r.u32(); g.dfr = try r.u32(); g.svr = try r.u32()
+        g.irr = try VectorSet(decoding: &r); g.isr = try VectorSet(decoding: &r); g.tmr = try VectorSet(decoding: &r)
+        g.esr = try r.u32(); g.pendingESR = try r.u32()
+        g.lvt = (try r.u32(), try r.u32(), try r.u32(), try r.u32(), try r.u32(), try r.u32(), try r.u32())
+        g.icrLow = try r.u32(); g.icrHigh = try r.u32(); g.divide = try r.u32(); g.initialCount = try r.u32()
+        g.timerStart = try r.u64(); g.timerRunning = try r.bool(); g.tscDeadline = try r.u64()
+        g.nmiPending = try r.bool(); g.initPending = try r.bool()
+        g.sipiVector = try r.optional { (r) throws(SnapshotError) in try r.u8() }
+        registers.withLock { $0 = g }
+        try timer.restoreDeadline(&r, now: now)
+    }
+}

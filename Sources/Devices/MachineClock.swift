@@ -14,8 +14,10 @@ public final class MachineClock: Sendable {
     /// nil on ordinary machines, so `now()` stays one clock_gettime.
     private let source: (@Sendable () -> UInt64)?
 
-    public init() {
-        origin = Self.hostMonotonic()
+    /// A clock that reads `start` now (a restored snapshot's machine time, so that every
+    /// time a device kept goes on from where it was).
+    public init(startingAt start: UInt64 = 0) {
+        origin = Self.hostMonotonic() &- start
         source = nil
     }
 
@@ -97,6 +99,12 @@ public final class TimerService: @unchecked Sendable {
 
     /// Stops the thread; timers armed later never fire.
     public func stop() { core.stop() }
+
+    /// Holds the timer thread (after any handler it is running returns) until `resume()`:
+    /// the devices' state stays still while a snapshot reads it. Owned timers are not held:
+    /// their vCPUs' threads fire them, and those are parked for the snapshot.
+    public func pause() { core.setPaused(true) }
+    public func resume() { core.setPaused(false) }
 }
 
 /// The timer thread's state, kept apart from `TimerService` so that the thread holds it
@@ -112,6 +120,7 @@ final class TimerCore: @unchecked Sendable {
     private var threadID: pthread_t?
     private var stopping = false
     private var firing: DeviceTimer?
+    private var paused = false
     private let manual: Bool
     /// How many owner threads are inside a timer's handler (its deadline already cleared,
     /// its interrupt perhaps not yet raised): the machine is not idle for good meanwhile.
@@ -159,6 +168,19 @@ final class TimerCore: @unchecked Sendable {
         pthread_cond_signal(wake)
         pthread_mutex_unlock(lock)
         if !onTimerThread { t?.join() }
+    }
+
+    func setPaused(_ on: Bool) {
+        pthread_mutex_lock(lock)
+        paused = on
+        pthread_cond_broadcast(wake)
+        // A handler the thread is running now finishes before the pause counts.
+        while on && firing != nil {
+            pthread_mutex_unlock(lock)
+            usleep(50)
+            pthread_mutex_lock(lock)
+        }
+        pthread_mutex_unlock(lock)
     }
 
     func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
@@ -245,6 +267,10 @@ final class TimerCore: @unchecked Sendable {
         pthread_mutex_lock(lock)
         threadID = pthread_self()
         while !stopping {
+            if paused {
+                pthread_cond_wait(wake, lock)
+                continue
+            }
             guard let next = earliestLocked(includingAttached: false) else {
                 pthread_cond_wait(wake, lock)
                 continue
@@ -325,4 +351,17 @@ public final class DeviceTimer: @unchecked Sendable {
 
     /// Back to the timer thread (the owner's thread is ending).
     public func detach() { core.detach(self) }
+}
+
+extension DeviceTimer {
+    /// The deadline as the time left after machine time `now` (a snapshot's), or none.
+    public func saveDeadline(_ w: inout StateWriter, now: UInt64) {
+        w.optional(armedDeadline) { w, d in w.u64(d > now ? d - now : 0) }
+    }
+
+    /// Re-arms the timer for the time left after `now` that `saveDeadline` recorded (on
+    /// a clock that reads `now` at the snapshot's moment: the same deadline), or disarms it.
+    public func restoreDeadline(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        if let left = try r.optional({ (r) throws(SnapshotError) in try r.u64() }) { arm(at: now &+ left) } else { disarm() }
+    }
 }

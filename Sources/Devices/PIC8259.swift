@@ -259,3 +259,35 @@ public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, 
         if request { onRequest() }
     }
 }
+
+// MARK: Snapshot
+
+extension PIC8259Pair.Chip {
+    func encode(_ w: inout StateWriter) {
+        for v in [irr, isr, imr, lines, elcr, vectorBase, lowestPriority] { w.u8(v) }
+        for b in [levelTriggeredAll, autoEOI, rotateOnAutoEOI, specialMask, readISR, poll, needsICW4, single] { w.bool(b) }
+        w.int(expectingICW)
+    }
+
+    init(decoding r: inout StateReader) throws(SnapshotError) {
+        self.init()
+        irr = try r.u8(); isr = try r.u8(); imr = try r.u8(); lines = try r.u8(); elcr = try r.u8()
+        vectorBase = try r.u8(); lowestPriority = try r.u8() & 7
+        levelTriggeredAll = try r.bool(); autoEOI = try r.bool(); rotateOnAutoEOI = try r.bool(); specialMask = try r.bool()
+        readISR = try r.bool(); poll = try r.bool(); needsICW4 = try r.bool(); single = try r.bool()
+        expectingICW = try r.int(in: 0...4)
+    }
+}
+
+extension PIC8259Pair {
+    public func saveState(_ w: inout StateWriter) {
+        let c = chips.withLock { $0 }
+        c.master.encode(&w)
+        c.slave.encode(&w)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        let master = try Chip(decoding: &r), slave = try Chip(decoding: &r)
+        chips.withLock { $0 = (master, slave) }
+    }
+}

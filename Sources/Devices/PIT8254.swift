@@ -1,4 +1,5 @@
 import Synchronization
+import X86
 
 /// The 8254 programmable interval timer at 0x40-0x43, and the PC's system control port B
 /// (0x61) that gates its channel 2 and reads that channel's output.
@@ -490,4 +491,70 @@ func toBCD(_ v: Int64) -> UInt16 {
         v /= 10
     }
     return result
+}
+
+// MARK: Snapshot
+
+extension PIT8254.Channel {
+    func encode(_ w: inout StateWriter) {
+        w.u8(modeBits); w.bool(bcd); w.u8(access); w.bool(writeMSBNext); w.u8(writeLSB)
+        w.i64(countRegister); w.bool(countWritten); w.bool(readMSBNext)
+        w.optional(latchedCount) { $0.u16($1) }
+        w.bool(latchedReadMSBNext)
+        w.optional(latchedStatus) { $0.u8($1) }
+        w.bool(nullCount)
+        w.optional(transferTick) { $0.i64($1) }
+        w.i64(n)
+        w.optional(loadTick) { $0.i64($1) }
+        w.i64(pausedTicks)
+        w.optional(gateLowSince) { $0.i64($1) }
+        w.i64(staleCE)
+        w.optional(pending) { w, p in w.i64(p.n); w.i64(p.at); w.i64(p.origin) }
+        w.bool(gate)
+    }
+
+    init(decoding r: inout StateReader) throws(SnapshotError) {
+        self.init()
+        modeBits = try r.u8() & 7; bcd = try r.bool(); access = try r.u8() & 3; writeMSBNext = try r.bool(); writeLSB = try r.u8()
+        countRegister = try r.i64(); countWritten = try r.bool(); readMSBNext = try r.bool()
+        latchedCount = try r.optional { (r) throws(SnapshotError) in try r.u16() }
+        latchedReadMSBNext = try r.bool()
+        latchedStatus = try r.optional { (r) throws(SnapshotError) in try r.u8() }
+        nullCount = try r.bool()
+        transferTick = try r.optional { (r) throws(SnapshotError) in try r.i64() }
+        n = try r.i64()
+        loadTick = try r.optional { (r) throws(SnapshotError) in try r.i64() }
+        pausedTicks = try r.i64()
+        gateLowSince = try r.optional { (r) throws(SnapshotError) in try r.i64() }
+        staleCE = try r.i64()
+        pending = try r.optional { (r) throws(SnapshotError) in (try r.i64(), try r.i64(), try r.i64()) }
+        gate = try r.bool()
+        // Counts are 1...65536: anything else would divide by zero in the arithmetic of time.
+        guard (1...0x10000).contains(n), (0...0x10000).contains(countRegister), pending.map({ (1...0x10000).contains($0.n) }) ?? true else {
+            throw SnapshotError("\(r.what): a PIT count out of range")
+        }
+    }
+}
+
+extension PIT8254 {
+    /// The three channels, port B and channel 0's timer (as the time left after `now`).
+    public func saveState(_ w: inout StateWriter, now: UInt64) {
+        let s = state.withLock { $0 }
+        for c in s.channels { c.encode(&w) }
+        w.bool(s.speakerData); w.u8(s.checkEnables); w.bool(s.refreshToggle)
+        w.optional(s.armedRise) { $0.i64($1) }
+        w.optional(timer) { w, t in t.saveDeadline(&w, now: now) }
+    }
+
+    public func restoreState(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        var s = State()
+        for i in 0..<3 { s.channels[i] = try Channel(decoding: &r) }
+        s.speakerData = try r.bool(); s.checkEnables = try r.u8(); s.refreshToggle = try r.bool()
+        s.armedRise = try r.optional { (r) throws(SnapshotError) in try r.i64() }
+        state.withLock { $0 = s }
+        if try r.bool() {
+            guard let timer else { throw SnapshotError("\(r.what): a timer this machine's PIT does not have") }
+            try timer.restoreDeadline(&r, now: now)
+        }
+    }
 }

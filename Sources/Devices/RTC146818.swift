@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Synchronization
+import X86
 
 /// The MC146818 real-time clock and its 128 bytes of CMOS RAM at 0x70 (index; bit 7 masks
 /// NMI) and 0x71 (data).
@@ -379,4 +380,42 @@ func civil(fromDays days: Int64) -> (year: Int, month: Int, day: Int) {
     let day = Int(doy - (153 * mp + 2) / 5 + 1)
     let month = Int(mp < 10 ? mp + 3 : mp - 9)
     return (Int(yoe + era * 400) + (month <= 2 ? 1 : 0), month, day)
+}
+
+// MARK: Snapshot
+
+extension RTC146818 {
+    /// The index, the CMOS bytes, registers A-C, the clock's base and offset (so the guest's
+    /// date goes on from the snapshot's, not from the host's), the held time registers and
+    /// the timer (as the time left after `now`).
+    public func saveState(_ w: inout StateWriter, now: UInt64) {
+        let s = state.withLock { $0 }
+        w.int(s.index); w.bool(s.nmiMasked); w.data(s.cmos)
+        w.u8(s.a); w.u8(s.b); w.u8(s.flags); w.i64(s.base); w.i64(s.offset)
+        w.optional(s.held) { w, held in
+            w.u32(UInt32(held.count))
+            for (k, v) in held.sorted(by: { $0.key < $1.key }) { w.int(k); w.u8(v) }
+        }
+        w.i64(s.evaluated); w.bool(s.line)
+        w.optional(timer) { w, t in t.saveDeadline(&w, now: now) }
+    }
+
+    public func restoreState(_ r: inout StateReader, now: UInt64) throws(SnapshotError) {
+        var s = State()
+        s.index = try r.int(in: 0...127); s.nmiMasked = try r.bool()
+        s.cmos = try r.data()
+        guard s.cmos.count == 128 else { throw SnapshotError("\(r.what): \(s.cmos.count) CMOS bytes, not 128") }
+        s.a = try r.u8(); s.b = try r.u8(); s.flags = try r.u8(); s.base = try r.i64(); s.offset = try r.i64()
+        s.held = try r.optional { (r) throws(SnapshotError) -> [Int: UInt8] in
+            var held: [Int: UInt8] = [:]
+            for _ in 0..<min(Int(try r.u32()), 128) { held[try r.int(in: 0...127)] = try r.u8() }
+            return held
+        }
+        s.evaluated = try r.i64(); s.line = try r.bool()
+        state.withLock { $0 = s }
+        if try r.bool() {
+            guard let timer else { throw SnapshotError("\(r.what): a timer this machine's RTC does not have") }
+            try timer.restoreDeadline(&r, now: now)
+        }
+    }
 }

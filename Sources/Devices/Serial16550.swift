@@ -1,4 +1,5 @@
 import Synchronization
+import X86
 
 /// A 16550A UART with its full register set, as Linux's 8250 driver and simple polled
 /// drivers expect: divisor latch, FIFO control and identification, modem control and
@@ -167,4 +168,27 @@ public final class ExitDevice: PortDevice {
     public init(onExit: @escaping @Sendable (UInt8) -> Void) { self.onExit = onExit }
     public func portRead(_ port: UInt16, size: Int) -> UInt32 { .max }
     public func portWrite(_ port: UInt16, size: Int, value: UInt32) { onExit(UInt8(truncatingIfNeeded: value)) }
+}
+
+// MARK: Snapshot
+
+extension Serial16550 {
+    /// The registers and the receive FIFO's bytes.
+    public func saveState(_ w: inout StateWriter) {
+        let r = registers.withLock { $0 }
+        for v in [r.ier, r.lcr, r.mcr, r.scr, r.dll, r.dlm, r.msr] { w.u8(v) }
+        for b in [r.fifoEnabled, r.thrInterruptPending, r.overrun, r.lastIRQLevel] { w.bool(b) }
+        w.data(input.received)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        var g = Registers()
+        g.ier = try r.u8(); g.lcr = try r.u8(); g.mcr = try r.u8(); g.scr = try r.u8()
+        g.dll = try r.u8(); g.dlm = try r.u8(); g.msr = try r.u8()
+        g.fifoEnabled = try r.bool(); g.thrInterruptPending = try r.bool(); g.overrun = try r.bool(); g.lastIRQLevel = try r.bool()
+        let fifo = try r.data()
+        guard fifo.count <= ConsoleInput.capacity else { throw SnapshotError("\(r.what): \(fifo.count) bytes in a \(ConsoleInput.capacity)-byte FIFO") }
+        registers.withLock { $0 = g }
+        input.restoreReceived(fifo)
+    }
 }

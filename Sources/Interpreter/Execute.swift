@@ -105,7 +105,7 @@ extension InterpreterVCPU {
                 let oldMask = stackMask
                 try loadSegment(o.reg, UInt16(truncatingIfNeeded: v))
                 setStackPointer((r[4] &+ UInt64(size)) & oldMask, mask: oldMask)
-                if o.reg == Segment.ss { interruptShadow = true }
+                if o.reg == Segment.ss { s.pointee.events.interruptShadow = InterruptShadow.movSS }
             } else if o.kind == .register {
                 writeReg(o.reg, size, try pop(size))
             } else {

@@ -153,7 +153,7 @@ extension InterpreterVCPU {
             let target: UInt8 = op == .lds ? Segment.ds : op == .les ? Segment.es : op == .lfs ? Segment.fs : op == .lgs ? Segment.gs : Segment.ss
             try loadSegment(target, UInt16(selector))
             writeReg(d.pointee.o0.reg, size, v)
-            if target == Segment.ss { interruptShadow = true }
+            if target == Segment.ss { s.pointee.events.interruptShadow = InterruptShadow.movSS }
         case .mul, .imul:
             try multiply(d, next: next)
         case .div, .idiv:

@@ -18,7 +18,7 @@ extension InterpreterMachine {
         .cx8,      // CMPXCHG8B
         .apic,     // the local APIC (Devices/LocalAPIC.swift) behind MSR 0x1B and 0xFEE00000
         .sep,      // SYSENTER/SYSEXIT
-        .mtrr,     // MTRR MSRs (System.swift, MTRRStorage)
+        .mtrr,     // MTRR MSRs (System.swift; storage in CPUState.msrs.mtrrs)
         .pge,      // global pages (CR4.PGE, TLB keeps them)
         .cmov,     // CMOVcc
         .pat,      // IA32_PAT

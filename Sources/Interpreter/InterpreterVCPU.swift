@@ -77,13 +77,17 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// The offset and width of the last access that failed a segment-limit check
     /// (diagnostics: the conformance runner tells wraparound from other faults with it).
     public internal(set) var lastLimitViolation: (offset: UInt64, size: Int)? = nil
-    /// MTRRs, kept as storage.
-    var mtrrs: [UInt32: UInt64] = [:]
-    /// Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
-    var interruptShadow = false
+    /// Interrupts are inhibited for one instruction after STI, MOV SS and POP SS (kept in
+    /// the CPU state's events, with its cause: `shadow(_:)` sets it).
+    var interruptShadow: Bool {
+        @inline(__always) get { s.pointee.events.interruptShadow != 0 }
+        @inline(__always) set { s.pointee.events.interruptShadow = newValue ? InterruptShadow.sti : 0 }
+    }
     /// Set while an NMI handler runs (NMIs are blocked until the next IRET).
-    var nmiBlocked = false
-    var halted = false
+    var nmiBlocked: Bool {
+        @inline(__always) get { s.pointee.events.nmiBlocked }
+        @inline(__always) set { s.pointee.events.nmiBlocked = newValue }
+    }
 
     /// Where external interrupts come from (nil: no interrupt controller).
     public var interruptController: (any InterruptController)? = nil
@@ -278,6 +282,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         mmioReplayed = 0
         if _slowPath(recordPending) { recordCompleted() }
+        // What another engine (KVM) left half-delivered completes before any instruction.
+        if _slowPath(s.pointee.events.hasInjection), let exit = deliverInjectedEvents() { return exit }
         // A kick is never cleared before it is seen: one that lands between the caller's
         // stop check and this call still ends this run.
         if stepCompletedByExit {
@@ -383,14 +389,21 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     @inline(never)
     func takeInterrupt(_ controller: any InterruptController) -> VCPUExit? {
         var vector: UInt8
-        if !nmiBlocked && !interruptShadow && controller.takeNMI(vcpu: index) {
+        if !nmiBlocked && !interruptShadow && (s.pointee.events.nmiPending || controller.takeNMI(vcpu: index)) {
             vector = 2
+            s.pointee.events.nmiPending = false
             nmiBlocked = true   // until the handler's IRET
         } else {
             guard s.pointee.rflags & (1 << 9) != 0, !interruptShadow, controller.hasPendingInterrupt(vcpu: index),
                   let v = controller.acknowledgeInterrupt(vcpu: index) else { return nil }
             vector = v
         }
+        return deliverExternal(vector)
+    }
+
+    /// Delivers external interrupt (or NMI) `vector` at this instruction boundary.
+    @inline(never)
+    func deliverExternal(_ vector: UInt8) -> VCPUExit? {
         do throws(Fault) {
             let event = InterruptEvent(kind: .external, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip)
             if logAccesses && recorder == nil { eventLog.append(event) }

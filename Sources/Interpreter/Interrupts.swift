@@ -38,7 +38,6 @@ extension InterpreterVCPU {
     /// Delivers interrupt `vector` through the IVT (real mode) or IDT (protected and long
     /// mode), pushing the return frame and switching stacks as the gate demands.
     func deliver(vector: UInt8, errorCode: UInt32?, returnAddress: UInt64, software: Bool, pushResumeFlag: Bool = false) throws(Fault) {
-        halted = false
         if software && logAccesses {
             eventLog.append(InterruptEvent(kind: .software, vector: vector, errorCode: nil, cs: seg[1].pointee.selector, rip: s.pointee.rip))
         }

@@ -24,7 +24,7 @@ extension InterpreterVCPU {
         case (.segment, _):
             let v = try readOperand(o1, d, 2, next: next)
             try loadSegment(o0.reg, UInt16(truncatingIfNeeded: v))
-            if o0.reg == Segment.ss { interruptShadow = true }
+            if o0.reg == Segment.ss { s.pointee.events.interruptShadow = InterruptShadow.movSS }
         case (_, .segment):
             let v = UInt64(seg[Int(o1.reg)].pointee.selector)
             if o0.kind == .memory { try writeOperand(o0, d, 2, v, next: next) }
@@ -333,7 +333,7 @@ extension InterpreterVCPU {
         case MSR.pat: return m.pat
         case 0xFE: return 0x508   // MTRRcap: 8 variable ranges, fixed ranges, WC
         default:
-            if MTRRStorage.contains(index) { return mtrrs[index] ?? 0 }
+            if MTRRs.slot(index) != nil { return s.pointee.msrs.mtrrs[index] }
             // The MSRs the CPU model implies (shared with KVM: Sources/X86/GuestCPU.swift).
             return shared.cpu.readMSR(vcpu: self.index, index)
         }
@@ -373,7 +373,7 @@ extension InterpreterVCPU {
         case MSR.sysenterEIP: s.pointee.msrs.sysenterEIP = v
         case MSR.pat: s.pointee.msrs.pat = v
         default:
-            if MTRRStorage.contains(index) { mtrrs[index] = v; return }
+            if MTRRs.slot(index) != nil { s.pointee.msrs.mtrrs[index] = v; return }
             guard shared.cpu.writeMSR(vcpu: self.index, index, v) else { throw .gp() }
         }
     }
@@ -447,10 +447,3 @@ extension InterpreterVCPU {
     func canonicalAddress(_ a: UInt64) -> Bool { UInt64(bitPattern: Int64(bitPattern: a << 16) >> 16) == a }
 }
 
-/// MTRR MSRs, kept as plain storage.
-enum MTRRStorage {
-    static func contains(_ index: UInt32) -> Bool {
-        (0x200...0x20F).contains(index) || index == 0x250 || index == 0x258 || index == 0x259
-            || (0x268...0x26F).contains(index) || index == 0x2FF
-    }
-}

@@ -29,6 +29,9 @@ public enum KVMCapability: Int32, CaseIterable, Sendable {
     case extendedCPUID = 7
     case userSpaceMSR = 188
     case msrFilter = 189
+    case vcpuEvents = 41
+    case xsave = 55
+    case xcrs = 56
 
     public var name: String {
         switch self {
@@ -44,6 +47,9 @@ public enum KVMCapability: Int32, CaseIterable, Sendable {
         case .extendedCPUID: "KVM_CAP_EXT_CPUID"
         case .userSpaceMSR: "KVM_CAP_X86_USER_SPACE_MSR"
         case .msrFilter: "KVM_CAP_X86_MSR_FILTER"
+        case .vcpuEvents: "KVM_CAP_VCPU_EVENTS"
+        case .xsave: "KVM_CAP_XSAVE"
+        case .xcrs: "KVM_CAP_XCRS"
         }
     }
 }
@@ -197,7 +203,9 @@ public final class KVMVirtualMachine: @unchecked Sendable {
             throw KVMError("mmap kvm_run of vCPU \(index)")
         }
         let syncEvents = device.check(.syncRegs) & Int(CKVM_SYNC_X86_EVENTS) != 0
-        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents)
+        let state = KVMVCPU.StateIoctls(events: device.check(.vcpuEvents) > 0, debugRegisters: device.check(.debugRegisters) > 0,
+                                        xsave: device.check(.xsave) > 0, xcrs: device.check(.xcrs) > 0)
+        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents, stateIoctls: state)
     }
 }
 

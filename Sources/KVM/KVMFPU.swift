@@ -1,4 +1,5 @@
 import CKVM
+import HostOS
 import X86
 
 // The x87, MMX and SSE registers and MXCSR between CPUState and KVM, so state moves between
@@ -10,11 +11,13 @@ import X86
 // host's PVM KVM_GET_FPU reports MXCSR as 0 (Documentation/HostLimitations.md), so
 // KVM_GET_FPU/KVM_SET_FPU (struct kvm_fpu: the same fields at other offsets) are only the
 // fallback when XSAVE is unavailable. XCR0 moves through KVM_GET_XCRS/KVM_SET_XCRS where
-// KVM has them (KVM_CAP_XCRS; not under this host's PVM, which offers no XSAVE).
+// KVM has them (KVM_CAP_XCRS; not under this host's PVM, which offers no XSAVE). Each
+// ioctl the host's KVM has (KVM_CHECK_EXTENSION) must succeed, or the state is not moved.
 extension KVMVCPU {
-    func readFPU(into s: inout CPUState) {
+    func readFPU(into s: inout CPUState) throws(BackendError) {
         var xcrs = kvm_xcrs()
-        if ckvm_ioctl_ptr(fd, CKVM_GET_XCRS, &xcrs) == 0 {
+        if stateIoctls.xcrs {
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_XCRS, &xcrs) == 0 else { throw BackendError("KVM_GET_XCRS: \(Errno.current)") }
             let count = min(Int(xcrs.nr_xcrs), 16)
             withUnsafeBytes(of: xcrs.xcrs) { b in
                 for i in 0..<count {
@@ -24,7 +27,8 @@ extension KVMVCPU {
             }
         }
         var xsave = kvm_xsave()
-        if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
+        if stateIoctls.xsave {
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 else { throw BackendError("KVM_GET_XSAVE: \(Errno.current)") }
             withUnsafeBytes(of: &xsave) { b in
                 let bv = b.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
                 if bv & 1 != 0 { Self.loadX87(b, into: &s, fop: 6, fip: 8, fdp: 16, fpr: 32) } else { s.fpu.initializeX87() }
@@ -37,7 +41,7 @@ extension KVMVCPU {
             return
         }
         var fpu = kvm_fpu()
-        guard ckvm_ioctl_ptr(fd, CKVM_GET_FPU, &fpu) == 0 else { return }
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_FPU, &fpu) == 0 else { throw BackendError("KVM_GET_FPU: \(Errno.current)") }
         withUnsafeBytes(of: &fpu) { b in
             Self.loadX87(b, into: &s, fop: 134, fip: 136, fdp: 144, fpr: 0)
             for i in 0..<16 {
@@ -48,16 +52,20 @@ extension KVMVCPU {
         }
     }
 
-    func writeFPU(_ s: CPUState) {
-        // XCR0 first: XSAVE state for a component XCR0 leaves off would not load. A failure
-        // leaves KVM's XCR0 (x87 only at reset), which is all a guest without XSAVE has.
-        var xcrs = kvm_xcrs()
-        xcrs.nr_xcrs = 1
-        xcrs.xcrs.0.xcr = 0
-        xcrs.xcrs.0.value = s.fpu.xcr0
-        _ = ckvm_ioctl_ptr(fd, CKVM_SET_XCRS, &xcrs)
+    func writeFPU(_ s: CPUState) throws(BackendError) {
+        // XCR0 first: XSAVE state for a component XCR0 leaves off would not load. Without
+        // KVM_CAP_XCRS KVM keeps XCR0 as x87 only, which is all a guest without XSAVE has.
+        if stateIoctls.xcrs {
+            var xcrs = kvm_xcrs()
+            xcrs.nr_xcrs = 1
+            xcrs.xcrs.0.xcr = 0
+            xcrs.xcrs.0.value = s.fpu.xcr0
+            guard ckvm_ioctl_ptr(fd, CKVM_SET_XCRS, &xcrs) == 0 else { throw BackendError("KVM_SET_XCRS(XCR0 = 0x\(String(s.fpu.xcr0, radix: 16))): \(Errno.current)") }
+        }
         var xsave = kvm_xsave()
-        if ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 {
+        if stateIoctls.xsave {
+            // The current image first: its other components stay as they are.
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &xsave) == 0 else { throw BackendError("KVM_GET_XSAVE: \(Errno.current)") }
             withUnsafeMutableBytes(of: &xsave) { b in
                 Self.storeX87(s, b, fop: 6, fip: 8, fdp: 16, fpr: 32)
                 for i in 0..<16 {
@@ -68,7 +76,8 @@ extension KVMVCPU {
                 let bv = b.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
                 b.storeBytes(of: bv | 3, toByteOffset: 512, as: UInt64.self)
             }
-            if ckvm_ioctl_ptr(fd, CKVM_SET_XSAVE, &xsave) == 0 { return }
+            guard ckvm_ioctl_ptr(fd, CKVM_SET_XSAVE, &xsave) == 0 else { throw BackendError("KVM_SET_XSAVE: \(Errno.current)") }
+            return
         }
         var fpu = kvm_fpu()
         withUnsafeMutableBytes(of: &fpu) { b in
@@ -79,7 +88,7 @@ extension KVMVCPU {
             }
             b.storeBytes(of: s.fpu.mxcsr, toByteOffset: 408, as: UInt32.self)
         }
-        _ = ckvm_ioctl_ptr(fd, CKVM_SET_FPU, &fpu)
+        guard ckvm_ioctl_ptr(fd, CKVM_SET_FPU, &fpu) == 0 else { throw BackendError("KVM_SET_FPU: \(Errno.current)") }
     }
 
     /// fcw, fsw and the abridged tag byte are at 0, 2, 4 (FXSAVE) or 128, 130, 132 (kvm_fpu).

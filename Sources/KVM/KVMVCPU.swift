@@ -25,9 +25,20 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// (KVM_CAP_SYNC_REGS with KVM_SYNC_X86_EVENTS) rather than a KVM_INTERRUPT ioctl.
     let syncEvents: Bool
     /// `kvm_run.s.regs.events` holds the vCPU's events as of the last exit.
-    private var eventsCurrent = false
+    var eventsCurrent = false
 
-    init(fd: Int32, index: Int, run: UnsafeMutableRawPointer, runSize: Int, vm: KVMVirtualMachine, syncEvents: Bool) {
+    /// The state ioctls this host's KVM has (KVM_CHECK_EXTENSION): the ones it has must
+    /// succeed; without one, what it moves is left as KVM holds it (KVMState.swift).
+    struct StateIoctls {
+        var events: Bool
+        var debugRegisters: Bool
+        var xsave: Bool
+        var xcrs: Bool
+    }
+    let stateIoctls: StateIoctls
+
+    init(fd: Int32, index: Int, run: UnsafeMutableRawPointer, runSize: Int, vm: KVMVirtualMachine, syncEvents: Bool, stateIoctls: StateIoctls) {
+        self.stateIoctls = stateIoctls
         self.fd = fd
         self.index = index
         self.shared = run.assumingMemoryBound(to: kvm_run.self)
@@ -380,9 +391,10 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     static let stateMSRs: [UInt32] = [
         MSR.star, MSR.lstar, MSR.cstar, MSR.fmask, MSR.kernelGSBase,
         MSR.sysenterCS, MSR.sysenterESP, MSR.sysenterEIP, MSR.tsc, MSR.pat,
-    ]
+    ] + MTRRs.numbers
 
-    /// `KVM_GET_REGS`, `KVM_GET_SREGS`, `KVM_GET_MSRS`, `KVM_GET_DEBUGREGS`, and the FPU (KVMFPU.swift).
+    /// `KVM_GET_REGS`, `KVM_GET_SREGS`, `KVM_GET_MSRS`, `KVM_GET_DEBUGREGS`, the FPU (KVMFPU.swift)
+    /// and `KVM_GET_VCPU_EVENTS` (KVMEvents.swift).
     public func readState() throws(BackendError) -> CPUState {
         var regs = kvm_regs()
         var sregs = kvm_sregs()
@@ -404,7 +416,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         s.cr0 = sregs.cr0; s.cr2 = sregs.cr2; s.cr3 = sregs.cr3; s.cr4 = sregs.cr4; s.cr8 = sregs.cr8
         s.efer = sregs.efer
         s.msrs.apicBase = sregs.apic_base
-        if ckvm_ioctl_ptr(fd, CKVM_GET_DEBUGREGS, &debug) == 0 {
+        if stateIoctls.debugRegisters {
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_DEBUGREGS, &debug) == 0 else { throw BackendError("KVM_GET_DEBUGREGS: \(Errno.current)") }
             s.dr0 = debug.db.0; s.dr1 = debug.db.1; s.dr2 = debug.db.2; s.dr3 = debug.db.3
             s.dr6 = debug.dr6; s.dr7 = debug.dr7
         }
@@ -421,18 +434,23 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             case MSR.sysenterEIP: s.msrs.sysenterEIP = value
             case MSR.tsc: s.msrs.tsc = value
             case MSR.pat: s.msrs.pat = value
-            default: break
+            default: if MTRRs.slot(index) != nil { s.msrs.mtrrs[index] = value }
             }
         }
-        readFPU(into: &s)
+        try readFPU(into: &s)
+        try readEvents(into: &s)
         return s
     }
 
-    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`, and the FPU (KVMFPU.swift).
+    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`, the FPU (KVMFPU.swift)
+    /// and `KVM_SET_VCPU_EVENTS` (KVMEvents.swift).
     public func writeState(_ s: CPUState) throws(BackendError) {
         var sregs = kvm_sregs()
-        // Keep what CPUState does not model (the pending-interrupt bitmap).
-        _ = ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs)
+        // Keep what CPUState does not model (the APIC base's reserved bits, ...). The
+        // pending-interrupt bitmap is the interrupt being injected, which the events carry
+        // where KVM has KVM_SET_VCPU_EVENTS: cleared then, so that it is not injected twice.
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { throw BackendError("KVM_GET_SREGS: \(Errno.current)") }
+        if stateIoctls.events { sregs.interrupt_bitmap = (0, 0, 0, 0) }
         sregs.cs = Self.kvmSegment(s.cs); sregs.ds = Self.kvmSegment(s.ds); sregs.es = Self.kvmSegment(s.es)
         sregs.fs = Self.kvmSegment(s.fs); sregs.gs = Self.kvmSegment(s.gs); sregs.ss = Self.kvmSegment(s.ss)
         sregs.tr = Self.kvmSegment(s.tr); sregs.ldt = Self.kvmSegment(s.ldtr)
@@ -448,18 +466,33 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             rip: s.rip, rflags: s.rflags)
         guard ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &regs) == 0 else { throw BackendError("KVM_SET_REGS: \(Errno.current)") }
         guestInterruptFlag = s.interruptsEnabled
-        var debug = kvm_debugregs()
-        debug.db = (s.dr0, s.dr1, s.dr2, s.dr3)
-        debug.dr6 = s.dr6
-        debug.dr7 = s.dr7
-        _ = ckvm_ioctl_ptr(fd, CKVM_SET_DEBUGREGS, &debug)
+        if stateIoctls.debugRegisters {
+            var debug = kvm_debugregs()
+            debug.db = (s.dr0, s.dr1, s.dr2, s.dr3)
+            debug.dr6 = s.dr6
+            debug.dr7 = s.dr7
+            guard ckvm_ioctl_ptr(fd, CKVM_SET_DEBUGREGS, &debug) == 0 else { throw BackendError("KVM_SET_DEBUGREGS: \(Errno.current)") }
+        }
         let m = s.msrs
-        _ = try exchangeMSRs([
+        // (Not the TSC: this engine's TSC runs at the host's rate and the interpreter's at
+        // 1 GHz, so writing back a value that went through the interpreter would set the
+        // guest's clock back at every handoff; `setTSC` is for restoring a snapshot.)
+        let msrs = [
             (MSR.star, m.star), (MSR.lstar, m.lstar), (MSR.cstar, m.cstar), (MSR.fmask, m.fmask),
             (MSR.kernelGSBase, m.kernelGSBase), (MSR.sysenterCS, m.sysenterCS), (MSR.sysenterESP, m.sysenterESP),
             (MSR.sysenterEIP, m.sysenterEIP), (MSR.pat, m.pat),
-        ], set: true)
-        writeFPU(s)
+        ] + MTRRs.numbers.map { ($0, m.mtrrs[$0]) }
+        let written = try exchangeMSRs(msrs, set: true).count
+        guard written == msrs.count else {
+            throw BackendError("KVM_SET_MSRS: KVM refused MSR 0x\(String(msrs[written].0, radix: 16)) = 0x\(String(msrs[written].1, radix: 16))")
+        }
+        try writeFPU(s)
+        try writeEvents(s)
+    }
+
+    /// Sets the guest's TSC (KVM_SET_MSRS of IA32_TSC), as a restored snapshot needs.
+    public func setTSC(_ value: UInt64) throws(BackendError) {
+        guard try exchangeMSRs([(MSR.tsc, value)], set: true).count == 1 else { throw BackendError("KVM_SET_MSRS: KVM refused IA32_TSC") }
     }
 
     /// `KVM_GET_MSRS` / `KVM_SET_MSRS` for the given (index, value) pairs. MSRs the host

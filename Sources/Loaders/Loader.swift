@@ -42,6 +42,15 @@ public struct BootPlan: Sendable {
     }
 }
 
+extension BootPlan {
+    /// The plan of a machine restored from a snapshot: its memory and every vCPU's state
+    /// come from the snapshot, so there is nothing to load and every vCPU starts (in the
+    /// run state the snapshot gives it).
+    public static func restored(format: ImageFormat, ramSize: UInt64) -> BootPlan {
+        BootPlan(format: format, startsAllCPUs: true, state: CPUState(), ramSize: ramSize, placements: [])
+    }
+}
+
 /// Loads images of the contract's four formats into guest memory.
 public enum Loader {
     /// The ROM size a `bios` image needs in the memory layout (0 for other formats).

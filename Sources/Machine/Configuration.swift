@@ -59,6 +59,12 @@ public struct MachineConfiguration: Sendable {
     public var gdb: GDBOptions? = nil
     /// Whether CPUID offers x2APIC (and IA32_APIC_BASE may enable it).
     public var x2APIC = true
+    /// `--snapshot-on-exit FILE`: where the run writes a snapshot of the whole machine
+    /// when it stops, and on SIGUSR2 while it runs (Documentation/Snapshots.md).
+    public var snapshotPath: String? = nil
+    /// `--restore FILE`: the snapshot the machine is rebuilt from instead of an image (its
+    /// CONF section gives the RAM size, vCPUs, CPU model and clock: `restoring` applies it).
+    public var restore: SnapshotFile? = nil
 
     public static let maxCPUs = 256
     /// The most guest RAM KVM is given: every GiB in a memory slot costs the host kernel

@@ -25,18 +25,22 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case interrupted = 209
     /// The hardware refused to enter the guest (KVM_EXIT_FAIL_ENTRY).
     case entryFailed = 210
-    /// The console (stdout or `--serial file:`) or the trace could not be written
-    /// (a closed pipe, a full disk).
+    /// The console (stdout or `--serial file:`), the trace or the snapshot could not be
+    /// written (a closed pipe, a full disk).
     case outputError = 211
     /// The guest reset the machine (i8042 command 0xFE or output-port bit 0, port 0xCF9):
     /// Tandem has no firmware to restart, so the run ends.
     case guestReset = 212
     /// gdb killed the guest (`kill`, the `k` packet) through `--gdb`.
     case debuggerKilled = 213
+    /// `--restore`: the snapshot cannot be read, is not one, is truncated or corrupted, has
+    /// another format version, or was taken where the CPU offered other features.
+    case badSnapshot = 214
 
     public var meaning: String {
         switch self {
         case .debuggerKilled: "killed by the debugger (gdb's kill)"
+        case .badSnapshot: "--restore: snapshot unreadable, corrupted, of another version or from another CPU"
         case .guestReset: "the guest reset the machine (i8042 0xFE, port 0xCF9)"
         case .usage: "bad command-line flag or value"
         case .badImage: "image unreadable or malformed"
@@ -49,7 +53,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .hostError: "host error"
         case .interrupted: "interrupted by SIGINT, SIGTERM, SIGHUP or SIGQUIT"
         case .entryFailed: "KVM refused to enter the guest"
-        case .outputError: "the console or the trace could not be written"
+        case .outputError: "the console, the trace or the snapshot could not be written"
         }
     }
 }

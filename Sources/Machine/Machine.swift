@@ -176,7 +176,7 @@ public final class Machine: @unchecked Sendable {
     /// interpreter (Hybrid.swift).
     let hybrid: Bool
 
-    private struct Control {
+    struct Control {
         var reason: StopReason?
         var halted = 0
         var haltedWithInterruptsEnabled = 0
@@ -184,12 +184,14 @@ public final class Machine: @unchecked Sendable {
         /// An output error after the stop (the final flush of the console or the trace).
         var lateOutputError: String?
     }
-    private let control: Mutex<Control>
+    let control: Mutex<Control>
     private let stopped = DispatchSemaphore(value: 0)
     /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
     /// in wait-for-SIPI) and at stop.
     let wakeups: [HostWakeup]
     private let stopFlag = Atomic<Bool>(false)
+    /// A snapshot taken while the guest runs (SIGUSR2): the vCPUs park for it.
+    let liveSnapshot = LiveSnapshot()
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
     /// initial state. Nothing runs until `run()`.
@@ -206,23 +208,22 @@ public final class Machine: @unchecked Sendable {
         let memoryNote = try Self.checkMemoryLimit(c.memorySize, backend: c.backend)
         let cpu = GuestCPU(cpuid: try MachineCPU.cpuid(for: c))
         self.cpu = cpu
-        let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
-        let name = c.imagePath
-        let format: ImageFormat
-        do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
-            throw Self.imageError(error)
-        }
-        do {
-            memory = try GuestMemoryMap(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
-        } catch {
-            switch error {
-            case .tooSmall: throw MachineError(.usage, error.description)
-            default: throw MachineError(.hostError, error.description)
+        if let snapshot = c.restore {
+            // Memory and vCPU states come from the snapshot (`applySnapshot`, below).
+            memory = try Self.makeMemory(ramSize: c.memorySize, romSize: snapshot.configuration.romSize)
+            plan = .restored(format: snapshot.configuration.format, ramSize: c.memorySize)
+        } else {
+            let image = try Self.readFile(c.imagePath, what: "image", ramSize: c.memorySize)
+            let name = c.imagePath
+            let format: ImageFormat
+            do { format = c.format == .auto ? try ImageFormat.detect(image, name: name) : c.format } catch {
+                throw Self.imageError(error)
             }
-        }
-        let options = try Self.loadOptions(c, format: format)
-        do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
-            throw Self.imageError(error)
+            memory = try Self.makeMemory(ramSize: c.memorySize, romSize: Loader.romSize(for: format, image: image))
+            let options = try Self.loadOptions(c, format: format)
+            do { plan = try Loader.load(image, name: name, as: format, into: memory, options: options) } catch {
+                throw Self.imageError(error)
+            }
         }
         // The exit device and output errors stop the machine; they must not keep it alive.
         let stopper = WeakBox<Machine>()
@@ -234,10 +235,13 @@ public final class Machine: @unchecked Sendable {
         if c.clock == .instructions && (c.backend == .kvm || c.backend == .hybrid) {
             throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
         }
-        let virtualTime = c.clock == .instructions ? VirtualTime() : nil
+        // A restored machine's clock goes on from the snapshot's time.
+        let startTime = c.restore?.configuration.machineTime ?? 0
+        let virtualTime = c.clock == .instructions ? VirtualTime(startingAt: startTime) : nil
         self.virtualTime = virtualTime
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus, x2APIC: cpu.cpuid.offered.contains(.x2apic),
-                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } },
+                              clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } }
+                                  ?? (c.restore != nil ? MachineClock(startingAt: startTime) : nil),
                               onInterruptRequest: { stopper.value?.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
@@ -287,6 +291,8 @@ public final class Machine: @unchecked Sendable {
         }
         slots = backends.map { VCPUSlot(active: $0) }
         hybrid = backendName == "hybrid"
+        // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
+        if !plan.startsAllCPUs { for slot in slots.dropFirst() { slot.runState = .waitForSIPI } }
         do {
             traceSink = try c.trace.map { (o) throws(TraceFileError) in
                 try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -309,7 +315,18 @@ public final class Machine: @unchecked Sendable {
             gdbServer = nil
             debug = nil
         }
+        if let snapshot = c.restore { try applySnapshot(snapshot) }
         stopper.value = self
+    }
+
+    /// Reserves guest memory (an error: a usage error for a size too small, else the host's).
+    static func makeMemory(ramSize: UInt64, romSize: Int) throws(MachineError) -> GuestMemoryMap {
+        do { return try GuestMemoryMap(ramSize: ramSize, romSize: romSize) } catch {
+            switch error {
+            case .tooSmall: throw MachineError(.usage, error.description)
+            default: throw MachineError(.hostError, error.description)
+            }
+        }
     }
 
     /// What the loader is given besides the image: the command line, the Multiboot
@@ -406,7 +423,11 @@ public final class Machine: @unchecked Sendable {
     /// device, all vCPUs halted, a fault, `--timeout`, a signal, an output error), and
     /// reports it. `--timeout` counts from `configuration.started` (when the command began).
     public func run() -> RunOutcome {
-        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) { runRouted() }
+        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) {
+            // SIGUSR2: a snapshot while the guest runs (Snapshot.swift).
+            guard configuration.snapshotPath != nil else { return runRouted() }
+            return StopSignals.routingSnapshots(to: { [weak self] in self?.takeLiveSnapshot() }) { runRouted() }
+        }
     }
 
     private func runRouted() -> RunOutcome {
@@ -437,6 +458,7 @@ public final class Machine: @unchecked Sendable {
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
+        if allStopped, let path = configuration.snapshotPath, let failure = writeSnapshot(to: path) { reason = .outputError(failure) }
         // Output lost at the final flush turns a guest's own ending into an output error.
         if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
         var statistics = RunStatistics(
@@ -487,7 +509,12 @@ public final class Machine: @unchecked Sendable {
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
     private func vcpuMain(_ index: Int) {
         let slot = slots[index]
-        defer { control.withLock { $0.finalStates[index] = try? slot.guestState() } }
+        defer {
+            // A snapshot needs the state at an instruction boundary (KVM completes an
+            // answered `out` only at its next entry).
+            if configuration.snapshotPath != nil { completePendingExit(slot) }
+            control.withLock { $0.finalStates[index] = try? slot.guestState() }
+        }
         slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         if hybrid { slot.engineSince = DispatchTime.now().uptimeNanoseconds }
         // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
@@ -496,9 +523,11 @@ public final class Machine: @unchecked Sendable {
         slot.kvm?.ownTimer = slot.ownTimer?.due
         slot.fallbackVCPU?.ownTimer = slot.ownTimer?.due
         defer { slot.ownTimer?.detach() }
-        if !plan.startsAllCPUs && index > 0 {
-            // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
-            guard waitForStartup(index) else { return }
+        switch slot.runState {
+        case .running: break
+        case .waitForSIPI: guard waitForStartup(index) else { return }
+        case .halted:   // (a restored snapshot's)
+            guard waitWhileHalted(index, interruptsEnabled: (try? slot.active.readState().interruptsEnabled) ?? false) else { return }
         }
         // Tracing: the interpreter records inside its run loop; KVM is single-stepped and
         // traced from here (`VCPUTracer`), as is every backend under --trace-exits.
@@ -520,6 +549,7 @@ public final class Machine: @unchecked Sendable {
                 guard parkForDebugger(index, cause: nil) else { return }
                 continue
             }
+            if liveSnapshot.requested { parkForSnapshot(index); continue }
             if devices.apic.hasStartupEvent(vcpu: index) {
                 // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
                 if devices.apic.takeINIT(vcpu: index) {
@@ -689,10 +719,13 @@ public final class Machine: @unchecked Sendable {
     /// it does itself when every vCPU is halted and nothing can wake any (`DeviceModel.mayStillInterrupt`).
     private func waitWhileHalted(_ index: Int, interruptsEnabled: Bool) -> Bool {
         let apic = devices.apic
-        return sleep(index, interruptsEnabled: interruptsEnabled) {
+        slots[index].runState = .halted
+        guard sleep(index, interruptsEnabled: interruptsEnabled, until: {
             apic.hasStartupEvent(vcpu: index) || apic.hasNMI(vcpu: index)
                 || (interruptsEnabled && apic.hasPendingInterrupt(vcpu: index))
-        }
+        }) else { return false }
+        slots[index].runState = .running
+        return true
     }
 
     /// Wait-for-SIPI: an application processor (or a vCPU after INIT) sleeps until a
@@ -702,6 +735,7 @@ public final class Machine: @unchecked Sendable {
         // Hybrid: INIT in user mode; the vCPU restarts on the interpreter.
         if hybrid && !moveToInterpreter(slots[index], index: index) { return false }
         var vector: UInt8?
+        slots[index].runState = .waitForSIPI
         guard sleep(index, interruptsEnabled: false, until: {
             _ = apic.takeINIT(vcpu: index)   // INIT again while waiting: still waiting
             vector = apic.takeSIPI(vcpu: index)
@@ -713,6 +747,7 @@ public final class Machine: @unchecked Sendable {
             // seconds behind the BSP (Linux measured the warp and dropped the TSC clock).
             state.msrs.tsc = try slots[index].guestState().msrs.tsc
             try slots[index].active.writeState(state)
+            slots[index].runState = .running
         } catch {
             requestStop(.hostError("vcpu\(index): starting at the SIPI vector: \(error)"))
             return false
@@ -746,6 +781,7 @@ public final class Machine: @unchecked Sendable {
                 guard parkForDebugger(index, cause: nil) else { return false }
                 continue
             }
+            if liveSnapshot.requested { parkForSnapshot(index); continue }
             if ready() { return true }
             if !counted {
                 counted = true
@@ -869,6 +905,9 @@ final class VCPUSlot: @unchecked Sendable {
     var engineSince: UInt64 = 0
     var kvmNanoseconds: UInt64 = 0
     var interpreterNanoseconds: UInt64 = 0
+    /// Executing, in HLT or waiting for a start-up IPI: set by the vCPU loop, recorded in
+    /// snapshots (the engines return to the loop at HLT and never see the wait).
+    var runState = RunState.running
     /// `--clock instructions`: the retired count machine time has been advanced to.
     var lastRetired: UInt64 = 0
     /// In HLT or wait-for-SIPI (then a wakeup suffices, no kick).
@@ -894,7 +933,8 @@ final class VCPUSlot: @unchecked Sendable {
 
 /// Machine time for `--clock instructions`.
 final class VirtualTime: Sendable {
-    let nanoseconds = Atomic<UInt64>(0)
+    let nanoseconds: Atomic<UInt64>
+    init(startingAt start: UInt64 = 0) { nanoseconds = Atomic(start) }
 }
 
 final class WeakBox<T: AnyObject>: @unchecked Sendable {

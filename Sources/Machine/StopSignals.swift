@@ -20,11 +20,16 @@ import Synchronization
 /// console reports rather than a silent death.
 public enum StopSignals {
     public static let handled: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+    /// Asks a run with `--snapshot-on-exit` for a snapshot; it then continues. Caught from
+    /// `install` on, like the four above, and ignored when no run takes it.
+    public static let snapshotSignal = SIGUSR2
 
     private struct State {
         var installed = false
         var route: (@Sendable (Int32) -> Void)?
         var routedTimeout = false
+        /// Where `snapshotSignal` goes (a class holder: see the README's note on closures in a Mutex).
+        var snapshotRoute: SignalRoute?
     }
     private static let state = Mutex(State())
     /// The `--timeout` timers, kept for the life of the process (appended under `state`'s lock).
@@ -60,9 +65,9 @@ public enum StopSignals {
         // main thread, so that every thread started later can take them.
         var unblock = sigset_t()
         sigemptyset(&unblock)
-        for sig in handled { sigaddset(&unblock, sig) }
+        for sig in handled + [snapshotSignal] { sigaddset(&unblock, sig) }
         pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
-        for sig in handled {
+        for sig in handled + [snapshotSignal] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { sig in
                 var number = sig
@@ -107,7 +112,20 @@ public enum StopSignals {
         }
     }
 
+    /// Runs `body` with `snapshotSignal` going to `onSignal`.
+    public static func routingSnapshots<T>(to onSignal: @escaping @Sendable () -> Void, _ body: () throws -> T) rethrows -> T {
+        install()
+        let route = SignalRoute(onSignal)
+        state.withLock { $0.snapshotRoute = route }
+        defer { state.withLock { $0.snapshotRoute = nil } }
+        return try body()
+    }
+
     private static func deliver(_ sig: Int32) {
+        if sig == snapshotSignal {
+            state.withLock { $0.snapshotRoute }?.body()
+            return
+        }
         if let route = state.withLock({ $0.route }) {
             route(sig)
         } else {
@@ -143,4 +161,10 @@ final class PendingStop: Sendable {
     func routingSignals<T>(_ body: () throws -> T) rethrows -> T {
         try StopSignals.routed(to: { [self] sig in request(.interrupted, "interrupted by \(StopSignals.name(sig)) (status 209)") }, body)
     }
+}
+
+/// A signal's handler, kept in a class (StopSignals' state holds the object, not the closure).
+final class SignalRoute: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }

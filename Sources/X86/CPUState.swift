@@ -203,6 +203,11 @@ public struct CPUState: Equatable, Sendable {
     public var msrs = ModelSpecificRegisters()
     /// x87, MMX and SSE state (the FXSAVE image's contents) and XCR0.
     public var fpu = FPUState()
+    /// Events between instructions: the interrupt shadow, NMI blocking, and what is being
+    /// injected (KVM's `kvm_vcpu_events`).
+    public var events = VCPUEvents()
+    /// Running, halted (HLT) or waiting for a start-up IPI.
+    public var runState = RunState.running
 
     public init() {}
 
@@ -215,6 +220,7 @@ public struct CPUState: Equatable, Sendable {
             && a.efer == b.efer
             && a.dr0 == b.dr0 && a.dr1 == b.dr1 && a.dr2 == b.dr2 && a.dr3 == b.dr3
             && a.dr6 == b.dr6 && a.dr7 == b.dr7 && a.msrs == b.msrs && a.fpu == b.fpu
+            && a.events == b.events && a.runState == b.runState
     }
 
     public subscript(_ r: GPR) -> UInt64 {
@@ -263,8 +269,107 @@ public struct ModelSpecificRegisters: Equatable, Hashable, Sendable {
     public var tsc: UInt64 = 0
     public var pat: UInt64 = 0x0007_0406_0007_0406
     public var apicBase: UInt64 = 0xFEE0_0000 | (1 << 11)
+    /// The MTRRs (IA32_MTRR_DEF_TYPE, the fixed and the variable ranges): storage only,
+    /// as neither engine models memory types.
+    public var mtrrs = MTRRs()
 
     public init() {}
+}
+
+/// The MTRR MSRs, indexed by `MTRRs.numbers` (MTRRcap, 0xFE, is read-only and constant).
+public struct MTRRs: Equatable, Hashable, Sendable {
+    /// IA32_MTRR_PHYSBASE0/PHYSMASK0 ... 7 (0x200-0x20F), the eleven fixed-range MTRRs,
+    /// IA32_MTRR_DEF_TYPE.
+    public static let numbers: [UInt32] = Array(0x200...0x20F) + [0x250, 0x258, 0x259] + Array(0x268...0x26F) + [0x2FF]
+    public static let count = 28
+    public var values: InlineArray<28, UInt64> = .init(repeating: 0)
+
+    public init() {}
+
+    /// Where MSR `number` is in `values`, or nil when it is not an MTRR kept here.
+    public static func slot(_ number: UInt32) -> Int? {
+        switch number {
+        case 0x200...0x20F: Int(number - 0x200)
+        case 0x250: 16
+        case 0x258, 0x259: Int(number - 0x258) + 17
+        case 0x268...0x26F: Int(number - 0x268) + 19
+        case 0x2FF: 27
+        default: nil
+        }
+    }
+
+    public subscript(number: UInt32) -> UInt64 {
+        get { values[Self.slot(number)!] }
+        set { values[Self.slot(number)!] = newValue }
+    }
+
+    public static func == (a: MTRRs, b: MTRRs) -> Bool {
+        for i in 0..<count where a.values[i] != b.values[i] { return false }
+        return true
+    }
+
+    public func hash(into h: inout Hasher) {
+        for i in 0..<Self.count { h.combine(values[i]) }
+    }
+}
+
+/// What stands between two instructions besides the registers (SDM 6.8-6.9, 26.3.1.5):
+/// an exception, interrupt or NMI whose delivery has begun and must complete before the
+/// next instruction (KVM reports one when an exit came in the middle of it), an NMI
+/// waiting for NMI blocking to end, the interrupt shadow, and NMI blocking. The
+/// interpreter delivers events at once, so on it only the shadow, NMI blocking and a
+/// pending NMI are ever set; it delivers what KVM left injected before its next instruction.
+public struct VCPUEvents: Equatable, Hashable, Sendable {
+    /// An exception being delivered (RIP: the faulting instruction, or the next one for a trap).
+    public var exception: InjectedException?
+    /// An interrupt being delivered: an external one (acknowledged at the controller
+    /// already), or a software one (`soft`: INT n, delivered by running it again).
+    public var interrupt: InjectedInterrupt?
+    /// An NMI being delivered.
+    public var nmiInjected = false
+    /// An NMI accepted from the controller, waiting for blocking to end.
+    public var nmiPending = false
+    /// NMIs are blocked (an NMI handler runs, until its IRET).
+    public var nmiBlocked = false
+    /// `InterruptShadow` bits: interrupts (and, after MOV SS, debug traps and NMIs) are
+    /// held off for one instruction after STI or MOV SS/POP SS.
+    public var interruptShadow: UInt8 = 0
+
+    public init() {}
+
+    /// Whether something must be delivered before the next instruction.
+    @inlinable public var hasInjection: Bool { exception != nil || interrupt != nil || nmiInjected }
+}
+
+public struct InjectedException: Equatable, Hashable, Sendable {
+    public var vector: UInt8
+    public var errorCode: UInt32?
+    public init(vector: UInt8, errorCode: UInt32?) {
+        self.vector = vector
+        self.errorCode = errorCode
+    }
+}
+
+public struct InjectedInterrupt: Equatable, Hashable, Sendable {
+    public var vector: UInt8
+    public var soft: Bool
+    public init(vector: UInt8, soft: Bool) {
+        self.vector = vector
+        self.soft = soft
+    }
+}
+
+/// The interrupt shadow's causes, as KVM encodes them (KVM_X86_SHADOW_INT_*).
+public enum InterruptShadow {
+    public static let movSS: UInt8 = 1
+    public static let sti: UInt8 = 2
+}
+
+/// Whether a vCPU executes, waits in HLT for an event, or waits for a start-up IPI (an
+/// application processor before its INIT-SIPI-SIPI, or any vCPU after INIT). The vCPU
+/// loop keeps it (both engines return to it at HLT); snapshots record it.
+public enum RunState: UInt8, Sendable {
+    case running = 0, halted = 1, waitForSIPI = 2
 }
 
 /// Architectural MSR numbers.

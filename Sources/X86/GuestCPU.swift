@@ -144,3 +144,20 @@ public final class GuestCPU: @unchecked Sendable {
         return true
     }
 }
+
+extension GuestCPU {
+    /// The model MSRs of `vcpu` (its MSR file), for a snapshot.
+    public func saveMSRs(vcpu: Int, _ w: inout StateWriter) {
+        let f = files[vcpu]
+        for v in [f.tscAux, f.miscEnable, f.mcgStatus, f.perfCtl, f.thermInterrupt, f.hwcr, f.syscfg, f.topMem, f.topMem2, f.deCfg] {
+            w.u64(v)
+        }
+    }
+
+    public func restoreMSRs(vcpu: Int, _ r: inout StateReader) throws(SnapshotError) {
+        let f = files[vcpu]
+        f.tscAux = try r.u64(); f.miscEnable = try r.u64(); f.mcgStatus = try r.u64(); f.perfCtl = try r.u64()
+        f.thermInterrupt = try r.u64(); f.hwcr = try r.u64(); f.syscfg = try r.u64(); f.topMem = try r.u64()
+        f.topMem2 = try r.u64(); f.deCfg = try r.u64()
+    }
+}

@@ -40,8 +40,8 @@ struct MachineOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The CPU the guest sees (CPUID, model MSRs): \(MachineCPU.usage).", valueName: "name"))
     var cpuModel: String = CPUModel.default.name
 
-    @Argument(help: "The guest image.")
-    var image: String
+    @Argument(help: "The guest image (none with run --restore).")
+    var image: String?
 
     func validate() throws {
         guard let size = parseMemorySize(mem) else { throw ValidationError("--mem '\(mem)' is not a size like 128M or 64G") }
@@ -66,7 +66,7 @@ struct MachineOptions: ParsableArguments {
     }
 
     func configuration() throws -> MachineConfiguration {
-        var c = MachineConfiguration(imagePath: image)
+        var c = MachineConfiguration(imagePath: image ?? "")
         c.cpus = cpus
         c.memorySize = parseMemorySize(mem)!
         c.format = format
@@ -117,6 +117,7 @@ struct Diff: ParsableCommand {
     var timeout: Double?
 
     func validate() throws {
+        if machine.image == nil { throw ValidationError("Missing expected argument '<image>'") }
         if steps == 0 { throw ValidationError("--steps must be at least 1") }
         if let timeout, !(timeout > 0 && timeout <= MachineConfiguration.maxTimeout) {
             throw ValidationError("--timeout must be a positive number of seconds, at most \(Int(MachineConfiguration.maxTimeout))")

@@ -7,6 +7,7 @@ import Devices
 import Loaders
 import Machine
 import Tracing
+import X86
 
 /// The `tandem` command line.
 @main
@@ -112,6 +113,12 @@ struct Run: ParsableCommand {
     @Flag(help: "With --gdb: stop every vCPU before its first instruction until gdb resumes it.")
     var gdbWait = false
 
+    @Option(help: ArgumentHelp("Write a snapshot of the whole machine to this file when the run stops, and on SIGUSR2 while it runs (Documentation/Snapshots.md).", valueName: "file"))
+    var snapshotOnExit: String?
+
+    @Option(help: ArgumentHelp("Rebuild the machine from this snapshot, instead of an image, and continue the guest (on either backend; status 214 when the file cannot be used).", valueName: "file"))
+    var restore: String?
+
     func traceOptions() throws -> TraceOptions? {
         guard let trace else {
             if traceExits || traceRange != nil || traceCount != nil || traceLast != nil || traceFrom != 0 {
@@ -145,6 +152,17 @@ struct Run: ParsableCommand {
             throw ValidationError("--gdb '\(gdb)' must be tcp:[HOST:]PORT, e.g. tcp:1234 or tcp:127.0.0.1:1234 (HOST a numeric IPv4 address)")
         }
         if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs --gdb tcp:[HOST:]PORT") }
+        if restore == nil && machine.image == nil { throw ValidationError("Missing expected argument '<image>'") }
+        if restore != nil {
+            // The snapshot describes the machine: options that would describe another are refused.
+            let m = machine
+            let given = [("<image>", m.image != nil), ("--cpus", m.cpus != 1), ("--mem", m.mem != "128M"), ("--format", m.format != .auto),
+                         ("--cmdline", m.cmdline != nil), ("--append", m.append != nil), ("--initrd", m.initrd != nil),
+                         ("--module", !m.modules.isEmpty), ("--cpu-model", m.cpuModel != CPUModel.default.name), ("--clock", clock != .host)]
+            if let (name, _) = given.first(where: { $0.1 }) {
+                throw ValidationError("--restore takes the machine from the snapshot: \(name) cannot be given with it")
+            }
+        }
     }
 
     func run() throws {
@@ -161,6 +179,12 @@ struct Run: ParsableCommand {
         c.announceBackend = !quiet
         c.gdb = gdb.flatMap(GDBOptions.parse)
         c.gdb?.waitForDebugger = gdbWait
+        c.snapshotPath = snapshotOnExit
+        if let restore {
+            do { c = c.restoring(try SnapshotFile.read(from: restore)) } catch {
+                throw Failure(status: ExitStatus.badSnapshot.rawValue, message: error.description)
+            }
+        }
         let vm: Machine
         do { vm = try Machine(c) } catch {
             throw Failure(status: error.status.rawValue, message: error.description)

@@ -71,13 +71,7 @@ struct InterruptHookTests {
 
     func start(_ memory: GuestMemoryMap) throws -> CPUState {
         try memory.load(try program(), at: 0x7C00)
-        var s = CPUState()
-        s.cs = .realMode(0, code: true)
-        s.ds = .realMode(0); s.es = .realMode(0); s.ss = .realMode(0); s.fs = .realMode(0); s.gs = .realMode(0)
-        s.rip = 0x7C00
-        s[.rsp] = 0x7C00
-        s.cr0 = CR0.et
-        return s
+        return CPUState.bootSector(stack: 0x7C00)
     }
 
     @Test("the interpreter delivers a pending interrupt at a boundary with IF set, after the STI shadow, and HLT resumes")

@@ -11,6 +11,7 @@ import Loaders
 import Machine
 import Synchronization
 import Testing
+import X86
 
 // MARK: Locations
 
@@ -482,4 +483,17 @@ func hostCPUHas(_ flags: [String]) -> Bool {
           let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
     let have = Set(line.split(separator: " ").map(String.init))
     return flags.allSatisfy(have.contains)
+}
+
+extension CPUState {
+    /// Real mode with every segment at 0, at the boot sector's 0x7C00, SP = `stack`.
+    static func bootSector(stack: UInt64) -> CPUState {
+        var s = CPUState()
+        s.cs = .realMode(0, code: true)
+        s.ds = .realMode(0); s.es = .realMode(0); s.ss = .realMode(0); s.fs = .realMode(0); s.gs = .realMode(0)
+        s.rip = 0x7C00
+        s[.rsp] = stack
+        s.cr0 = CR0.et
+        return s
+    }
 }
