@@ -39,6 +39,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     let decoder = Decoder()
     let cache: UnsafeMutablePointer<CacheEntry>
     static let cacheSize = 1 << 14
+    /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).
+    let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
 
     // The first RAM region (from 0): the fast path for every access with paging off.
     let lowHost: UnsafeMutableRawPointer
@@ -234,7 +236,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     public func memoryWritten(at physical: UInt64, length: Int) {
         guard length > 0 else { return }
         for page in (physical >> 12)...((physical &+ UInt64(length) &- 1) >> 12) {
-            codePages.noteWrite(Int(truncatingIfNeeded: page))
+            codePages.noteWrite(page: Int(truncatingIfNeeded: page))
         }
     }
 
@@ -442,11 +444,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         return page == entry.pointee.page2 && codePages.current(page) == entry.pointee.version2
     }
 
-    static let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
-
+    /// (A stored property, not a `static let`: that would cost a `swift_once` check on
+    /// every fetch.)
     @inline(__always)
     func instructionPointer(_ entry: UnsafeMutablePointer<CacheEntry>) -> UnsafeMutablePointer<DecodedInstruction> {
-        (UnsafeMutableRawPointer(entry) + Self.instructionOffset).assumingMemoryBound(to: DecodedInstruction.self)
+        (UnsafeMutableRawPointer(entry) + instructionOffset).assumingMemoryBound(to: DecodedInstruction.self)
     }
 
     @inline(never)
@@ -456,11 +458,12 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             && secondPageUnchanged(entry, linear: linear) {
             return instructionPointer(entry)
         }
-        // The pages are marked as holding code before their bytes are read (CodePages).
-        let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
+        // The pages are marked as holding code before their bytes are read (CodePages): the
+        // lines of the longest instruction that can start here.
+        let firstPart = Int(0x1000 - (linear & 0xFFF))
+        let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12), offset: Int(physical & 0xFFF), length: min(15, firstPart))
         var page2 = -1
         var version2: UInt32 = 0
-        let firstPart = Int(0x1000 - (linear & 0xFFF))
         var bytes = (UInt64(0), UInt64(0))
         var count = 0
         try withUnsafeMutableBytes(of: &bytes) { (buffer) throws(Fault) in
@@ -474,7 +477,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 if count == firstPart {
                     guard let next = paging ? try? translateLinear(la, .execute) : la & a20Mask else { break }
                     page2 = Int(truncatingIfNeeded: next >> 12)
-                    version2 = codePages.tagForDecode(page2)
+                    version2 = codePages.tagForDecode(page2, offset: 0, length: 15 - firstPart)
                     guard let b = try? readLinear(la, 1, .execute) else { break }
                     buffer[count] = UInt8(truncatingIfNeeded: b)
                 } else {
