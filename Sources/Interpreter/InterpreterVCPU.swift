@@ -297,10 +297,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 if _slowPath(recorder != nil) {
                     try runRecorded(&budget)
                 } else {
-                    while budget > 0 {
-                        try step()
-                        budget &-= 1
-                    }
+                    try runInstructions(&budget)
                 }
             } catch {
                 retired &+= UInt64(start - budget)
@@ -405,23 +402,6 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     // MARK: Fetch
 
-    @inline(__always)
-    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
-        let rip = s.pointee.rip
-        let cs = seg[1]
-        if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
-        let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
-        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
-        let mode = UInt64(codeBits >> 5)   // 0, 1, 2
-        let key = physical << 2 | mode
-        let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
-        let page = Int(truncatingIfNeeded: physical >> 12)
-        if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
-            return instructionPointer(entry)
-        }
-        return try decodeInto(entry, key: key, linear: linear, physical: physical)
-    }
-
     /// Set in the tag of an instruction that runs into the next page, so that the fast path
     /// never takes it: `decodeInto` checks the second page first (physical addresses have
     /// fewer than 63 bits).
@@ -508,7 +488,28 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             entry.pointee.tag = key
         }
         entry.pointee.instruction = decoded
+        entry.pointee.instruction.form = FastForm.of(decoded)
         return instructionPointer(entry)
+    }
+}
+
+extension InterpreterVCPU {
+    // (In an extension: `@_transparent` is not allowed in a class body.)
+    @_transparent
+    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        let rip = s.pointee.rip
+        let cs = seg[1]
+        if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
+        let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
+        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
+        let mode = UInt64(codeBits >> 5)   // 0, 1, 2
+        let key = physical << 2 | mode
+        let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
+        let page = Int(truncatingIfNeeded: physical >> 12)
+        if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
+            return instructionPointer(entry)
+        }
+        return try decodeInto(entry, key: key, linear: linear, physical: physical)
     }
 }
 
