@@ -20,6 +20,9 @@ enum FastForm: UInt8 {
     case aluRM8, aluRM16, aluRM32, aluRM64 // add/adc/sub/sbb/and/or/xor/cmp/test reg, [mem]
     case shiftRI8, shiftRI16, shiftRI32, shiftRI64 // shl/sal/shr/sar/rol/ror reg, imm or 1
     case leaR8, leaR16, leaR32, leaR64 // lea reg, [mem] (no 8-bit form exists)
+    /// jcc rel, by condition (the encoding's tttn: jo, jno, jb, ... jg), and jmp rel.
+    case jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp, jl, jge, jle, jg
+    case jmpRel
 
     /// The form of `d` (called once per decode).
     static func of(_ d: DecodedInstruction) -> FastForm {
@@ -32,7 +35,7 @@ enum FastForm: UInt8 {
         case 2: width = 1
         case 4: width = 2
         case 8: width = 3
-        default: return .generic
+        default: width = 4   // (jcc and jmp only: the others need a width)
         }
         let gpr0 = o0.kind == .register && o0.reg < 16
         let gpr1 = o1.kind == .register && o1.reg < 16 && o1.size == o0.size
@@ -60,10 +63,14 @@ enum FastForm: UInt8 {
         case .lea:
             guard gpr0, d.operandCount == 2, o1.kind == .memory else { return .generic }
             family = .leaR8
+        case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
+            return FastForm(rawValue: FastForm.jo.rawValue + UInt8(d.op.rawValue - Op.jo.rawValue))!
+        case .jmp where d.opcode == 0xE9 || d.opcode == 0xEB:
+            return .jmpRel
         default:
             return .generic
         }
-        return FastForm(rawValue: family.rawValue + width)!
+        return width < 4 ? FastForm(rawValue: family.rawValue + width)! : .generic
     }
 }
 
@@ -121,6 +128,23 @@ extension InterpreterVCPU {
         case .leaR16: try leaR(d, 2, next: next)
         case .leaR32: try leaR(d, 4, next: next)
         case .leaR64: try leaR(d, 8, next: next)
+        case .jo: jumpIf(d, condition(0), next: next); return true
+        case .jno: jumpIf(d, condition(1), next: next); return true
+        case .jb: jumpIf(d, condition(2), next: next); return true
+        case .jae: jumpIf(d, condition(3), next: next); return true
+        case .je: jumpIf(d, condition(4), next: next); return true
+        case .jne: jumpIf(d, condition(5), next: next); return true
+        case .jbe: jumpIf(d, condition(6), next: next); return true
+        case .ja: jumpIf(d, condition(7), next: next); return true
+        case .js: jumpIf(d, condition(8), next: next); return true
+        case .jns: jumpIf(d, condition(9), next: next); return true
+        case .jp: jumpIf(d, condition(10), next: next); return true
+        case .jnp: jumpIf(d, condition(11), next: next); return true
+        case .jl: jumpIf(d, condition(12), next: next); return true
+        case .jge: jumpIf(d, condition(13), next: next); return true
+        case .jle: jumpIf(d, condition(14), next: next); return true
+        case .jg: jumpIf(d, condition(15), next: next); return true
+        case .jmpRel: jumpIf(d, true, next: next); return true
         }
         s.pointee.rip = next
         return true
@@ -230,5 +254,11 @@ extension InterpreterVCPU {
     @_transparent
     func leaR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
         writeGPR(d.pointee.o0.reg, size, effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next))
+    }
+
+    /// A relative jump (jcc, jmp rel) that is taken when `taken`, as `execute` does it.
+    @_transparent
+    func jumpIf(_ d: UnsafeMutablePointer<DecodedInstruction>, _ taken: Bool, next: UInt64) {
+        s.pointee.rip = taken ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
     }
 }

@@ -77,7 +77,7 @@ extension InterpreterVCPU {
     func flag(_ f: UInt64) -> Bool { s.pointee.rflags & f != 0 }
 
     /// Condition `cc` (the tttn encoding) against RFLAGS.
-    @inline(__always)
+    @_transparent
     func condition(_ cc: Int) -> Bool {
         let f = s.pointee.rflags
         let v: Bool
