@@ -70,13 +70,13 @@ static uint32_t insertion_sort(void) {
 
 int bench_main(void) {
     uint32_t s = 0, c = 0, m = 0, o = 0;
-    for (int r = 0; r < 10; r++) s += sieve();
+    for (int r = 0; r < 40; r++) s += sieve();
     for (uint32_t i = 0; i < CRC_BYTES; i++) data[i] = (uint8_t)next_random();
-    for (int r = 0; r < 10; r++) c ^= crc32(data, CRC_BYTES) + (uint32_t)r;
+    for (int r = 0; r < 40; r++) { c = c * 31 + crc32(data, CRC_BYTES); data[r] += 1; }
     for (int i = 0; i < M; i++)
         for (int j = 0; j < M; j++) { ma[i][j] = (int32_t)(next_random() & 0xFFFF) - 0x8000; mb[i][j] = (int32_t)(next_random() & 0xFF); }
-    for (int r = 0; r < 10; r++) { m ^= matmul(); ma[r][r] += 1; }
-    for (int r = 0; r < 4; r++) o ^= insertion_sort();
+    for (int r = 0; r < 40; r++) { m ^= matmul(); ma[r][r] += 1; }
+    for (int r = 0; r < 16; r++) o ^= insertion_sort();
     report("sieve", s);
     report("crc32", c);
     report("matmul", m);
