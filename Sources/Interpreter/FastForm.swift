@@ -154,7 +154,8 @@ extension InterpreterVCPU {
     @_transparent
     func readGPR(_ reg: UInt8, _ size: Int) -> UInt64 { r[Int(reg)] & sizeMask(size) }
 
-    /// Writes a general register (0-15) as `writeReg` does.
+    /// Writes a general register (0-15) as hardware does: 8- and 16-bit writes keep the
+    /// other bits, 32-bit writes zero the upper half (`writeReg` adds AH-BH).
     @_transparent
     func writeGPR(_ reg: UInt8, _ size: Int, _ v: UInt64) {
         let i = Int(reg)
