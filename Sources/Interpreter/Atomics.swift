@@ -31,8 +31,7 @@ extension InterpreterVCPU {
     /// Tells the decode caches about a locked write (after it, as for every write).
     @inline(__always)
     func noteLockedWrite(_ physical: UInt64, _ size: Int) {
-        codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
-        codePages.noteWrite(Int(truncatingIfNeeded: (physical &+ UInt64(size &- 1)) >> 12))
+        codePages.noteWrite(physical, size)
     }
 
     /// Compare-and-swap of `size` bytes; on failure `expected` becomes the current value.

@@ -66,6 +66,8 @@ struct DecodedInstruction {
     var relative: Int64 = 0
     /// MMX/SSE instructions (`op == .sse`): their decoded form (SSEDecode.swift).
     var simd = SIMDForm()
+    /// The handler `executeFast` runs it with, chosen when the decode is cached.
+    var form = FastForm.generic
 }
 
 /// Turns instruction bytes into `DecodedInstruction`s with Capstone (detail on).

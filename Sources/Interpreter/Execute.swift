@@ -1,15 +1,32 @@
 import X86
 
 extension InterpreterVCPU {
+    /// Runs `budget` instructions (fewer when one faults or exits; `budget` counts down as
+    /// they retire). One function holds the whole fetch-execute loop, so the vCPU's hot
+    /// state stays in host registers from one instruction to the next.
+    @inline(never)
+    func runInstructions(_ budget: inout Int) throws(Fault) {
+        while budget > 0 {
+            try step()
+            budget &-= 1
+            if _slowPath(endBlock) { break }   // (the hybrid engine: user mode entered)
+        }
+    }
+
     /// Executes one instruction. State changes only when it completes, except for the
     /// iterations a REP string instruction has finished.
-    @inline(__always)
+    ///
+    /// `@_transparent` here and below: the optimiser declines to inline even
+    /// `@inline(__always)` functions into a caller as large as the loop (measured: `step`
+    /// and every handler stayed a call, the width a run-time argument); mandatory inlining
+    /// always happens.
+    @_transparent
     func step() throws(Fault) {
         try execute(try fetch())
     }
 
     /// Executes the instruction `fetch` returned.
-    @inline(__always)
+    @_transparent
     func execute(_ d: UnsafeMutablePointer<DecodedInstruction>) throws(Fault) {
         let rip = s.pointee.rip
         let next = codeBits == 64 ? rip &+ UInt64(d.pointee.length) : (codeBits == 32 ? (rip &+ UInt64(d.pointee.length)) & 0xFFFF_FFFF : (rip &+ UInt64(d.pointee.length)) & 0xFFFF)
@@ -21,8 +38,9 @@ extension InterpreterVCPU {
         try execute(d, next: next)
     }
 
-    @inline(__always)
+    @_transparent
     func execute(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
+        if try executeFast(d, next: next) { return }
         let op = d.pointee.op
         if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try checkLock(d) }
         switch op {
@@ -183,7 +201,7 @@ extension InterpreterVCPU {
     }
 
     /// The result and flags of add, adc, sub, sbb, and, or, xor, cmp, test (`carry`: CF in).
-    @inline(__always)
+    @_transparent
     func aluResult(_ op: Op, _ a: UInt64, _ b: UInt64, _ carry: UInt64, _ size: Int) -> (UInt64, UInt64) {
         switch op {
         case .add: let res = a &+ b; return (res, addFlags(a, b, res, 0, size))
@@ -200,7 +218,6 @@ extension InterpreterVCPU {
     func shift(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
         let op = d.pointee.op
         let size = Int(d.pointee.o0.size)
-        let bits = UInt64(size * 8)
         var count: UInt64 = d.pointee.operandCount > 1 ? try readOperand(d.pointee.o1, d, 1, next: next) : 1
         count &= size == 8 ? 0x3F : 0x1F
         let a = try readOperand(d.pointee.o0, d, size, next: next)
@@ -209,6 +226,16 @@ extension InterpreterVCPU {
             try writeOperand(d.pointee.o0, d, size, a, next: next)
             return
         }
+        let (res, f, flagMask) = shiftResult(op, a, count, size)
+        try writeOperand(d.pointee.o0, d, size, res, next: next)
+        setFlags(flagMask, f)
+    }
+
+    /// The result of a shift or rotate of `a` by `count` (masked, not 0), the flags it
+    /// sets and which flags those are.
+    @_transparent
+    func shiftResult(_ op: Op, _ a: UInt64, _ count: UInt64, _ size: Int) -> (UInt64, UInt64, UInt64) {
+        let bits = UInt64(size * 8)
         let m = sizeMask(size)
         let sb = signBit(size)
         var res: UInt64 = 0
@@ -267,7 +294,6 @@ extension InterpreterVCPU {
             f = resultFlags(res, size) | (cf ? Flag.cf : 0)
             flagMask = Flag.arithmetic
         }
-        try writeOperand(d.pointee.o0, d, size, res, next: next)
-        setFlags(flagMask, f)
+        return (res, f, flagMask)
     }
 }

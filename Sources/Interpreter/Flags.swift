@@ -20,15 +20,15 @@ enum Flag {
     static let arithmetic: UInt64 = cf | pf | af | zf | sf | of
 }
 
-@inline(__always) func sizeMask(_ size: Int) -> UInt64 { size == 8 ? .max : (1 << (UInt64(size) * 8)) - 1 }
-@inline(__always) func signBit(_ size: Int) -> UInt64 { 1 << (UInt64(size) * 8 - 1) }
-@inline(__always) func signExtend(_ v: UInt64, _ size: Int) -> UInt64 {
+@_transparent func sizeMask(_ size: Int) -> UInt64 { size == 8 ? .max : (1 << (UInt64(size) * 8)) - 1 }
+@_transparent func signBit(_ size: Int) -> UInt64 { 1 << (UInt64(size) * 8 - 1) }
+@_transparent func signExtend(_ v: UInt64, _ size: Int) -> UInt64 {
     let shift = UInt64(64 - size * 8)
     return UInt64(bitPattern: Int64(bitPattern: v << shift) >> Int64(shift))
 }
 
 /// PF, ZF, SF of a result.
-@inline(__always) func resultFlags(_ r: UInt64, _ size: Int) -> UInt64 {
+@_transparent func resultFlags(_ r: UInt64, _ size: Int) -> UInt64 {
     let m = r & sizeMask(size)
     var f: UInt64 = (0x9669 >> ((m ^ (m >> 4)) & 0xF)) & 1 == 1 ? Flag.pf : 0
     if m == 0 { f |= Flag.zf }
@@ -37,7 +37,7 @@ enum Flag {
 }
 
 /// Flags of a + b (+ carry-in) = r.
-@inline(__always) func addFlags(_ a: UInt64, _ b: UInt64, _ r: UInt64, _ carryIn: UInt64, _ size: Int) -> UInt64 {
+@_transparent func addFlags(_ a: UInt64, _ b: UInt64, _ r: UInt64, _ carryIn: UInt64, _ size: Int) -> UInt64 {
     let m = sizeMask(size)
     var f = resultFlags(r, size)
     let rm = r & m
@@ -48,7 +48,7 @@ enum Flag {
 }
 
 /// Flags of a - b (- borrow-in) = r.
-@inline(__always) func subFlags(_ a: UInt64, _ b: UInt64, _ r: UInt64, _ borrowIn: UInt64, _ size: Int) -> UInt64 {
+@_transparent func subFlags(_ a: UInt64, _ b: UInt64, _ r: UInt64, _ borrowIn: UInt64, _ size: Int) -> UInt64 {
     let m = sizeMask(size)
     var f = resultFlags(r, size)
     let am = a & m, bm = b & m

@@ -39,6 +39,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     let decoder = Decoder()
     let cache: UnsafeMutablePointer<CacheEntry>
     static let cacheSize = 1 << 14
+    /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).
+    let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
 
     // The first RAM region (from 0): the fast path for every access with paging off.
     let lowHost: UnsafeMutableRawPointer
@@ -250,7 +252,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     public func memoryWritten(at physical: UInt64, length: Int) {
         guard length > 0 else { return }
         for page in (physical >> 12)...((physical &+ UInt64(length) &- 1) >> 12) {
-            codePages.noteWrite(Int(truncatingIfNeeded: page))
+            codePages.noteWrite(page: Int(truncatingIfNeeded: page))
         }
     }
 
@@ -316,11 +318,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 if _slowPath(recorder != nil) {
                     try runRecorded(&budget)
                 } else {
-                    while budget > 0 {
-                        try step()
-                        budget &-= 1
-                        if _slowPath(endBlock) { break }
-                    }
+                    try runInstructions(&budget)
                 }
             } catch {
                 retired &+= UInt64(start - budget)
@@ -437,23 +435,6 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     // MARK: Fetch
 
-    @inline(__always)
-    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
-        let rip = s.pointee.rip
-        let cs = seg[1]
-        if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
-        let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
-        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
-        let mode = UInt64(codeBits >> 5)   // 0, 1, 2
-        let key = physical << 2 | mode
-        let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
-        let page = Int(truncatingIfNeeded: physical >> 12)
-        if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
-            return instructionPointer(entry)
-        }
-        return try decodeInto(entry, key: key, linear: linear, physical: physical)
-    }
-
     /// Set in the tag of an instruction that runs into the next page, so that the fast path
     /// never takes it: `decodeInto` checks the second page first (physical addresses have
     /// fewer than 63 bits).
@@ -476,11 +457,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         return page == entry.pointee.page2 && codePages.current(page) == entry.pointee.version2
     }
 
-    static let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
-
+    /// (A stored property, not a `static let`: that would cost a `swift_once` check on
+    /// every fetch.)
     @inline(__always)
     func instructionPointer(_ entry: UnsafeMutablePointer<CacheEntry>) -> UnsafeMutablePointer<DecodedInstruction> {
-        (UnsafeMutableRawPointer(entry) + Self.instructionOffset).assumingMemoryBound(to: DecodedInstruction.self)
+        (UnsafeMutableRawPointer(entry) + instructionOffset).assumingMemoryBound(to: DecodedInstruction.self)
     }
 
     @inline(never)
@@ -490,11 +471,12 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             && secondPageUnchanged(entry, linear: linear) {
             return instructionPointer(entry)
         }
-        // The pages are marked as holding code before their bytes are read (CodePages).
-        let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12))
+        // The pages are marked as holding code before their bytes are read (CodePages): the
+        // lines of the longest instruction that can start here.
+        let firstPart = Int(0x1000 - (linear & 0xFFF))
+        let version = codePages.tagForDecode(Int(truncatingIfNeeded: physical >> 12), offset: Int(physical & 0xFFF), length: min(15, firstPart))
         var page2 = -1
         var version2: UInt32 = 0
-        let firstPart = Int(0x1000 - (linear & 0xFFF))
         var bytes = (UInt64(0), UInt64(0))
         var count = 0
         try withUnsafeMutableBytes(of: &bytes) { (buffer) throws(Fault) in
@@ -508,7 +490,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
                 if count == firstPart {
                     guard let next = paging ? try? translateLinear(la, .execute) : la & a20Mask else { break }
                     page2 = Int(truncatingIfNeeded: next >> 12)
-                    version2 = codePages.tagForDecode(page2)
+                    version2 = codePages.tagForDecode(page2, offset: 0, length: 15 - firstPart)
                     guard let b = try? readLinear(la, 1, .execute) else { break }
                     buffer[count] = UInt8(truncatingIfNeeded: b)
                 } else {
@@ -539,7 +521,28 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             entry.pointee.tag = key
         }
         entry.pointee.instruction = decoded
+        entry.pointee.instruction.form = FastForm.of(decoded)
         return instructionPointer(entry)
+    }
+}
+
+extension InterpreterVCPU {
+    // (In an extension: `@_transparent` is not allowed in a class body.)
+    @_transparent
+    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        let rip = s.pointee.rip
+        let cs = seg[1]
+        if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
+        let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
+        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
+        let mode = UInt64(codeBits >> 5)   // 0, 1, 2
+        let key = physical << 2 | mode
+        let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
+        let page = Int(truncatingIfNeeded: physical >> 12)
+        if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
+            return instructionPointer(entry)
+        }
+        return try decodeInto(entry, key: key, linear: linear, physical: physical)
     }
 }
 

@@ -204,17 +204,14 @@ extension InterpreterVCPU {
         if !paging {
             if _fastPath(linear &+ UInt64(size) <= lowEnd) {
                 store(lowHost + Int(linear), size, value)
-                codePages.noteWrite(Int(truncatingIfNeeded: linear >> 12))
-                if _slowPath((linear &+ UInt64(size) &- 1) & ~0xFFF != linear & ~0xFFF) {
-                    codePages.noteWrite(Int(truncatingIfNeeded: (linear &+ UInt64(size) &- 1) >> 12))
-                }
+                codePages.noteWrite(linear, size)
                 return
             }
         } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
             let physical = try translateLinear(linear, .write)
             if _fastPath(physical &+ UInt64(size) <= lowEnd) {
                 store(lowHost + Int(physical), size, value)
-                codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
+                codePages.noteWrite(physical, size)
                 return
             }
             return try writePhysicalSlow(physical, size, value)
@@ -235,8 +232,7 @@ extension InterpreterVCPU {
     func writePhysicalSlow(_ physical: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
         if let p = memory.hostPointer(physical, length: UInt64(size), kind: .ram) {
             store(p, size, value)
-            codePages.noteWrite(Int(truncatingIfNeeded: physical >> 12))
-            codePages.noteWrite(Int(truncatingIfNeeded: (physical &+ UInt64(size) &- 1) >> 12))
+            codePages.noteWrite(physical, size)
             return
         }
         if memory.region(containing: physical) != nil || memory.region(containing: physical &+ UInt64(size - 1)) != nil {

@@ -4,7 +4,7 @@ extension InterpreterVCPU {
     @inline(__always)
     func readReg(_ reg: UInt8, _ size: Int) -> UInt64 {
         if _slowPath(reg >= 16) { return (r[Int(reg - 16)] >> 8) & 0xFF }
-        return r[Int(reg)] & sizeMask(size)
+        return readGPR(reg, size)
     }
 
     /// Writes a register as hardware does: 8- and 16-bit writes keep the other bits,
@@ -16,13 +16,7 @@ extension InterpreterVCPU {
             r[i] = r[i] & ~0xFF00 | (v & 0xFF) << 8
             return
         }
-        let i = Int(reg)
-        switch size {
-        case 1: r[i] = r[i] & ~0xFF | v & 0xFF
-        case 2: r[i] = r[i] & ~0xFFFF | v & 0xFFFF
-        case 4: r[i] = v & 0xFFFF_FFFF
-        default: r[i] = v
-        }
+        writeGPR(reg, size, v)
     }
 
     /// The offset part of a memory operand, wrapped to the address size.
@@ -77,7 +71,7 @@ extension InterpreterVCPU {
     func flag(_ f: UInt64) -> Bool { s.pointee.rflags & f != 0 }
 
     /// Condition `cc` (the tttn encoding) against RFLAGS.
-    @inline(__always)
+    @_transparent
     func condition(_ cc: Int) -> Bool {
         let f = s.pointee.rflags
         let v: Bool

@@ -171,6 +171,6 @@ extension InterpreterVCPU {
 
     func physicalWrite(_ address: UInt64, _ size: Int, _ value: UInt64) {
         if size == 8 { memory.write(address, value) } else { memory.write(address, UInt32(truncatingIfNeeded: value)) }
-        codePages.noteWrite(Int(truncatingIfNeeded: address >> 12))
+        codePages.noteWrite(address, size)
     }
 }

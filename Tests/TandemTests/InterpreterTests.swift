@@ -206,6 +206,35 @@ struct InterpreterProgramTests {
         #expect(r.status == 0)
     }
 
+    /// Code pages are tracked per 128-byte line (CodePages): a write to another line of the
+    /// code's page keeps the decodes, a write to the part of an instruction that lies in the
+    /// next line still drops it.
+    @Test("self-modifying code: a patch in the next 128-byte line of an instruction takes effect, data writes on its page do not disturb it")
+    func selfModifyingCodeAcrossLines() throws {
+        let r = try run("""
+                mov cx, 3
+        again:  call patched
+                call hex16
+                mov al, ' '
+                out 0xe9, al
+                inc word [data]            ; another line of the same page
+                inc byte [patched + 2]     ; the immediate's high byte: the next line
+                loop again
+                mov ax, [data]
+                call hex16
+                mov al, 0
+                out 0xf4, al
+                align 128, db 0x90
+                times 126 db 0x90
+        patched: mov ax, 0x1234            ; B8 34 12 at line offsets 126, 127 and 0
+                ret
+                align 128, db 0
+        data:   dw 0
+        """)
+        #expect(r.output == "1234 1334 1434 0003", "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
+    }
+
     @Test("code copied into a buffer and rewritten between runs")
     func copiedCode() throws {
         let r = try run("""

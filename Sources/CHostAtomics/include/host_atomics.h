@@ -14,19 +14,6 @@
 
 #if !defined(__x86_64__)
 #error "Tandem's interpreter needs an x86-64 host for guest LOCK semantics"
-/// A relaxed atomic load of a 32-bit word (a plain `mov` on x86; it tells the compiler,
-/// and the thread sanitizer, that other threads write the word).
-static inline uint32_t tandem_load_relaxed32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-
-/// Keeps the compiler from moving memory accesses across this point (no instruction).
-static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
-
-/// Makes every other thread of this process execute a full memory barrier before it
-/// returns (the slow side of an asymmetric Dekker handshake, whose fast side needs only
-/// program order: see CodePages). Linux membarrier(PRIVATE_EXPEDITED), or, where that is
-/// unavailable, a protection change of a private page, whose TLB shootdown interrupts
-/// every CPU running one of our threads. Returns false when neither works.
-bool tandem_process_memory_barrier(void);
 #endif
 
 /// Compare-and-swap of 1, 2, 4 or 8 bytes at any alignment. On failure *expected
@@ -86,9 +73,10 @@ static inline uint64_t tandem_load(const void *p, int size) {
     }
 }
 
-/// A relaxed atomic load of a 32-bit word (a plain `mov` on x86; it tells the compiler,
+/// Relaxed atomic loads of a 32- and a 64-bit word (a plain `mov` on x86; it tells the compiler,
 /// and the thread sanitizer, that other threads write the word).
 static inline uint32_t tandem_load_relaxed32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint64_t tandem_load_relaxed64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
 /// Keeps the compiler from moving memory accesses across this point (no instruction).
 static inline void tandem_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }

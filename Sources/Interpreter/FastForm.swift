@@ -1,0 +1,265 @@
+import X86
+
+/// The form of a decoded instruction, chosen once when it is decoded, for the hottest
+/// families with general-register and immediate operands: the operation family, the
+/// operand shape and the width in one value, so that `executeFast` runs it without
+/// looking at operand kinds, AH-BH, prefixes or widths again (each case is its handler
+/// inlined with a constant width). Everything else is `.generic` and goes through
+/// `execute`'s switch over `Op`. A translator (see Documentation/Interpreter.md) would
+/// read the same field to pick its code template.
+enum FastForm: UInt8 {
+    case generic
+    case movRR8, movRR16, movRR32, movRR64 // mov reg, reg
+    case movRI8, movRI16, movRI32, movRI64 // mov reg, imm
+    case movRM8, movRM16, movRM32, movRM64 // mov reg, [mem]
+    case movMR8, movMR16, movMR32, movMR64 // mov [mem], reg
+    case aluRR8, aluRR16, aluRR32, aluRR64 // add/adc/sub/sbb/and/or/xor/cmp/test reg, reg
+    case aluRI8, aluRI16, aluRI32, aluRI64 // the same, reg, imm
+    case incR8, incR16, incR32, incR64 // inc reg
+    case decR8, decR16, decR32, decR64 // dec reg
+    case aluRM8, aluRM16, aluRM32, aluRM64 // add/adc/sub/sbb/and/or/xor/cmp/test reg, [mem]
+    case shiftRI8, shiftRI16, shiftRI32, shiftRI64 // shl/sal/shr/sar/rol/ror reg, imm or 1
+    case leaR8, leaR16, leaR32, leaR64 // lea reg, [mem] (no 8-bit form exists)
+    /// jcc rel, by condition (the encoding's tttn: jo, jno, jb, ... jg), and jmp rel.
+    case jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp, jl, jge, jle, jg
+    case jmpRel
+
+    /// The form of `d` (called once per decode).
+    static func of(_ d: DecodedInstruction) -> FastForm {
+        // LOCK is #UD (or a locked memory operation) on these: the generic path decides.
+        guard d.prefixes & PrefixBits.lock == 0, d.operandCount >= 1 else { return .generic }
+        let o0 = d.o0, o1 = d.o1
+        let width: UInt8
+        switch o0.size {
+        case 1: width = 0
+        case 2: width = 1
+        case 4: width = 2
+        case 8: width = 3
+        default: width = 4   // (jcc and jmp only: the others need a width)
+        }
+        let gpr0 = o0.kind == .register && o0.reg < 16
+        let gpr1 = o1.kind == .register && o1.reg < 16 && o1.size == o0.size
+        let family: FastForm
+        switch d.op {
+        case .mov, .movabs:
+            guard d.operandCount == 2 else { return .generic }
+            if gpr0 && gpr1 { family = .movRR8 }
+            else if gpr0 && o1.kind == .immediate { family = .movRI8 }
+            else if gpr0 && o1.kind == .memory { family = .movRM8 }
+            else if o0.kind == .memory && gpr1 { family = .movMR8 }
+            else { return .generic }
+        case .add, .adc, .sub, .sbb, .and, .or, .xor, .cmp, .test:
+            guard d.operandCount == 2 else { return .generic }
+            if gpr0 && gpr1 { family = .aluRR8 }
+            else if gpr0 && o1.kind == .immediate { family = .aluRI8 }
+            else if gpr0 && o1.kind == .memory { family = .aluRM8 }
+            else { return .generic }
+        case .inc, .dec:
+            guard d.operandCount == 1, gpr0 else { return .generic }
+            family = d.op == .inc ? .incR8 : .decR8
+        case .shl, .sal, .shr, .sar, .rol, .ror:
+            guard gpr0, d.operandCount == 1 || (d.operandCount == 2 && o1.kind == .immediate) else { return .generic }
+            family = .shiftRI8
+        case .lea:
+            guard gpr0, d.operandCount == 2, o1.kind == .memory else { return .generic }
+            family = .leaR8
+        case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
+            return FastForm(rawValue: FastForm.jo.rawValue + UInt8(d.op.rawValue - Op.jo.rawValue))!
+        case .jmp where d.opcode == 0xE9 || d.opcode == 0xEB:
+            return .jmpRel
+        default:
+            return .generic
+        }
+        return width < 4 ? FastForm(rawValue: family.rawValue + width)! : .generic
+    }
+}
+
+// `@_transparent`, not `@inline(__always)`: the optimiser declines to inline even
+// always-inline functions into a caller as large as `step` (measured: every handler stayed
+// a call with the width as a run-time argument); mandatory inlining always happens, so
+// each case gets its handler with a constant width.
+extension InterpreterVCPU {
+    /// Runs `d` if it has a fast form (and sets RIP to `next`); false for `.generic`.
+    @_transparent
+    func executeFast(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) -> Bool {
+        switch d.pointee.form {
+        case .generic: return false
+        case .movRR8: try movRR(d, 1, next: next)
+        case .movRR16: try movRR(d, 2, next: next)
+        case .movRR32: try movRR(d, 4, next: next)
+        case .movRR64: try movRR(d, 8, next: next)
+        case .movRI8: try movRI(d, 1, next: next)
+        case .movRI16: try movRI(d, 2, next: next)
+        case .movRI32: try movRI(d, 4, next: next)
+        case .movRI64: try movRI(d, 8, next: next)
+        case .movRM8: try movRM(d, 1, next: next)
+        case .movRM16: try movRM(d, 2, next: next)
+        case .movRM32: try movRM(d, 4, next: next)
+        case .movRM64: try movRM(d, 8, next: next)
+        case .movMR8: try movMR(d, 1, next: next)
+        case .movMR16: try movMR(d, 2, next: next)
+        case .movMR32: try movMR(d, 4, next: next)
+        case .movMR64: try movMR(d, 8, next: next)
+        case .aluRR8: try aluRR(d, 1, next: next)
+        case .aluRR16: try aluRR(d, 2, next: next)
+        case .aluRR32: try aluRR(d, 4, next: next)
+        case .aluRR64: try aluRR(d, 8, next: next)
+        case .aluRI8: try aluRI(d, 1, next: next)
+        case .aluRI16: try aluRI(d, 2, next: next)
+        case .aluRI32: try aluRI(d, 4, next: next)
+        case .aluRI64: try aluRI(d, 8, next: next)
+        case .incR8: try incR(d, 1, next: next)
+        case .incR16: try incR(d, 2, next: next)
+        case .incR32: try incR(d, 4, next: next)
+        case .incR64: try incR(d, 8, next: next)
+        case .decR8: try decR(d, 1, next: next)
+        case .decR16: try decR(d, 2, next: next)
+        case .decR32: try decR(d, 4, next: next)
+        case .decR64: try decR(d, 8, next: next)
+        case .aluRM8: try aluRM(d, 1, next: next)
+        case .aluRM16: try aluRM(d, 2, next: next)
+        case .aluRM32: try aluRM(d, 4, next: next)
+        case .aluRM64: try aluRM(d, 8, next: next)
+        case .shiftRI8: try shiftRI(d, 1, next: next)
+        case .shiftRI16: try shiftRI(d, 2, next: next)
+        case .shiftRI32: try shiftRI(d, 4, next: next)
+        case .shiftRI64: try shiftRI(d, 8, next: next)
+        case .leaR8: try leaR(d, 1, next: next)
+        case .leaR16: try leaR(d, 2, next: next)
+        case .leaR32: try leaR(d, 4, next: next)
+        case .leaR64: try leaR(d, 8, next: next)
+        case .jo: jumpIf(d, condition(0), next: next); return true
+        case .jno: jumpIf(d, condition(1), next: next); return true
+        case .jb: jumpIf(d, condition(2), next: next); return true
+        case .jae: jumpIf(d, condition(3), next: next); return true
+        case .je: jumpIf(d, condition(4), next: next); return true
+        case .jne: jumpIf(d, condition(5), next: next); return true
+        case .jbe: jumpIf(d, condition(6), next: next); return true
+        case .ja: jumpIf(d, condition(7), next: next); return true
+        case .js: jumpIf(d, condition(8), next: next); return true
+        case .jns: jumpIf(d, condition(9), next: next); return true
+        case .jp: jumpIf(d, condition(10), next: next); return true
+        case .jnp: jumpIf(d, condition(11), next: next); return true
+        case .jl: jumpIf(d, condition(12), next: next); return true
+        case .jge: jumpIf(d, condition(13), next: next); return true
+        case .jle: jumpIf(d, condition(14), next: next); return true
+        case .jg: jumpIf(d, condition(15), next: next); return true
+        case .jmpRel: jumpIf(d, true, next: next); return true
+        }
+        s.pointee.rip = next
+        return true
+    }
+
+    /// A general register (0-15, never AH-BH) as `size` bytes.
+    @_transparent
+    func readGPR(_ reg: UInt8, _ size: Int) -> UInt64 { r[Int(reg)] & sizeMask(size) }
+
+    /// Writes a general register (0-15) as hardware does: 8- and 16-bit writes keep the
+    /// other bits, 32-bit writes zero the upper half (`writeReg` adds AH-BH).
+    @_transparent
+    func writeGPR(_ reg: UInt8, _ size: Int, _ v: UInt64) {
+        let i = Int(reg)
+        switch size {
+        case 1: r[i] = r[i] & ~0xFF | v & 0xFF
+        case 2: r[i] = r[i] & ~0xFFFF | v & 0xFFFF
+        case 4: r[i] = v & 0xFFFF_FFFF
+        default: r[i] = v
+        }
+    }
+
+    @_transparent
+    func movRR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        writeGPR(d.pointee.o0.reg, size, readGPR(d.pointee.o1.reg, size))
+    }
+
+    @_transparent
+    func movRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        writeGPR(d.pointee.o0.reg, size, UInt64(bitPattern: d.pointee.o1.value) & sizeMask(size))
+    }
+
+    @_transparent
+    func movRM(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let o1 = d.pointee.o1
+        writeGPR(d.pointee.o0.reg, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
+    }
+
+    @_transparent
+    func movMR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let o0 = d.pointee.o0
+        try write(o0.segment, effectiveAddress(o0, d.pointee.addressSize, next: next), size, readGPR(d.pointee.o1.reg, size))
+    }
+
+    @_transparent
+    func aluRR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        aluOnRegister(d, size, readGPR(d.pointee.o1.reg, size))
+    }
+
+    @_transparent
+    func aluRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let o1 = d.pointee.o1
+        // As `arithmetic` reads it: a shorter immediate is sign-extended to the width.
+        let b = o1.size != 0 && Int(o1.size) < size
+            ? signExtend(UInt64(bitPattern: o1.value), Int(o1.size)) & sizeMask(size)
+            : UInt64(bitPattern: o1.value) & sizeMask(size)
+        aluOnRegister(d, size, b)
+    }
+
+    @_transparent
+    func aluRM(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let o1 = d.pointee.o1
+        aluOnRegister(d, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
+    }
+
+    @_transparent
+    func aluOnRegister(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ b: UInt64) {
+        let op = d.pointee.op
+        let reg = d.pointee.o0.reg
+        let carry: UInt64 = flag(Flag.cf) ? 1 : 0
+        let (res, f) = aluResult(op, readGPR(reg, size), b, carry, size)
+        if op != .cmp && op != .test { writeGPR(reg, size, res) }
+        setFlags(Flag.arithmetic, f)
+    }
+
+    @_transparent
+    func incR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let reg = d.pointee.o0.reg
+        let a = readGPR(reg, size)
+        let res = a &+ 1
+        writeGPR(reg, size, res)
+        setFlags(Flag.arithmetic & ~Flag.cf, addFlags(a, 1, res, 0, size))
+    }
+
+    @_transparent
+    func decR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let reg = d.pointee.o0.reg
+        let a = readGPR(reg, size)
+        let res = a &- 1
+        writeGPR(reg, size, res)
+        setFlags(Flag.arithmetic & ~Flag.cf, subFlags(a, 1, res, 0, size))
+    }
+
+    @_transparent
+    func shiftRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let reg = d.pointee.o0.reg
+        let count = (d.pointee.operandCount > 1 ? UInt64(bitPattern: d.pointee.o1.value) : 1) & (size == 8 ? 0x3F : 0x1F)
+        let a = readGPR(reg, size)
+        if count == 0 {
+            writeGPR(reg, size, a)   // flags untouched; a 32-bit write still clears bits 63-32
+            return
+        }
+        let (res, f, flagMask) = shiftResult(d.pointee.op, a, count, size)
+        writeGPR(reg, size, res)
+        setFlags(flagMask, f)
+    }
+
+    @_transparent
+    func leaR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        writeGPR(d.pointee.o0.reg, size, effectiveAddress(d.pointee.o1, d.pointee.addressSize, next: next))
+    }
+
+    /// A relative jump (jcc, jmp rel) that is taken when `taken`, as `execute` does it.
+    @_transparent
+    func jumpIf(_ d: UnsafeMutablePointer<DecodedInstruction>, _ taken: Bool, next: UInt64) {
+        s.pointee.rip = taken ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
+    }
+}
