@@ -24,24 +24,22 @@ enum FlightKind: UInt8 {
 }
 
 extension TraceRecorder {
-    static let fastWords = 18
-    static let systemFields = CPUState.fieldCount - fastWords
-    static let baselineWords = 2 + CPUState.fieldCount
+    // (Constants, not lazily initialised globals: `retiredFlight` runs after every instruction.)
+    @inline(__always) static var fastWords: Int { 18 }
+    @inline(__always) static var systemFields: Int { CPUState.fieldCount - 18 }
+    @inline(__always) static var baselineWords: Int { 2 + CPUState.fieldCount }
 
     /// `retired` for the flight recorder: the instruction's words, no comparison but the
     /// one that tells whether a system field can have changed.
-    @inline(__always)
+    @inline(never)
     func retiredFlight(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
         let seq = sequence
         sequence &+= 1
         let raw = UnsafeRawPointer(state)
         let system = (raw + systemOffset).assumingMemoryBound(to: UInt64.self)
-        let snapshot = systemRaw
-        var difference: UInt64 = 0
-        for i in 0..<systemWords { difference |= system[i] ^ snapshot[i] }
-        let systemChanged = difference != 0
+        let systemChanged = Self.systemDiffers(UnsafeRawPointer(system), UnsafeRawPointer(systemRaw))
         let ioCount = io.count
-        let words = 4 + Self.fastWords + (systemChanged ? Self.systemFields : 0) + accesses.count * 4 + events.count * 3 + ioCount * 2
+        let words = 4 &+ Self.fastWords &+ (systemChanged ? Self.systemFields : 0) &+ accesses.count &* 4 &+ events.count &* 3 &+ ioCount &* 2
         reserveWords(words)
         let w = UnsafeMutableRawPointer(chunk.end).assumingMemoryBound(to: UInt64.self)
         w[0] = UInt64(FlightKind.instruction.rawValue) | UInt64(instructionLength) << 8 | (systemChanged ? 1 << 16 : 0)
@@ -49,23 +47,34 @@ extension TraceRecorder {
         w[1] = seq
         w[2] = instructionBytes.0
         w[3] = instructionBytes.1
-        (w + 4).update(from: raw.assumingMemoryBound(to: UInt64.self), count: Self.fastWords)
+        // The general registers, RIP and RFLAGS lead the state (`Layout.checked`): 144
+        // bytes as nine vector moves (not a call to memmove).
+        let out = UnsafeMutableRawPointer(w + 4)
+        out.storeBytes(of: raw.loadUnaligned(as: SIMD8<UInt64>.self), as: SIMD8<UInt64>.self)
+        out.storeBytes(of: raw.loadUnaligned(fromByteOffset: 64, as: SIMD8<UInt64>.self), toByteOffset: 64, as: SIMD8<UInt64>.self)
+        out.storeBytes(of: raw.loadUnaligned(fromByteOffset: 128, as: SIMD2<UInt64>.self), toByteOffset: 128, as: SIMD2<UInt64>.self)
         lastFast = w + 4
         var k = 4 + Self.fastWords
         if _slowPath(systemChanged) {
             systemFieldsChanged(state, into: w + k)
             k += Self.systemFields
         }
-        for a in accesses {
-            w[k] = (a.write ? 1 : 0) | UInt64(truncatingIfNeeded: a.size) << 8
-            w[k + 1] = a.linear
-            w[k + 2] = a.physical
-            w[k + 3] = a.value
-            k += 4
+        if !accesses.isEmpty {
+            accesses.withUnsafeBufferPointer { list in
+                for a in list {
+                    w[k] = (a.write ? 1 : 0) | UInt64(truncatingIfNeeded: a.size) << 8
+                    w[k &+ 1] = a.linear
+                    w[k &+ 2] = a.physical
+                    w[k &+ 3] = a.value
+                    k &+= 4
+                }
+            }
         }
-        for e in events {
-            Self.storeEvent(e, w + k)
-            k += 3
+        if _slowPath(!events.isEmpty) {
+            for e in events {
+                Self.storeEvent(e, w + k)
+                k += 3
+            }
         }
         if _slowPath(ioCount > 0) {
             for o in io {

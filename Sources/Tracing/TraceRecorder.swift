@@ -160,7 +160,12 @@ public final class TraceRecorder {
     /// whether the trace goes on (false once it is full).
     @inline(never)
     public func retired(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
-        if flight { return retiredFlight(state, accesses: accesses, events: events) }
+        // Two functions, so that the flight recorder's path pays only for its own registers.
+        flight ? retiredFlight(state, accesses: accesses, events: events) : retiredEncoded(state, accesses: accesses, events: events)
+    }
+
+    @inline(never)
+    func retiredEncoded(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
         let seq = sequence
         sequence &+= 1
         let rip = values[CPUState.ripField]
@@ -198,9 +203,7 @@ public final class TraceRecorder {
             known[i] = v
         }
         let system = (raw + systemOffset).assumingMemoryBound(to: UInt64.self)
-        var difference: UInt64 = 0
-        for i in 0..<systemWords { difference |= system[i] ^ snapshot[i] }
-        if _slowPath(difference != 0) {
+        if _slowPath(Self.systemDiffers(UnsafeRawPointer(system), UnsafeRawPointer(snapshot))) {
             systemRaw.update(from: system, count: systemWords)
             CPUState.fieldValues(state, into: scratch)
             for i in Layout.fastFields..<CPUState.fieldCount {
@@ -211,15 +214,30 @@ public final class TraceRecorder {
         return changed & ~(1 << UInt64(CPUState.ripField))
     }
 
+    /// Whether the state's system part (segments to EFER, `Layout.systemBytes`) differs
+    /// from the snapshot: straight-line vector compares, run after every instruction.
+    @inline(__always)
+    static func systemDiffers(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer) -> Bool {
+        // 16-byte vectors: the host's SSE2 registers (wider SIMD types get split into scalars).
+        var d = SIMD2<UInt64>()
+        for k in 0..<(Layout.systemBytes / 16) {
+            d |= a.loadUnaligned(fromByteOffset: k &* 16, as: SIMD2<UInt64>.self) ^ b.loadUnaligned(fromByteOffset: k &* 16, as: SIMD2<UInt64>.self)
+        }
+        return d[0] | d[1] != 0
+    }
+
     /// Where the state's parts are, checked against `CPUState.fieldValues`' order once.
     enum Layout {
+        /// `systemDiffers` compares this many bytes (a constant, so that it unrolls).
+        @inline(__always) static var systemBytes: Int { 272 }
         /// The general registers, RIP and RFLAGS (`update` spells out 18 for the compiler).
         static let fastFields = 18
         static let systemOffset = MemoryLayout<CPUState>.offset(of: \CPUState.es)!
         static let systemWords = (MemoryLayout<CPUState>.offset(of: \CPUState.efer)! + 8 - systemOffset) / 8
         static let checked: Void = {
             precondition(MemoryLayout<CPUState>.offset(of: \CPUState.gpr) == 0 && MemoryLayout<CPUState>.offset(of: \CPUState.rip) == 128
-                         && MemoryLayout<CPUState>.offset(of: \CPUState.rflags) == 136 && systemOffset % 8 == 0 && systemOffset == 144,
+                         && MemoryLayout<CPUState>.offset(of: \CPUState.rflags) == 136 && systemOffset % 8 == 0 && systemOffset == 144
+                         && systemWords * 8 == systemBytes,
                          "CPUState's layout changed: TraceRecorder.update reads it raw")
         }()
     }
