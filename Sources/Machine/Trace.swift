@@ -174,7 +174,9 @@ extension Machine {
         }
         guard let sink else { return }
         let exitsOnly = sink.options.exitsOnly
-        let interpreter = exitsOnly ? nil : slot.active as? InterpreterVCPU
+        // On a KVM machine the interpreter only stands in (a handoff, watchpoints): its
+        // vCPU is traced by single-steps, whichever engine runs it.
+        let interpreter = exitsOnly || backendName == "kvm" ? nil : slot.active as? InterpreterVCPU
         let recorder = TraceRecorder(vcpu: index, sink: sink, inRunLoop: interpreter != nil)
         if let interpreter {
             interpreter.recorder = recorder
