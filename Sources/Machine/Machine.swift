@@ -271,9 +271,11 @@ public final class Machine: @unchecked Sendable {
             })
         } catch { throw MachineError(.usage, error.description) }
         // POST codes (port 0x80) go into the trace, as Bochs and QEMU log them: into the
-        // stream of the vCPU that wrote them, in order with its instructions (a trace may
-        // start later, from gdb).
-        devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
+        // stream of the vCPU that wrote them, in order with its instructions (with --gdb a
+        // trace may start later: `monitor trace on`).
+        if c.trace != nil || c.gdb != nil {
+            devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
+        }
         fallback = backendName == "kvm" ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
         if c.maxInstructions != nil && backendName == "kvm" {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
