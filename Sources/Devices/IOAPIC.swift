@@ -158,3 +158,22 @@ extension IOAPIC {
         state.withLock { $0 = s }
     }
 }
+
+extension IOAPIC {
+    /// For `monitor info devices`: the pins that are unmasked or driven high.
+    public func describeState() -> [String] {
+        let s = state.withLock { $0 }
+        var lines = ["IOAPIC (ID \(s.id)) at 0x\(String(Self.base, radix: 16)): input levels 0x\(String(s.levels, radix: 16))"]
+        for pin in 0..<Self.pins where s.table[pin] & 1 << 16 == 0 || s.levels & 1 << pin != 0 {
+            let e = s.table[pin]
+            let modes = ["fixed", "lowest-priority", "SMI", "reserved", "NMI", "INIT", "reserved", "ExtINT"]
+            var text = "  pin \(pin): vector 0x\(hex2(UInt8(truncatingIfNeeded: e))) \(modes[Int(e >> 8 & 7)]), "
+            text += "\(e & 1 << 11 != 0 ? "logical" : "physical") destination 0x\(String(e >> 56, radix: 16)), "
+            text += "\(e & 1 << 15 != 0 ? "level" : "edge"), active \(e & 1 << 13 != 0 ? "low" : "high")"
+            if e & 1 << 14 != 0 { text += ", remote IRR" }
+            if e & 1 << 16 != 0 { text += ", masked" }
+            lines.append(text)
+        }
+        return lines
+    }
+}

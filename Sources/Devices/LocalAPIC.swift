@@ -561,3 +561,29 @@ extension LocalAPIC {
         try timer.restoreDeadline(&r, now: now)
     }
 }
+
+extension VectorSet {
+    /// The vectors set, lowest first.
+    var vectors: [UInt8] { (0...255).compactMap { self[UInt8($0)] ? UInt8($0) : nil } }
+}
+
+extension LocalAPIC {
+    /// For `monitor info devices`: the mode, TPR/PPR, IRR and ISR, the timer and the LVT.
+    public func describeState(now: UInt64) -> [String] {
+        let r = registers.withLock { $0 }
+        func list(_ v: VectorSet) -> String { v.vectors.isEmpty ? "-" : v.vectors.map { "0x" + hex2($0) }.joined(separator: " ") }
+        let mode = !r.globallyEnabled ? "disabled" : r.x2APIC ? "x2APIC" : "xAPIC at 0x\(String(r.base & ~0xFFF, radix: 16))"
+        let timerModes = ["one-shot", "periodic", "TSC-deadline", "reserved"]
+        var timer = "timer \(timerModes[Int(r.timerMode)]) vector 0x\(hex2(UInt8(truncatingIfNeeded: r.lvt.1)))"
+        if r.lvt.1 & Self.lvtMasked != 0 { timer += " masked" }
+        if r.timerMode == 2 {
+            timer += ", deadline \(r.tscDeadline)"
+        } else {
+            timer += ", divide by \(r.divisor), initial count \(r.initialCount), current count \(Self.currentCount(r, now: now))"
+        }
+        let lvt = [("LINT0", r.lvt.4), ("LINT1", r.lvt.5), ("error", r.lvt.6)].map { "\($0.0) 0x\(String($0.1, radix: 16))" }.joined(separator: ", ")
+        return ["LAPIC \(index) (ID \(apicID)): \(mode), \(r.softwareEnabled ? "enabled" : "software-disabled") (SVR 0x\(String(r.svr, radix: 16))), TPR 0x\(hex2(r.tpr)), PPR 0x\(hex2(r.ppr)), IRR \(list(r.irr)), ISR \(list(r.isr))"
+                    + (r.nmiPending ? ", NMI pending" : "") + (r.initPending ? ", INIT pending" : "") + (r.sipiVector.map { ", SIPI 0x\(hex2($0)) pending" } ?? ""),
+                "  \(timer); \(lvt)"]
+    }
+}

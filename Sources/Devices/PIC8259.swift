@@ -291,3 +291,22 @@ extension PIC8259Pair {
         chips.withLock { $0 = (master, slave) }
     }
 }
+
+extension PIC8259Pair {
+    /// For `monitor info devices`: each chip's registers, one line each.
+    public func describeState() -> [String] {
+        let (master, slave) = chips.withLock { ($0.master, $0.slave) }
+        func line(_ name: String, _ c: Chip) -> String {
+            var text = "\(name): vectors 0x\(hex2(c.vectorBase))-0x\(hex2(c.vectorBase | 7)), IMR \(hex2(c.imr)), IRR \(hex2(c.irr)), ISR \(hex2(c.isr)), level-triggered \(hex2(c.levelMask)), lines \(hex2(c.lines))"
+            if c.expectingICW != 0 { text += ", initializing (expects ICW\(c.expectingICW))" }
+            if c.autoEOI { text += ", auto-EOI" }
+            if c.specialMask { text += ", special mask" }
+            if let irq = c.pending() { text += ", requesting IRQ \(irq)" }
+            return text
+        }
+        return [line("PIC master", master), line("PIC slave", slave)]
+    }
+}
+
+/// Two hex digits.
+func hex2(_ b: UInt8) -> String { b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }

@@ -558,3 +558,21 @@ extension PIT8254 {
         }
     }
 }
+
+extension PIT8254 {
+    /// For `monitor info devices`: each channel's mode, count register, count now, gate and OUT.
+    public func describeState() -> [String] {
+        let t = currentTick()
+        return state.withLock { s in
+            (0..<3).map { i in
+                s.channels[i].settle(t)
+                let c = s.channels[i]
+                var text = "PIT channel \(i): mode \(c.mode)\(c.bcd ? " BCD" : ""), "
+                text += c.countWritten ? "count register \(c.countRegister)" : "no count written"
+                if c.loadTick != nil { text += ", counting element \(c.counter(t))" }
+                text += ", gate \(c.gate ? "high" : "low"), OUT \(c.out(t) ? "high" : "low")"
+                return text
+            } + ["PIT port 0x61: speaker data \(s.speakerData ? "on" : "off")"]
+        }
+    }
+}

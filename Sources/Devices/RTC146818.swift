@@ -419,3 +419,17 @@ extension RTC146818 {
         }
     }
 }
+
+extension RTC146818 {
+    /// For `monitor info devices`: the time as the guest reads it, registers A-C, the index.
+    public func describeState() -> [String] {
+        state.withLock { s in
+            let now = rtcNow(s)
+            let r = s.held ?? s.registers(s.second(now))
+            func f(_ i: Int) -> String { hex2(r[i] ?? 0) }
+            let time = "\(f(0x32))\(f(9))-\(f(8))-\(f(7)) \(f(4)):\(f(2)):\(f(0))"
+            return ["RTC: time registers \(time) (\(s.bcd ? "BCD" : "binary"), \(s.twentyFourHour ? "24" : "12")-hour\(s.held != nil ? ", update stopped" : "")), "
+                    + "A \(hex2(s.a)), B \(hex2(s.b)), C flags \(hex2(s.flags)), IRQ 8 \(s.line ? "raised" : "low"), index 0x\(hex2(UInt8(s.index))), NMI \(s.nmiMasked ? "masked" : "enabled")"]
+        }
+    }
+}

@@ -192,3 +192,15 @@ extension Serial16550 {
         input.restoreReceived(fifo)
     }
 }
+
+extension Serial16550 {
+    /// For `monitor info devices`: the line settings, interrupt enables and the FIFO.
+    public func describeState() -> [String] {
+        let r = registers.withLock { $0 }
+        let divisor = Int(r.dlm) << 8 | Int(r.dll)
+        let bits = 5 + Int(r.lcr & 3), parity = r.lcr & 8 == 0 ? "N" : ["O", "E", "M", "S"][Int(r.lcr >> 4 & 3)], stop = r.lcr & 4 != 0 ? "2" : "1"
+        return ["UART 0x\(String(base, radix: 16)): divisor \(divisor) (\(divisor == 0 ? 0 : 115_200 / divisor) baud), \(bits)\(parity)\(stop), IER \(hex2(r.ier)), MCR \(hex2(r.mcr))"
+                + "\(r.mcr & 0x10 != 0 ? " (loopback)" : ""), FIFO \(r.fifoEnabled ? "on" : "off"), interrupt line \(r.lastIRQLevel ? "high" : "low")"
+                + (r.thrInterruptPending ? ", THR empty interrupt pending" : "") + (r.overrun ? ", overrun" : "")]
+    }
+}

@@ -1,4 +1,5 @@
 import Dispatch
+import Tracing
 import Interpreter
 import KVM
 import Synchronization
@@ -111,6 +112,7 @@ extension Machine {
         guard let debug else { return true }
         let slot = slots[index]
         let before = try? slot.active.readState()
+        submitTrace(index)
         let first = debug.state.withLock { s -> Bool in
             s.parked[index] = true
             s.states[index] = before
@@ -142,6 +144,9 @@ extension Machine {
                 return false
             }
         }
+        // gdb may have started or stopped a trace (a vCPU that has not started yet
+        // follows it when it does).
+        if slot.traceGeneration >= 0 { syncTrace(index) }
         return applyDebugSettings(index, action: action, breakpoints: settings.0, watchpoints: settings.1,
                                   pc: (changed ?? before).map(linearInstructionPointer))
     }
@@ -229,16 +234,26 @@ extension Machine {
         for slot in slots { slot.fallbackVCPU?.memoryWritten(at: physical, length: length) }
     }
 
-    /// What `monitor stats` says: the backend, and per vCPU where it is and what it ran.
+    /// What `monitor stats` says: the backend, how long the run has gone on, and per vCPU
+    /// where it is, the engine running it now, what it ran and KVM's handoffs.
     func debugStatistics() -> String {
-        var lines = ["backend \(backendName), \(backends.count) vCPU\(backends.count == 1 ? "" : "s")"]
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds &- runStarted.load(ordering: .relaxed)) / 1e9
+        let counts = backends.map(\.instructionsRetired)
+        var first = "backend \(backendName), \(backends.count) vCPU\(backends.count == 1 ? "" : "s"), running for \(String(format3: seconds)) s"
+        if counts.allSatisfy({ $0 != nil }) {
+            let total = counts.reduce(0) { $0 + $1! }
+            first += ", \(total) instructions (\(String(format3: Double(total) / max(seconds, 1e-9) / 1e6)) M/s over the run, stops included)"
+        }
+        if let sink = trace.sink { first += ", tracing to \(sink.options.path) (\(sink.options.format.rawValue))" }
+        var lines = [first]
         let states = debug?.state.withLock { $0.states } ?? []
         for (i, slot) in slots.enumerated() {
             var line = "vcpu\(i):"
             if i < states.count, let s = states[i] {
-                line += " \(s.mode.rawValue) at \(String(s.cs.selector, radix: 16)):0x\(String(s.rip, radix: 16))"
+                line += " \(s.mode.rawValue) at \(String(s.cs.selector, radix: 16)):0x\(String(s.rip, radix: 16)),"
             }
-            if let n = backends[i].instructionsRetired { line += ", \(n) instructions" }
+            line += " engine \(slot.active is InterpreterVCPU ? "interp" : "kvm")"
+            if let n = counts[i] { line += ", \(n) instructions" }
             if backendName == "kvm" {
                 line += ", \(slot.handoffs) handoff\(slot.handoffs == 1 ? "" : "s") to the interpreter"
                 if let n = slot.fallbackVCPU?.retired { line += " (\(n) instructions)" }
@@ -249,7 +264,8 @@ extension Machine {
         return lines.joined(separator: "\n")
     }
 
-    /// What `monitor info devices` says: every port and MMIO claim, and the local APICs.
+    /// What `monitor info devices` says: every port and MMIO claim, then the state of the
+    /// interrupt controllers, timers and the UART.
     func debugDeviceList() -> String {
         var lines = ["I/O ports:"]
         for c in devices.ports.claims {
@@ -262,6 +278,41 @@ extension Machine {
         }
         lines.append("  0xfee00000-0xfee00fff: LocalAPIC (one per vCPU, \(backends.count))")
         lines.append("RAM: \(memory.ramSize) bytes")
+        lines.append("State:")
+        let now = devices.clock.now()
+        let state = devices.pic.describeState() + devices.pit.describeState() + devices.rtc.describeState()
+            + devices.apic.lapics.flatMap { $0.describeState(now: now) } + devices.apic.ioapic.describeState() + devices.serial.describeState()
+        lines += state.map { "  " + $0 }
         return lines.joined(separator: "\n")
+    }
+
+    /// `monitor trace on FILE [text|jsonl|bin]` and `monitor trace off`, while every vCPU
+    /// is stopped: each vCPU has handed its records to the trace when it stopped, and
+    /// follows the new one when it resumes (`syncTrace`).
+    func debugTrace(_ words: [String]) -> String {
+        guard let debug, debug.allParked else { return "trace: the machine is not stopped" }
+        switch words.first {
+        case "on" where (2...3).contains(words.count):
+            if let s = trace.sink { return "trace: already tracing to \(s.options.path); 'monitor trace off' first" }
+            var options = TraceOptions(path: words[1])
+            if words.count == 3 {
+                guard let format = TraceFormat(rawValue: words[2]) else { return "trace: the format is text, jsonl or bin, not '\(words[2])'" }
+                options.format = format
+            }
+            let sink: TraceSink
+            do {
+                sink = try TraceSink(options) { [weak self] line in self?.requestStop(.outputError(line)) }
+            } catch { return "trace: \(error)" }
+            _ = trace.replace(with: sink)
+            return "tracing to \(options.path) (\(options.format.rawValue)) from the next instruction"
+        case "off" where words.count == 1:
+            guard let sink = trace.sink else { return "trace: no trace is being written" }
+            if sink.options.last != nil { return "trace: the flight recorder (--trace-last) stays on to the end of the run" }
+            _ = trace.replace(with: nil)
+            sink.finish(status: 0)
+            return "trace off: \(sink.recordsWritten) records written to \(sink.options.path)"
+        default:
+            return "trace: 'monitor trace on FILE [text|jsonl|bin]' or 'monitor trace off'"
+        }
     }
 }

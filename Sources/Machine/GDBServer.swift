@@ -501,12 +501,13 @@ final class GDBSession {
         case "help", "":
             return """
                 monitor commands:
-                  info devices          the I/O ports and MMIO ranges and who claims them
-                  stats                 the backend, and per vCPU its mode, CS:RIP and instructions
+                  info devices          the I/O ports and MMIO ranges and who claims them; the state of the PIC, PIT, RTC, APICs, IOAPIC and UART
+                  stats                 the backend and run time, and per vCPU its mode, CS:RIP, engine, instructions and handoffs
                   phys on|off           m/M/X (gdb's x, print, set) take physical addresses (default off: linear, through the selected vCPU's paging)
                   xp ADDRESS [LENGTH]   dump LENGTH (default 64) bytes of physical memory
-                  trace on FILE|off     not available: start tandem with --trace FILE
-                  engine kvm|interp     not available: a machine runs on the engine it started with
+                  trace on FILE [text|jsonl|bin]   trace every vCPU from here on (text by default)
+                  trace off             stop the trace and close its file
+                  engine kvm|interp     not available yet: a machine runs on the engine it started with
                 """
         case "info" where words.count == 2 && words[1] == "devices": return machine.debugDeviceList()
         case "stats": return machine.debugStatistics()
@@ -523,8 +524,7 @@ final class GDBSession {
                 "0x" + String(address &+ UInt64(row), radix: 16) + ": "
                     + bytes[row..<min(row + 16, count)].map { String(format2: $0) }.joined(separator: " ")
             }.joined(separator: "\n")
-        case "trace":
-            return "trace: a trace cannot be started or stopped during a run yet; start tandem with --trace FILE"
+        case "trace": return machine.debugTrace(Array(words.dropFirst()))
         case "engine":
             return "engine: switching a machine's engine is not implemented yet; this machine runs on \(machine.backendName)"
         default:

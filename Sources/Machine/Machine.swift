@@ -169,7 +169,10 @@ public final class Machine: @unchecked Sendable {
     private let gdbServer: GDBServer?
     /// The TCP port the gdb stub listens on (nil without `--gdb`).
     public var gdbPort: UInt16? { gdbServer?.boundPort }
-    private let traceSink: TraceSink?
+    /// The trace being written (`--trace`, or gdb's `monitor trace on`).
+    let trace: MachineTrace
+    /// When `run` started (for `monitor stats`).
+    let runStarted = Atomic<UInt64>(0)
     // Keeps the KVM VM fd open as long as the vCPUs.
     let kvm: KVMVirtualMachine?
     /// `--backend hybrid`: each vCPU runs 64-bit user mode on KVM and the rest on the
@@ -294,13 +297,14 @@ public final class Machine: @unchecked Sendable {
         // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
         if !plan.startsAllCPUs { for slot in slots.dropFirst() { slot.runState = .waitForSIPI } }
         do {
-            traceSink = try c.trace.map { (o) throws(TraceFileError) in
+            trace = MachineTrace(try c.trace.map { (o) throws(TraceFileError) in
                 try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
-            }
+            })
         } catch { throw MachineError(.usage, error.description) }
         // POST codes (port 0x80) go into the trace, as Bochs and QEMU log them: into the
-        // stream of the vCPU that wrote them, in order with its instructions.
-        if traceSink != nil {
+        // stream of the vCPU that wrote them, in order with its instructions (with --gdb a
+        // trace may start later: `monitor trace on`).
+        if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
         fallback = backendName == "kvm" || hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
@@ -432,6 +436,7 @@ public final class Machine: @unchecked Sendable {
 
     private func runRouted() -> RunOutcome {
         let started = DispatchTime.now()
+        runStarted.store(started.uptimeNanoseconds, ordering: .relaxed)
         gdbServer?.start(self)
         let finished = DispatchGroup()
         let threads = (0..<backends.count).map { i in
@@ -454,7 +459,7 @@ public final class Machine: @unchecked Sendable {
         if allStopped {
             for t in threads { t.join() }
             devices.console.flush()
-            traceSink?.finish(status: control.withLock { $0.reason?.status } ?? 0)
+            trace.sink?.finish(status: control.withLock { $0.reason?.status } ?? 0)
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
         var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
@@ -529,21 +534,9 @@ public final class Machine: @unchecked Sendable {
         case .halted:   // (a restored snapshot's)
             guard waitWhileHalted(index, interruptsEnabled: (try? slot.active.readState().interruptsEnabled) ?? false) else { return }
         }
-        // Tracing: the interpreter records inside its run loop; KVM is single-stepped and
-        // traced from here (`VCPUTracer`), as is every backend under --trace-exits.
-        let recorder = traceSink.map { TraceRecorder(vcpu: index, sink: $0) }
-        let exitsOnly = traceSink?.options.exitsOnly ?? false
-        let recordedByInterpreter = recorder != nil && !exitsOnly && slot.active is InterpreterVCPU
-        if recordedByInterpreter, let interpreter = slot.active as? InterpreterVCPU { interpreter.recorder = recorder }
-        let tracer = recorder.flatMap { r in recordedByInterpreter ? nil : VCPUTracer(recorder: r, memory: memory, state: (try? slot.active.readState()) ?? CPUState()) }
-        let stepping = tracer != nil && !exitsOnly
-        if stepping { setStepping(slot.active, true) }
-        slot.traceStepping = stepping
-        defer {
-            if let tracer, stepping { tracer.step(slot.active) }
-            (slot.active as? InterpreterVCPU)?.finishTrace()
-            recorder?.flush()
-        }
+        // Tracing (Trace.swift): from here, and again whenever gdb starts or stops a trace.
+        syncTrace(index)
+        defer { endTrace(index) }
         while !stopRequested {
             if let debug, debug.pauseRequested.load(ordering: .relaxed) {
                 guard parkForDebugger(index, cause: nil) else { return }
@@ -570,8 +563,9 @@ public final class Machine: @unchecked Sendable {
             // Before the trace takes the interpreter's access log (watchpoints read it).
             var debugStop: DebugStopCause? = nil
             if debug != nil, case .debugStep = exit { debugStop = debugStopCause(index) }
-            if let tracer {
-                if !stepping {
+            let recorder = slot.trace?.recorder, recordsIO = slot.trace?.recordsIO ?? false
+            if let tracer = slot.trace?.tracer {
+                if !slot.trace!.stepping {
                     tracer.exit(exit, backend)
                 } else if !tracer.recorder.active {
                     setStepping(backend, false)
@@ -584,14 +578,14 @@ public final class Machine: @unchecked Sendable {
                 for k in 0..<count {
                     let v = devices.ports.read(port, size: size)
                     withUnsafeBytes(of: v.littleEndian) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                    if stepping || recordedByInterpreter { recorder?.io.append(PortAccess(out: false, port: port, size: size, value: v)) }
+                    if recordsIO { recorder?.io.append(PortAccess(out: false, port: port, size: size, value: v)) }
                 }
             case let .portOut(port, size, count, data):
                 for k in 0..<count {
                     var v: UInt32 = 0
                     withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
                     devices.ports.write(port, size: size, value: UInt32(littleEndian: v))
-                    if stepping || recordedByInterpreter { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
+                    if recordsIO { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
                 // RAM as MMIO: a vCPU on KVM while the hybrid engine remaps the memslots.
@@ -685,7 +679,7 @@ public final class Machine: @unchecked Sendable {
             return false
         }
         interpreter.instructionLimit = interpreter.retired + 1
-        interpreter.tracing = traceSink != nil && !(traceSink?.options.exitsOnly ?? true)
+        interpreter.tracing = slot.trace?.stepping ?? false
         slot.kvm = slot.active
         slot.active = interpreter
         slot.interpreter = interpreter
@@ -706,7 +700,7 @@ public final class Machine: @unchecked Sendable {
     }
 
     /// Single-steps `backend` (for `--trace`), or stops doing so.
-    private func setStepping(_ backend: any VCPUBackend, _ on: Bool) {
+    func setStepping(_ backend: any VCPUBackend, _ on: Bool) {
         if let source = backend as? TraceSource { source.tracing = on }
         if let kvm = backend as? KVMVCPU {
             try? kvm.setSingleStep(on)
@@ -918,6 +912,10 @@ final class VCPUSlot: @unchecked Sendable {
     let thread = Atomic<UInt>(0)
     /// `--trace` single-steps this vCPU (the debugger keeps it so).
     var traceStepping = false
+    /// Its part of the machine's trace, and the trace generation it follows (-1: the
+    /// vCPU has not started yet). Trace.swift.
+    var trace: VCPUTrace?
+    var traceGeneration = -1
     // The debugger's settings, copied when the vCPU resumes (Debugger.swift).
     var debugAction: DebugAction = .run
     var debugBreakpoints: Set<UInt64> = []

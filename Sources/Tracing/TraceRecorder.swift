@@ -10,6 +10,8 @@ final class TraceChunk {
     var used = 0
     var records = 0
     var vcpu: UInt32 = BinaryTrace.noVCPU
+    /// Holds flight-recorder records (FlightRecorder.swift), not ordinary ones.
+    var flight = false
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -33,6 +35,7 @@ final class TraceChunk {
     func reset(vcpu: UInt32) {
         used = 0
         records = 0
+        flight = false
         self.vcpu = vcpu
     }
 }
@@ -66,10 +69,27 @@ public final class TraceRecorder {
     /// The bytes of the instruction being executed and how many there are (interpreter).
     public var instructionBytes: (UInt64, UInt64) = (0, 0)
     public var instructionLength = 0
+    /// The flight recorder's fixed-size records (FlightRecorder.swift) instead of encoded ones.
+    let flight: Bool
+    /// Flight recorder: the general registers, RIP and RFLAGS of the last record (in the
+    /// chunk, or `values`), the state the next instruction starts from.
+    var lastFast: UnsafeMutablePointer<UInt64>
+    /// Replaying flight-recorder chunks: a baseline has set `values`.
+    var replayStarted = false
 
-    public init(vcpu: Int, sink: TraceSink) {
+    /// `inRunLoop`: the interpreter's run loop records through `retired` (a flight
+    /// recorder there keeps fixed-size records); KVM's tracer calls the encoders itself.
+    public convenience init(vcpu: Int, sink: TraceSink, inRunLoop: Bool = false) {
+        let o = sink.options
+        self.init(vcpu: vcpu, sink: sink, flight: inRunLoop && o.last != nil && o.from == 0 && o.range == nil && o.count == nil)
+        pthread_setspecific(Self.threadKey, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// A recorder that is not a thread's (replaying a flight recorder's chunks).
+    init(vcpu: Int, sink: TraceSink, flight: Bool) {
         self.vcpu = vcpu
         self.sink = sink
+        self.flight = flight
         chunk = sink.freshChunk(vcpu: UInt32(vcpu))
         from = sink.options.from
         rangeLow = sink.options.range?.lowerBound ?? 0
@@ -82,7 +102,7 @@ public final class TraceRecorder {
         scratch.initialize(repeating: 0, count: CPUState.fieldCount)
         systemRaw = .allocate(capacity: Layout.systemWords)
         systemRaw.initialize(repeating: 0, count: Layout.systemWords)
-        pthread_setspecific(Self.threadKey, Unmanaged.passUnretained(self).toOpaque())
+        lastFast = values
     }
 
     deinit {
@@ -106,16 +126,28 @@ public final class TraceRecorder {
         return key
     }()
 
-    /// Hands the last records to the sink (at the end of the vCPU's thread).
+    /// Hands the last records to the sink (at the end of the vCPU's thread, or when the
+    /// trace is detached); the thread has no recorder afterwards.
     public func flush() {
-        if chunk.used > 0 { chunk = sink.submit(chunk) }
+        submitRecords()
         if Self.current === self { pthread_setspecific(Self.threadKey, nil) }
+    }
+
+    /// Hands the records so far to the sink and goes on recording (the debugger stopped
+    /// the machine: the trace file is up to date while gdb looks).
+    public func submitRecords() {
+        guard chunk.records > 0 else { return }
+        if flight { replaceFlightChunk(0) } else { chunk = sink.submit(chunk) }
     }
 
     // MARK: The interpreter's run loop
 
     /// Where the trace starts (or starts again after an event changed the state).
     public func start(_ state: UnsafePointer<CPUState>) {
+        if flight {
+            flightEvents(sequence, [], state)
+            return
+        }
         CPUState.fieldValues(state, into: values)
         (UnsafeRawPointer(state) + Layout.systemOffset).withMemoryRebound(to: UInt64.self, capacity: Layout.systemWords) {
             systemRaw.update(from: $0, count: Layout.systemWords)
@@ -128,6 +160,12 @@ public final class TraceRecorder {
     /// whether the trace goes on (false once it is full).
     @inline(never)
     public func retired(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
+        // Two functions, so that the flight recorder's path pays only for its own registers.
+        flight ? retiredFlight(state, accesses: accesses, events: events) : retiredEncoded(state, accesses: accesses, events: events)
+    }
+
+    @inline(never)
+    func retiredEncoded(_ state: UnsafePointer<CPUState>, accesses: [MemoryAccess], events: [InterruptEvent]) -> Bool {
         let seq = sequence
         sequence &+= 1
         let rip = values[CPUState.ripField]
@@ -165,9 +203,7 @@ public final class TraceRecorder {
             known[i] = v
         }
         let system = (raw + systemOffset).assumingMemoryBound(to: UInt64.self)
-        var difference: UInt64 = 0
-        for i in 0..<systemWords { difference |= system[i] ^ snapshot[i] }
-        if _slowPath(difference != 0) {
+        if _slowPath(Self.systemDiffers(UnsafeRawPointer(system), UnsafeRawPointer(snapshot))) {
             systemRaw.update(from: system, count: systemWords)
             CPUState.fieldValues(state, into: scratch)
             for i in Layout.fastFields..<CPUState.fieldCount {
@@ -178,15 +214,30 @@ public final class TraceRecorder {
         return changed & ~(1 << UInt64(CPUState.ripField))
     }
 
+    /// Whether the state's system part (segments to EFER, `Layout.systemBytes`) differs
+    /// from the snapshot: straight-line vector compares, run after every instruction.
+    @inline(__always)
+    static func systemDiffers(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer) -> Bool {
+        // 16-byte vectors: the host's SSE2 registers (wider SIMD types get split into scalars).
+        var d = SIMD2<UInt64>()
+        for k in 0..<(Layout.systemBytes / 16) {
+            d |= a.loadUnaligned(fromByteOffset: k &* 16, as: SIMD2<UInt64>.self) ^ b.loadUnaligned(fromByteOffset: k &* 16, as: SIMD2<UInt64>.self)
+        }
+        return d[0] | d[1] != 0
+    }
+
     /// Where the state's parts are, checked against `CPUState.fieldValues`' order once.
     enum Layout {
+        /// `systemDiffers` compares this many bytes (a constant, so that it unrolls).
+        @inline(__always) static var systemBytes: Int { 272 }
         /// The general registers, RIP and RFLAGS (`update` spells out 18 for the compiler).
         static let fastFields = 18
         static let systemOffset = MemoryLayout<CPUState>.offset(of: \CPUState.es)!
         static let systemWords = (MemoryLayout<CPUState>.offset(of: \CPUState.efer)! + 8 - systemOffset) / 8
         static let checked: Void = {
             precondition(MemoryLayout<CPUState>.offset(of: \CPUState.gpr) == 0 && MemoryLayout<CPUState>.offset(of: \CPUState.rip) == 128
-                         && MemoryLayout<CPUState>.offset(of: \CPUState.rflags) == 136 && systemOffset % 8 == 0 && systemOffset == 144,
+                         && MemoryLayout<CPUState>.offset(of: \CPUState.rflags) == 136 && systemOffset % 8 == 0 && systemOffset == 144
+                         && systemWords * 8 == systemBytes,
                          "CPUState's layout changed: TraceRecorder.update reads it raw")
         }()
     }
@@ -210,8 +261,9 @@ public final class TraceRecorder {
     public func faulted(_ events: [InterruptEvent], _ state: UnsafePointer<CPUState>) {
         let seq = sequence
         sequence &+= 1
-        for e in events where admit(seq, e.rip) { encodeEvent(seq, e) }
         io.removeAll(keepingCapacity: true)
+        if flight { return flightEvents(seq, events, state) }
+        for e in events where admit(seq, e.rip) { encodeEvent(seq, e) }
         afterEvent(seq, state)
     }
 
@@ -219,6 +271,7 @@ public final class TraceRecorder {
     /// sequence number of its own: it carries the next instruction's).
     @inline(never)
     public func interrupted(_ e: InterruptEvent, _ state: UnsafePointer<CPUState>) {
+        if flight { return flightEvents(sequence, [e], state) }
         if admit(sequence, e.rip) { encodeEvent(sequence, e) }
         afterEvent(sequence, state)
     }
@@ -361,6 +414,7 @@ public final class TraceRecorder {
 
     /// A POST code (port 0x80), in this vCPU's stream where it was written.
     public func post(_ code: UInt8) {
+        if flight { return flightPost(code) }
         // Not a vCPU's instruction: --trace-from and --trace-range do not apply, the count does.
         guard counted ? sink.claim() : !sink.full.load(ordering: .relaxed) else { return }
         reserve(2)

@@ -24,6 +24,10 @@ public final class TraceSink: @unchecked Sendable {
     /// `--trace-last`: the chunks that hold the last N records, oldest first.
     private var ring: [TraceChunk] = []
     private var ringRecords = 0
+    private var submittedRecords = 0
+    /// `finish` replaying flight-recorder chunks: what the replaying recorders submit.
+    private var replaying = false
+    private var collected: [TraceChunk] = []
     private let available = DispatchSemaphore(value: 0)
     /// Bounds the chunks queued for writing: a vCPU that records faster than the trace can
     /// be written (or formatted) waits, rather than the queue growing without end.
@@ -36,12 +40,16 @@ public final class TraceSink: @unchecked Sendable {
 
     static let chunkSize = 1 << 20
     static let maxQueued = 16
+    /// The flight recorder keeps chunks of about a quarter of its N records (~200 bytes
+    /// each on the interpreter) so that the ring it writes over stays in the host's cache.
+    private let chunkCapacity: Int
 
     /// Opens the trace file (status 200 when it cannot be: the caller maps the error);
     /// `onWriteError` gets one line (without "tandem: ") the first time it cannot be written.
     public init(_ options: TraceOptions, onWriteError: @escaping @Sendable (String) -> Void = { _ in }) throws(TraceFileError) {
         self.options = options
         self.onWriteError = onWriteError
+        chunkCapacity = options.last.map { min(Self.chunkSize, max(64 << 10, $0 * 50)) } ?? Self.chunkSize
         switch openOutputFile(options.path) {
         case .success(let opened): fd = opened
         case .failure(let error): throw TraceFileError("cannot open trace file \(options.path): \(describeOpenError(error))")
@@ -53,6 +61,13 @@ public final class TraceSink: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// The records handed to the writer so far (all of them, once `finish` returned).
+    public var recordsWritten: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return submittedRecords
+    }
+
     /// Claims one record of `--trace-count`: false once they are all out.
     func claim() -> Bool {
         guard let count = options.count else { return !full.load(ordering: .relaxed) }
@@ -63,7 +78,7 @@ public final class TraceSink: @unchecked Sendable {
 
     func freshChunk(vcpu: UInt32) -> TraceChunk {
         lock.lock()
-        let c = pool.popLast() ?? TraceChunk(capacity: Self.chunkSize)
+        let c = pool.popLast() ?? TraceChunk(capacity: chunkCapacity)
         lock.unlock()
         c.reset(vcpu: vcpu)
         return c
@@ -72,6 +87,12 @@ public final class TraceSink: @unchecked Sendable {
     /// Takes a vCPU's full chunk and gives it an empty one.
     func submit(_ chunk: TraceChunk) -> TraceChunk {
         let vcpu = chunk.vcpu
+        if replaying {
+            collected.append(chunk)
+            let fresh = TraceChunk(capacity: Self.chunkSize)
+            fresh.reset(vcpu: vcpu)
+            return fresh
+        }
         if let last = options.last {
             lock.lock()
             ring.append(chunk)
@@ -85,6 +106,7 @@ public final class TraceSink: @unchecked Sendable {
         } else {
             room.wait()
             lock.lock()
+            submittedRecords += chunk.records
             queue.append(chunk)
             lock.unlock()
             available.signal()
@@ -106,10 +128,11 @@ public final class TraceSink: @unchecked Sendable {
         }
         guard let last = options.last else { return }
         lock.lock()
-        let kept = ring
+        var kept = ring
         ring.removeAll()
         lock.unlock()
         guard status != 0 else { return }
+        if kept.contains(where: \.flight) { kept = replayed(kept) }
         // The last `last` records: skip the surplus at the front of the oldest chunks.
         var skip = kept.reduce(0) { $0 + $1.records } - last
         let formatter = options.format == .bin ? nil : TraceFormatter(options.format)
@@ -131,6 +154,28 @@ public final class TraceSink: @unchecked Sendable {
             skip = 0
         }
         drain()
+    }
+
+    /// The flight recorder's chunks as ordinary records, chunk for chunk (each vCPU's
+    /// chunks replayed in order by a recorder of its own).
+    private func replayed(_ kept: [TraceChunk]) -> [TraceChunk] {
+        var replayers: [UInt32: TraceRecorder] = [:]
+        var out: [TraceChunk] = []
+        replaying = true
+        defer { replaying = false }
+        for c in kept {
+            guard c.flight else {
+                out.append(c)
+                continue
+            }
+            let r = replayers[c.vcpu] ?? TraceRecorder(vcpu: Int(c.vcpu), sink: self, flight: false)
+            replayers[c.vcpu] = r
+            r.replay(c)
+            if r.chunk.used > 0 { r.chunk = submit(r.chunk) }
+            out += collected
+            collected.removeAll()
+        }
+        return out
     }
 
     // MARK: The writer thread

@@ -47,6 +47,32 @@ struct BinaryTraceTests {
         #expect(try converted(bin, .text) == (try lines(try traced(name, .text))))
     }
 
+    @Test("the flight recorder (--trace-last N) writes exactly the last N records of the full trace of the same failing run",
+          arguments: [("exceptions32.elf", 3000), ("paging32.elf", 3000), ("longmode-switch.bin", 3000), ("pit-rtc.bin", 3000),
+                      ("c-compute.elf", 3000), ("smc.elf", 3000), ("v86.bin", 40), ("tasks.bin", 40), ("hello-boot.bin", 30)])
+    func flightRecorderTail(name: String, limit: Int) throws {
+        // --max-instructions makes the run fail (status 207) before the guest ends (past
+        // the long guests' mode switches and exceptions); --clock instructions makes the
+        // timer interrupts land on the same instructions in both runs.
+        func run(_ format: TraceFormat, last: Int?) throws -> [String] {
+            var options = TraceOptions(path: scratchPath("\(name)-flight-\(last ?? 0).\(format.rawValue)"))
+            options.format = format
+            options.last = last
+            let run = runGuest(try guest(name), backend: .interp) {
+                $0.trace = options
+                $0.clock = .instructions
+                $0.maxInstructions = UInt64(limit)
+            }
+            #expect(run.status == 207, "\(name): \(run.message ?? "")")
+            return format == .bin ? try converted(options.path, .jsonl) : try lines(options.path)
+        }
+        let full = try run(.jsonl, last: nil)
+        for last in [1, 7, 777, 5000] {
+            #expect(try run(.jsonl, last: last) == Array(full.suffix(last)), "\(name), limit \(limit), last \(last)")
+            #expect(try run(.bin, last: last) == Array(full.suffix(last)), "\(name), limit \(limit), last \(last), bin")
+        }
+    }
+
     @Test("timer interrupts (--clock instructions) land in the same place in both traces")
     func roundTripWithInterrupts() throws {
         let instructions: (inout MachineConfiguration) -> Void = { $0.clock = .instructions }

@@ -76,7 +76,8 @@ struct GDBTests {
         #expect(out.contains("$3 = 15"), "\(out)")
         #expect(out.contains(", \(Self.at(sym["report"]!)) in report ()"), "\(out)")
         #expect(out.contains("$4 = 40"), "\(out)")
-        #expect(out.contains("backend \(backend.rawValue), 1 vCPU\nvcpu0: long64 at 8:\(Self.at(sym["report"]!, long: false))"), "\(out)")
+        #expect(out.contains("backend \(backend.rawValue), 1 vCPU, running for "), "\(out)")
+        #expect(out.contains("\nvcpu0: long64 at 8:\(Self.at(sym["report"]!, long: false)), engine \(backend.rawValue)"), "\(out)")
         #expect(out.contains("0xf4: ExitDevice"), "\(out)")
         #expect(out.contains("0x201000: 28 00 00 00"), "\(out)")   // `counter`, the first word of .data
         #expect(out.contains("engine: switching a machine's engine is not implemented yet; this machine runs on \(backend.rawValue)"), "\(out)")
@@ -86,6 +87,62 @@ struct GDBTests {
         let end = try session.finish()
         #expect(end.status == 77, "\(end.stderr)")
         #expect(end.console == "gdb-target done\n")
+    }
+
+    @Test("monitor trace on/off while stopped, info devices with the devices' state, stats", arguments: backends())
+    func monitorTraceDevicesStats(backend: BackendKind) throws {
+        let image = try guest("gdb-target.elf")
+        let session = try GDBSession(backend: backend, image: image)
+        let steps = scratchPath("gdb-steps.bin"), rest = scratchPath("gdb-rest.jsonl")
+        defer { for f in [steps, rest] { try? FileManager.default.removeItem(atPath: f) } }
+        let out = try session.gdb(symbols: image, """
+            break add_step
+            continue
+            monitor trace off
+            monitor trace on \(steps) bin
+            monitor trace on \(rest)
+            stepi
+            stepi
+            monitor stats
+            monitor trace off
+            stepi
+            monitor trace on \(rest) yaml
+            monitor trace on \(rest) jsonl
+            monitor info devices
+            delete
+            continue
+            """)
+        let sym = try Self.symbols()
+        let addStep = UInt64(sym["add_step"]!.dropFirst(2), radix: 16)!
+        #expect(out.contains("trace: no trace is being written"), "\(out)")
+        #expect(out.contains("tracing to \(steps) (bin) from the next instruction"), "\(out)")
+        #expect(out.contains("trace: already tracing to \(steps); 'monitor trace off' first"), "\(out)")
+        #expect(out.contains(", tracing to \(steps) (bin)\nvcpu0: long64 at 8:"), "\(out)")
+        #expect(out.contains("trace off: 2 records written to \(steps)"), "\(out)")
+        #expect(out.contains("trace: the format is text, jsonl or bin, not 'yaml'"), "\(out)")
+        #expect(out.contains("tracing to \(rest) (jsonl) from the next instruction"), "\(out)")
+        // The device model's state: the firmware-default PIC, a programmed PIT channel 0
+        // or not, the RTC, the bootstrap processor's APIC in virtual-wire mode, COM1.
+        for line in ["  PIC master: vectors 0x", "  PIT channel 0: mode ", "  RTC: time registers ", "  LAPIC 0 (ID 0): xAPIC at 0xfee00000, ",
+                     "LINT0 0x700, LINT1 0x400", "  IOAPIC (ID 1) at 0xfec00000", "  UART 0x3f8: divisor "] {
+            #expect(out.contains(line), "\(line) in \(out)")
+        }
+        #expect(out.contains("[Inferior 1 (Remote target) exited with code 017]"), "\(out)")
+        let end = try session.finish()
+        #expect(end.status == 15, "\(end.stderr)")
+        // The two steps, and nothing else, in the binary trace.
+        let shown = try runProcess(tandemBinary, ["trace", "show", steps, "--format", "jsonl"])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        let records = shown.stdout.split(separator: "\n")
+        #expect(records.count == 2, "\(shown.stdout)")
+        #expect(records.first?.contains("\"rip\":\"0x\(String(addStep, radix: 16))\"") == true, "\(shown.stdout)")
+        #expect(records.last?.contains("\"rip\":\"0x\(String(addStep + 5, radix: 16))\"") == true, "\(shown.stdout)")
+        // The second trace runs from where add_step returned (the third step: its `ret`)
+        // to the guest's exit (the `out` to 0xF4).
+        let returned = UInt64(sym["_start.loop"]!.dropFirst(2), radix: 16)! + 5
+        let lines = String(decoding: try readFileBytes(rest), as: UTF8.self).split(separator: "\n")
+        #expect(lines.first?.contains("\"rip\":\"0x\(String(returned, radix: 16))\"") == true, "\(lines.first ?? "")")
+        #expect(lines.last?.contains("\"port\":\"0xf4\"") == true, "\(lines.last ?? "")")
     }
 
     @Test("a boot sector in real mode: i8086 disassembly, a breakpoint, steps, x87/SSE and control registers",
