@@ -266,13 +266,22 @@ public final class Machine: @unchecked Sendable {
             kvm = nil
             backendName = "interp"
             backendNote = memoryNote
-        case .hybrid:
+        case .hybrid, .auto where c.maxInstructions == nil && c.gdb == nil && !HostCheck.cpuHasVirtualization():
+            // `auto` on a host whose KVM runs only 64-bit user mode natively (PVM: no
+            // VMX/SVM): the rest would crawl through the host kernel's emulator.
             do {
                 let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu, logDirtyPages: true)
                 kvm = built.0
                 backends = built.1
                 backendName = "hybrid"
-            } catch { throw MachineError(.backendUnavailable, "the hybrid engine needs KVM, which is unavailable: \(error)") }
+                if c.backend == .auto { backendNote = "KVM here runs only 64-bit user mode natively (no VMX/SVM): that on KVM, the rest on the interpreter" }
+            } catch {
+                guard c.backend == .auto else { throw MachineError(.backendUnavailable, "the hybrid engine needs KVM, which is unavailable: \(error)") }
+                backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
+                kvm = nil
+                backendName = "interp"
+                backendNote = "KVM is unavailable: \(error)"
+            }
         case .kvm, .auto:
             do {
                 let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu)
