@@ -89,6 +89,10 @@ imm_a:  dd 0
 imm_b:  dd 0                            ; offsets 4095..4098: across the page boundary
         mov [seen_a], eax
         mov [seen_b], ebx
+        ; Until both immediates are the last round's: CPU 0's two patches can fall
+        ; between this CPU's two movs (old A, new B), also on hardware.
+        cmp eax, ROUNDS
+        jb target
         cmp ebx, ROUNDS
         jb target
         jmp park
