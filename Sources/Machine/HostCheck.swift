@@ -54,7 +54,7 @@ public struct HostCheck: Sendable {
     public var autoChoice: String {
         switch kind {
         case .hardware: "kvm: /dev/kvm opens and runs guests natively"
-        case .emulated: "kvm: /dev/kvm opens (64-bit CPL 3 runs natively; other code goes through the host kernel's emulator, and instructions it cannot emulate are handed to the interpreter)"
+        case .emulated: "hybrid: /dev/kvm opens, but only 64-bit CPL 3 runs natively (other code would go through the host kernel's emulator): that on KVM, the rest on the interpreter (Documentation/Hybrid.md; kvm with --max-instructions or --gdb)"
         case .unavailable: "interp: \(openError ?? "KVM is unavailable")"
         }
     }
