@@ -181,6 +181,13 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         return true
     }
 
+    /// This thread is no longer in (or entering) `KVM_RUN`: kicks stop signalling it.
+    private func clearRunner() {
+        pthread_mutex_lock(runnerLock)
+        runner = nil
+        pthread_mutex_unlock(runnerLock)
+    }
+
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
         let me = pthread_self()
@@ -194,9 +201,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             retargetOwnTimerSignal()
         }
         if ownTimer != nil && !ownTimerSignalCreated {
-            pthread_mutex_lock(runnerLock)
-            runner = nil
-            pthread_mutex_unlock(runnerLock)
+            clearRunner()
             // Without it the local APIC timer would wait for the guest's next exit.
             throw BackendError("vCPU \(index): cannot create the host timer for its local APIC timer (timer_create: \(Errno(ownTimerSignalError)))")
         }
@@ -207,9 +212,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             // Looked at before an interrupt is injected, which then waits inside KVM.
             if ownTimer.isDue {
                 ckvm_entering(nil)
-                pthread_mutex_lock(runnerLock)
-                runner = nil
-                pthread_mutex_unlock(runnerLock)
+                clearRunner()
                 return .interrupted
             }
         }
@@ -217,9 +220,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             let interrupt = controller.hasPendingInterrupt(vcpu: index)
             if controller.hasNMI(vcpu: index) || (interrupt && guestInterruptFlag) {
                 if ownTimer != nil { ckvm_entering(nil) }
-                pthread_mutex_lock(runnerLock)
-                runner = nil
-                pthread_mutex_unlock(runnerLock)
+                clearRunner()
                 return .interrupted
             }
             // IF clear (CPL 3 with IOPL 3): an exit as soon as the guest sets it.
@@ -244,9 +245,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         eventsCurrent = syncEvents && (result >= 0 || error == EINTR)
         // Only a thread inside (or entering) KVM_RUN may be signalled: a pthread_t kept
         // after its thread exits would make pthread_kill write into freed memory.
-        pthread_mutex_lock(runnerLock)
-        runner = nil
-        pthread_mutex_unlock(runnerLock)
+        clearRunner()
         if result < 0 {
             if error == EINTR || error == EAGAIN {
                 shared.pointee.immediate_exit = 0

@@ -54,36 +54,33 @@ extension Machine {
                 slot.interpretNext = false
                 return true
             }
-            guard interpreter.inUserMode64, mayRunNatively(slot, interpreter, index: index) else { return true }
-            return moveToKVM(slot, index: index)
+            guard interpreter.inUserMode64 else { return true }
+            return moveToKVM(slot, interpreter, index: index)
         }
         // On KVM: an event to deliver, which only the interpreter does.
-        let apic = devices.apic
-        if apic.hasNMI(vcpu: index) || (slot.active.interruptFlag && apic.hasPendingInterrupt(vcpu: index)) {
+        if hasEventToDeliver(index, interruptsEnabled: slot.active.interruptFlag) {
             return moveToInterpreter(slot, index: index)
         }
         return true
     }
 
-    /// Whether a vCPU in 64-bit user mode may leave the interpreter now. It stays while
+    /// An NMI, or an interrupt when the vCPU accepts them, is pending for vCPU `index`.
+    private func hasEventToDeliver(_ index: Int, interruptsEnabled: Bool) -> Bool {
+        devices.apic.hasNMI(vcpu: index) || (interruptsEnabled && devices.apic.hasPendingInterrupt(vcpu: index))
+    }
+
+    /// Interpreter → KVM, for a vCPU in 64-bit user mode, unless it must stay: while
     /// something needs it instruction by instruction (a trace, the debugger), while
     /// single-step (TF) or debug-register breakpoints are armed (their #DB is a trap that
     /// KVM would take after the instruction, which could then not be run again), in an
     /// interrupt shadow, and while an event is waiting for it to deliver.
-    private func mayRunNatively(_ slot: VCPUSlot, _ interpreter: InterpreterVCPU, index: Int) -> Bool {
-        if debug != nil || interpreter.recorder != nil || interpreter.tracing || interpreter.inInterruptShadow { return false }
-        guard let state = try? interpreter.readState() else { return false }
-        if state.rflags & (1 << 8) != 0 || state.dr7 & 0xFF != 0 { return false }
-        let apic = devices.apic
-        if apic.hasNMI(vcpu: index) || (state.interruptsEnabled && apic.hasPendingInterrupt(vcpu: index)) { return false }
-        return true
-    }
-
-    /// Interpreter → KVM, in 64-bit user mode.
-    private func moveToKVM(_ slot: VCPUSlot, index: Int) -> Bool {
-        guard let interpreter = slot.active as? InterpreterVCPU, let kvm = slot.kvm else { return true }
+    private func moveToKVM(_ slot: VCPUSlot, _ interpreter: InterpreterVCPU, index: Int) -> Bool {
+        guard let kvm = slot.kvm, debug == nil, interpreter.recorder == nil, !interpreter.tracing,
+              !interpreter.inInterruptShadow else { return true }
         do {
             var state = try interpreter.readState()
+            if state.rflags & (1 << 8) != 0 || state.dr7 & 0xFF != 0
+                || hasEventToDeliver(index, interruptsEnabled: state.interruptsEnabled) { return true }
             slot.nativeShadow = (state.idtr, state.efer, state.msrs.lstar)
             state.idtr.limit = 0
             state.efer &= ~EFER.sce
