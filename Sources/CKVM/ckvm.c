@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "ckvm.h"
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -24,6 +25,19 @@ int ckvm_set_msr_filter(int vm_fd, int count, const uint32_t *bases, const uint3
         filter.ranges[i].bitmap = bitmaps[i];
     }
     return ioctl(vm_fd, KVM_X86_SET_MSR_FILTER, &filter);
+}
+
+int ckvm_rwlock_init_writer_preferring(pthread_rwlock_t *lock) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int result = pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return result;
+}
+
+int ckvm_kick_signal(void) {
+    return SIGRTMIN + 2;
 }
 
 static __thread struct kvm_run *volatile entering_run;

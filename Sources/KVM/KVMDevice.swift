@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CKVM
 import HostOS
+import Synchronization
 
 /// A failed KVM call: which ioctl (or open) and the errno it returned.
 public struct KVMError: Error, CustomStringConvertible, Sendable {
@@ -140,6 +141,23 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         return lock
     }()
 
+    /// Held for reading by every vCPU thread inside `KVM_RUN`, and for writing while the
+    /// memslots are remapped (`forgetTranslations`): a vCPU running meanwhile would find
+    /// no memory behind its page tables.
+    let runLock: UnsafeMutablePointer<pthread_rwlock_t> = {
+        let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+        ckvm_rwlock_init_writer_preferring(lock)
+        return lock
+    }()
+    /// The VM's vCPUs, kicked out of `KVM_RUN` for a remap (weak: each holds the VM).
+    private let vcpuList = Mutex<[WeakVCPU]>([])
+    final class WeakVCPU: @unchecked Sendable { weak var vcpu: KVMVCPU?; init(_ v: KVMVCPU) { vcpu = v } }
+
+    /// Makes every vCPU of the VM leave `KVM_RUN` soon (each returns `.interrupted` once).
+    func kickAllVCPUs() {
+        for weak in vcpuList.withLock({ $0 }) { weak.vcpu?.kick() }
+    }
+
     init(fd: Int32, device: KVMDevice) {
         self.fd = fd
         self.device = device
@@ -152,6 +170,8 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         close(fd)
         pthread_mutex_destroy(memslotLock)
         memslotLock.deallocate()
+        pthread_rwlock_destroy(runLock)
+        runLock.deallocate()
     }
 
     /// `KVM_SET_USER_MEMORY_REGION`: backs `size` bytes of guest-physical memory at
@@ -202,10 +222,15 @@ public final class KVMVirtualMachine: @unchecked Sendable {
             close(fd)
             throw KVMError("mmap kvm_run of vCPU \(index)")
         }
-        let syncEvents = device.check(.syncRegs) & Int(CKVM_SYNC_X86_EVENTS) != 0
+        let sync = device.check(.syncRegs)
+        let syncEvents = sync & Int(CKVM_SYNC_X86_EVENTS) != 0
+        let syncRegisters = sync & Int(CKVM_SYNC_X86_REGS | CKVM_SYNC_X86_SREGS) == Int(CKVM_SYNC_X86_REGS | CKVM_SYNC_X86_SREGS)
         let state = KVMVCPU.StateIoctls(events: device.check(.vcpuEvents) > 0, debugRegisters: device.check(.debugRegisters) > 0,
                                         xsave: device.check(.xsave) > 0, xcrs: device.check(.xcrs) > 0)
-        return KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents, stateIoctls: state)
+        let vcpu = KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents, stateIoctls: state)
+        vcpu.canSyncRegisters = syncRegisters
+        vcpuList.withLock { $0.append(WeakVCPU(vcpu)) }
+        return vcpu
     }
 }
 

@@ -62,11 +62,39 @@ extension KVMVCPU {
     public func completePendingExit() throws(BackendError) {
         shared.pointee.immediate_exit = 1
         defer { shared.pointee.immediate_exit = 0 }
+        pthread_rwlock_rdlock(vm.runLock)
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
+        pthread_rwlock_unlock(vm.runLock)
         guard result < 0, error == EINTR || error == EAGAIN else {
             throw BackendError("KVM_RUN with immediate_exit on vCPU \(index): \(result < 0 ? Errno(error).description : "it ran the guest (exit reason \(shared.pointee.exit_reason))")")
         }
         eventsCurrent = false
+    }
+}
+
+extension KVMVCPU {
+    /// Has KVM store the general and segment registers in `kvm_run` at every exit
+    /// (KVM_SYNC_X86_REGS and _SREGS, where KVM offers them), for `nextInstruction`.
+    public func storeRegistersAtExits(_ on: Bool) {
+        guard canSyncRegisters else { return }
+        let bits = UInt64(CKVM_SYNC_X86_REGS | CKVM_SYNC_X86_SREGS)
+        if on { shared.pointee.kvm_valid_regs |= bits } else { shared.pointee.kvm_valid_regs &= ~bits }
+    }
+
+    /// Where the vCPU's next instruction is, after an exit: its linear address, and
+    /// whether paging translates it. From `kvm_run` when `storeRegistersAtExits` is on
+    /// (no system call), else from KVM_GET_REGS and KVM_GET_SREGS. Nil: unreadable.
+    public func nextInstruction() -> (linear: UInt64, paging: Bool)? {
+        var regs = kvm_regs(), sregs = kvm_sregs()
+        if canSyncRegisters && shared.pointee.kvm_valid_regs & UInt64(CKVM_SYNC_X86_REGS) != 0 {
+            regs = shared.pointee.s.regs.regs
+            sregs = shared.pointee.s.regs.sregs
+        } else {
+            guard ckvm_ioctl_ptr(fd, CKVM_GET_REGS, &regs) == 0, ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { return nil }
+        }
+        let long64 = sregs.efer & EFER.lma != 0 && sregs.cs.l != 0
+        let linear = long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xFFFF_FFFF
+        return (linear, sregs.cr0 & CR0.pg != 0)
     }
 }

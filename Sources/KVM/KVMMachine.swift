@@ -1,5 +1,6 @@
 import Glibc
 import GuestMemory
+import HostOS
 import X86
 
 extension KVMDevice {
@@ -35,17 +36,35 @@ extension KVMDevice {
 
 extension KVMVirtualMachine {
     /// Makes KVM drop every translation it built from the guest's page tables (shadow
-    /// paging: PVM) by removing and re-adding each memslot of `memory`. A vCPU in `KVM_RUN`
-    /// meanwhile may see a RAM access as an MMIO exit, which the machine serves from RAM.
-    /// The dirty log of the slots starts afresh.
-    public func forgetTranslations(_ memory: GuestMemoryMap) throws(KVMError) {
+    /// paging: PVM) by removing and re-adding each memslot of `memory`, with every vCPU
+    /// kicked out of `KVM_RUN` and kept out meanwhile. Removing a slot discards its dirty log: the pages it holds go to `written` first.
+    public func forgetTranslations(_ memory: GuestMemoryMap, written: (UInt64) -> Void) throws(KVMError) {
         // One vCPU thread at a time: two removing the same slot would fail.
         pthread_mutex_lock(memslotLock)
         defer { pthread_mutex_unlock(memslotLock) }
+        // No vCPU in KVM_RUN meanwhile: one would find no memory behind its page tables
+        // (seen: an AP's fetch failed and it triple-faulted).
+        kickAllVCPUs()
+        pthread_rwlock_wrlock(runLock)
+        defer { pthread_rwlock_unlock(runLock) }
         for (slot, region) in memory.regions.enumerated() {
+            let logged = logsDirtyPages && region.kind == .ram
+            if logged { for page in try dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) { written(region.start + UInt64(page) << 12) } }
             try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: 0, host: region.host, readonly: false)
             try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
-                          logDirtyPages: logsDirtyPages && region.kind == .ram)
+                          logDirtyPages: logged)
+        }
+    }
+
+    /// The guest-physical addresses of the RAM pages KVM's vCPUs wrote since the last
+    /// look (the memslots' dirty logs, which this clears), to `written`.
+    public func takeWrittenPages(_ memory: GuestMemoryMap, written: (UInt64) -> Void) throws(KVMError) {
+        guard logsDirtyPages else { throw KVMError("the memory slots do not log dirty pages", Errno(EINVAL)) }
+        // Not while another thread has a slot removed (`forgetTranslations`).
+        pthread_mutex_lock(memslotLock)
+        defer { pthread_mutex_unlock(memslotLock) }
+        for (slot, region) in memory.regions.enumerated() where region.kind == .ram {
+            for page in try dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) { written(region.start + UInt64(page) << 12) }
         }
     }
 }

@@ -19,13 +19,15 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     private let runnerLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     /// The signal that interrupts `KVM_RUN` on another thread.
-    public static let kickSignal = SIGUSR1
+    public static let kickSignal = ckvm_kick_signal()
 
     /// Whether interrupts are injected through `kvm_run.s.regs.events` at entry
     /// (KVM_CAP_SYNC_REGS with KVM_SYNC_X86_EVENTS) rather than a KVM_INTERRUPT ioctl.
     let syncEvents: Bool
     /// `kvm_run.s.regs.events` holds the vCPU's events as of the last exit.
     var eventsCurrent = false
+    /// KVM offers KVM_SYNC_X86_REGS and KVM_SYNC_X86_SREGS (`storeRegistersAtExits`).
+    var canSyncRegisters = false
 
     /// The state ioctls this host's KVM has (KVM_CHECK_EXTENSION): the ones it has must
     /// succeed; without one, what it moves is left as KVM holds it (KVMState.swift).
@@ -237,8 +239,10 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
             }
         }
+        pthread_rwlock_rdlock(vm.runLock)
         let result = ckvm_ioctl_int(fd, CKVM_RUN, 0)
         let error = errno
+        pthread_rwlock_unlock(vm.runLock)
         if ownTimer != nil { ckvm_entering(nil) }
         guestInterruptFlag = shared.pointee.if_flag != 0
         // KVM_RUN stores the events at every return once it got past loading the vCPU.

@@ -15,6 +15,50 @@ public enum BackendKind: String, CaseIterable, Sendable {
     case hybrid
 }
 
+/// The two engines a vCPU can run on (`Machine.switch(vcpu:to:)`).
+public enum Engine: String, CaseIterable, Sendable {
+    case kvm
+    case interp
+
+    var other: Engine { self == .kvm ? .interp : .kvm }
+}
+
+/// `--switch-every`: how long each vCPU stays on one engine before it moves to the other
+/// (for testing engine switching; Documentation/Switching.md).
+public enum SwitchInterval: Sendable, Equatable, CustomStringConvertible {
+    /// This many instructions on the interpreter, and this many single-steps on KVM (which
+    /// counts no instructions; a step is one instruction except where the host's stepping
+    /// runs more, as PVM does in 64-bit user mode).
+    case instructions(UInt64)
+    /// This many seconds of host time, on either engine.
+    case seconds(Double)
+
+    /// "N" (instructions), or a time with a unit: "Nms", "Ns" (N may have a fraction).
+    public init?(parsing text: String) {
+        if let n = UInt64(text) {
+            guard n > 0 else { return nil }
+            self = .instructions(n)
+            return
+        }
+        let (number, scale): (Substring, Double) = text.hasSuffix("ms") ? (text.dropLast(2), 1e-3)
+            : text.hasSuffix("s") ? (text.dropLast(1), 1) : ("", 0)
+        guard let value = Double(number), value.isFinite else { return nil }
+        let seconds = value * scale
+        guard seconds >= Self.shortestSeconds && seconds <= MachineConfiguration.maxTimeout else { return nil }
+        self = .seconds(seconds)
+    }
+
+    /// The shortest time interval (a switch costs tens of microseconds to a millisecond).
+    public static let shortestSeconds = 0.001
+
+    public var description: String {
+        switch self {
+        case .instructions(let n): "\(n) instructions"
+        case .seconds(let s): "\(formatSeconds(s)) s"
+        }
+    }
+}
+
 /// Where machine time comes from.
 public enum ClockKind: String, CaseIterable, Sendable {
     /// The host's monotonic clock.
@@ -65,6 +109,9 @@ public struct MachineConfiguration: Sendable {
     /// `--restore FILE`: the snapshot the machine is rebuilt from instead of an image (its
     /// CONF section gives the RAM size, vCPUs, CPU model and clock: `restoring` applies it).
     public var restore: SnapshotFile? = nil
+    /// `--switch-every`: each vCPU alternates between the interpreter and KVM (nil: it stays
+    /// on its engine unless moved through `Machine.switch(vcpu:to:)`, SIGUSR1 or gdb).
+    public var switchEvery: SwitchInterval? = nil
 
     public static let maxCPUs = 256
     /// The most guest RAM KVM is given: every GiB in a memory slot costs the host kernel

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import Tracing
 import Interpreter
@@ -124,6 +127,8 @@ extension Machine {
         }
         if first { pauseForDebugger() }
         while debug.resumed[index].wait(timeout: .now() + .milliseconds(50)) == .timedOut {
+            // gdb's `monitor engine`: the move happens here, on the vCPU's thread.
+            if slot.switchRequest.load(ordering: .relaxed) != 0 { _ = serviceSwitchRequest(slot, index: index) }
             if stopRequested {
                 // The machine ends here: what gdb changed is what the final report shows.
                 let changed = debug.state.withLock { s -> CPUState? in
@@ -157,16 +162,16 @@ extension Machine {
     /// watchpoints, or more breakpoints than the four registers hold, the vCPU runs on the
     /// interpreter until they are removed (PVM's instruction emulator ignores data
     /// breakpoints: Documentation/Debugging.md).
-    private func applyDebugSettings(_ index: Int, action: DebugAction, breakpoints: Set<UInt64>, watchpoints: [Watchpoint], pc: UInt64?) -> Bool {
+    func applyDebugSettings(_ index: Int, action: DebugAction, breakpoints: Set<UInt64>, watchpoints: [Watchpoint], pc: UInt64?) -> Bool {
         let slot = slots[index]
         slot.debugAction = action
         slot.debugBreakpoints = breakpoints
         slot.debugWatchpoints = watchpoints
         let atBreakpoint = pc.map { breakpoints.contains($0) } ?? false
-        if let fallback, backendName == "kvm" {
+        if slot.active is KVMVCPU || slot.debugOnInterpreter {
             let needsInterpreter = !watchpoints.isEmpty || breakpoints.count > KVMVCPU.hardwareBreakpointSlots
             if needsInterpreter && slot.interpreter == nil {
-                guard handOff(slot, index: index, machine: fallback, forDebugger: true) else { return false }
+                guard handOff(slot, index: index, forDebugger: true) else { return false }
                 slot.interpreter?.instructionLimit = .max
                 slot.debugOnInterpreter = true
             } else if !needsInterpreter && slot.debugOnInterpreter {
@@ -262,6 +267,34 @@ extension Machine {
             lines.append(line)
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// `monitor engine [kvm|interp [VCPU]]` while the machine is stopped: moves every vCPU
+    /// (or one) to that engine — each parked vCPU moves on its own thread within its wait's
+    /// 50 ms period — and says where each runs.
+    func debugEngine(_ words: [String]) -> String {
+        func whereEach(_ vcpus: [Int]) -> String {
+            vcpus.map { i in
+                slots[i].switchRequest.load(ordering: .relaxed) != 0
+                    ? "vcpu\(i): moves at its next instruction boundary, when it runs"
+                    : "vcpu\(i): \(engine(of: i))\(slots[i].debugOnInterpreter ? " (on the interpreter for the debugger's watchpoints)" : "")"
+            }.joined(separator: "\n")
+        }
+        guard let name = words.first else { return whereEach(Array(slots.indices)) }
+        guard let target = Engine(rawValue: name) else { return "engine: 'kvm' or 'interp', not '\(name)'" }
+        var vcpus = Array(slots.indices)
+        if words.count == 2 {
+            guard let i = Int(words[1]), slots.indices.contains(i) else { return "engine: there is no vCPU '\(words[1])'" }
+            vcpus = [i]
+        }
+        for i in vcpus {
+            do { try self.switch(vcpu: i, to: target) } catch { return "engine: \(error.description)" }
+        }
+        let deadline = DispatchTime.now() + .seconds(1)
+        while vcpus.contains(where: { slots[$0].switchRequest.load(ordering: .relaxed) != 0 }) && DispatchTime.now() < deadline {
+            usleep(5_000)
+        }
+        return whereEach(vcpus)
     }
 
     /// What `monitor info devices` says: every port and MMIO claim, then the state of the

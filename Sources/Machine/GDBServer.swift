@@ -507,7 +507,7 @@ final class GDBSession {
                   xp ADDRESS [LENGTH]   dump LENGTH (default 64) bytes of physical memory
                   trace on FILE [text|jsonl|bin]   trace every vCPU from here on (text by default)
                   trace off             stop the trace and close its file
-                  engine kvm|interp     not available yet: a machine runs on the engine it started with
+                  engine [kvm|interp [VCPU]]   move every vCPU (or one) to that engine, or say where each runs
                 """
         case "info" where words.count == 2 && words[1] == "devices": return machine.debugDeviceList()
         case "stats": return machine.debugStatistics()
@@ -525,8 +525,8 @@ final class GDBSession {
                     + bytes[row..<min(row + 16, count)].map { String(format2: $0) }.joined(separator: " ")
             }.joined(separator: "\n")
         case "trace": return machine.debugTrace(Array(words.dropFirst()))
-        case "engine":
-            return "engine: switching a machine's engine is not implemented yet; this machine runs on \(machine.backendName)"
+        case "engine" where words.count <= 3:
+            return machine.debugEngine(Array(words.dropFirst()))
         default:
             return "unknown monitor command '\(command)'; try 'monitor help'"
         }

@@ -88,7 +88,7 @@ extension Machine {
             // PVM shadows the guest's page tables and learns of changes by trapping the
             // guest's own writes; the interpreter's writes (the kernel's, to its page
             // tables) bypass that, so KVM must forget what it translated.
-            try self.kvm?.forgetTranslations(memory)
+            try forgetKVMTranslations(interpreter)
             try kvm.writeState(state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to KVM: \(error)"))
@@ -117,7 +117,7 @@ extension Machine {
                 // (PVM sets RF in RFLAGS as in a fault's frame; the vCPU's RF was clear.)
                 if forInstruction { state.rflags &= ~Self.resumeFlag }
             }
-            noteKVMWrites(interpreter)
+            try noteKVMWrites(interpreter)
             try interpreter.writeState(state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to the interpreter: \(error)"))
@@ -139,31 +139,6 @@ extension Machine {
         if vector == 3, byte(rip &- 1) == 0xCC { return rip &- 1 }
         if vector == 3, byte(rip &- 2) == 0xCD, byte(rip &- 1) == 3 { return rip &- 2 }
         throw BackendError("KVM stopped in user mode at 0x\(String(rip, radix: 16)) for vector \(vector), after no breakpoint instruction")
-    }
-
-    /// Time on each engine and switches, summed over the vCPUs (after they stopped).
-    func hybridStatistics() -> HybridStatistics {
-        let now = DispatchTime.now().uptimeNanoseconds
-        var kvmTime: UInt64 = 0, interpreterTime: UInt64 = 0
-        for slot in slots {
-            kvmTime &+= slot.kvmNanoseconds
-            interpreterTime &+= slot.interpreterNanoseconds
-            if slot.engineSince != 0 {
-                if slot.active is KVMVCPU { kvmTime &+= now &- slot.engineSince } else { interpreterTime &+= now &- slot.engineSince }
-            }
-        }
-        return HybridStatistics(interpreterSeconds: Double(interpreterTime) / 1e9, kvmSeconds: Double(kvmTime) / 1e9,
-                                switches: slots.map(\.switches).reduce(0, +))
-    }
-
-    /// Marks every page KVM wrote since the last look as written, for every interpreter
-    /// vCPU's decode cache (they share one code-page table).
-    private func noteKVMWrites(_ interpreter: InterpreterVCPU) {
-        guard let kvm else { return }
-        for (slotNumber, region) in memory.regions.enumerated() where region.kind == .ram {
-            guard let pages = try? kvm.dirtyPages(slot: UInt32(slotNumber), pages: Int(region.size >> 12)) else { continue }
-            for page in pages { interpreter.memoryWritten(at: region.start + UInt64(page) << 12, length: 4096) }
-        }
     }
 }
 
@@ -197,14 +172,5 @@ extension VCPUSlot {
         state.rip = state[.rcx] &- 2
         state.rflags = state[.r11]
         return (state, true)
-    }
-
-    /// Makes `engine` the active one, counting the switch and the time spent on the last.
-    func switchEngine(to engine: any VCPUBackend) {
-        let now = DispatchTime.now().uptimeNanoseconds
-        if active is KVMVCPU { kvmNanoseconds &+= now &- engineSince } else { interpreterNanoseconds &+= now &- engineSince }
-        engineSince = now
-        active = engine
-        switches += 1
     }
 }

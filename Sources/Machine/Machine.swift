@@ -96,8 +96,9 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     public var handoffs: Int = 0
     /// Instructions the interpreter ran during those handoffs (hybrid: all it ran).
     public var fallbackInstructions: UInt64 = 0
-    /// `--backend hybrid`: vCPU time on each engine (summed over vCPUs) and the switches.
-    public var hybrid: HybridStatistics? = nil
+    /// `--backend hybrid`, or a machine whose vCPUs switched engines: vCPU time on each
+    /// engine (summed over vCPUs) and the switches.
+    public var engines: EngineStatistics? = nil
 
     public var description: String {
         var text = "backend \(backend), \(instructions.count) vCPU\(instructions.count == 1 ? "" : "s"), \(String(format3: seconds)) s"
@@ -112,10 +113,10 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
         if backend == "kvm" {
             text += ", \(handoffs) handoff\(handoffs == 1 ? "" : "s") to the interpreter (\(fallbackInstructions) instructions)"
         }
-        if let h = hybrid {
+        if let h = engines {
             text += "; interpreter \(String(format3: h.interpreterSeconds)) s, \(fallbackInstructions) instructions"
             text += " (\(String(format3: Double(fallbackInstructions) / max(h.interpreterSeconds, 1e-9) / 1e6)) M/s)"
-            text += ", KVM \(String(format3: h.kvmSeconds)) s (64-bit user mode, not counted), \(h.switches) engine switches"
+            text += ", KVM \(String(format3: h.kvmSeconds)) s (\(backend == "hybrid" ? "64-bit user mode, " : "")not counted), \(h.switches) engine switches"
         }
         return text
     }
@@ -128,8 +129,8 @@ extension String {
     }
 }
 
-/// Where the vCPUs of a hybrid machine ran.
-public struct HybridStatistics: Sendable {
+/// Where the vCPUs ran, on a machine that moves them between engines.
+public struct EngineStatistics: Sendable {
     public var interpreterSeconds: Double
     public var kvmSeconds: Double
     public var switches: Int
@@ -250,12 +251,34 @@ public final class Machine: @unchecked Sendable {
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
         wakeups = (0..<c.cpus).map { _ in HostWakeup() }
 
+        if c.switchEvery != nil {
+            if c.backend == .hybrid { throw MachineError(.usage, "--switch-every needs --backend kvm, interp or auto: the hybrid engine moves its vCPUs by itself") }
+            if c.maxInstructions != nil || c.clock == .instructions {
+                throw MachineError(.usage, "--switch-every cannot be combined with \(c.maxInstructions != nil ? "--max-instructions" : "--clock instructions"): KVM counts no instructions")
+            }
+            if c.trace != nil || c.gdb != nil {
+                throw MachineError(.usage, "--switch-every cannot be combined with \(c.trace != nil ? "--trace" : "--gdb") (both single-step KVM)")
+            }
+        }
         var backendNote: String? = nil
+        var kvmToSwitchTo: [KVMVCPU] = []
         switch c.backend {
         case .interp:
             backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
-            kvm = nil
             backendName = "interp"
+            // KVM beside it, for --switch-every (required) and gdb's `monitor engine` (if it opens).
+            if c.switchEvery != nil || c.gdb != nil {
+                do {
+                    let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu)
+                    kvm = built.0
+                    kvmToSwitchTo = built.1
+                } catch {
+                    guard c.switchEvery == nil else { throw MachineError(.backendUnavailable, "--switch-every needs KVM, which is unavailable: \(error)") }
+                    kvm = nil
+                }
+            } else {
+                kvm = nil
+            }
         case .auto where c.clock == .instructions:
             backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
             kvm = nil
@@ -266,11 +289,11 @@ public final class Machine: @unchecked Sendable {
             kvm = nil
             backendName = "interp"
             backendNote = memoryNote
-        case .hybrid, .auto where c.maxInstructions == nil && c.gdb == nil && !HostCheck.cpuHasVirtualization():
+        case .hybrid, .auto where c.maxInstructions == nil && c.gdb == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization():
             // `auto` on a host whose KVM runs only 64-bit user mode natively (PVM: no
             // VMX/SVM): the rest would crawl through the host kernel's emulator.
             do {
-                let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu, logDirtyPages: true)
+                let built = try Self.buildKVM(c, memory: memory, plan: plan, cpu: cpu)
                 kvm = built.0
                 backends = built.1
                 backendName = "hybrid"
@@ -303,6 +326,14 @@ public final class Machine: @unchecked Sendable {
         }
         slots = backends.map { VCPUSlot(active: $0) }
         hybrid = backendName == "hybrid"
+        // The engine each vCPU can move to (EngineSwitch.swift): a KVM vCPU's interpreter is made on first use.
+        for (slot, kvmVCPU) in zip(slots, kvmToSwitchTo) {
+            kvmVCPU.interruptController = devices.apic
+            slot.kvm = kvmVCPU
+            slot.fallbackVCPU = slot.active as? InterpreterVCPU
+            slot.fallbackVCPU?.tscKHz = kvmVCPU.tscKHz
+        }
+        if backendName == "kvm" { for slot in slots { slot.kvm = slot.active } }
         // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
         if !plan.startsAllCPUs { for slot in slots.dropFirst() { slot.runState = .waitForSIPI } }
         do {
@@ -419,9 +450,12 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU,
-                                 logDirtyPages: Bool = false) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
-        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus, logDirtyPages: logDirtyPages, cpu: cpu)
+    /// The KVM VM and its vCPUs in the boot state. The RAM memslots log dirty pages: the
+    /// interpreter learns from them which code KVM rewrote when it takes a vCPU over (a
+    /// handoff, an engine switch, the hybrid engine). (On a hardware-KVM host this maps
+    /// RAM in 4 KiB pages.)
+    private static func buildKVM(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU) throws(KVMError) -> (KVMVirtualMachine, [KVMVCPU]) {
+        let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: memory, cpus: c.cpus, logDirtyPages: true, cpu: cpu)
         for (i, vcpu) in vcpus.enumerated() {
             do { try vcpu.writeState(plan.initialState(cpu: i, of: c.cpus)) } catch {
                 throw KVMError("setting the initial state of vCPU \(i): \(error)", Errno(EINVAL))
@@ -437,9 +471,12 @@ public final class Machine: @unchecked Sendable {
     /// reports it. `--timeout` counts from `configuration.started` (when the command began).
     public func run() -> RunOutcome {
         StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) {
-            // SIGUSR2: a snapshot while the guest runs (Snapshot.swift).
-            guard configuration.snapshotPath != nil else { return runRouted() }
-            return StopSignals.routingSnapshots(to: { [weak self] in self?.takeLiveSnapshot() }) { runRouted() }
+            // SIGUSR1: every vCPU to the other engine (EngineSwitch.swift).
+            StopSignals.routingRequests(StopSignals.engineFlipSignal, to: { [weak self] in self?.flipEngines(signalled: true) }) {
+                // SIGUSR2: a snapshot while the guest runs (Snapshot.swift).
+                guard configuration.snapshotPath != nil else { return runRouted() }
+                return StopSignals.routingRequests(StopSignals.snapshotSignal, to: { [weak self] in self?.takeLiveSnapshot() }) { runRouted() }
+            }
         }
     }
 
@@ -447,6 +484,8 @@ public final class Machine: @unchecked Sendable {
         let started = DispatchTime.now()
         runStarted.store(started.uptimeNanoseconds, ordering: .relaxed)
         gdbServer?.start(self)
+        let switchTimer = startSwitchTimer()
+        defer { switchTimer?.cancel() }
         let finished = DispatchGroup()
         let threads = (0..<backends.count).map { i in
             finished.enter()
@@ -475,11 +514,14 @@ public final class Machine: @unchecked Sendable {
         if allStopped, let path = configuration.snapshotPath, let failure = writeSnapshot(to: path) { reason = .outputError(failure) }
         // Output lost at the final flush turns a guest's own ending into an output error.
         if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
+        // Neither engine counts a vCPU's instructions on both (KVM counts none).
+        let switched = slots.contains { $0.switches > 0 } && !hybrid
         var statistics = RunStatistics(
-            backend: backendName, seconds: seconds, instructions: allStopped ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
+            backend: backendName, seconds: seconds,
+            instructions: allStopped && !switched ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
             handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
             fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
-        if hybrid && allStopped { statistics.hybrid = hybridStatistics() }
+        if allStopped && (hybrid || switched) { statistics.engines = engineStatistics() }
         gdbServer?.finish(status: reason.status)
         var message = message(for: reason)
         if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
@@ -516,8 +558,7 @@ public final class Machine: @unchecked Sendable {
     /// by the vCPU's own thread; a kick that misses a new one is repeated by the caller's
     /// next look (the stop flag, the debugger's pause).
     func kickAll() {
-        for b in backends { b.kick() }
-        for slot in slots { slot.fallbackVCPU?.kick() }
+        for slot in slots { slot.kickEngines() }
     }
 
     /// The shared vCPU loop: runs the backend and answers its exits with the device model.
@@ -530,7 +571,7 @@ public final class Machine: @unchecked Sendable {
             control.withLock { $0.finalStates[index] = try? slot.guestState() }
         }
         slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
-        if hybrid { slot.engineSince = DispatchTime.now().uptimeNanoseconds }
+        slot.engineSince = DispatchTime.now().uptimeNanoseconds
         // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
         slot.ownTimer = devices.timers.attach(owner: index)
         slot.active.ownTimer = slot.ownTimer?.due
@@ -546,6 +587,7 @@ public final class Machine: @unchecked Sendable {
         // Tracing (Trace.swift): from here, and again whenever gdb starts or stops a trace.
         syncTrace(index)
         defer { endTrace(index) }
+        guard startSlice(slot, index: index) else { return }
         while !stopRequested {
             if let debug, debug.pauseRequested.load(ordering: .relaxed) {
                 guard parkForDebugger(index, cause: nil) else { return }
@@ -563,12 +605,15 @@ public final class Machine: @unchecked Sendable {
             if virtualTime != nil { advanceVirtualClock(slot) }
             slot.ownTimer?.fireIfDue()
             if hybrid { guard placeHybrid(slot, index: index) else { return } }
+            if slot.switchRequest.load(ordering: .relaxed) != 0 { guard serviceSwitchRequest(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
                 requestStop(.hostError("vcpu\(index): \(error)"))
                 return
             }
+            slot.atInstructionBoundary = exit.isAtInstructionBoundary
+            if sliceEnded(slot, by: exit) { continue }
             // Before the trace takes the interpreter's access log (watchpoints read it).
             var debugStop: DebugStopCause? = nil
             if debug != nil, case .debugStep = exit { debugStop = debugStopCause(index) }
@@ -597,19 +642,9 @@ public final class Machine: @unchecked Sendable {
                     if recordsIO { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
                 }
             case let .mmioRead(address, size, data):
-                // RAM as MMIO: a vCPU on KVM while the hybrid engine remaps the memslots.
-                if hybrid && memory.isRAM(address, length: UInt64(size)) {
-                    memory.read(address, into: UnsafeMutableRawBufferPointer(start: data, count: size))
-                    continue
-                }
                 let v = devices.mmioRead(vcpu: index, address, size: size)
                 withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
             case let .mmioWrite(address, size, data):
-                if hybrid && memory.isRAM(address, length: UInt64(size)) {
-                    memory.write(address, from: UnsafeRawBufferPointer(start: data, count: size))
-                    slot.fallbackVCPU?.memoryWritten(at: address, length: size)
-                    continue
-                }
                 var v: UInt64 = 0
                 withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
                 devices.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
@@ -627,7 +662,7 @@ public final class Machine: @unchecked Sendable {
                     guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
                     continue
                 }
-                if slot.interpreter == nil, let fallback, handOff(slot, index: index, machine: fallback) { continue }
+                if slot.interpreter == nil, handOff(slot, index: index) { continue }
                 let what = slot.interpreter != nil ? "\(detail) (after KVM could not emulate it either)" : detail
                 requestStop(.unsupportedInstruction(report(index), what))
             case .failedEntry(let reason):
@@ -662,7 +697,7 @@ public final class Machine: @unchecked Sendable {
         if slots[index].isCurrentThread { return }
         // A sleeping vCPU looks as soon as it wakes; kicking it too would only cost its
         // next entry (KVM's immediate_exit) a round trip.
-        if !slots[index].sleeping.load(ordering: .sequentiallyConsistent) { slots[index].active.kick() }
+        if !slots[index].sleeping.load(ordering: .sequentiallyConsistent) { slots[index].kickEngines() }
         wakeups[index].signal()
     }
 
@@ -673,15 +708,12 @@ public final class Machine: @unchecked Sendable {
     /// boot then stalled after "smpboot: CPU0" — probably because the interpreter's TSC
     /// runs at 1 GHz and KVM's at the host's rate, so each round trip bends the guest's
     /// clock; see Documentation/Linux.md.)
-    func handOff(_ slot: VCPUSlot, index: Int, machine: InterpreterMachine, forDebugger: Bool = false) -> Bool {
-        let interpreter = slot.fallbackVCPU ?? machine.makeVCPU(index: index)
-        interpreter.interruptController = devices.apic
-        interpreter.ownTimer = slot.ownTimer?.due
-        slot.fallbackVCPU = interpreter
+    func handOff(_ slot: VCPUSlot, index: Int, forDebugger: Bool = false) -> Bool {
+        guard slot.active is KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return false }
         do {
             let state = try slot.active.readState()
-            // KVM may have rewritten any code since the interpreter last ran.
-            interpreter.flushDecodeCache()
+            // The code KVM rewrote since the interpreter last ran.
+            try noteKVMWrites(interpreter)
             try interpreter.writeState(state)
         } catch {
             requestStop(.hostError("vcpu\(index): handing over to the interpreter: \(error)"))
@@ -905,6 +937,13 @@ final class VCPUSlot: @unchecked Sendable {
     var switches = 0
     /// Hybrid: the interpreter runs the next instruction before the vCPU goes back to KVM.
     var interpretNext = false
+    /// A move to another engine (`SwitchRequest`), asked by any thread, made by the vCPU's.
+    let switchRequest = Atomic<UInt8>(0)
+    /// Its last exit left it at an instruction boundary (where a move can happen).
+    var atInstructionBoundary = true
+    /// `--switch-every N` on KVM: the single-steps left before it moves on.
+    var stepsLeft: UInt64 = 0
+    /// When it entered its engine (engine statistics; 0 before it starts).
     var engineSince: UInt64 = 0
     var kvmNanoseconds: UInt64 = 0
     var interpreterNanoseconds: UInt64 = 0

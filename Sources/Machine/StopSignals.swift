@@ -23,13 +23,18 @@ public enum StopSignals {
     /// Asks a run with `--snapshot-on-exit` for a snapshot; it then continues. Caught from
     /// `install` on, like the four above, and ignored when no run takes it.
     public static let snapshotSignal = SIGUSR2
+    /// Asks a run whose vCPUs can move between engines to move each to the other one
+    /// (Documentation/Switching.md). Caught like the others; ignored when no run takes it.
+    public static let engineFlipSignal = SIGUSR1
+    /// The signals a run asks for something with, and then continues.
+    static let requestSignals = [snapshotSignal, engineFlipSignal]
 
     private struct State {
         var installed = false
         var route: (@Sendable (Int32) -> Void)?
         var routedTimeout = false
-        /// Where `snapshotSignal` goes (a class holder: see the README's note on closures in a Mutex).
-        var snapshotRoute: SignalRoute?
+        /// Where each of `requestSignals` goes (class holders: see the README's note on closures in a Mutex).
+        var requestRoutes: [Int32: SignalRoute] = [:]
     }
     private static let state = Mutex(State())
     /// The `--timeout` timers, kept for the life of the process (appended under `state`'s lock).
@@ -65,9 +70,9 @@ public enum StopSignals {
         // main thread, so that every thread started later can take them.
         var unblock = sigset_t()
         sigemptyset(&unblock)
-        for sig in handled + [snapshotSignal] { sigaddset(&unblock, sig) }
+        for sig in handled + requestSignals { sigaddset(&unblock, sig) }
         pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
-        for sig in handled + [snapshotSignal] {
+        for sig in handled + requestSignals {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { sig in
                 var number = sig
@@ -112,18 +117,18 @@ public enum StopSignals {
         }
     }
 
-    /// Runs `body` with `snapshotSignal` going to `onSignal`.
-    public static func routingSnapshots<T>(to onSignal: @escaping @Sendable () -> Void, _ body: () throws -> T) rethrows -> T {
+    /// Runs `body` with `signal` (one of `requestSignals`) going to `onSignal`.
+    public static func routingRequests<T>(_ signal: Int32, to onSignal: @escaping @Sendable () -> Void, _ body: () throws -> T) rethrows -> T {
         install()
         let route = SignalRoute(onSignal)
-        state.withLock { $0.snapshotRoute = route }
-        defer { state.withLock { $0.snapshotRoute = nil } }
+        state.withLock { $0.requestRoutes[signal] = route }
+        defer { state.withLock { $0.requestRoutes[signal] = nil } }
         return try body()
     }
 
     private static func deliver(_ sig: Int32) {
-        if sig == snapshotSignal {
-            state.withLock { $0.snapshotRoute }?.body()
+        if requestSignals.contains(sig) {
+            state.withLock { $0.requestRoutes[sig] }?.body()
             return
         }
         if let route = state.withLock({ $0.route }) {

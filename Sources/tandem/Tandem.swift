@@ -116,6 +116,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Write a snapshot of the whole machine to this file when the run stops, and on SIGUSR2 while it runs (Documentation/Snapshots.md).", valueName: "file"))
     var snapshotOnExit: String?
 
+    @Option(help: ArgumentHelp("Move every vCPU between KVM and the interpreter, for testing: N instructions on the interpreter and N single-steps on KVM, or a time (e.g. 5ms, 0.5s) on each (Documentation/Switching.md). SIGUSR1 flips the engines of any KVM machine.", valueName: "n|time"))
+    var switchEvery: String?
+
     @Option(help: ArgumentHelp("Rebuild the machine from this snapshot, instead of an image, and continue the guest (on either backend; status 214 when the file cannot be used).", valueName: "file"))
     var restore: String?
 
@@ -151,6 +154,9 @@ struct Run: ParsableCommand {
         if let gdb, GDBOptions.parse(gdb) == nil {
             throw ValidationError("--gdb '\(gdb)' must be tcp:[HOST:]PORT, e.g. tcp:1234 or tcp:127.0.0.1:1234 (HOST a numeric IPv4 address)")
         }
+        if let switchEvery, SwitchInterval(parsing: switchEvery) == nil {
+            throw ValidationError("--switch-every '\(switchEvery)' must be a number of instructions (at least 1) or a time with a unit, ms or s (at least 1ms)")
+        }
         if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs --gdb tcp:[HOST:]PORT") }
         if restore == nil && machine.image == nil { throw ValidationError("Missing expected argument '<image>'") }
         if restore != nil {
@@ -180,6 +186,7 @@ struct Run: ParsableCommand {
         c.gdb = gdb.flatMap(GDBOptions.parse)
         c.gdb?.waitForDebugger = gdbWait
         c.snapshotPath = snapshotOnExit
+        c.switchEvery = switchEvery.flatMap(SwitchInterval.init(parsing:))
         if let restore {
             do { c = c.restoring(try SnapshotFile.read(from: restore)) } catch {
                 throw Failure(status: ExitStatus.badSnapshot.rawValue, message: error.description)

@@ -57,7 +57,7 @@ struct HybridTests {
         let r = try run("usermode64.elf", backend: .hybrid, cpus: cpus)
         #expect(r.status == 0)
         #expect(r.output == usermode64Expected)
-        let h = try #require(r.statistics.hybrid)
+        let h = try #require(r.statistics.engines)
         // Into user mode once, and back for each of the 6 SYSCALLs, the INT 0x80, the 9
         // page faults and the 4 other exceptions at least.
         #expect(h.switches >= 2 * 20, "\(h.switches) switches")
@@ -72,6 +72,6 @@ struct HybridTests {
         let hybrid = try run(image, backend: .hybrid, cpus: cpus)
         #expect(hybrid.status == interp.status)
         #expect(hybrid.output == interp.output)
-        #expect(hybrid.statistics.hybrid?.switches == 0)
+        #expect(hybrid.statistics.engines?.switches == 0)
     }
 }

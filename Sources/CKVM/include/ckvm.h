@@ -8,6 +8,7 @@
 #define CKVM_H
 
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -44,6 +45,8 @@ static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
 static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
@@ -53,6 +56,8 @@ static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
 
 // kvm_run.kvm_valid_regs / kvm_dirty_regs bit for struct kvm_vcpu_events (KVM_CAP_SYNC_REGS).
 static const unsigned long CKVM_SYNC_X86_EVENTS = KVM_SYNC_X86_EVENTS;
+static const unsigned long CKVM_SYNC_X86_REGS = KVM_SYNC_X86_REGS;
+static const unsigned long CKVM_SYNC_X86_SREGS = KVM_SYNC_X86_SREGS;
 static const unsigned int CKVM_VCPUEVENT_VALID_NMI_PENDING = KVM_VCPUEVENT_VALID_NMI_PENDING;
 
 /// ioctl(2) with a pointer argument. Returns -1 and sets errno on failure.
@@ -66,6 +71,15 @@ int ckvm_ioctl_int(int fd, unsigned long request, unsigned long argument);
 /// sent to user space otherwise; MSRs outside every range are left to KVM. (A C helper:
 /// struct kvm_msr_filter holds a fixed array Swift imports as a 16-tuple.)
 int ckvm_set_msr_filter(int vm_fd, int count, const uint32_t *bases, const uint32_t *nmsrs, uint8_t *const *bitmaps);
+
+/// pthread_rwlock_init with writers preferred (a GNU extension): a writer waiting for the
+/// readers to leave is not starved by readers coming back.
+int ckvm_rwlock_init_writer_preferring(pthread_rwlock_t *lock);
+
+/// The signal that kicks a vCPU thread out of KVM_RUN: a real-time signal (SIGRTMIN + 2,
+/// clear of the two glibc keeps for itself and of SIGUSR1/SIGUSR2, which `tandem run`
+/// gives the user: engine flip and snapshot).
+int ckvm_kick_signal(void);
 
 /// The handler of the signal that kicks a vCPU thread out of KVM_RUN. If the thread is
 /// between `ckvm_entering(run)` and `ckvm_entering(NULL)`, it sets run->immediate_exit,

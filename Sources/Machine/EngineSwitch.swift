@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Interpreter
+import KVM
+import Synchronization
+import X86
+
+// Live engine switching (Documentation/Switching.md): a vCPU of a running machine moves
+// between KVM and the interpreter at an instruction boundary, on its own thread. Guest
+// memory and the device model are shared, so a move carries only the vCPU state
+// (`CPUState`, the whole vCPU), and tells the interpreter's decode caches which pages
+// KVM wrote (the memslots' dirty logs). Requests come from `Machine.switch(vcpu:to:)`,
+// SIGUSR1 (every vCPU to the other engine), gdb's `monitor engine`, and `--switch-every`.
+
+/// What a vCPU's next move should be (`VCPUSlot.switchRequest`).
+enum SwitchRequest: UInt8 {
+    case none = 0
+    case toKVM = 1
+    case toInterpreter = 2
+    /// To whichever engine it is not on.
+    case flip = 3
+
+    init(_ engine: Engine) { self = engine == .kvm ? .toKVM : .toInterpreter }
+}
+
+extension Machine {
+    /// Moves vCPU `vcpu` to `engine`. The move happens on the vCPU's thread at its next
+    /// instruction boundary (at once if it is running; when it wakes if it sleeps in HLT;
+    /// when gdb resumes it if it is stopped there); `engine(of:)` says where it is.
+    /// Errors: the machine cannot switch (`canSwitchEngines`), or no such vCPU.
+    public func `switch`(vcpu: Int, to engine: Engine) throws(MachineError) {
+        guard slots.indices.contains(vcpu) else {
+            throw MachineError(.usage, "there is no vcpu\(vcpu) (the machine has \(slots.count))")
+        }
+        if let why = cannotSwitchReason { throw MachineError(.usage, why) }
+        request(SwitchRequest(engine), for: vcpu)
+    }
+
+    /// The engine vCPU `vcpu` runs on now (while KVM could not run an instruction and the
+    /// interpreter runs it in its place, still KVM).
+    public func engine(of vcpu: Int) -> Engine {
+        let slot = slots[vcpu]
+        return slot.active is KVMVCPU || slot.interpreter != nil ? .kvm : .interp
+    }
+
+    /// Whether the vCPUs can move between engines: the machine has both — a KVM machine
+    /// (the interpreter is always there for it) or an interpreter machine built with
+    /// `--switch-every` or `--gdb` where KVM opens — and is not the hybrid engine, which
+    /// places its vCPUs by mode itself.
+    public var canSwitchEngines: Bool { cannotSwitchReason == nil }
+
+    var cannotSwitchReason: String? {
+        if hybrid { return "the hybrid engine moves its vCPUs between KVM and the interpreter by itself" }
+        if kvm == nil { return "this machine has no KVM to switch to (start it with --backend kvm, or with --switch-every where /dev/kvm opens)" }
+        return nil
+    }
+
+    /// SIGUSR1 (`signalled`) or a `--switch-every` time slice: every vCPU to the other engine.
+    func flipEngines(signalled: Bool) {
+        if let why = cannotSwitchReason {
+            if signalled { Self.note("tandem: SIGUSR1 ignored: \(why)") }
+            return
+        }
+        for i in slots.indices { request(.flip, for: i) }
+    }
+
+    private func request(_ request: SwitchRequest, for index: Int) {
+        slots[index].switchRequest.store(request.rawValue, ordering: .sequentiallyConsistent)
+        // Out of its engine's run, to the top of its loop, where it moves.
+        slots[index].kickEngines()
+    }
+
+    /// On vCPU `index`'s thread, at the top of its loop: carries out a requested move if
+    /// the vCPU is at an instruction boundary (else its engine was kicked and stops at the
+    /// next one). False: the machine stopped.
+    func serviceSwitchRequest(_ slot: VCPUSlot, index: Int) -> Bool {
+        if slot.interpreter != nil {
+            // The interpreter runs in KVM's place: for one instruction (the move waits for
+            // it), or for the debugger's watchpoints (then the vCPU cannot move).
+            if slot.debugOnInterpreter { slot.switchRequest.store(0, ordering: .relaxed) }
+            return true
+        }
+        guard slot.atInstructionBoundary else {
+            // Its engine completes the instruction and returns at once.
+            slot.active.kick()
+            return true
+        }
+        let request = SwitchRequest(rawValue: slot.switchRequest.exchange(0, ordering: .sequentiallyConsistent)) ?? .none
+        let onKVM = slot.active is KVMVCPU
+        switch request {
+        case .none: return true
+        case .toKVM where onKVM, .toInterpreter where !onKVM: return startSlice(slot, index: index)
+        default: return move(slot, index: index, toKVM: !onKVM)
+        }
+    }
+
+    /// Moves the vCPU's whole state to the other engine (on its thread, at a boundary).
+    private func move(_ slot: VCPUSlot, index: Int, toKVM: Bool) -> Bool {
+        guard let kvmVCPU = slot.kvm as? KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return true }
+        do {
+            if toKVM {
+                let state = try interpreter.readState()
+                if case .instructions = configuration.switchEvery,
+                   isHalt(at: linearInstructionPointer(state), paging: state.cr0 & CR0.pg != 0, translate: interpreter.translate) {
+                    // Not onto KVM at a HLT (above): one more instruction here first.
+                    interpreter.instructionLimit = interpreter.retired &+ 1
+                    return true
+                }
+                try forgetKVMTranslations(interpreter)
+                try kvmVCPU.writeState(state)
+                slot.switchEngine(to: kvmVCPU)
+            } else {
+                let state = try kvmVCPU.readState()
+                try noteKVMWrites(interpreter)
+                try interpreter.writeState(state)
+                slot.switchEngine(to: interpreter)
+            }
+        } catch {
+            requestStop(.hostError("vcpu\(index): moving to \(toKVM ? "KVM" : "the interpreter"): \(error)"))
+            return false
+        }
+        // gdb's breakpoints, watchpoints and stepping, set up on the new engine.
+        if debug != nil {
+            let pc = (try? slot.active.readState()).map(linearInstructionPointer)
+            guard applyDebugSettings(index, action: slot.debugAction, breakpoints: slot.debugBreakpoints,
+                                     watchpoints: slot.debugWatchpoints, pc: pc) else { return false }
+        }
+        return startSlice(slot, index: index)
+    }
+
+    /// `--switch-every N`: the interpreter stops after N instructions, KVM single-steps N
+    /// times (it counts no instructions), then the vCPU moves on.
+    func startSlice(_ slot: VCPUSlot, index: Int) -> Bool {
+        guard case .instructions(let n) = configuration.switchEvery else { return true }
+        if let interpreter = slot.active as? InterpreterVCPU {
+            interpreter.instructionLimit = interpreter.retired &+ n
+        } else if let kvmVCPU = slot.active as? KVMVCPU {
+            slot.stepsLeft = n
+            kvmVCPU.storeRegistersAtExits(true)
+            do { try kvmVCPU.setSingleStep(true) } catch {
+                requestStop(.hostError("vcpu\(index): \(error)"))
+                return false
+            }
+        }
+        return true
+    }
+
+    /// `--switch-every N`: whether the instruction at `linear` is HLT, which KVM must not
+    /// single-step: PVM then steps over it without halting and reports the halt later,
+    /// at another instruction (after the next interrupt's IRET, or after the vCPU came
+    /// back from the interpreter: with IF clear, which ended the run). HLT runs on the
+    /// interpreter instead.
+    private func isHalt(at linear: UInt64, paging: Bool, translate: (UInt64) -> UInt64?) -> Bool {
+        guard let physical = paging ? translate(linear) : linear, memory.isRAM(physical, length: 1) else { return false }
+        return memory.read(physical, as: UInt8.self) == 0xF4
+    }
+
+    /// `--switch-every N`, after an exit: whether it ends the vCPU's slice on its engine
+    /// (an instruction limit on the interpreter, the last single-step on KVM), in which
+    /// case the move is requested.
+    func sliceEnded(_ slot: VCPUSlot, by exit: VCPUExit) -> Bool {
+        guard case .instructions = configuration.switchEvery, slot.interpreter == nil else { return false }
+        switch exit {
+        case .instructionLimit where slot.active is InterpreterVCPU:
+            break
+        case .debugStep:
+            guard let kvmVCPU = slot.active as? KVMVCPU else { return false }
+            slot.stepsLeft &-= 1
+            if slot.stepsLeft > 0 {
+                guard let (linear, paging) = kvmVCPU.nextInstruction(),
+                      isHalt(at: linear, paging: paging, translate: kvmVCPU.translate) else { return true }
+            }
+        default:
+            return false
+        }
+        slot.switchRequest.store(SwitchRequest.flip.rawValue, ordering: .sequentiallyConsistent)
+        return true
+    }
+
+    /// The interpreter vCPU that runs `slot` when KVM does not (an interpreter machine's
+    /// own; a KVM machine's made on first use).
+    func interpreterVCPU(for slot: VCPUSlot, index: Int) -> InterpreterVCPU? {
+        if let made = slot.fallbackVCPU { return made }
+        guard let fallback else { return nil }
+        let interpreter = fallback.makeVCPU(index: index)
+        interpreter.interruptController = devices.apic
+        interpreter.ownTimer = slot.ownTimer?.due
+        // One TSC rate for both engines (the state moves the TSC's value).
+        if let kvmVCPU = slot.kvm as? KVMVCPU { interpreter.tscKHz = kvmVCPU.tscKHz }
+        slot.fallbackVCPU = interpreter
+        return interpreter
+    }
+
+    /// Tells the interpreter's decode caches (shared by its vCPUs) which pages KVM wrote
+    /// since the last look.
+    func noteKVMWrites(_ interpreter: InterpreterVCPU) throws(KVMError) {
+        try kvm?.takeWrittenPages(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
+    }
+
+    /// Before a vCPU enters KVM: KVM forgets what it translated through the guest's page
+    /// tables (PVM shadows them and learns of changes by trapping the guest's own writes;
+    /// the interpreter's writes bypass that). The dirty log the memslots lose on the way
+    /// goes to the decode caches first.
+    func forgetKVMTranslations(_ interpreter: InterpreterVCPU) throws(KVMError) {
+        try kvm?.forgetTranslations(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
+    }
+
+    /// `--switch-every` with a time: a host timer flips every vCPU once per interval.
+    func startSwitchTimer() -> (any DispatchSourceTimer)? {
+        guard case .seconds(let seconds) = configuration.switchEvery, cannotSwitchReason == nil else { return nil }
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "engine-switch"))
+        let interval = DispatchTimeInterval.nanoseconds(Int(seconds * 1e9))
+        timer.schedule(deadline: .now() + interval, repeating: interval)
+        timer.setEventHandler { [weak self] in self?.flipEngines(signalled: false) }
+        timer.resume()
+        return timer
+    }
+
+    /// Time on each engine and switches, summed over the vCPUs (after they stopped).
+    func engineStatistics() -> EngineStatistics {
+        let now = DispatchTime.now().uptimeNanoseconds
+        var kvmTime: UInt64 = 0, interpreterTime: UInt64 = 0
+        for slot in slots {
+            kvmTime &+= slot.kvmNanoseconds
+            interpreterTime &+= slot.interpreterNanoseconds
+            if slot.engineSince != 0 {
+                if slot.active is KVMVCPU { kvmTime &+= now &- slot.engineSince } else { interpreterTime &+= now &- slot.engineSince }
+            }
+        }
+        return EngineStatistics(interpreterSeconds: Double(interpreterTime) / 1e9, kvmSeconds: Double(kvmTime) / 1e9,
+                                switches: slots.map(\.switches).reduce(0, +))
+    }
+
+    /// One line on stderr, unbuffered (ordered with the guest's output).
+    static func note(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+extension VCPUSlot {
+    /// Makes `engine` the active one, counting the switch and the time spent on the last.
+    func switchEngine(to engine: any VCPUBackend) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        if engineSince != 0 {
+            if active is KVMVCPU { kvmNanoseconds &+= now &- engineSince } else { interpreterNanoseconds &+= now &- engineSince }
+        }
+        engineSince = now
+        active = engine
+        switches += 1
+    }
+
+    /// Kicks every engine the vCPU has: a kick that reaches the one it just left is
+    /// harmless (one early return), one that missed the one it just entered would be lost.
+    func kickEngines() {
+        let engine = active
+        engine.kick()
+        if let kvm, kvm !== engine { kvm.kick() }
+        if let fallbackVCPU, fallbackVCPU !== engine { fallbackVCPU.kick() }
+    }
+}
+
+extension VCPUExit {
+    /// Whether the vCPU stands between two instructions after this exit. After port I/O
+    /// and MMIO it does not: the engine completes the instruction when it runs again.
+    var isAtInstructionBoundary: Bool {
+        switch self {
+        case .interrupted, .instructionLimit, .debugStep, .halt: true
+        default: false
+        }
+    }
+}
