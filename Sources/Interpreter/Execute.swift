@@ -11,6 +11,7 @@ extension InterpreterVCPU {
     /// effect at the next instruction, as with a fetch per instruction).
     @inline(never)
     func runInstructions(_ budget: inout Int) throws(Fault) {
+        defer { materializeFlags() }   // (outside this loop, RFLAGS is exact)
         while budget > 0 {
             let head = try traceAt()
             let count = Int(head.pointee.count)
@@ -21,7 +22,7 @@ extension InterpreterVCPU {
                 let version = head.pointee.version
                 let page = Int(truncatingIfNeeded: head.pointee.tag >> 14)
                 var d = traceInstructions(head)
-                let end = d + min(count, budget)
+                let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
                 while true {
                     try execute(d)
                     budget &-= 1
@@ -61,6 +62,7 @@ extension InterpreterVCPU {
     @_transparent
     func execute(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
         if try executeFast(d, next: next) { return }
+        materializeFlags()   // the generic handlers read and write RFLAGS directly
         let op = d.pointee.op
         if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try checkLock(d) }
         switch op {

@@ -58,6 +58,14 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var protectedMode = false
     var stackMask: UInt64 = 0xFFFF
 
+    /// Deferred arithmetic flags (LazyFlags.swift): what the last flag-setting fast form
+    /// did, while RFLAGS's CF, PF, AF, ZF, SF and OF are not yet computed from it.
+    var lazyFlags = LazyFlags.none
+    var lazyA: UInt64 = 0
+    var lazyB: UInt64 = 0
+    var lazyResult: UInt64 = 0
+    var lazySize = 1
+
     /// ~(1 << 20) while the A20 gate is off; read from the memory map at each `run()`.
     var a20Mask: UInt64 = .max
     var tlb: TLB
@@ -244,6 +252,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     public func writeState(_ state: CPUState) throws(BackendError) {
         s.pointee = state
+        lazyFlags = .none   // (never set outside `runInstructions`)
         tscOffset = state.msrs.tsc &- hostTSC()
         pendingIn = nil
         clearMMIOLog()
