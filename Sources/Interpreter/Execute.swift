@@ -4,11 +4,32 @@ extension InterpreterVCPU {
     /// Runs `budget` instructions (fewer when one faults or exits; `budget` counts down as
     /// they retire). One function holds the whole fetch-execute loop, so the vCPU's hot
     /// state stays in host registers from one instruction to the next.
+    ///
+    /// Instructions run trace by trace (Traces.swift): one lookup per trace, then its
+    /// instructions back to back, each after a check that its page's code-page version is
+    /// still the trace's (a write into the trace's lines, by this vCPU or another, takes
+    /// effect at the next instruction, as with a fetch per instruction).
     @inline(never)
     func runInstructions(_ budget: inout Int) throws(Fault) {
+        defer { materializeFlags() }   // (outside this loop, RFLAGS is exact)
         while budget > 0 {
-            try step()
-            budget &-= 1
+            let head = try traceAt()
+            let count = Int(head.pointee.count)
+            if _slowPath(count == 0) {
+                try step()
+                budget &-= 1
+            } else {
+                let version = head.pointee.version
+                let page = Int(truncatingIfNeeded: head.pointee.tag >> 14)
+                var d = traceInstructions(head)
+                let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
+                while true {
+                    try execute(d)
+                    budget &-= 1
+                    d += 1
+                    if d == end || _slowPath(codePages.current(page) != version) { break }
+                }
+            }
             if _slowPath(endBlock) { break }   // (the hybrid engine: user mode entered)
         }
     }
@@ -41,6 +62,7 @@ extension InterpreterVCPU {
     @_transparent
     func execute(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
         if try executeFast(d, next: next) { return }
+        materializeFlags()   // the generic handlers read and write RFLAGS directly
         let op = d.pointee.op
         if _slowPath(d.pointee.prefixes & PrefixBits.lock != 0) { try checkLock(d) }
         switch op {

@@ -17,6 +17,7 @@ enum FastForm: UInt8 {
     case aluRI8, aluRI16, aluRI32, aluRI64 // the same, reg, imm
     case incR8, incR16, incR32, incR64 // inc reg
     case decR8, decR16, decR32, decR64 // dec reg
+    case negR8, negR16, negR32, negR64 // neg reg
     case aluRM8, aluRM16, aluRM32, aluRM64 // add/adc/sub/sbb/and/or/xor/cmp/test reg, [mem]
     case shiftRI8, shiftRI16, shiftRI32, shiftRI64 // shl/sal/shr/sar/rol/ror reg, imm or 1
     case leaR8, leaR16, leaR32, leaR64 // lea reg, [mem] (no 8-bit form exists)
@@ -57,6 +58,9 @@ enum FastForm: UInt8 {
         case .inc, .dec:
             guard d.operandCount == 1, gpr0 else { return .generic }
             family = d.op == .inc ? .incR8 : .decR8
+        case .neg:
+            guard d.operandCount == 1, gpr0 else { return .generic }
+            family = .negR8
         case .shl, .sal, .shr, .sar, .rol, .ror:
             guard gpr0, d.operandCount == 1 || (d.operandCount == 2 && o1.kind == .immediate) else { return .generic }
             family = .shiftRI8
@@ -116,6 +120,10 @@ extension InterpreterVCPU {
         case .decR16: try decR(d, 2, next: next)
         case .decR32: try decR(d, 4, next: next)
         case .decR64: try decR(d, 8, next: next)
+        case .negR8: try negR(d, 1, next: next)
+        case .negR16: try negR(d, 2, next: next)
+        case .negR32: try negR(d, 4, next: next)
+        case .negR64: try negR(d, 8, next: next)
         case .aluRM8: try aluRM(d, 1, next: next)
         case .aluRM16: try aluRM(d, 2, next: next)
         case .aluRM32: try aluRM(d, 4, next: next)
@@ -210,23 +218,38 @@ extension InterpreterVCPU {
         aluOnRegister(d, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
     }
 
+    /// The flags are deferred (LazyFlags.swift), except adc's and sbb's, which read CF.
     @_transparent
     func aluOnRegister(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ b: UInt64) {
         let op = d.pointee.op
         let reg = d.pointee.o0.reg
-        let carry: UInt64 = flag(Flag.cf) ? 1 : 0
-        let (res, f) = aluResult(op, readGPR(reg, size), b, carry, size)
-        if op != .cmp && op != .test { writeGPR(reg, size, res) }
-        setFlags(Flag.arithmetic, f)
+        let a = readGPR(reg, size)
+        switch op {
+        case .add: let res = a &+ b; writeGPR(reg, size, res); deferFlags(.add, a, b, res, size)
+        case .sub: let res = a &- b; writeGPR(reg, size, res); deferFlags(.sub, a, b, res, size)
+        case .cmp: deferFlags(.sub, a, b, a &- b, size)
+        case .and: let res = a & b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
+        case .or: let res = a | b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
+        case .xor: let res = a ^ b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
+        case .test: deferFlags(.logic, a, b, a & b, size)
+        default:
+            let carry: UInt64 = flag(Flag.cf) ? 1 : 0
+            let (res, f) = aluResult(op, a, b, carry, size)
+            writeGPR(reg, size, res)
+            setFlags(Flag.arithmetic, f)
+        }
     }
 
+    /// inc and dec keep CF: deferred flags before them are computed first (they are
+    /// usually already, by the jcc between a compare and the next inc).
     @_transparent
     func incR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
         let reg = d.pointee.o0.reg
         let a = readGPR(reg, size)
         let res = a &+ 1
         writeGPR(reg, size, res)
-        setFlags(Flag.arithmetic & ~Flag.cf, addFlags(a, 1, res, 0, size))
+        materializeFlags()
+        deferFlags(.inc, a, 1, res, size)
     }
 
     @_transparent
@@ -235,7 +258,17 @@ extension InterpreterVCPU {
         let a = readGPR(reg, size)
         let res = a &- 1
         writeGPR(reg, size, res)
-        setFlags(Flag.arithmetic & ~Flag.cf, subFlags(a, 1, res, 0, size))
+        materializeFlags()
+        deferFlags(.dec, a, 1, res, size)
+    }
+
+    @_transparent
+    func negR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let reg = d.pointee.o0.reg
+        let a = readGPR(reg, size)
+        let res = 0 &- a
+        writeGPR(reg, size, res)
+        deferFlags(.sub, 0, a, res, size)   // as `execute`'s neg: the flags of 0 - a
     }
 
     @_transparent

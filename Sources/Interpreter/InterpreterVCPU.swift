@@ -39,6 +39,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     let decoder = Decoder()
     let cache: UnsafeMutablePointer<CacheEntry>
     static let cacheSize = 1 << 14
+    /// The traces (Traces.swift): `traceCount` heads, and `traceLength` instructions per
+    /// head in `traceCode` (reserved lazily: a slot costs memory once a trace is built in it).
+    let traceHeads: UnsafeMutablePointer<TraceHead>
+    let traceCode: UnsafeMutablePointer<DecodedInstruction>
     /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).
     let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
 
@@ -53,6 +57,14 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var longMode = false
     var protectedMode = false
     var stackMask: UInt64 = 0xFFFF
+
+    /// Deferred arithmetic flags (LazyFlags.swift): what the last flag-setting fast form
+    /// did, while RFLAGS's CF, PF, AF, ZF, SF and OF are not yet computed from it.
+    var lazyFlags = LazyFlags.none
+    var lazyA: UInt64 = 0
+    var lazyB: UInt64 = 0
+    var lazyResult: UInt64 = 0
+    var lazySize = 1
 
     /// ~(1 << 20) while the A20 gate is off; read from the memory map at each `run()`.
     var a20Mask: UInt64 = .max
@@ -201,6 +213,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         cache = .allocate(capacity: Self.cacheSize)
         cache.initialize(repeating: CacheEntry(), count: Self.cacheSize)
+        traceHeads = .allocate(capacity: Self.traceCount)
+        traceHeads.initialize(repeating: TraceHead(), count: Self.traceCount)
+        let codeBytes = Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride
+        let code = mmap(nil, codeBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(code != MAP_FAILED && code != nil, "cannot reserve the trace cache")
+        // (DecodedInstruction is a trivial type: bytes are written into it by assignment.)
+        traceCode = code!.bindMemory(to: DecodedInstruction.self, capacity: Self.traceCount * Self.traceLength)
         if let low = memory.regions.first, low.start == 0, low.kind == .ram {
             lowHost = low.host
             lowEnd = low.size
@@ -218,6 +237,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         seg.deallocate()
         cache.deinitialize(count: Self.cacheSize)
         cache.deallocate()
+        traceHeads.deallocate()
+        munmap(traceCode, Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride)
         ioBuffer.deallocate()
     }
 
@@ -231,6 +252,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     public func writeState(_ state: CPUState) throws(BackendError) {
         s.pointee = state
+        lazyFlags = .none   // (never set outside `runInstructions`)
         tscOffset = state.msrs.tsc &- hostTSC()
         pendingIn = nil
         clearMMIOLog()
@@ -245,6 +267,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// Forgets every decoded instruction of this vCPU (after another backend ran the guest).
     public func flushDecodeCache() {
         for i in 0..<Self.cacheSize { cache[i].tag = .max }
+        flushTraces()
     }
 
     /// Tells the decode caches that something other than an interpreter vCPU (a loader,
@@ -465,7 +488,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     }
 
     @inline(never)
-    func decodeInto(_ entry: UnsafeMutablePointer<CacheEntry>, key: UInt64, linear: UInt64, physical: UInt64) throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+    func decodeInto(_ entry: UnsafeMutablePointer<CacheEntry>, key: UInt64, rip: UInt64, linear: UInt64, physical: UInt64) throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
         if entry.pointee.tag == key | Self.crossPageTag
             && entry.pointee.version == codePages.current(Int(truncatingIfNeeded: physical >> 12))
             && secondPageUnchanged(entry, linear: linear) {
@@ -483,7 +506,6 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             // Read up to 15 bytes, stopping quietly at an unmapped page or the CS limit:
             // the decoder then sees a truncated instruction only if it really is one.
             let limit = codeBits == 64 ? UInt64.max : UInt64(seg[1].pointee.limit)
-            let rip = s.pointee.rip
             while count < 15 {
                 if codeBits != 64 && rip &+ UInt64(count) > limit { break }
                 let la = codeBits == 64 ? linear &+ UInt64(count) : (linear &+ UInt64(count)) & 0xFFFF_FFFF
@@ -502,7 +524,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         let decoded = withUnsafeBytes(of: &bytes) { decoder.decode(UnsafeRawBufferPointer(rebasing: $0[0..<count]), bits: codeBits) }
         guard let decoded else {
             // Not an instruction: #UD, or #GP/#PF if it ran off the segment or the page.
-            if count < 15 && codeBits != 64 && s.pointee.rip &+ UInt64(count) > UInt64(seg[1].pointee.limit) { throw .gp() }
+            if count < 15 && codeBits != 64 && rip &+ UInt64(count) > UInt64(seg[1].pointee.limit) { throw .gp() }
             if count == firstPart && count < 15 && paging,
                let whole = withUnsafeBytes(of: &bytes, { decoder.decode(UnsafeRawBufferPointer(rebasing: $0[0..<15]), bits: codeBits) }),
                Int(whole.length) > count {
@@ -528,13 +550,20 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
 extension InterpreterVCPU {
     // (In an extension: `@_transparent` is not allowed in a class body.)
+    /// The linear and physical address of the instruction at CS:`rip`, checked against
+    /// the CS limit and the page tables.
     @_transparent
-    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
-        let rip = s.pointee.rip
+    func codeAddress(_ rip: UInt64) throws(Fault) -> (linear: UInt64, physical: UInt64) {
         let cs = seg[1]
         if codeBits != 64 && rip > UInt64(cs.pointee.limit) { throw .gp() }
         let linear = codeBits == 64 ? rip : (cs.pointee.base &+ rip) & 0xFFFF_FFFF
-        let physical = paging ? try translateLinear(linear, .execute) : linear & a20Mask
+        return (linear, paging ? try translateLinear(linear, .execute) : linear & a20Mask)
+    }
+
+    @_transparent
+    func fetch() throws(Fault) -> UnsafeMutablePointer<DecodedInstruction> {
+        let rip = s.pointee.rip
+        let (linear, physical) = try codeAddress(rip)
         let mode = UInt64(codeBits >> 5)   // 0, 1, 2
         let key = physical << 2 | mode
         let entry = cache + Int((physical ^ (physical >> 14)) & UInt64(Self.cacheSize - 1))
@@ -542,7 +571,7 @@ extension InterpreterVCPU {
         if _fastPath(entry.pointee.tag == key && entry.pointee.version == codePages.current(page)) {
             return instructionPointer(entry)
         }
-        return try decodeInto(entry, key: key, linear: linear, physical: physical)
+        return try decodeInto(entry, key: key, rip: rip, linear: linear, physical: physical)
     }
 }
 

@@ -62,17 +62,27 @@ extension InterpreterVCPU {
         try linearAddress(o.segment, effectiveAddress(o, d.pointee.addressSize, next: next), size, access)
     }
 
+    /// Sets the `mask` bits of RFLAGS to `values`'s. Deferred flags (LazyFlags.swift) that
+    /// these do not all replace are computed first.
     @inline(__always)
     func setFlags(_ mask: UInt64, _ values: UInt64) {
+        if _slowPath(lazyFlags != .none) {
+            if mask & Flag.arithmetic == Flag.arithmetic { lazyFlags = .none } else { materializeFlagsSlow() }
+        }
         s.pointee.rflags = s.pointee.rflags & ~mask | (values & mask)
     }
 
     @inline(__always)
-    func flag(_ f: UInt64) -> Bool { s.pointee.rflags & f != 0 }
+    func flag(_ f: UInt64) -> Bool {
+        materializeFlags()
+        return s.pointee.rflags & f != 0
+    }
 
     /// Condition `cc` (the tttn encoding) against RFLAGS.
     @_transparent
     func condition(_ cc: Int) -> Bool {
+        if lazyFlags != .none, let v = lazyCondition(cc) { return v }
+        materializeFlags()
         let f = s.pointee.rflags
         let v: Bool
         switch cc >> 1 {

@@ -17,7 +17,8 @@ extension InterpreterVCPU {
             let d = try fetch()
             captureBytes(d, into: t)
             accessLogMark = accessLog.count
-            try execute(d)
+            do throws(Fault) { try execute(d) } catch { materializeFlags(); throw error }
+            materializeFlags()   // the recorder reads RFLAGS
             budget &-= 1
             let goesOn: Bool
             if _fastPath(eventLog.isEmpty) {

@@ -1,0 +1,75 @@
+/// Lazy flags: the hottest flag-setting forms (add, sub, cmp, and, or, xor, test, inc,
+/// dec, neg on registers) record their operation, operands, result and width instead of
+/// computing CF, PF, AF, ZF, SF and OF; the flags are computed, by the same functions the
+/// eager path uses (`addFlags`, `subFlags`, `resultFlags`), only when something reads
+/// them. Most results are overwritten before any read (a CRC loop sets flags on every
+/// instruction and reads them once per iteration).
+///
+/// Where they are computed: `condition` and `flag` (jcc, setcc, cmovcc, adc/sbb's carry),
+/// `setFlags` with a partial mask (shifts, rotates), the entry of every generic
+/// instruction (so `execute`'s switch and everything below it, pushf, lahf, interrupts,
+/// see RFLAGS exact), after each recorded instruction, and whenever `runInstructions`
+/// returns or throws: outside it (exception delivery, `readState`, diff, traces,
+/// snapshots) RFLAGS is always exact.
+enum LazyFlags: UInt8 {
+    /// RFLAGS holds the flags.
+    case none
+    /// a + b = result, a - b = result (sub, cmp, neg as 0 - b), a logical result.
+    case add, sub, logic
+    /// a + 1, a - 1: CF is RFLAGS's (inc and dec keep it).
+    case inc, dec
+}
+
+extension InterpreterVCPU {
+    /// Records a flag-setting operation whose flags are computed when read.
+    @_transparent
+    func deferFlags(_ kind: LazyFlags, _ a: UInt64, _ b: UInt64, _ result: UInt64, _ size: Int) {
+        lazyFlags = kind
+        lazyA = a
+        lazyB = b
+        lazyResult = result
+        lazySize = size
+    }
+
+    /// Brings RFLAGS's arithmetic flags up to date.
+    @_transparent
+    func materializeFlags() {
+        if _slowPath(lazyFlags != .none) { materializeFlagsSlow() }
+    }
+
+    /// Condition `cc` straight from the deferred operation where that is cheap (equality,
+    /// sign, and after a subtraction or compare the unsigned and signed orders); nil for the
+    /// rest, which `condition` reads from the computed flags. Computes nothing, so the
+    /// flags stay deferred.
+    @_transparent
+    func lazyCondition(_ cc: Int) -> Bool? {
+        let size = lazySize
+        let m = sizeMask(size)
+        let v: Bool
+        switch cc >> 1 {
+        case 2: v = lazyResult & m == 0   // ZF
+        case 4: v = lazyResult & signBit(size) != 0   // SF
+        case 1 where lazyFlags == .sub: v = lazyA & m < lazyB & m   // CF: a < b unsigned
+        case 3 where lazyFlags == .sub: v = lazyA & m <= lazyB & m   // CF or ZF
+        case 6 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) < Int64(bitPattern: signExtend(lazyB, size))   // SF != OF: a < b signed
+        case 7 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) <= Int64(bitPattern: signExtend(lazyB, size))
+        default: return nil
+        }
+        return cc & 1 == 0 ? v : !v
+    }
+
+    @inline(never)
+    func materializeFlagsSlow() {
+        let kind = lazyFlags
+        lazyFlags = .none
+        let a = lazyA, b = lazyB, result = lazyResult, size = lazySize
+        switch kind {
+        case .none: return
+        case .add: setFlags(Flag.arithmetic, addFlags(a, b, result, 0, size))
+        case .sub: setFlags(Flag.arithmetic, subFlags(a, b, result, 0, size))
+        case .logic: setFlags(Flag.arithmetic, resultFlags(result, size))
+        case .inc: setFlags(Flag.arithmetic & ~Flag.cf, addFlags(a, 1, result, 0, size))
+        case .dec: setFlags(Flag.arithmetic & ~Flag.cf, subFlags(a, 1, result, 0, size))
+        }
+    }
+}
