@@ -84,6 +84,11 @@ public final class DifferentialRun {
         public var end: String = ""
         /// Interrupts (and NMIs) KVM took and the interpreter took at the same instruction boundary.
         public var interrupts: UInt64 = 0
+        /// Steps where this host's KVM ran on natively in 64-bit user mode and the
+        /// interpreter caught up with it, and the instructions it ran on to do so (counted
+        /// in `ran`, not in `compared`).
+        public var catchUps: UInt64 = 0
+        public var caughtUpInstructions: UInt64 = 0
     }
 
     /// `tandem diff`'s exit status when nothing diverged but the comparison stopped early
@@ -121,6 +126,12 @@ public final class DifferentialRun {
     private let pendingStop = PendingStop()
     /// The pages the last memory comparison looked at (KVM's dirty log is read once).
     private var comparedPages = Set<UInt64>()
+    /// The end of the current step's native slice (`NativeSlice`): KVM's own timer.
+    let nativeSliceEnd = TimerDeadline(hostOrigin: 0)
+    /// Steps where KVM ran on in user mode and the interpreter caught up, and the
+    /// instructions it ran on to do so (beyond the steps compared).
+    var catchUps: UInt64 = 0
+    var caughtUpInstructions: UInt64 = 0
 
     /// Builds both sides. `injectFault` ("mnemonic:flag", e.g. "add:cf") plants a bug in the
     /// interpreter (for testing the tester).
@@ -146,6 +157,8 @@ public final class DifferentialRun {
         }
         // One CPUID for both sides; each keeps its own model MSRs (they run apart).
         let cpuid = try MachineCPU.cpuid(for: c)
+        let emulated = HostCheck.cpuHasVirtualization() == false
+        hostIsEmulated = emulated
         let (km, plan) = try makeMemory()
         let (im, _) = try makeMemory()
         kvmMemory = km
@@ -171,9 +184,10 @@ public final class DifferentialRun {
             let (vm, vcpus) = try KVMDevice(path: c.kvmDevicePath).makeMachine(memory: km, cpus: 1, logDirtyPages: true, cpu: GuestCPU(cpuid: cpuid))
             kvmVM = vm
             kvm = vcpus[0]
-            try kvm.writeState(plan.initialState(cpu: 0, of: 1))
+            try kvm.writeState(plan.initialState(cpu: 0, of: 1).with(lstar: emulated ? Machine.syscallSentinel : nil))
             try kvm.setSingleStep(true)
             kvm.interruptController = recorded
+            kvm.ownTimer = nativeSliceEnd
         } catch {
             throw MachineError(.backendUnavailable, "tandem diff needs KVM: \(error)")
         }
@@ -190,7 +204,6 @@ public final class DifferentialRun {
                 throw MachineError(.usage, "fault injection '\(injectFault)' must be MNEMONIC:FLAG (e.g. add:cf) or \(Self.wrongVectorFault)")
             }
         }
-        hostIsEmulated = HostCheck.cpuHasVirtualization() == false
         box.value = self
     }
 
@@ -213,6 +226,9 @@ public final class DifferentialRun {
         var text: String
         /// The interrupt taken before the instruction (which is then its handler's first), and where.
         var interrupt: String? = nil
+        /// The instructions the interpreter ran on after this one to reach KVM's state
+        /// (KVM's step ran on in user mode).
+        var ranOn: UInt64 = 0
     }
 
     /// `--clock instructions`: machine time catches up with what the interpreter retired,
@@ -301,6 +317,8 @@ public final class DifferentialRun {
             var kvmHalted = false
             recorded.beginStep()
             mmioWrites.removeAll()
+            // A step that may run natively (in user mode on PVM) has a time slice.
+            var native = NativeSlice(run: self, before: before, mnemonic: mnemonic)
             kvmLoop: while true {
                 let exit: VCPUExit
                 do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
@@ -321,6 +339,10 @@ public final class DifferentialRun {
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
                 case .unsupportedInstruction: kvmCannot = true; break kvmLoop
                 case .interrupted:
+                    if native.ended(kvm) {
+                        recorded.offering = false
+                        break kvmLoop
+                    }
                     // A kick (EINTR) can end a KVM_RUN after PVM has already run the
                     // stepped instruction: then the step is done, and entering again would
                     // offer an interrupt at the next boundary as if it were this one's.
@@ -378,17 +400,55 @@ public final class DifferentialRun {
             // interpreter then (once more than the I/O exits allow).
             var catchUp = 0
             var ranIret = mnemonic.hasPrefix("iret"), delivered = false
+            // PVM runs 64-bit user mode natively: a step that starts there, or gets there,
+            // can run on to the next exit. The interpreter then runs on until it holds KVM's
+            // registers (not only its RIP: loops) and is compared there (DiffUserMode.swift).
+            var userMode = hostIsEmulated && (before.inUserMode64 || kvmAfter?.inUserMode64 == true)
+            var runOn = UserModeRunOn()
+            // PVM carried out a SYSCALL in user mode (to the sentinel LSTAR KVM runs with):
+            // the interpreter runs on to that SYSCALL and executes it for both.
+            let syscall = kvmAfter.flatMap(syscallKVMRan)
+            // An event PVM does not deliver the architectural way (SYSCALL, INT n) that the
+            // interpreter reached: it executes it for both sides (the reason, once it has).
+            var handedOver: String? = nil
+            if let syscall, reachedSyscall(before, syscall) { handedOver = Self.syscallInUserMode }
+            if userMode, let kvmAfter, softwareInterruptRaisedUD(before, kvmAfter) { handedOver = Self.softwareInterruptInUserMode }
+            var previous = before
             while true {
                 if catchUp > 0 {
                     let drained = interp.drainTrace()
-                    accesses += drained.accesses
+                    runOn.keep(drained, in: &accesses)
                     events += drained.events
                     delivered = delivered || !drained.events.isEmpty
-                    guard !kvmCannot, interpEnd == nil, let kvmAfter, let now = try? interp.readState(),
-                          now.rip != kvmAfter.rip || (isString && now[.rcx] != kvmAfter[.rcx]) else { break }
+                    guard !kvmCannot, interpEnd == nil, let kvmAfter, let now = try? interp.readState() else { break }
+                    userMode = userMode || (hostIsEmulated && now.inUserMode64)
+                    if handedOver != nil { break }
+                    if let syscall {
+                        if reachedSyscall(now, syscall) { handedOver = Self.syscallInUserMode }
+                    } else if userMode {
+                        if let last = reachedKVMState(now, kvmAfter, previous: previous) {
+                            if runOn.instructions > 0 { mnemonic = last }
+                            break
+                        }
+                        if softwareInterruptRaisedUD(now, kvmAfter) { handedOver = Self.softwareInterruptInUserMode }
+                    } else if now.rip == kvmAfter.rip && !(isString && now[.rcx] != kvmAfter[.rcx]) {
+                        break
+                    }
                     let midString = isString && now.rip == before.rip
-                    guard catchUp <= ioExits + (delivered || ranIret ? 1 : 0) || (midString && catchUp < 1 << 20) else { break }
-                    if !midString && instruction(at: now).1.hasPrefix("iret") { ranIret = true }
+                    if handedOver != nil {
+                        // The next step runs the SYSCALL or INT n.
+                    } else if runOn.instructions > 0 || !(catchUp <= ioExits + (delivered || ranIret ? 1 : 0) || (midString && catchUp < 1 << 20)) {
+                        guard userMode else { break }
+                        guard runOn.instructions < Self.runOnBound else {
+                            caughtUpInstructions += runOn.instructions
+                            return stopEarly(compared: compared, start: start, hostLimited,
+                                             "at step \(number), \(text): host limitation: this host's KVM ran on natively in 64-bit user mode to \(syscall.map { "a SYSCALL at \(hex($0.rip))" } ?? Self.location(kvmAfter)), and the interpreter did not reach that state within \(Self.runOnBound) instructions")
+                        }
+                        runOn.instructions += 1
+                    } else if !midString && instruction(at: now).1.hasPrefix("iret") {
+                        ranIret = true
+                    }
+                    previous = now
                 }
                 catchUp += 1
                 interpLoop: while true {
@@ -406,6 +466,7 @@ public final class DifferentialRun {
                             withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
                             if kvmCannot { devices.ports.write(port, size: size, value: v) }
                             else if outIndex >= writes.count || writes[outIndex] != (port, size, v) {
+                                if runOn.instructions > 0 { return stopEarly(compared: compared, start: start, hostLimited, ranPast(number, text, kvmAfter)) }
                                 return divergence(number, history, "port output differs: interpreter wrote \(hex(v)) to port \(hex(port)) (\(size) bytes)\(outIndex < writes.count ? ", KVM wrote \(hex(writes[outIndex].2)) to port \(hex(writes[outIndex].0))" : ", KVM wrote nothing")", compared: compared, start: start)
                             }
                             outIndex += 1
@@ -419,6 +480,7 @@ public final class DifferentialRun {
                         if kvmCannot { devices.mmioWrite(vcpu: 0, address, size: size, value: v); continue }
                         // KVM's write reached the device; the interpreter's must be the same one.
                         guard let first = mmioWrites.first, first == (address, size, v) else {
+                            if runOn.instructions > 0 { return stopEarly(compared: compared, start: start, hostLimited, ranPast(number, text, kvmAfter)) }
                             let kvmWrote = mmioWrites.first.map { "KVM wrote \(hex($0.2)) to \(hex($0.0)) (\($0.1) bytes)" } ?? "KVM wrote nothing"
                             return divergence(number, history, "MMIO output differs: the interpreter wrote \(hex(v)) to \(hex(address)) (\(size) bytes), \(kvmWrote)", compared: compared, start: start)
                         }
@@ -439,6 +501,11 @@ public final class DifferentialRun {
                     case .failedEntry, .internalError: return failure("interpreter stopped unexpectedly")
                     }
                 }
+            }
+            if runOn.instructions > 0 {
+                catchUps += 1
+                caughtUpInstructions += runOn.instructions
+                history[history.count - 1].ranOn = runOn.instructions
             }
             // ...and, having finished the iterations, needs one more (empty) step to move RIP on.
             if isString, !kvmCannot, let k = try? kvm.readState(), let i = try? interp.readState(),
@@ -471,15 +538,31 @@ public final class DifferentialRun {
             replayed.finishStep()
             if let problem = replayed.problems.first { return divergence(number, history, problem, compared: compared, start: start) }
 
-            if kvmCannot {
+            if let reason = handedOver {
+                // What PVM made of the SYSCALL or INT n is not the architecture's: the
+                // interpreter's result goes to both sides, KVM's memory (the frame of the
+                // fault PVM delivered instead) included.
+                hostLimited[reason, default: 0] += 1
+                if let s = try? interp.readState() { try? kvm.writeState(forKVM(s)) }
+                _ = compareMemory(accesses)
+                copyDifferingPages(accesses)
+            } else if kvmCannot {
                 // This host's KVM cannot run it: the interpreter's result goes to both sides.
                 hostLimited["KVM cannot emulate \(mnemonic)", default: 0] += 1
-                if let s = try? interp.readState() { try? kvm.writeState(s) }
+                if let s = try? interp.readState() { try? kvm.writeState(forKVM(s)) }
                 copyWrites(accesses)
                 _ = try? dirtyKVMPages()
             } else {
                 // Compare.
-                guard let k = try? kvm.readState(), var i = try? interp.readState() else { return failure("cannot read state") }
+                guard var k = try? kvm.readState(), var i = try? interp.readState() else { return failure("cannot read state") }
+                if readsSentinelLSTAR(mnemonic, before) {
+                    // KVM runs with its own LSTAR: the guest reads its own (the interpreter's).
+                    k[.rax] = i[.rax]
+                    k[.rdx] = i[.rdx]
+                    try? kvm.writeState(k)
+                } else if writesLSTAR(mnemonic, before) {
+                    try? kvm.writeState(forKVM(k))
+                }
                 if mnemonic == "rdtsc" || mnemonic == "rdtscp" {
                     // The time read is an input, like a port read: the interpreter gets KVM's.
                     i[.rax] = k[.rax]
@@ -512,10 +595,10 @@ public final class DifferentialRun {
                 if !fields.isEmpty || !memory.isEmpty {
                     if fields.isEmpty && memory.isEmpty {
                         // nothing
-                    } else if let limitation = classify(mnemonic, fields, memory, before: before) {
+                    } else if let limitation = classify(mnemonic, fields, memory, before: before, after: i) {
                         // The interpreter's result is the architectural one: KVM takes it over.
                         hostLimited[limitation, default: 0] += 1
-                        try? kvm.writeState(i)
+                        try? kvm.writeState(forKVM(i))
                         copyDifferingPages(accesses)
                     } else {
                         return divergence(number, history, nil, kvm: k, interp: i, fields: fields, memory: memory, compared: compared, start: start)
@@ -543,10 +626,12 @@ public final class DifferentialRun {
         let end = guestEnd ?? (compared >= steps ? "--steps \(steps) reached" : "both sides halted")
         let taken = interrupts == 0 ? "" : ", \(interrupts) interrupt\(interrupts == 1 ? "" : "s") taken by both at the same instruction"
         var lines = ["tandem diff: no divergence: all \(compared) instructions compared in \(String(format3: seconds)) s\(taken); \(end)"]
+        if let caughtUp = caughtUpLine { lines.append(caughtUp) }
         for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
             lines.append("  host limitation (\(count)x): \(reason)")
         }
-        return Outcome(status: 0, report: lines.joined(separator: "\n"), compared: compared, ran: compared, end: end, interrupts: interrupts)
+        return Outcome(status: 0, report: lines.joined(separator: "\n"), compared: compared, ran: compared + caughtUpInstructions, end: end,
+                       interrupts: interrupts, catchUps: catchUps, caughtUpInstructions: caughtUpInstructions)
     }
 
     /// The comparison cannot go on (`reason`) after `compared` matching instructions. The
@@ -555,14 +640,17 @@ public final class DifferentialRun {
     func stopEarly(compared: UInt64, start: DispatchTime, _ hostLimited: [String: Int], _ reason: String, interpreterCanGoOn: Bool = true) -> Outcome {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         // The interpreter has run the instruction the comparison stopped at.
-        let (ran, end) = interpreterCanGoOn ? runInterpreterAlone(from: compared + 1) : (compared + 1, "it stopped there")
+        let alreadyRan = compared + 1 + caughtUpInstructions
+        let (ran, end) = interpreterCanGoOn ? runInterpreterAlone(from: alreadyRan) : (alreadyRan, "it stopped there")
         var lines = ["tandem diff: stopped early: \(compared) of \(ran) instructions compared in \(String(format3: seconds)) s, no divergence among them",
                      "  the comparison stopped \(reason)",
                      "  the interpreter alone: \(end)"]
+        if let caughtUp = caughtUpLine { lines.append(caughtUp) }
         for (reason, count) in hostLimited.sorted(by: { $0.key < $1.key }) {
             lines.append("  host limitation (\(count)x): \(reason)")
         }
-        return Outcome(status: Self.stoppedEarly, report: lines.joined(separator: "\n"), compared: compared, ran: ran, end: reason)
+        return Outcome(status: Self.stoppedEarly, report: lines.joined(separator: "\n"), compared: compared, ran: ran, end: reason,
+                       interrupts: interrupts, catchUps: catchUps, caughtUpInstructions: caughtUpInstructions)
     }
 
     /// Runs the interpreter on its own from step `from` to the end of the run (the exit
@@ -647,12 +735,13 @@ public final class DifferentialRun {
         }
     }
 
-    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [MemoryDifference], before: CPUState) -> String? {
+    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [MemoryDifference], before: CPUState, after i: CPUState) -> String? {
         guard hostIsEmulated else { return nil }
         if mnemonic == "int" && before.cs.selector & 3 == 3 && !before.cs.long {
             return "INT n at CPL 3 raises #UD under this host's KVM"
         }
         guard memory.isEmpty else { return nil }
+        if keptDataSegments(fields, interp: i) { return Self.keptDataSegments }
         for limitation in HostLimitation.pvm where limitation.mnemonics.contains(mnemonic) {
             if fields.allSatisfy({ $0.0 == "rflags" }) { return limitation.reason }
         }
@@ -782,7 +871,8 @@ public final class DifferentialRun {
 
     func describe(_ s: Step) -> String {
         let taken = s.interrupt.map { "#\(s.number) \($0), then:\n      " } ?? ""
-        return taken + "#\(s.number) \(Self.location(s.state)) (\(s.state.mode.rawValue))  \(padRight(s.bytes.map(byteHex).joined(separator: " "), 24))\(s.text)"
+        let ranOn = s.ranOn == 0 ? "" : "\n      ... and \(s.ranOn) more instruction\(s.ranOn == 1 ? "" : "s"), run on to where KVM's step ended"
+        return taken + "#\(s.number) \(Self.location(s.state)) (\(s.state.mode.rawValue))  \(padRight(s.bytes.map(byteHex).joined(separator: " "), 24))\(s.text)" + ranOn
     }
 
     func divergence(_ number: UInt64, _ history: [Step], _ problem: String?, kvm k: CPUState? = nil, interp i: CPUState? = nil,

@@ -67,6 +67,29 @@ struct DifferentialTests {
         }
     }
 
+    @Test("usermode64 (own GDT/TSS/IDT/page tables, SYSCALL, INT 0x80, demand paging, exceptions and timer ticks at CPL 3, a 30 M-instruction hash in user mode) diffs clean to its exit; on PVM, where KVM's single step runs on natively in user mode, the interpreter catches up and the report counts it")
+    func userModeDiff() throws {
+        // The instruction clock: the guest's 1 ms ticks then land at the same places in its
+        // kernel code on every run (on the host clock they come far more often per step).
+        let outcome = try diffGuest("usermode64.elf", steps: 10_000_000) { $0.clock = .instructions }
+        #expect(outcome.status == 0, "\(outcome.report)")
+        #expect(outcome.end == "the guest exited with status 0", "\(outcome.report)")
+        #expect(outcome.report.hasPrefix("tandem diff: no divergence: all \(outcome.compared) instructions compared"), "\(outcome.report)")
+        // The kernel's 13,000 set-up instructions and every exception, system call and tick.
+        #expect(outcome.compared > 13_000 && outcome.interrupts >= 5, "\(outcome.report)")
+        #expect(outcome.ran == outcome.compared + outcome.caughtUpInstructions, "\(outcome.report)")
+        if hostHasHardwareVirtualization() {
+            #expect(outcome.catchUps == 0 && outcome.ran == outcome.compared, "\(outcome.report)")
+            return
+        }
+        // 2,500,000 hash rounds of 12 instructions: most of them run on KVM natively and are
+        // caught up with.
+        #expect(outcome.catchUps > 0 && outcome.ran > 30_000_000, "\(outcome.report)")
+        #expect(outcome.report.contains("caught up \(outcome.catchUps) times over \(outcome.caughtUpInstructions) instructions"), "\(outcome.report)")
+        // The six system calls: executed by the interpreter for both sides.
+        #expect(outcome.report.contains("host limitation (6x): this host's KVM carries out SYSCALL in 64-bit user mode"), "\(outcome.report)")
+    }
+
     @Test("pit-rtc (PIT and RTC interrupts through the 8259A pair, real mode, waiting in HLT) diffs to its exit with every interrupt taken by both at the same instruction")
     func interruptDrivenRealMode() throws {
         let outcome = try diffGuest("pit-rtc.bin")
