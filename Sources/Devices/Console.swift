@@ -15,6 +15,9 @@ public final class Console: Sendable {
     public enum Sink: Sendable, Equatable {
         case stdout
         case file(String)
+        /// A file written on from its end: the console of a machine restarted after the
+        /// guest reset it (`tandem run --reboot restart`) follows the earlier boots' output.
+        case continuedFile(String)
         case none
         /// Kept in memory (tests).
         case capture
@@ -44,8 +47,8 @@ public final class Console: Sendable {
         var fd: Int32 = -1
         switch sink {
         case .stdout: fd = 1
-        case .file(let path):
-            switch openOutputFile(path) {
+        case .file(let path), .continuedFile(let path):
+            switch openOutputFile(path, append: sink == .continuedFile(path)) {
             case .success(let opened): fd = opened
             case .failure(let error): throw OpenError(path: path, errno: error.rawValue)
             }
@@ -56,7 +59,10 @@ public final class Console: Sendable {
 
     deinit {
         flush()
-        if case .file = sink { state.withLock { _ = close($0.fd) } }
+        switch sink {
+        case .file, .continuedFile: state.withLock { _ = close($0.fd) }
+        case .stdout, .none, .capture: break
+        }
     }
 
     public func write(_ byte: UInt8) {
@@ -64,7 +70,7 @@ public final class Console: Sendable {
             switch sink {
             case .none: return nil
             case .capture: s.captured.append(byte); return nil
-            case .stdout, .file:
+            case .stdout, .file, .continuedFile:
                 s.pending.append(byte)
                 return byte == 0x0A || s.pending.count >= 4096 ? Self.drain(&s) : nil
             }
@@ -90,7 +96,7 @@ public final class Console: Sendable {
 
     private func report(_ error: Errno) {
         let target = switch sink {
-        case .file(let path): "serial file \(path)"
+        case .file(let path), .continuedFile(let path): "serial file \(path)"
         default: "standard output"
         }
         onWriteError("cannot write the guest's console to \(target): \(error)")
