@@ -34,7 +34,7 @@ struct RebootTests {
         #expect(notes.last?.hasSuffix("int3; the machine resets; restarting it (boot 4, --reboot restart)") == true, "\(r.stderr)")
     }
 
-    @Test("without --reboot restart a reset ends the run (status 212) and a triple fault with 204")
+    @Test("without --reboot restart, or with --reboot exit, a reset ends the run: status 212")
     func resetEndsTheRunByDefault() throws {
         let r = try runProcess(tandemBinary, ["run", "--backend", "interp", try guest("reboot.bin")])
         #expect(r.status == 212)
