@@ -8,7 +8,9 @@ import HostOS
 /// Where guest console bytes (COM1 THR, port 0xE9) go: stdout, a file, or nowhere.
 ///
 /// Output is buffered and flushed at each newline and when the machine stops, so a
-/// byte-at-a-time guest does not cost a system call per character. The first write
+/// byte-at-a-time guest does not cost a system call per character; a line left
+/// unfinished (a shell's prompt) is flushed `partialLineDelay` after its first byte, so an
+/// interactive guest's prompt shows before anything is typed. The first write
 /// error (a closed pipe, a full disk) is reported once through `onWriteError`, and the
 /// console drops everything after it.
 public final class Console: Sendable {
@@ -28,7 +30,12 @@ public final class Console: Sendable {
         var pending: [UInt8] = []
         var captured: [UInt8] = []
         var failed = false
+        /// A flush of an unfinished line is due (`partialLineDelay`).
+        var partialFlushDue = false
     }
+
+    /// How long an unfinished line waits for the rest before it is written anyway.
+    static let partialLineDelay: DispatchTimeInterval = .milliseconds(20)
 
     public let sink: Sink
     private let state: Mutex<State>
@@ -66,20 +73,29 @@ public final class Console: Sendable {
     }
 
     public func write(_ byte: UInt8) {
-        let error = state.withLock { s -> Errno? in
+        let (error, flushLater) = state.withLock { s -> (Errno?, Bool) in
             switch sink {
-            case .none: return nil
-            case .capture: s.captured.append(byte); return nil
+            case .none: return (nil, false)
+            case .capture: s.captured.append(byte); return (nil, false)
             case .stdout, .file, .continuedFile:
                 s.pending.append(byte)
-                return byte == 0x0A || s.pending.count >= 4096 ? Self.drain(&s) : nil
+                if byte == 0x0A || s.pending.count >= 4096 { return (Self.drain(&s), false) }
+                guard !s.partialFlushDue else { return (nil, false) }
+                s.partialFlushDue = true
+                return (nil, true)
             }
+        }
+        if flushLater {
+            DispatchQueue.global().asyncAfter(deadline: .now() + Self.partialLineDelay) { [weak self] in self?.flush() }
         }
         if let error { report(error) }
     }
 
     public func flush() {
-        if let error = state.withLock({ Self.drain(&$0) }) { report(error) }
+        if let error = state.withLock({ s -> Errno? in
+            s.partialFlushDue = false
+            return Self.drain(&s)
+        }) { report(error) }
     }
 
     /// Everything written so far, for `.capture`.
