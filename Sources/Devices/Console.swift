@@ -8,13 +8,18 @@ import HostOS
 /// Where guest console bytes (COM1 THR, port 0xE9) go: stdout, a file, or nowhere.
 ///
 /// Output is buffered and flushed at each newline and when the machine stops, so a
-/// byte-at-a-time guest does not cost a system call per character. The first write
+/// byte-at-a-time guest does not cost a system call per character; a line left
+/// unfinished (a shell's prompt) is flushed `partialLineDelay` after its first byte, so an
+/// interactive guest's prompt shows before anything is typed. The first write
 /// error (a closed pipe, a full disk) is reported once through `onWriteError`, and the
 /// console drops everything after it.
 public final class Console: Sendable {
     public enum Sink: Sendable, Equatable {
         case stdout
         case file(String)
+        /// A file written on from its end: the console of a machine restarted after the
+        /// guest reset it (`tandem run --reboot restart`) follows the earlier boots' output.
+        case continuedFile(String)
         case none
         /// Kept in memory (tests).
         case capture
@@ -25,7 +30,12 @@ public final class Console: Sendable {
         var pending: [UInt8] = []
         var captured: [UInt8] = []
         var failed = false
+        /// A flush of an unfinished line is due (`partialLineDelay`).
+        var partialFlushDue = false
     }
+
+    /// How long an unfinished line waits for the rest before it is written anyway.
+    static let partialLineDelay: DispatchTimeInterval = .milliseconds(20)
 
     public let sink: Sink
     private let state: Mutex<State>
@@ -44,8 +54,8 @@ public final class Console: Sendable {
         var fd: Int32 = -1
         switch sink {
         case .stdout: fd = 1
-        case .file(let path):
-            switch openOutputFile(path) {
+        case .file(let path), .continuedFile(let path):
+            switch openOutputFile(path, append: sink == .continuedFile(path)) {
             case .success(let opened): fd = opened
             case .failure(let error): throw OpenError(path: path, errno: error.rawValue)
             }
@@ -56,24 +66,36 @@ public final class Console: Sendable {
 
     deinit {
         flush()
-        if case .file = sink { state.withLock { _ = close($0.fd) } }
+        switch sink {
+        case .file, .continuedFile: state.withLock { _ = close($0.fd) }
+        case .stdout, .none, .capture: break
+        }
     }
 
     public func write(_ byte: UInt8) {
-        let error = state.withLock { s -> Errno? in
+        let (error, flushLater) = state.withLock { s -> (Errno?, Bool) in
             switch sink {
-            case .none: return nil
-            case .capture: s.captured.append(byte); return nil
-            case .stdout, .file:
+            case .none: return (nil, false)
+            case .capture: s.captured.append(byte); return (nil, false)
+            case .stdout, .file, .continuedFile:
                 s.pending.append(byte)
-                return byte == 0x0A || s.pending.count >= 4096 ? Self.drain(&s) : nil
+                if byte == 0x0A || s.pending.count >= 4096 { return (Self.drain(&s), false) }
+                guard !s.partialFlushDue else { return (nil, false) }
+                s.partialFlushDue = true
+                return (nil, true)
             }
+        }
+        if flushLater {
+            DispatchQueue.global().asyncAfter(deadline: .now() + Self.partialLineDelay) { [weak self] in self?.flush() }
         }
         if let error { report(error) }
     }
 
     public func flush() {
-        if let error = state.withLock({ Self.drain(&$0) }) { report(error) }
+        if let error = state.withLock({ s -> Errno? in
+            s.partialFlushDue = false
+            return Self.drain(&s)
+        }) { report(error) }
     }
 
     /// Everything written so far, for `.capture`.
@@ -90,7 +112,7 @@ public final class Console: Sendable {
 
     private func report(_ error: Errno) {
         let target = switch sink {
-        case .file(let path): "serial file \(path)"
+        case .file(let path), .continuedFile(let path): "serial file \(path)"
         default: "standard output"
         }
         onWriteError("cannot write the guest's console to \(target): \(error)")

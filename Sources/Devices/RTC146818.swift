@@ -420,6 +420,22 @@ extension RTC146818 {
     }
 }
 
+// MARK: Reset
+
+extension RTC146818 {
+    /// The 128 bytes of CMOS RAM (the time registers and A-D, the clock's own, are not in
+    /// it). A PC's RTC runs from its battery, so a reset leaves them as they were: a guest
+    /// restarted after a reset (`tandem run --reboot restart`) gets them back with
+    /// `restoreCMOSRAM` on its new machine's RTC, while its clock and registers A-D start
+    /// afresh from the host's time (a date the guest set before the reset is not kept).
+    public var cmosRAM: [UInt8] { state.withLock { $0.cmos } }
+
+    public func restoreCMOSRAM(_ bytes: [UInt8]) {
+        precondition(bytes.count == 128, "CMOS RAM is 128 bytes")
+        state.withLock { $0.cmos = bytes }
+    }
+}
+
 extension RTC146818 {
     /// For `monitor info devices`: the time as the guest reads it, registers A-C, the index.
     public func describeState() -> [String] {

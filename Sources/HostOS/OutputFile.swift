@@ -2,13 +2,14 @@
 import Glibc
 #endif
 
-/// Opens `path` for writing, created or truncated, for the console file and the trace.
+/// Opens `path` for writing, created or truncated (or, with `append`, created or kept,
+/// writes going to its end), for the console file and the trace.
 ///
 /// The open itself does not block: a FIFO that no process reads fails at once (ENXIO)
 /// instead of waiting for a reader before `--timeout` or any signal handling is armed.
 /// Once open, the descriptor blocks again, like a pipe on standard output.
-public func openOutputFile(_ path: String) -> Result<Int32, Errno> {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK, 0o644)
+public func openOutputFile(_ path: String, append: Bool = false) -> Result<Int32, Errno> {
+    let fd = open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC | O_NONBLOCK, 0o644)
     guard fd >= 0 else { return .failure(.current) }
     _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
     return .success(fd)

@@ -122,6 +122,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Rebuild the machine from this snapshot, instead of an image, and continue the guest (on either backend; status 214 when the file cannot be used).", valueName: "file"))
     var restore: String?
 
+    @Option(help: "What a reset by the guest (port 0xCF9, the i8042, a triple fault) does: exit (the run ends: status 212, a triple fault 204) or restart (the guest starts again from its image in a fresh machine: clean RAM, the CMOS RAM and the console carried over).")
+    var reboot: RebootAction = .exit
+
     func traceOptions() throws -> TraceOptions? {
         guard let trace else {
             if traceExits || traceRange != nil || traceCount != nil || traceLast != nil || traceFrom != 0 {
@@ -159,6 +162,13 @@ struct Run: ParsableCommand {
         }
         if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs --gdb tcp:[HOST:]PORT") }
         if restore == nil && machine.image == nil { throw ValidationError("Missing expected argument '<image>'") }
+        if reboot == .restart {
+            // Each boot is a new machine: a debugger, a trace file or a snapshot to resume
+            // would each be about one boot only.
+            for (name, given) in [("--restore", restore != nil), ("--gdb", gdb != nil), ("--trace", trace != nil)] where given {
+                throw ValidationError("--reboot restart starts a new machine at each reset: \(name) cannot be given with it")
+            }
+        }
         if restore != nil {
             // The snapshot describes the machine: options that would describe another are refused.
             let m = machine
@@ -192,22 +202,56 @@ struct Run: ParsableCommand {
                 throw Failure(status: ExitStatus.badSnapshot.rawValue, message: error.description)
             }
         }
-        let vm: Machine
-        do { vm = try Machine(c) } catch {
-            throw Failure(status: error.status.rawValue, message: error.description)
+        var boot = 1
+        var cmosRAM: [UInt8]? = nil
+        while true {
+            let vm: Machine
+            do { vm = try Machine(c) } catch {
+                throw Failure(status: error.status.rawValue, message: error.description)
+            }
+            if let cmosRAM { vm.devices.rtc.restoreCMOSRAM(cmosRAM) }
+            if backend == .auto && !quiet && boot == 1 {
+                let why = vm.backendNote.map { " (\($0))" } ?? ""
+                printError("tandem: --backend auto chose \(vm.backendName)\(why)")
+            }
+            if let port = vm.gdbPort, let gdb = c.gdb {
+                printError("tandem: gdb stub listening on tcp:\(gdb.host):\(port)\(gdb.waitForDebugger ? "; the guest waits for gdb (--gdb-wait)" : "")")
+            }
+            let outcome = vm.run()
+            if stats { printError("tandem: stats: \(outcome.statistics)") }
+            if reboot == .restart, let reset = Self.reset(outcome) {
+                // As a PC does: the guest boots again, from its image, in a new machine
+                // (clean RAM, devices and vCPUs in their power-on state); what a reset
+                // leaves alone on a PC, the battery-backed CMOS RAM, and the console go on.
+                boot += 1
+                if !quiet { printError("tandem: \(reset); restarting it (boot \(boot), --reboot restart)") }
+                cmosRAM = vm.devices.rtc.cmosRAM
+                if case .file(let path) = c.serial { c.serial = .continuedFile(path) }
+                continue
+            }
+            if let message = outcome.message { printError(message) }
+            terminate(outcome.status)
         }
-        if backend == .auto && !quiet {
-            let why = vm.backendNote.map { " (\($0))" } ?? ""
-            printError("tandem: --backend auto chose \(vm.backendName)\(why)")
-        }
-        if let port = vm.gdbPort, let gdb = c.gdb {
-            printError("tandem: gdb stub listening on tcp:\(gdb.host):\(port)\(gdb.waitForDebugger ? "; the guest waits for gdb (--gdb-wait)" : "")")
-        }
-        let outcome = vm.run()
-        if let message = outcome.message { printError(message) }
-        if stats { printError("tandem: stats: \(outcome.statistics)") }
-        terminate(outcome.status)
     }
+
+    /// What reset the machine, when the run ended by a reset (a reset control write or a
+    /// triple fault) with every vCPU thread stopped; nil for any other end.
+    static func reset(_ outcome: RunOutcome) -> String? {
+        guard outcome.message?.hasSuffix(Machine.notStoppedNote) != true else { return nil }
+        switch outcome.reason {
+        case .guestReset?: return "the guest reset the machine"
+        case .tripleFault(let at)?: return "triple fault: \(at); the machine resets"
+        default: return nil
+        }
+    }
+}
+
+/// `tandem run --reboot`: what a reset by the guest does.
+enum RebootAction: String, CaseIterable, ExpressibleByArgument {
+    /// The run ends (status 212; a triple fault: 204), as QEMU's `-no-reboot`.
+    case exit
+    /// The guest starts again from its image, as on a PC (and in QEMU by default).
+    case restart
 }
 
 /// Writes `text` to standard error unbuffered (`write(2)`), so it is ordered with guest output.
