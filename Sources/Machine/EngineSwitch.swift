@@ -87,7 +87,11 @@ extension Machine {
             slot.active.kick()
             return true
         }
-        let request = SwitchRequest(rawValue: slot.switchRequest.exchange(0, ordering: .sequentiallyConsistent)) ?? .none
+        // Cleared once the move is done (`engine(of:)` is then true), unless another
+        // request came meanwhile.
+        let raw = slot.switchRequest.load(ordering: .sequentiallyConsistent)
+        defer { _ = slot.switchRequest.compareExchange(expected: raw, desired: 0, ordering: .sequentiallyConsistent) }
+        let request = SwitchRequest(rawValue: raw) ?? .none
         let onKVM = slot.active is KVMVCPU
         switch request {
         case .none: return true
