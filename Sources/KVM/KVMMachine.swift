@@ -37,7 +37,8 @@ extension KVMDevice {
 extension KVMVirtualMachine {
     /// Makes KVM drop every translation it built from the guest's page tables (shadow
     /// paging: PVM) by removing and re-adding each memslot of `memory`, with every vCPU
-    /// kicked out of `KVM_RUN` and kept out meanwhile. Removing a slot discards its dirty log: the pages it holds go to `written` first.
+    /// kicked out of `KVM_RUN` and kept out meanwhile. Removing a slot discards its dirty
+    /// log: the pages it holds go to `written` first.
     public func forgetTranslations(_ memory: GuestMemoryMap, written: (UInt64) -> Void) throws(KVMError) {
         // One vCPU thread at a time: two removing the same slot would fail.
         pthread_mutex_lock(memslotLock)
@@ -49,7 +50,7 @@ extension KVMVirtualMachine {
         defer { pthread_rwlock_unlock(runLock) }
         for (slot, region) in memory.regions.enumerated() {
             let logged = logsDirtyPages && region.kind == .ram
-            if logged { for page in try dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) { written(region.start + UInt64(page) << 12) } }
+            if logged { try takeWrittenPages(slot: slot, region, written: written) }
             try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: 0, host: region.host, readonly: false)
             try mapMemory(slot: UInt32(slot), guestAddress: region.start, size: region.size, host: region.host, readonly: false,
                           logDirtyPages: logged)
@@ -64,7 +65,12 @@ extension KVMVirtualMachine {
         pthread_mutex_lock(memslotLock)
         defer { pthread_mutex_unlock(memslotLock) }
         for (slot, region) in memory.regions.enumerated() where region.kind == .ram {
-            for page in try dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) { written(region.start + UInt64(page) << 12) }
+            try takeWrittenPages(slot: slot, region, written: written)
         }
+    }
+
+    /// Memslot `slot`'s dirty log (cleared), as the guest-physical addresses of `region`'s pages.
+    private func takeWrittenPages(slot: Int, _ region: MemoryRegion, written: (UInt64) -> Void) throws(KVMError) {
+        for page in try dirtyPages(slot: UInt32(slot), pages: Int(region.size >> 12)) { written(region.start + UInt64(page) << 12) }
     }
 }

@@ -112,14 +112,9 @@ extension Machine {
                     interpreter.instructionLimit = interpreter.retired &+ 1
                     return true
                 }
-                try forgetKVMTranslations(interpreter)
-                try kvmVCPU.writeState(state)
-                slot.switchEngine(to: kvmVCPU)
+                try enterKVM(kvmVCPU, of: slot, with: state, leaving: interpreter)
             } else {
-                let state = try kvmVCPU.readState()
-                try noteKVMWrites(interpreter)
-                try interpreter.writeState(state)
-                slot.switchEngine(to: interpreter)
+                try enterInterpreter(interpreter, of: slot, with: try kvmVCPU.readState())
             }
         } catch {
             requestStop(.hostError("vcpu\(index): moving to \(toKVM ? "KVM" : "the interpreter"): \(error)"))
@@ -203,12 +198,23 @@ extension Machine {
         try kvm?.takeWrittenPages(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
     }
 
-    /// Before a vCPU enters KVM: KVM forgets what it translated through the guest's page
-    /// tables (PVM shadows them and learns of changes by trapping the guest's own writes;
-    /// the interpreter's writes bypass that). The dirty log the memslots lose on the way
-    /// goes to the decode caches first.
-    func forgetKVMTranslations(_ interpreter: InterpreterVCPU) throws(KVMError) {
+    /// The end of every move to KVM (an engine switch, the hybrid engine): KVM forgets what
+    /// it translated through the guest's page tables (PVM shadows them and learns of changes
+    /// by trapping the guest's own writes; the interpreter's writes bypass that), with the
+    /// dirty log the memslots lose on the way given to the decode caches first; then KVM
+    /// takes `state` and becomes the vCPU's engine.
+    func enterKVM(_ kvmVCPU: any VCPUBackend, of slot: VCPUSlot, with state: CPUState, leaving interpreter: InterpreterVCPU) throws {
         try kvm?.forgetTranslations(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
+        try kvmVCPU.writeState(state)
+        slot.switchEngine(to: kvmVCPU)
+    }
+
+    /// The end of every move to the interpreter: its decode caches learn which pages KVM
+    /// wrote, then it takes `state` and becomes the vCPU's engine.
+    func enterInterpreter(_ interpreter: InterpreterVCPU, of slot: VCPUSlot, with state: CPUState) throws {
+        try noteKVMWrites(interpreter)
+        try interpreter.writeState(state)
+        slot.switchEngine(to: interpreter)
     }
 
     /// `--switch-every` with a time: a host timer flips every vCPU once per interval.

@@ -85,16 +85,11 @@ extension Machine {
             state.idtr.limit = 0
             state.efer &= ~EFER.sce
             state.msrs.lstar = Self.syscallSentinel
-            // PVM shadows the guest's page tables and learns of changes by trapping the
-            // guest's own writes; the interpreter's writes (the kernel's, to its page
-            // tables) bypass that, so KVM must forget what it translated.
-            try forgetKVMTranslations(interpreter)
-            try kvm.writeState(state)
+            try enterKVM(kvm, of: slot, with: state, leaving: interpreter)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to KVM: \(error)"))
             return false
         }
-        slot.switchEngine(to: kvm)
         return true
     }
 
@@ -117,15 +112,13 @@ extension Machine {
                 // (PVM sets RF in RFLAGS as in a fault's frame; the vCPU's RF was clear.)
                 if forInstruction { state.rflags &= ~Self.resumeFlag }
             }
-            try noteKVMWrites(interpreter)
-            try interpreter.writeState(state)
+            try enterInterpreter(interpreter, of: slot, with: state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to the interpreter: \(error)"))
             return false
         }
         slot.nativeShadow = nil
         slot.interpretNext = forInstruction
-        slot.switchEngine(to: interpreter)
         return true
     }
 

@@ -721,7 +721,6 @@ public final class Machine: @unchecked Sendable {
         }
         interpreter.instructionLimit = interpreter.retired + 1
         interpreter.tracing = slot.trace?.stepping ?? false
-        slot.kvm = slot.active
         slot.active = interpreter
         slot.interpreter = interpreter
         if !forDebugger { slot.handoffs += 1 }
