@@ -153,9 +153,11 @@ start:
         mov al, 10
         call putc
 
-        ; Binary reading: each field must be the BCD one converted (the date could
-        ; roll over between the readings only at a minute boundary: read both within
-        ; one second, so compare the date, hours and minutes only if seconds agree).
+        ; Binary reading: each field must be the BCD one converted. The clock may
+        ; tick between the two readings (a second, or at a boundary every field):
+        ; on a disagreement read both again, and fail only after three tries.
+        mov byte [tries], 3
+.binary:
         outb 0x70, 0x0B
         in al, 0x71
         or al, 0x04                     ; DM = 1: binary
@@ -180,8 +182,21 @@ start:
 .same:  inc bx
         loop .cmp
         cmp byte [mismatch], 0
-        jne .disagree
-        mov si, s_agree
+        je .agree
+        dec byte [tries]
+        jz .disagree
+        outb 0x70, 0x0B                 ; back to BCD and read it again
+        in al, 0x71
+        and al, 0xFB
+        mov ah, al
+        outb 0x70, 0x0B
+        mov al, ah
+        out 0x71, al
+        call rtc_wait
+        mov di, bcd
+        call rtc_read
+        jmp .binary
+.agree: mov si, s_agree
         call puts
 
         ; The periodic interrupt at 1024 Hz on IRQ 8.
@@ -333,5 +348,6 @@ ticks:  dw 0
 rtc_ticks: dw 0
 status2: db 0
 mismatch: db 0
+tries:  db 0
 bcd:    times 8 db 0
 bin:    times 8 db 0
