@@ -319,6 +319,9 @@ public final class DifferentialRun {
             mmioWrites.removeAll()
             // A step that may run natively (in user mode on PVM) has a time slice.
             var native = NativeSlice(run: self, before: before, mnemonic: mnemonic)
+            // Whether a kick ended KVM's step (the slice's end, or after the instruction):
+            // PVM may then have begun the next instruction (its page walk) already.
+            var kicked = false
             kvmLoop: while true {
                 let exit: VCPUExit
                 do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
@@ -341,6 +344,7 @@ public final class DifferentialRun {
                 case .interrupted:
                     if native.ended(kvm) {
                         recorded.offering = false
+                        kicked = true
                         break kvmLoop
                     }
                     // A kick (EINTR) can end a KVM_RUN after PVM has already run the
@@ -348,6 +352,7 @@ public final class DifferentialRun {
                     // offer an interrupt at the next boundary as if it were this one's.
                     if recorded.log.deliveries.isEmpty, let now = try? kvm.readState(), now.rip != before.rip {
                         recorded.offering = false
+                        kicked = true
                         break kvmLoop
                     }
                     continue
@@ -430,6 +435,7 @@ public final class DifferentialRun {
                             if runOn.instructions > 0 { mnemonic = last }
                             break
                         }
+                        if now.rip == kvmAfter.rip { runOn.visited(now, kvmAfter) }
                         if softwareInterruptRaisedUD(now, kvmAfter) { handedOver = Self.softwareInterruptInUserMode }
                     } else if now.rip == kvmAfter.rip && !(isString && now[.rcx] != kvmAfter[.rcx]) {
                         break
@@ -442,7 +448,7 @@ public final class DifferentialRun {
                         guard runOn.instructions < Self.runOnBound else {
                             caughtUpInstructions += runOn.instructions
                             return stopEarly(compared: compared, start: start, hostLimited,
-                                             "at step \(number), \(text): host limitation: this host's KVM ran on natively in 64-bit user mode to \(syscall.map { "a SYSCALL at \(hex($0.rip))" } ?? Self.location(kvmAfter)), and the interpreter did not reach that state within \(Self.runOnBound) instructions")
+                                             "at step \(number), \(text): host limitation: this host's KVM ran on natively in 64-bit user mode to \(syscall.map { "a SYSCALL at \(hex($0.rip))" } ?? Self.location(kvmAfter)), and the interpreter did not reach that state within \(Self.runOnBound) instructions\(runOn.lastVisitText)")
                         }
                         runOn.instructions += 1
                     } else if !midString && instruction(at: now).1.hasPrefix("iret") {
@@ -576,7 +582,7 @@ public final class DifferentialRun {
                 }
                 var memory = compareMemory(accesses)
                 if hostIsEmulated, !memory.isEmpty {
-                    let (rest, reasons) = unsetBookkeepingBits(memory, state: i, accesses: accesses)
+                    let (rest, reasons) = unsetBookkeepingBits(memory, state: i, accesses: accesses, kicked: kicked)
                     for reason in reasons { hostLimited[reason, default: 0] += 1 }
                     memory = rest
                 }
@@ -751,13 +757,18 @@ public final class DifferentialRun {
     static let lateHalt = "this host's KVM reports a single-stepped HLT as a debug trap, then once more as a halt exit after the interrupt handler's IRET"
     static let unsetAccessedBit = "this host's KVM does not set the accessed bit of a descriptor it loads from the GDT"
     static let unsetPageBits = "this host's KVM does not set the dirty (or accessed) bits of page-table entries"
+    static let earlyPageBits = "this host's KVM, its step ended by a kick, had set the accessed (or dirty) bits of a page-table entry for the next instruction already: the interpreter takes them"
 
     /// The bits the CPU sets in memory on its own that this host's KVM leaves clear: the
     /// accessed bit of a GDT descriptor it loads (interrupt delivery) and the accessed and
     /// dirty bits of the page-table entries that map what the step touched. These
-    /// differences are host limitations; KVM's memory takes the interpreter's bytes. The
-    /// rest, and the reasons found, are returned.
-    func unsetBookkeepingBits(_ memory: [MemoryDifference], state s: CPUState, accesses: [MemoryAccess]) -> ([MemoryDifference], [String]) {
+    /// differences are host limitations; KVM's memory takes the interpreter's bytes. When a
+    /// kick ended KVM's step (`kicked`), PVM may have walked the page tables for the next
+    /// instruction already (its shadow MMU sets the bits when it maps the page): accessed
+    /// and dirty bits KVM set in any paging structure go the other way, to the
+    /// interpreter, which would set them itself when it runs that instruction. The rest,
+    /// and the reasons found, are returned.
+    func unsetBookkeepingBits(_ memory: [MemoryDifference], state s: CPUState, accesses: [MemoryAccess], kicked: Bool) -> ([MemoryDifference], [String]) {
         let gdt = s.gdtr.limit > 0 ? interp.translate(linear: s.gdtr.base) : nil
         var tablePages = Set<UInt64>()
         if s.efer & EFER.lma != 0 {
@@ -779,6 +790,11 @@ public final class DifferentialRun {
                 reasons.insert(Self.unsetAccessedBit)
             } else if tablePages.contains(d.address & ~0xFFF), d.address % 8 == 0, extra & ~0x60 == 0, onlyAdded {
                 reasons.insert(Self.unsetPageBits)
+            } else if kicked, d.address % 8 == 0, extra & ~0x60 == 0, d.kvm & extra == extra,
+                      pagingStructures(s).contains(d.address & ~0xFFF) {
+                reasons.insert(Self.earlyPageBits)
+                interpMemory.write(d.address, d.kvm)
+                continue
             } else {
                 rest.append(d)
                 continue
@@ -786,6 +802,24 @@ public final class DifferentialRun {
             kvmMemory.write(d.address, d.interp)
         }
         return (rest, reasons.sorted())
+    }
+
+    /// The pages of the 4-level paging structures reachable from CR3 (the interpreter's
+    /// memory), up to 4,096 of them: where a byte KVM's step changed is a page-table entry.
+    func pagingStructures(_ s: CPUState) -> Set<UInt64> {
+        guard s.efer & EFER.lma != 0 else { return [] }
+        var pages = Set<UInt64>()
+        var level: [(table: UInt64, depth: Int)] = [(s.cr3 & 0x000F_FFFF_FFFF_F000, 0)]
+        while let (table, depth) = level.popLast(), pages.count < 4096 {
+            guard pages.insert(table).inserted, depth < 3 else { continue }
+            for index in 0..<UInt64(512) {
+                let entry: UInt64 = interpMemory.read(table + index * 8)
+                // A present entry that maps a table (not a 1 GiB or 2 MiB page).
+                guard entry & 1 != 0, depth == 0 || entry & 0x80 == 0 else { continue }
+                level.append((entry & 0x000F_FFFF_FFFF_F000, depth + 1))
+            }
+        }
+        return pages
     }
 
     /// Copies what the interpreter wrote into KVM's memory (when KVM could not run the instruction).

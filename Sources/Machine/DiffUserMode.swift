@@ -76,6 +76,22 @@ struct UserModeRunOn {
         var lastPage: UInt64
     }
     private var touched = Set<Touched>()
+    /// The last time the interpreter was at the RIP where KVM's step ended without
+    /// holding its state: how far it had run on, and what differed.
+    private var lastVisit: (instructions: UInt64, differing: [String])? = nil
+
+    mutating func visited(_ i: CPUState, _ k: CPUState) {
+        var differing = GPR.allCases.filter { i[$0] != k[$0] }.map { "\($0)" }
+        if i.cs.selector != k.cs.selector { differing.append("cs") }
+        if (i.rflags ^ k.rflags) & ~(1 << 16) != 0 { differing.append("rflags \(hex(i.rflags)) against \(hex(k.rflags))") }
+        lastVisit = (instructions, differing)
+    }
+
+    /// For the report: "; the last time it was at that RIP, ... differed".
+    var lastVisitText: String {
+        guard let lastVisit else { return " (it never came to that RIP)" }
+        return " (the last time it came to that RIP, \(lastVisit.instructions) instructions on, \(lastVisit.differing.joined(separator: ", ")) differed)"
+    }
 
     /// Adds what one instruction accessed to the step's `accesses`. While running on (a
     /// loop may run millions of times) one access per page is enough: the memory
