@@ -228,10 +228,15 @@ extension InterpreterVCPU {
 
     var iopl: UInt8 { UInt8((s.pointee.rflags >> 12) & 3) }
 
-    /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run.
+    /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run. A
+    /// kick ends the block here rather than after the budget: on a loaded host each
+    /// yield can give the core away for milliseconds, and a spinning vCPU that looked
+    /// for its kick only every 4,096 instructions took seconds to stop (CI).
     @inline(never)
     func pauseHint() {
-        if shared.cpuCount > 1 { sched_yield() }
+        guard shared.cpuCount > 1 else { return }
+        sched_yield()
+        if kicked.load(ordering: .relaxed) { endBlock = true }
     }
 
     /// POPF/IRET flag loading with the privilege rules of the current mode.
