@@ -342,6 +342,16 @@ public final class DifferentialRun {
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
                 case .unsupportedInstruction: kvmCannot = true; break kvmLoop
                 case .interrupted:
+                    let now = try? kvm.readState()
+                    // A kick between PVM's queueing of an exception (a page fault in a
+                    // natively run stretch: CR2 already set) and its delivery: the step
+                    // goes on until the handler is entered, where the interpreter, running
+                    // on, takes the same fault.
+                    if now?.events.hasInjection == true {
+                        recorded.offering = false
+                        native.disarm()
+                        continue
+                    }
                     if native.ended(kvm) {
                         recorded.offering = false
                         kicked = true
@@ -350,7 +360,7 @@ public final class DifferentialRun {
                     // A kick (EINTR) can end a KVM_RUN after PVM has already run the
                     // stepped instruction: then the step is done, and entering again would
                     // offer an interrupt at the next boundary as if it were this one's.
-                    if recorded.log.deliveries.isEmpty, let now = try? kvm.readState(), now.rip != before.rip {
+                    if recorded.log.deliveries.isEmpty, let now, now.rip != before.rip {
                         recorded.offering = false
                         kicked = true
                         break kvmLoop

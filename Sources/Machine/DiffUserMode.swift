@@ -63,6 +63,12 @@ struct NativeSlice {
         deadline.machineNanoseconds.store(.max, ordering: .relaxed)
         return true
     }
+
+    /// Ends the slice without ending the step (KVM is delivering an exception: its
+    /// handler, at CPL 0, single-steps).
+    func disarm() {
+        deadline?.machineNanoseconds.store(.max, ordering: .relaxed)
+    }
 }
 
 /// The interpreter running on, within one step, to the state where KVM's step ended.
