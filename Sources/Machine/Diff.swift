@@ -518,6 +518,10 @@ public final class DifferentialRun {
                     }
                 }
             }
+            // The instruction the interpreter ran last: after an I/O or MMIO exit PVM runs
+            // the next one too (`previous` holds the state before it), and when that is
+            // RDTSC its time is the input the interpreter takes from KVM.
+            let ranLast = catchUp >= 2 && runOn.instructions == 0 ? String(instruction(at: previous).1.prefix { $0 != " " }) : mnemonic
             if runOn.instructions > 0 {
                 catchUps += 1
                 caughtUpInstructions += runOn.instructions
@@ -579,7 +583,7 @@ public final class DifferentialRun {
                 } else if writesLSTAR(mnemonic, before) {
                     try? kvm.writeState(forKVM(k))
                 }
-                if mnemonic == "rdtsc" || mnemonic == "rdtscp" {
+                if ranLast == "rdtsc" || ranLast == "rdtscp" {
                     // The time read is an input, like a port read: the interpreter gets KVM's.
                     i[.rax] = k[.rax]
                     i[.rdx] = k[.rdx]
@@ -611,7 +615,7 @@ public final class DifferentialRun {
                 if !fields.isEmpty || !memory.isEmpty {
                     if fields.isEmpty && memory.isEmpty {
                         // nothing
-                    } else if let limitation = classify(mnemonic, fields, memory, before: before, after: i) {
+                    } else if let limitation = classify(mnemonic, fields, memory, before: before, after: i, kvm: k) {
                         // The interpreter's result is the architectural one: KVM takes it over.
                         hostLimited[limitation, default: 0] += 1
                         try? kvm.writeState(forKVM(i))
@@ -751,8 +755,11 @@ public final class DifferentialRun {
         }
     }
 
-    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [MemoryDifference], before: CPUState, after i: CPUState) -> String? {
+    func classify(_ mnemonic: String, _ fields: [(String, String, String)], _ memory: [MemoryDifference], before: CPUState, after i: CPUState, kvm k: CPUState) -> String? {
         guard hostIsEmulated else { return nil }
+        if mnemonic == "cpuid", memory.isEmpty, Self.cpuidRewritten(leaf: UInt32(truncatingIfNeeded: before[.rax]), subleaf: UInt32(truncatingIfNeeded: before[.rcx]), fields, kvm: k, interp: i) {
+            return Self.cpuidAddsHostFlags
+        }
         if mnemonic == "int" && before.cs.selector & 3 == 3 && !before.cs.long {
             return "INT n at CPL 3 raises #UD under this host's KVM"
         }
@@ -762,6 +769,23 @@ public final class DifferentialRun {
             if fields.allSatisfy({ $0.0 == "rflags" }) { return limitation.reason }
         }
         return nil
+    }
+
+    static let cpuidAddsHostFlags = "this host's KVM adds the host CPU's flags to CPUID leaf 1 ECX/EDX and leaf 7.0 EBX/ECX/EDX, and recomputes leaf 0xD EBX, whatever the machine's model says: KVM takes the model's answer"
+
+    /// Whether the registers that differ after a CPUID are only the words PVM rewrites
+    /// (Documentation/HostLimitations.md), KVM's leaf 1 and 7 words holding every flag
+    /// of the model's (the interpreter's).
+    static func cpuidRewritten(leaf: UInt32, subleaf: UInt32, _ fields: [(String, String, String)], kvm k: CPUState, interp i: CPUState) -> Bool {
+        let words: [GPR]
+        switch (leaf, subleaf) {
+        case (1, _): words = [.rcx, .rdx]
+        case (7, 0): words = [.rbx, .rcx, .rdx]
+        case (0xD, _): return fields.map(\.0) == ["rbx"]
+        default: return false
+        }
+        let names = Set(words.map(\.name))
+        return !fields.isEmpty && fields.allSatisfy { names.contains($0.0) } && words.allSatisfy { k[$0] & i[$0] == i[$0] }
     }
 
     static let lateHalt = "this host's KVM reports a single-stepped HLT as a debug trap, then once more as a halt exit after the interrupt handler's IRET"
