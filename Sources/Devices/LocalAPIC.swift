@@ -153,6 +153,7 @@ public final class LocalAPIC: @unchecked Sendable {
     let registers: Mutex<Registers>
     unowned let bus: APICBus
     private var timer: DeviceTimer!
+    private var timerHolder: AnyObject?
 
     init(index: Int, bus: APICBus, timers: TimerService) {
         self.index = index
@@ -161,7 +162,7 @@ public final class LocalAPIC: @unchecked Sendable {
         var r = Registers(base: Self.defaultBase | (1 << 11) | (index == 0 ? 1 << 8 : 0))
         Self.resetLVT(&r, bootstrap: index == 0)
         registers = Mutex(r)
-        timer = timers.makeTimer("lapic\(index)", owner: index) { [weak self] in self?.timerFired() }
+        timer = timers.makeTimer("lapic\(index)", owner: index, handler: self, holder: &timerHolder) { $0.timerFired() }
     }
 
     /// The LVT after reset: all masked, except that the bootstrap processor's LINT0 is an
