@@ -39,6 +39,7 @@ public final class ACPIPM: PortDevice, @unchecked Sendable {
     private let clock: MachineClock
     private let sci: IRQLine?
     private var timer: DeviceTimer?
+    private var timerHolder: AnyObject?
     private let onPowerOff: @Sendable () -> Void
 
     public init(clock: MachineClock, timers: TimerService?, sci: IRQLine?, onPowerOff: @escaping @Sendable () -> Void) {
@@ -47,7 +48,7 @@ public final class ACPIPM: PortDevice, @unchecked Sendable {
         self.onPowerOff = onPowerOff
         state = Mutex(State(timerPeriod: Self.ticks(clock.now()) >> 23))
         if let timers {
-            timer = timers.makeTimer("acpi-pm") { [weak self] in self?.update() }
+            timer = timers.makeTimer("acpi-pm", handler: self, holder: &timerHolder) { $0.update() }
         }
     }
 

@@ -153,6 +153,7 @@ public final class LocalAPIC: @unchecked Sendable {
     let registers: Mutex<Registers>
     unowned let bus: APICBus
     private var timer: DeviceTimer!
+    private var timerHolder: AnyObject?
 
     init(index: Int, bus: APICBus, timers: TimerService) {
         self.index = index
@@ -161,7 +162,7 @@ public final class LocalAPIC: @unchecked Sendable {
         var r = Registers(base: Self.defaultBase | (1 << 11) | (index == 0 ? 1 << 8 : 0))
         Self.resetLVT(&r, bootstrap: index == 0)
         registers = Mutex(r)
-        timer = timers.makeTimer("lapic\(index)", owner: index) { [weak self] in self?.timerFired() }
+        timer = timers.makeTimer("lapic\(index)", owner: index, handler: self, holder: &timerHolder) { $0.timerFired() }
     }
 
     /// The LVT after reset: all masked, except that the bootstrap processor's LINT0 is an
@@ -198,6 +199,7 @@ public final class LocalAPIC: @unchecked Sendable {
                 // INIT level de-assert (level 0, level-triggered) does nothing on P6 and later.
                 if m.level == false && m.vector == 0xFF { return false }
                 r.initPending = true
+                r.sipiVector = nil   // a start-up IPI from before the INIT is void
                 return true
             case .startup:
                 r.sipiVector = m.vector
@@ -242,13 +244,16 @@ public final class LocalAPIC: @unchecked Sendable {
     }
 
     /// Takes a pending INIT: the APIC returns to its power-on state (keeping its ID and
-    /// base), as the vCPU does.
+    /// base), as the vCPU does. A start-up IPI still latched came after the INIT (`accept`
+    /// voids earlier ones) and stays for the vCPU that now waits for it: an AP whose
+    /// thread first looks after the INIT-SIPI-SIPI has been sent (a loaded host) starts.
     func takeINIT() -> Bool {
         let taken = registers.withLock { r -> Bool in
             guard r.initPending else { return false }
-            let base = r.base
+            let base = r.base, startup = r.sipiVector
             r = Registers(base: base)
             Self.resetLVT(&r, bootstrap: false)
+            r.sipiVector = startup
             return true
         }
         if taken { timer.disarm() }

@@ -88,6 +88,19 @@ public final class TimerService: @unchecked Sendable {
         return timer
     }
 
+    /// A timer whose handler is `fire(device)`. The handler reaches the device through a
+    /// holder that only the device keeps (in `holder`) and the handler references weakly,
+    /// so a timer that outlives its device does nothing. (`[weak self]` would do the same,
+    /// but a weak reference gives the device a side table, and from then on every retain
+    /// and release of it — several per interrupt or port access — takes the Swift
+    /// runtime's slow path: a tenth of the samples of an idle guest's ticks, perf said.)
+    public func makeTimer<Device: AnyObject>(_ name: String, owner: Int? = nil, handler device: Device, holder: inout AnyObject?,
+                                             fire: @escaping @Sendable (Device) -> Void) -> DeviceTimer {
+        let target = TimerTarget(device)
+        holder = target
+        return makeTimer(name, owner: owner) { [weak target] in if let target { fire(target.device) } }
+    }
+
     /// Called on vCPU `owner`'s thread: from now on that thread fires the timer the vCPU
     /// owns (`DeviceTimer.fireIfDue`, after every exit and in HLT), until `detach()`; an
     /// arm from any other thread calls `wakeOwner`. nil when it owns none, or when the
@@ -294,6 +307,13 @@ final class TimerCore: @unchecked Sendable {
         timers.removeAll()
         pthread_mutex_unlock(lock)
     }
+}
+
+/// The device a timer's handler calls (`TimerService.makeTimer(_:owner:handler:holder:fire:)`):
+/// not counted as a reference, valid while the holder lives, which only the device keeps.
+private final class TimerTarget<Device: AnyObject>: @unchecked Sendable {
+    unowned(unsafe) let device: Device
+    init(_ device: Device) { self.device = device }
 }
 
 /// A one-shot timer of `TimerService`: armed for an absolute machine time, disarmed when

@@ -179,13 +179,14 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
     private let clock: MachineClock
     private let irq0: IRQLine?
     private var timer: DeviceTimer?
+    private var timerHolder: AnyObject?
 
     /// `irq0` receives channel 0's rising edges; `timers` runs the timer that finds them.
     public init(clock: MachineClock, timers: TimerService?, irq0: IRQLine?) {
         self.clock = clock
         self.irq0 = irq0
         if let timers, irq0 != nil {
-            timer = timers.makeTimer("pit0") { [weak self] in self?.timerFired() }
+            timer = timers.makeTimer("pit0", handler: self, holder: &timerHolder) { $0.timerFired() }
         }
     }
 

@@ -167,6 +167,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
     private let clock: MachineClock
     private let irq: IRQLine?
     private var timer: DeviceTimer?
+    private var timerHolder: AnyObject?
 
     /// `epochNanoseconds`: the Unix time at machine time 0 (tests); by default the host's
     /// CLOCK_REALTIME now.
@@ -192,7 +193,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
             s.evaluated = now + s.offset
         }
         if let timers {
-            timer = timers.makeTimer("rtc") { [weak self] in self?.update() }
+            timer = timers.makeTimer("rtc", handler: self, holder: &timerHolder) { $0.update() }
         }
     }
 

@@ -228,15 +228,19 @@ extension InterpreterVCPU {
 
     var iopl: UInt8 { UInt8((s.pointee.rflags >> 12) & 3) }
 
-    /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run. A
-    /// kick ends the block here rather than after the budget: on a loaded host each
-    /// yield can give the core away for milliseconds, and a spinning vCPU that looked
-    /// for its kick only every 4,096 instructions took seconds to stop (CI).
+    /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run, then
+    /// end the block, so that an interrupt that came meanwhile is taken before the loop
+    /// spins on. (Without that, a loop of `pause; rdtsc` on a loaded host yielded a
+    /// thousand times — each yield perhaps a whole time slice of another process — before
+    /// the next look at the interrupt controller: Linux's timer_irq_works saw almost no
+    /// ticks in its 160 ms and panicked with "IO-APIC + timer doesn't work!"; and a stop
+    /// took seconds, reported without the vCPU and its --snapshot-on-exit file.)
     @inline(never)
     func pauseHint() {
-        guard shared.cpuCount > 1 else { return }
-        sched_yield()
-        if kicked.load(ordering: .relaxed) { endBlock = true }
+        if shared.cpuCount > 1 {
+            sched_yield()
+            endBlock = true
+        }
     }
 
     /// POPF/IRET flag loading with the privilege rules of the current mode.

@@ -131,6 +131,22 @@ struct APICTests {
         #expect(state.cs.selector == 0x0800 && state.cs.base == 0x8000 && state.rip == 0 && state.mode == .real)
     }
 
+    @Test("INIT then SIPI before the AP looks (its thread started late): the INIT's reset keeps the later SIPI; a SIPI before an INIT is void")
+    func startupBeforeTheAPLooks() {
+        enable(0)
+        write(0, 0x310, 1 << 24)
+        write(0, 0x300, 0x4500)                          // INIT to 1
+        write(0, 0x300, 0x4608)                          // SIPI vector 8
+        write(0, 0x300, 0x4608)                          // and again, as the MP spec says
+        #expect(apic.takeINIT(vcpu: 1))                  // the AP's thread gets to it only now
+        #expect(apic.takeSIPI(vcpu: 1) == 8)
+        #expect(apic.takeSIPI(vcpu: 1) == nil)
+        write(0, 0x300, 0x4609)                          // SIPI, then INIT: the INIT voids it
+        write(0, 0x300, 0x4500)
+        #expect(apic.takeINIT(vcpu: 1))
+        #expect(apic.takeSIPI(vcpu: 1) == nil)
+    }
+
     @Test("the timer: one-shot counts down and fires once, periodic reloads, masked fires nothing")
     func timer() {
         enable(1)

@@ -1,6 +1,10 @@
 import Foundation
+import GuestMemory
+import Interpreter
+import Loaders
 import Machine
 import Testing
+import X86
 
 /// Guests of the PC platform devices, and how those devices end a run: a reset (status
 /// 212), ACPI S5 (status 0), and POST codes in the trace.
@@ -66,5 +70,52 @@ struct PlatformTests {
         let r = try runProcess(tandemBinary, ["run", "--backend", backend.rawValue, "--format", "boot", "--trace", trace, image])
         #expect(r.status == 0)
         #expect(try String(contentsOfFile: trace, encoding: .utf8).contains("post code 0x42"))
+    }
+}
+
+/// Interrupts reach a vCPU that spins on PAUSE. On a machine of several vCPUs the
+/// interpreter gives the host CPU away at each PAUSE (`sched_yield`, for the vCPU that holds
+/// the lock); on a loaded host each yield can last another process's time slice, so the
+/// interpreter looks at its interrupts after every PAUSE rather than after a block of 4,096
+/// instructions. (Linux's timer_irq_works spins on `pause; rdtsc`: with three boots at once
+/// it saw 1-3 of its ~40 PIT ticks and panicked, "IO-APIC + timer doesn't work!".)
+@Suite("Platform: PAUSE loops")
+struct PauseLoopTests {
+    /// vCPU 0 of `cpus`, in 64-bit mode (Capstone reads F3 90 as NOP in 16-bit code, so
+    /// there PAUSE is a plain NOP), at `spin: pause; jmp spin`.
+    func spinner(cpus: Int) throws -> InterpreterVCPU {
+        let image = try assembleELF64("""
+        bits 64
+        section .text
+        global _start
+        _start:
+        spin:   pause
+                jmp spin
+        """, name: "pause-spin")
+        let memory = try GuestMemoryMap(ramSize: 16 << 20)
+        let plan = try Loader.load(Array(try Data(contentsOf: URL(fileURLWithPath: image))), name: "pause-spin", as: .elf64, into: memory)
+        let vcpu = InterpreterMachine(memory: memory, cpuCount: cpus).makeVCPU(index: 0)
+        try vcpu.writeState(plan.initialState(cpu: 0, of: cpus))
+        vcpu.interruptController = OneShotInterrupt()
+        vcpu.instructionLimit = 100_000
+        return vcpu
+    }
+
+    @Test("several vCPUs: the engine returns to the vCPU loop (which looks at interrupts) after each PAUSE")
+    func severalVCPUs() throws {
+        let vcpu = try spinner(cpus: 2)
+        for _ in 0..<3 {
+            let before = vcpu.retired
+            let exit = try vcpu.run()
+            guard case .interrupted = exit else { Issue.record("the PAUSE loop did not end the run: \(exit), \(vcpu.retired) instructions"); return }
+            #expect(vcpu.retired - before <= 2)   // the PAUSE and the jump back
+        }
+    }
+
+    @Test("one vCPU: PAUSE neither yields nor ends the block (there is no other vCPU to wait for)")
+    func oneVCPU() throws {
+        let vcpu = try spinner(cpus: 1)
+        guard case .instructionLimit = try vcpu.run() else { Issue.record("the run ended before its instruction limit"); return }
+        #expect(vcpu.retired == 100_000)
     }
 }
