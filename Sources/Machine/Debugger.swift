@@ -5,6 +5,7 @@ import Dispatch
 import Tracing
 import Interpreter
 import KVM
+import RunLoop
 import Synchronization
 import X86
 
@@ -45,8 +46,8 @@ enum DebugStopCause: Sendable, Equatable {
 
 /// The machine's side of a debugger (`--gdb`): all-stop control of the vCPUs.
 ///
-/// A stop (a breakpoint, a watchpoint, a finished step, gdb's Ctrl-C) sets `pauseRequested`
-/// and kicks every vCPU; each parks at its next instruction boundary, or where it sleeps
+/// A stop (a breakpoint, a watchpoint, a finished step, gdb's Ctrl-C) sends every vCPU the
+/// `pause` command (its channel: RunLoop's `VCPUCommandChannel`); each parks at its next instruction boundary, or where it sleeps
 /// (HLT, wait-for-SIPI), on its own thread: it leaves its state here and waits. The gdb
 /// thread reads and changes those states while every vCPU is parked, then gives each an
 /// action and resumes it; the vCPU writes back a changed state and sets up its backend
@@ -67,16 +68,23 @@ final class DebugControl: @unchecked Sendable {
     }
 
     let state: Mutex<State>
-    let pauseRequested: Atomic<Bool>
+    /// The vCPUs' command channels (the machine's).
+    let channels: [VCPUCommandChannel]
     /// Per vCPU: signalled when it may run again.
     let resumed: [DispatchSemaphore]
 
-    init(cpus: Int, startPaused: Bool) {
+    init(channels: [VCPUCommandChannel], startPaused: Bool) {
+        let cpus = channels.count
         state = Mutex(State(parked: Array(repeating: false, count: cpus), states: Array(repeating: nil, count: cpus),
                             dirty: Array(repeating: false, count: cpus), actions: Array(repeating: .stay, count: cpus)))
-        pauseRequested = Atomic(startPaused)
+        self.channels = channels
+        // `--gdb-wait`: every vCPU parks before its first instruction.
+        if startPaused { for c in channels { c.send(.pause) } }
         resumed = (0..<cpus).map { _ in DispatchSemaphore(value: 0) }
     }
+
+    /// Whether a stop is under way (gdb is told once every vCPU has parked).
+    var pauseRequested: Bool { channels.contains { $0.pauseRequested } }
 
     var allParked: Bool { state.withLock { $0.parked.allSatisfy { $0 } } }
 
@@ -90,7 +98,7 @@ final class DebugControl: @unchecked Sendable {
             for i in go { s.parked[i] = false }
             return go
         }
-        pauseRequested.store(false, ordering: .sequentiallyConsistent)
+        for c in channels { c.send(.resume) }
         for i in go { resumed[i].signal() }
     }
 }
@@ -103,10 +111,8 @@ func linearInstructionPointer(_ s: CPUState) -> UInt64 {
 extension Machine {
     /// Stops every vCPU for the debugger: each parks at its next instruction boundary.
     func pauseForDebugger() {
-        guard let debug else { return }
-        debug.pauseRequested.store(true, ordering: .sequentiallyConsistent)
-        kickAll()
-        for w in wakeups { w.signal() }
+        guard debug != nil else { return }
+        for i in slots.indices { send(.pause, to: i) }
     }
 
     /// On vCPU `index`'s thread: parks it for the debugger (reporting `cause`, if it is the
@@ -114,6 +120,8 @@ extension Machine {
     func parkForDebugger(_ index: Int, cause: DebugStopCause?) -> Bool {
         guard let debug else { return true }
         let slot = slots[index]
+        slot.commands.enter(.paused)
+        defer { slot.commands.enter(.running) }
         let before = try? slot.active.readState()
         submitTrace(index)
         let first = debug.state.withLock { s -> Bool in
@@ -128,7 +136,7 @@ extension Machine {
         if first { pauseForDebugger() }
         while debug.resumed[index].wait(timeout: .now() + .milliseconds(50)) == .timedOut {
             // gdb's `monitor engine`: the move happens here, on the vCPU's thread.
-            if slot.switchRequest.load(ordering: .relaxed) != 0 { _ = serviceSwitchRequest(slot, index: index) }
+            if slot.commands.switchRequest != .none { _ = serviceSwitchRequest(slot, index: index) }
             if stopRequested {
                 // The machine ends here: what gdb changed is what the final report shows.
                 let changed = debug.state.withLock { s -> CPUState? in
@@ -275,7 +283,7 @@ extension Machine {
     func debugEngine(_ words: [String]) -> String {
         func whereEach(_ vcpus: [Int]) -> String {
             vcpus.map { i in
-                slots[i].switchRequest.load(ordering: .relaxed) != 0
+                slots[i].commands.switchRequest != .none
                     ? "vcpu\(i): moves at its next instruction boundary, when it runs"
                     : "vcpu\(i): \(engine(of: i))\(slots[i].debugOnInterpreter ? " (on the interpreter for the debugger's watchpoints)" : "")"
             }.joined(separator: "\n")
@@ -291,7 +299,7 @@ extension Machine {
             do { try self.switch(vcpu: i, to: target) } catch { return "engine: \(error.description)" }
         }
         let deadline = DispatchTime.now() + .seconds(1)
-        while vcpus.contains(where: { slots[$0].switchRequest.load(ordering: .relaxed) != 0 }) && DispatchTime.now() < deadline {
+        while vcpus.contains(where: { slots[$0].commands.switchRequest != .none }) && DispatchTime.now() < deadline {
             usleep(5_000)
         }
         return whereEach(vcpus)

@@ -305,7 +305,7 @@ final class GDBSession {
                 alive = false
                 return false
             }
-            if debug.pauseRequested.load(ordering: .sequentiallyConsistent) && debug.allParked {
+            if debug.pauseRequested && debug.allParked {
                 return true
             }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
