@@ -6,8 +6,9 @@ import PackageDescription
 //   Loaders (images into memory + initial CPU state) · Tracing (trace records, writer, readers)
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
 //   RunLoop (the one exit handler, the vCPU state machine's commands and states)
+//   GDBStub (the gdb remote protocol; the all-stop control it asks of a machine)
 //   Machine (assembly: builds the VM, its memory, devices and engines; runs its vCPU threads,
-//     engine switching, the hybrid engine, snapshots, the gdb stub)
+//     engine switching, the hybrid engine, snapshots, parking vCPUs for the debugger)
 //   Conformance (hardware-captured test suites) · Differential (diff, fuzz, the fuzz sandbox)
 //   tandem (command line)
 // Documentation/Architecture.md draws the same picture.
@@ -58,9 +59,11 @@ let package = Package(
         // Exits answered once for everyone (run, diff, fuzz, conformance), and the vCPU commands.
         .target(name: "RunLoop", dependencies: ["X86", "Devices", "Tracing"]),
         .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory", "RunLoop"]),
+        // The gdb remote protocol over TCP, and the all-stop control it asks of a machine.
+        .target(name: "GDBStub", dependencies: ["X86", "GuestMemory", "HostOS", "RunLoop"]),
         .target(
             name: "Machine",
-            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop"]
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop", "GDBStub"]
         ),
         // Differential testing: KVM against the interpreter, instruction by instruction.
         .target(
@@ -72,6 +75,7 @@ let package = Package(
             dependencies: [
                 "Machine",
                 "Differential",
+                "GDBStub",
                 "RunLoop",
                 "Tracing",
                 "Conformance",
@@ -86,7 +90,7 @@ let package = Package(
         .executableTarget(name: "torture"),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "Differential", "RunLoop", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
+            dependencies: ["Machine", "Differential", "GDBStub", "RunLoop", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Dispatch
+import GDBStub
 import Interpreter
 import KVM
 import RunLoop

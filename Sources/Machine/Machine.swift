@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Devices
 import Disassembler
+import GDBStub
 import GuestMemory
 import HostOS
 import Interpreter
@@ -354,7 +355,9 @@ public final class Machine: @unchecked Sendable {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
-            gdbServer = try GDBServer(gdb)
+            do { gdbServer = try GDBServer(gdb) } catch {
+                throw MachineError(error.isUsage ? .usage : .hostError, error.description)
+            }
             debug = DebugControl(channels: slots.map(\.commands), startPaused: gdb.waitForDebugger)
         } else {
             gdbServer = nil
@@ -551,7 +554,7 @@ public final class Machine: @unchecked Sendable {
         stopped.signal()
     }
 
-    var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
+    package var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
 
     /// The one way to tell vCPU `index` to do something (Documentation/Architecture.md):
     /// the command goes into its channel, every engine it has is kicked — its backend, and
@@ -986,13 +989,6 @@ package final class VirtualTime: Sendable {
 package final class WeakBox<T: AnyObject>: @unchecked Sendable {
     package weak var value: T?
     package init() {}
-}
-
-extension String {
-    init(format2 byte: UInt8) {
-        let s = String(byte, radix: 16)
-        self = s.count == 1 ? "0" + s : s
-    }
 }
 
 package func formatSeconds(_ s: Double) -> String {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Dispatch
+import GDBStub
 import Machine
 import RunLoop
 import Testing
