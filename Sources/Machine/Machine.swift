@@ -606,10 +606,8 @@ public final class Machine: @unchecked Sendable {
         guard startSlice(slot, index: index) else { return }
         var exits = ExitHandler(DeviceBuses(devices, vcpu: index))
         while true {
-            // One look at the channel while nothing is asked. (A command sent after the
-            // look kicks the engine: the next turn sees it.)
-            let commanded = slot.commands.hasCommands
-            if commanded {
+            // One look at the channel while nothing is asked.
+            if slot.commands.hasCommands {
                 if slot.commands.stopRequested { return }
                 if slot.commands.pauseRequested {
                     guard parkForDebugger(index, cause: nil) else { return }
@@ -628,7 +626,7 @@ public final class Machine: @unchecked Sendable {
             if virtualTime != nil { advanceVirtualClock(slot) }
             slot.ownTimer?.fireIfDue()
             if hybrid { guard placeHybrid(slot, index: index) else { return } }
-            if commanded && slot.commands.switchRequest != .none { guard serviceSwitchRequest(slot, index: index) else { return } }
+            if slot.commands.switchRequest != .none { guard serviceSwitchRequest(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {

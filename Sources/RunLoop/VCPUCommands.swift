@@ -71,7 +71,7 @@ public final class VCPUCommandChannel: Sendable {
     private static let switchShift: UInt32 = 8
     private static let switchMask: UInt32 = 3 << 8
 
-    @usableFromInline let word = Atomic<UInt32>(0)
+    private let word = Atomic<UInt32>(0)
     private let current = Atomic<UInt8>(VCPUState.created.rawValue)
 
     public init() {}
@@ -96,8 +96,9 @@ public final class VCPUCommandChannel: Sendable {
         }
     }
 
-    /// Whether anything is asked (the loop's one look per turn: inlined into it).
-    @inlinable public var hasCommands: Bool { word.load(ordering: .relaxed) != 0 }
+    /// Whether anything is asked (the loop's one look per turn).
+    @inlinable public var hasCommands: Bool { pendingWord != 0 }
+    @usableFromInline var pendingWord: UInt32 { word.load(ordering: .relaxed) }
 
     public var stopRequested: Bool { word.load(ordering: .relaxed) & Self.stopBit != 0 }
     public var pauseRequested: Bool { word.load(ordering: .sequentiallyConsistent) & Self.pauseBit != 0 }
