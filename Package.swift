@@ -5,8 +5,13 @@ import PackageDescription
 //   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
 //   Loaders (images into memory + initial CPU state) · Tracing (trace records, writer, readers)
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
-//   Machine (VM, vCPU threads, the shared run loop) · Conformance (hardware-captured test suites)
+//   RunLoop (the one exit handler, the vCPU state machine's commands and states)
+//   GDBStub (the gdb remote protocol; the all-stop control it asks of a machine)
+//   Machine (assembly: builds the VM, its memory, devices and engines; runs its vCPU threads,
+//     engine switching, the hybrid engine, snapshots, parking vCPUs for the debugger)
+//   Conformance (hardware-captured test suites) · Differential (diff, fuzz, the fuzz sandbox)
 //   tandem (command line)
+// Documentation/Architecture.md draws the same picture.
 let package = Package(
     name: "Tandem",
     platforms: [.macOS(.v13)],
@@ -51,15 +56,27 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
         ),
         .target(name: "KVM", dependencies: ["CKVM", "X86", "GuestMemory", "HostOS"]),
-        .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory"]),
+        // Exits answered once for everyone (run, diff, fuzz, conformance), and the vCPU commands.
+        .target(name: "RunLoop", dependencies: ["X86", "Devices", "Tracing"]),
+        .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory", "RunLoop"]),
+        // The gdb remote protocol over TCP, and the all-stop control it asks of a machine.
+        .target(name: "GDBStub", dependencies: ["X86", "GuestMemory", "HostOS", "RunLoop"]),
         .target(
             name: "Machine",
-            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing"]
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop", "GDBStub"]
+        ),
+        // Differential testing: KVM against the interpreter, instruction by instruction.
+        .target(
+            name: "Differential",
+            dependencies: ["Machine", "RunLoop", "X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
         ),
         .executableTarget(
             name: "tandem",
             dependencies: [
                 "Machine",
+                "Differential",
+                "GDBStub",
+                "RunLoop",
                 "Tracing",
                 "Conformance",
                 "Interpreter",
@@ -73,7 +90,7 @@ let package = Package(
         .executableTarget(name: "torture"),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
+            dependencies: ["Machine", "Differential", "GDBStub", "RunLoop", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
         ),
     ],
     swiftLanguageModes: [.v6]

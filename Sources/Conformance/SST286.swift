@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Foundation
 import GuestMemory
+import RunLoop
 import X86
 
 /// Runs SingleStepTests 80286 real-mode tests (the layout of `../shared/conformance/sst286`)

@@ -1,5 +1,6 @@
 import Dispatch
 import Devices
+import GDBStub
 import GuestMemory
 import KVM
 import Loaders

@@ -2,111 +2,27 @@
 import Glibc
 #endif
 import Dispatch
+import GDBStub
 import Tracing
 import Interpreter
 import KVM
+import RunLoop
 import Synchronization
 import X86
 
-/// What the debugger asked a vCPU to do when the machine resumes.
-enum DebugAction: Sendable, Equatable {
-    /// Stay stopped (a `vCont` that does not name it).
-    case stay
-    case run
-    /// Execute one instruction, then stop (and stop the others).
-    case step
-}
+// The debugger's control of the vCPUs, on the machine's side: parking and resuming them
+// on their own threads, and what the gdb stub asks of the machine (`DebugTarget`, with
+// `DebugControl`, in the GDBStub module).
 
-/// A data watchpoint (gdb's `Z2`-`Z4`): exact on the interpreter, which sees every access.
-struct Watchpoint: Sendable, Equatable {
-    enum Kind: Sendable { case write, read, access }
-    var kind: Kind
-    var address: UInt64
-    var length: UInt64
+extension Machine: DebugTarget {
+    package var debugControl: DebugControl { debug! }
+    package var vcpuCount: Int { slots.count }
+    package func killedByDebugger() { requestStop(.debuggerKilled) }
 
-    func isHit(by access: MemoryAccess) -> Bool {
-        switch kind {
-        case .write: guard access.write else { return false }
-        case .read: guard !access.write else { return false }
-        case .access: break
-        }
-        return access.linear < address &+ length && address < access.linear &+ UInt64(access.size)
-    }
-}
-
-/// Why a vCPU stopped for the debugger.
-enum DebugStopCause: Sendable, Equatable {
-    /// gdb's Ctrl-C, its connection, or `--gdb-wait`.
-    case interrupted
-    case step
-    case breakpoint
-    case watchpoint(Watchpoint.Kind, UInt64)
-}
-
-/// The machine's side of a debugger (`--gdb`): all-stop control of the vCPUs.
-///
-/// A stop (a breakpoint, a watchpoint, a finished step, gdb's Ctrl-C) sets `pauseRequested`
-/// and kicks every vCPU; each parks at its next instruction boundary, or where it sleeps
-/// (HLT, wait-for-SIPI), on its own thread: it leaves its state here and waits. The gdb
-/// thread reads and changes those states while every vCPU is parked, then gives each an
-/// action and resumes it; the vCPU writes back a changed state and sets up its backend
-/// (breakpoints, single-step, watchpoints) before it runs again.
-final class DebugControl: @unchecked Sendable {
-    struct State {
-        var parked: [Bool]
-        /// The state of each parked vCPU, as gdb sees and changes it.
-        var states: [CPUState?]
-        var dirty: [Bool]
-        var actions: [DebugAction]
-        /// The first vCPU that stopped since the last resume, and why.
-        var stop: (vcpu: Int, cause: DebugStopCause)?
-        /// Linear addresses of instruction breakpoints; `hardware` holds the `Z1` ones.
-        var breakpoints: Set<UInt64> = []
-        var hardware: Set<UInt64> = []
-        var watchpoints: [Watchpoint] = []
-    }
-
-    let state: Mutex<State>
-    let pauseRequested: Atomic<Bool>
-    /// Per vCPU: signalled when it may run again.
-    let resumed: [DispatchSemaphore]
-
-    init(cpus: Int, startPaused: Bool) {
-        state = Mutex(State(parked: Array(repeating: false, count: cpus), states: Array(repeating: nil, count: cpus),
-                            dirty: Array(repeating: false, count: cpus), actions: Array(repeating: .stay, count: cpus)))
-        pauseRequested = Atomic(startPaused)
-        resumed = (0..<cpus).map { _ in DispatchSemaphore(value: 0) }
-    }
-
-    var allParked: Bool { state.withLock { $0.parked.allSatisfy { $0 } } }
-
-    /// Resumes the parked vCPUs with the given actions (the others stay parked).
-    func resume(_ actions: [DebugAction]) {
-        let go = state.withLock { s -> [Int] in
-            s.stop = nil
-            s.actions = actions
-            let go = actions.indices.filter { actions[$0] != .stay && s.parked[$0] }
-            // Not parked from now on: a stop is not complete until they park again.
-            for i in go { s.parked[i] = false }
-            return go
-        }
-        pauseRequested.store(false, ordering: .sequentiallyConsistent)
-        for i in go { resumed[i].signal() }
-    }
-}
-
-/// The linear address of the instruction at CS:RIP (what breakpoints are compared with).
-func linearInstructionPointer(_ s: CPUState) -> UInt64 {
-    s.mode == .long64 ? s.rip : (s.cs.base &+ s.rip) & 0xFFFF_FFFF
-}
-
-extension Machine {
     /// Stops every vCPU for the debugger: each parks at its next instruction boundary.
-    func pauseForDebugger() {
-        guard let debug else { return }
-        debug.pauseRequested.store(true, ordering: .sequentiallyConsistent)
-        kickAll()
-        for w in wakeups { w.signal() }
+    package func pauseForDebugger() {
+        guard debug != nil else { return }
+        for i in slots.indices { send(.pause, to: i) }
     }
 
     /// On vCPU `index`'s thread: parks it for the debugger (reporting `cause`, if it is the
@@ -114,6 +30,8 @@ extension Machine {
     func parkForDebugger(_ index: Int, cause: DebugStopCause?) -> Bool {
         guard let debug else { return true }
         let slot = slots[index]
+        slot.commands.enter(.paused)
+        defer { slot.commands.enter(.running) }
         let before = try? slot.active.readState()
         submitTrace(index)
         let first = debug.state.withLock { s -> Bool in
@@ -128,7 +46,7 @@ extension Machine {
         if first { pauseForDebugger() }
         while debug.resumed[index].wait(timeout: .now() + .milliseconds(50)) == .timedOut {
             // gdb's `monitor engine`: the move happens here, on the vCPU's thread.
-            if slot.switchRequest.load(ordering: .relaxed) != 0 { _ = serviceSwitchRequest(slot, index: index) }
+            if slot.commands.switchRequest != .none { _ = serviceSwitchRequest(slot, index: index) }
             if stopRequested {
                 // The machine ends here: what gdb changed is what the final report shows.
                 let changed = debug.state.withLock { s -> CPUState? in
@@ -228,20 +146,20 @@ extension Machine {
 
     /// For gdb's `m`/`M`: the physical address of `linear` as vCPU `index` sees it (nil: not
     /// mapped). Called while the vCPU is parked.
-    func debugTranslate(_ index: Int, linear: UInt64, state: CPUState) -> UInt64? {
+    package func debugTranslate(_ index: Int, linear: UInt64, state: CPUState) -> UInt64? {
         guard state.cr0 & CR0.pg != 0 && state.cr0 & CR0.pe != 0 else { return linear }
         return slots[index].active.translate(linear: linear)
     }
 
     /// gdb wrote guest memory: the interpreters' decode caches forget what was there.
-    func debugMemoryWritten(at physical: UInt64, length: Int) {
+    package func debugMemoryWritten(at physical: UInt64, length: Int) {
         for case let interpreter as InterpreterVCPU in backends { interpreter.memoryWritten(at: physical, length: length) }
         for slot in slots { slot.fallbackVCPU?.memoryWritten(at: physical, length: length) }
     }
 
     /// What `monitor stats` says: the backend, how long the run has gone on, and per vCPU
     /// where it is, the engine running it now, what it ran and KVM's handoffs.
-    func debugStatistics() -> String {
+    package func debugStatistics() -> String {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds &- runStarted.load(ordering: .relaxed)) / 1e9
         let counts = backends.map(\.instructionsRetired)
         var first = "backend \(backendName), \(backends.count) vCPU\(backends.count == 1 ? "" : "s"), running for \(String(format3: seconds)) s"
@@ -272,10 +190,10 @@ extension Machine {
     /// `monitor engine [kvm|interp [VCPU]]` while the machine is stopped: moves every vCPU
     /// (or one) to that engine — each parked vCPU moves on its own thread within its wait's
     /// 50 ms period — and says where each runs.
-    func debugEngine(_ words: [String]) -> String {
+    package func debugEngine(_ words: [String]) -> String {
         func whereEach(_ vcpus: [Int]) -> String {
             vcpus.map { i in
-                slots[i].switchRequest.load(ordering: .relaxed) != 0
+                slots[i].commands.switchRequest != .none
                     ? "vcpu\(i): moves at its next instruction boundary, when it runs"
                     : "vcpu\(i): \(engine(of: i))\(slots[i].debugOnInterpreter ? " (on the interpreter for the debugger's watchpoints)" : "")"
             }.joined(separator: "\n")
@@ -291,7 +209,7 @@ extension Machine {
             do { try self.switch(vcpu: i, to: target) } catch { return "engine: \(error.description)" }
         }
         let deadline = DispatchTime.now() + .seconds(1)
-        while vcpus.contains(where: { slots[$0].switchRequest.load(ordering: .relaxed) != 0 }) && DispatchTime.now() < deadline {
+        while vcpus.contains(where: { slots[$0].commands.switchRequest != .none }) && DispatchTime.now() < deadline {
             usleep(5_000)
         }
         return whereEach(vcpus)
@@ -299,7 +217,7 @@ extension Machine {
 
     /// What `monitor info devices` says: every port and MMIO claim, then the state of the
     /// interrupt controllers, timers and the UART.
-    func debugDeviceList() -> String {
+    package func debugDeviceList() -> String {
         var lines = ["I/O ports:"]
         for c in devices.ports.claims {
             let a = String(c.ports.lowerBound, radix: 16), b = String(c.ports.upperBound, radix: 16)
@@ -322,7 +240,7 @@ extension Machine {
     /// `monitor trace on FILE [text|jsonl|bin]` and `monitor trace off`, while every vCPU
     /// is stopped: each vCPU has handed its records to the trace when it stopped, and
     /// follows the new one when it resumes (`syncTrace`).
-    func debugTrace(_ words: [String]) -> String {
+    package func debugTrace(_ words: [String]) -> String {
         guard let debug, debug.allParked else { return "trace: the machine is not stopped" }
         switch words.first {
         case "on" where (2...3).contains(words.count):

@@ -2,8 +2,10 @@
 import Glibc
 #endif
 import Dispatch
+import GDBStub
 import Interpreter
 import KVM
+import RunLoop
 import Synchronization
 import X86
 
@@ -14,14 +16,7 @@ import X86
 // KVM wrote (the memslots' dirty logs). Requests come from `Machine.switch(vcpu:to:)`,
 // SIGUSR1 (every vCPU to the other engine), gdb's `monitor engine`, and `--switch-every`.
 
-/// What a vCPU's next move should be (`VCPUSlot.switchRequest`).
-enum SwitchRequest: UInt8 {
-    case none = 0
-    case toKVM = 1
-    case toInterpreter = 2
-    /// To whichever engine it is not on.
-    case flip = 3
-
+extension SwitchRequest {
     init(_ engine: Engine) { self = engine == .kvm ? .toKVM : .toInterpreter }
 }
 
@@ -66,10 +61,10 @@ extension Machine {
         for i in slots.indices { request(.flip, for: i) }
     }
 
+    /// Out of its engine's run, to the top of its loop, where it moves (a vCPU asleep in
+    /// HLT moves when it wakes: the move is a boundary's, not a wakeup's).
     private func request(_ request: SwitchRequest, for index: Int) {
-        slots[index].switchRequest.store(request.rawValue, ordering: .sequentiallyConsistent)
-        // Out of its engine's run, to the top of its loop, where it moves.
-        slots[index].kickEngines()
+        send(.switchEngine(request), to: index)
     }
 
     /// On vCPU `index`'s thread, at the top of its loop: carries out a requested move if
@@ -79,7 +74,7 @@ extension Machine {
         if slot.interpreter != nil {
             // The interpreter runs in KVM's place: for one instruction (the move waits for
             // it), or for the debugger's watchpoints (then the vCPU cannot move).
-            if slot.debugOnInterpreter { slot.switchRequest.store(0, ordering: .relaxed) }
+            if slot.debugOnInterpreter { slot.commands.switchDone(slot.commands.switchRequest) }
             return true
         }
         guard slot.atInstructionBoundary else {
@@ -89,9 +84,8 @@ extension Machine {
         }
         // Cleared once the move is done (`engine(of:)` is then true), unless another
         // request came meanwhile.
-        let raw = slot.switchRequest.load(ordering: .sequentiallyConsistent)
-        defer { _ = slot.switchRequest.compareExchange(expected: raw, desired: 0, ordering: .sequentiallyConsistent) }
-        let request = SwitchRequest(rawValue: raw) ?? .none
+        let request = slot.commands.switchRequest
+        defer { slot.commands.switchDone(request) }
         let onKVM = slot.active is KVMVCPU
         switch request {
         case .none: return true
@@ -103,6 +97,8 @@ extension Machine {
     /// Moves the vCPU's whole state to the other engine (on its thread, at a boundary).
     private func move(_ slot: VCPUSlot, index: Int, toKVM: Bool) -> Bool {
         guard let kvmVCPU = slot.kvm as? KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return true }
+        slot.commands.enter(.switching)
+        defer { slot.commands.enter(.running) }
         do {
             if toKVM {
                 let state = try interpreter.readState()
@@ -174,7 +170,7 @@ extension Machine {
         default:
             return false
         }
-        slot.switchRequest.store(SwitchRequest.flip.rawValue, ordering: .sequentiallyConsistent)
+        slot.commands.send(.switchEngine(.flip))
         return true
     }
 
@@ -269,16 +265,5 @@ extension VCPUSlot {
         engine.kick()
         if let kvm, kvm !== engine { kvm.kick() }
         if let fallbackVCPU, fallbackVCPU !== engine { fallbackVCPU.kick() }
-    }
-}
-
-extension VCPUExit {
-    /// Whether the vCPU stands between two instructions after this exit. After port I/O
-    /// and MMIO it does not: the engine completes the instruction when it runs again.
-    var isAtInstructionBoundary: Bool {
-        switch self {
-        case .interrupted, .instructionLimit, .debugStep, .halt: true
-        default: false
-        }
     }
 }

@@ -5,6 +5,7 @@ import Dispatch
 import GuestMemory
 import HostOS
 import KVM
+import RunLoop
 import X86
 
 /// What `tandem check` finds out about this host's KVM.
@@ -130,7 +131,7 @@ public struct HostCheck: Sendable {
     }
 }
 
-func readText(_ path: String) throws -> String {
+package func readText(_ path: String) throws -> String {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw Errno.current }
     defer { close(fd) }
@@ -142,4 +143,12 @@ func readText(_ path: String) throws -> String {
         bytes += buffer[0..<n]
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+extension HostCheck {
+    /// Whether /proc/cpuinfo advertises VMX or SVM.
+    package static func cpuHasVirtualization() -> Bool {
+        guard let text = try? readText("/proc/cpuinfo") else { return false }
+        return text.split(separator: "\n").contains { $0.hasPrefix("flags") && ($0.contains(" vmx") || $0.contains(" svm")) }
+    }
 }

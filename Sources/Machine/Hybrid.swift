@@ -138,7 +138,7 @@ extension Machine {
 extension Machine {
     /// LSTAR while KVM runs user mode: not canonical, so a SYSCALL that PVM carries out
     /// (it does, even with EFER.SCE clear) faults at its first fetch and ends the run.
-    static let syscallSentinel: UInt64 = 0xFFFF_FFFF_FFFF_F000
+    package static let syscallSentinel: UInt64 = 0xFFFF_FFFF_FFFF_F000
     /// RFLAGS.RF.
     static let resumeFlag: UInt64 = 1 << 16
 }

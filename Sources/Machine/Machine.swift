@@ -4,11 +4,13 @@ import Glibc
 import Dispatch
 import Devices
 import Disassembler
+import GDBStub
 import GuestMemory
 import HostOS
 import Interpreter
 import KVM
 import Loaders
+import RunLoop
 import Synchronization
 import X86
 import Tracing
@@ -123,7 +125,7 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
 }
 
 extension String {
-    init(format3 value: Double) {
+    package init(format3 value: Double) {
         let scaled = (value * 1000).rounded() / 1000
         self = String(scaled)
     }
@@ -353,8 +355,10 @@ public final class Machine: @unchecked Sendable {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
-            gdbServer = try GDBServer(gdb)
-            debug = DebugControl(cpus: c.cpus, startPaused: gdb.waitForDebugger)
+            do { gdbServer = try GDBServer(gdb) } catch {
+                throw MachineError(error.isUsage ? .usage : .hostError, error.description)
+            }
+            debug = DebugControl(channels: slots.map(\.commands), startPaused: gdb.waitForDebugger)
         } else {
             gdbServer = nil
             debug = nil
@@ -376,7 +380,7 @@ public final class Machine: @unchecked Sendable {
     /// What the loader is given besides the image: the command line, the Multiboot
     /// modules and the Linux initrd, read whole. `--initrd` is refused (status 200) for an
     /// image that is not a Linux kernel.
-    static func loadOptions(_ c: MachineConfiguration, format: ImageFormat) throws(MachineError) -> LoadOptions {
+    package static func loadOptions(_ c: MachineConfiguration, format: ImageFormat) throws(MachineError) -> LoadOptions {
         var options = LoadOptions()
         options.commandLine = c.commandLine
         options.cpuCount = c.cpus
@@ -402,7 +406,7 @@ public final class Machine: @unchecked Sendable {
 
     /// Refuses `--mem` beyond what the backend may be given (usage, status 200); for
     /// `auto`, a size only the interpreter takes returns why KVM was passed over.
-    static func checkMemoryLimit(_ size: UInt64, backend: BackendKind) throws(MachineError) -> String? {
+    package static func checkMemoryLimit(_ size: UInt64, backend: BackendKind) throws(MachineError) -> String? {
         let interpreterLimit = MachineConfiguration.maxMemoryInterpreter, kvmLimit = MachineConfiguration.maxMemoryKVM
         if backend == .kvm, size > kvmLimit {
             throw MachineError(.usage, "--mem \(size) bytes is more than the kvm backend takes (\(kvmLimit >> 30) GiB; the interpreter takes up to \(interpreterLimit >> 40) TiB)")
@@ -545,23 +549,33 @@ public final class Machine: @unchecked Sendable {
         }
         guard first else { return }
         stopFlag.store(true, ordering: .sequentiallyConsistent)
-        kickAll()
-        for w in wakeups { w.signal() }
+        for i in slots.indices { send(.stop, to: i) }
         devices.timers.stop()
         stopped.signal()
     }
 
-    var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
+    package var stopRequested: Bool { stopFlag.load(ordering: .relaxed) }
 
-    /// Makes every vCPU leave its engine: its backend, and the interpreter running it in
-    /// KVM's place (a handoff, or the debugger's watchpoints). `fallbackVCPU` is set once,
-    /// by the vCPU's own thread; a kick that misses a new one is repeated by the caller's
-    /// next look (the stop flag, the debugger's pause).
-    func kickAll() {
-        for slot in slots { slot.kickEngines() }
+    /// The one way to tell vCPU `index` to do something (Documentation/Architecture.md):
+    /// the command goes into its channel, every engine it has is kicked — its backend, and
+    /// the interpreter running it in KVM's place (a handoff, the debugger's watchpoints) —
+    /// and it is woken from HLT or wait-for-SIPI, so it looks at the channel soon, on its
+    /// own thread. A kick that finds it out of its engine costs one early return; one that
+    /// misses an interpreter made meanwhile (`fallbackVCPU`, set once, by the vCPU's
+    /// thread) is made up for by the vCPU's next look at its channel.
+    func send(_ command: VCPUCommand, to index: Int) {
+        slots[index].commands.send(command)
+        slots[index].kickEngines()
+        wakeups[index].signal()
     }
 
-    /// The shared vCPU loop: runs the backend and answers its exits with the device model.
+    /// Where vCPU `vcpu` is in its life (running, paused for gdb, switching engines, parked
+    /// for a snapshot, stopped).
+    public func state(ofVCPU vcpu: Int) -> VCPUState { slots[vcpu].commands.state }
+
+    /// The shared vCPU loop: runs the backend, carries out the commands its channel brings
+    /// (Documentation/Architecture.md), and hands its exits to the one exit handler, which
+    /// answers them with the device model.
     private func vcpuMain(_ index: Int) {
         let slot = slots[index]
         defer {
@@ -569,7 +583,9 @@ public final class Machine: @unchecked Sendable {
             // answered `out` only at its next entry).
             if configuration.snapshotPath != nil { completePendingExit(slot) }
             control.withLock { $0.finalStates[index] = try? slot.guestState() }
+            slot.commands.enter(.stopped)
         }
+        slot.commands.enter(.running)
         slot.thread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         slot.engineSince = DispatchTime.now().uptimeNanoseconds
         // This thread fires the vCPU's local APIC timer from now on (not on a virtual clock).
@@ -588,12 +604,17 @@ public final class Machine: @unchecked Sendable {
         syncTrace(index)
         defer { endTrace(index) }
         guard startSlice(slot, index: index) else { return }
-        while !stopRequested {
-            if let debug, debug.pauseRequested.load(ordering: .relaxed) {
-                guard parkForDebugger(index, cause: nil) else { return }
-                continue
+        var exits = ExitHandler(DeviceBuses(devices, vcpu: index))
+        while true {
+            // One look at the channel while nothing is asked.
+            if slot.commands.hasCommands {
+                if slot.commands.stopRequested { return }
+                if slot.commands.pauseRequested {
+                    guard parkForDebugger(index, cause: nil) else { return }
+                    continue
+                }
+                if slot.commands.snapshotRequested { parkForSnapshot(index); continue }
             }
-            if liveSnapshot.requested { parkForSnapshot(index); continue }
             if devices.apic.hasStartupEvent(vcpu: index) {
                 // INIT puts the vCPU in wait-for-SIPI (a start-up IPI while it runs is ignored).
                 if devices.apic.takeINIT(vcpu: index) {
@@ -605,7 +626,7 @@ public final class Machine: @unchecked Sendable {
             if virtualTime != nil { advanceVirtualClock(slot) }
             slot.ownTimer?.fireIfDue()
             if hybrid { guard placeHybrid(slot, index: index) else { return } }
-            if slot.switchRequest.load(ordering: .relaxed) != 0 { guard serviceSwitchRequest(slot, index: index) else { return } }
+            if slot.commands.switchRequest != .none { guard serviceSwitchRequest(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
             do { exit = try backend.run() } catch {
@@ -627,28 +648,11 @@ public final class Machine: @unchecked Sendable {
                     tracer.step(backend)
                 }
             }
-            switch exit {
-            case let .portIn(port, size, count, data):
-                for k in 0..<count {
-                    let v = devices.ports.read(port, size: size)
-                    withUnsafeBytes(of: v.littleEndian) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                    if recordsIO { recorder?.io.append(PortAccess(out: false, port: port, size: size, value: v)) }
-                }
-            case let .portOut(port, size, count, data):
-                for k in 0..<count {
-                    var v: UInt32 = 0
-                    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                    devices.ports.write(port, size: size, value: UInt32(littleEndian: v))
-                    if recordsIO { recorder?.io.append(PortAccess(out: true, port: port, size: size, value: UInt32(littleEndian: v))) }
-                }
-            case let .mmioRead(address, size, data):
-                let v = devices.mmioRead(vcpu: index, address, size: size)
-                withUnsafeBytes(of: v.littleEndian) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-            case let .mmioWrite(address, size, data):
-                var v: UInt64 = 0
-                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                devices.mmioWrite(vcpu: index, address, size: size, value: UInt64(littleEndian: v))
-            case .halt:
+            exits.answers.portLog = recordsIO ? recorder : nil
+            switch exits.handle(exit) {
+            case .answered, .interrupted:
+                continue
+            case .halted:
                 guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
                 // Hybrid: an exception or SYSCALL of user mode (see Hybrid.swift).
@@ -657,7 +661,7 @@ public final class Machine: @unchecked Sendable {
                     continue
                 }
                 requestStop(.tripleFault(report(index)))
-            case .unsupportedInstruction(let detail):
+            case .unsupported(let detail):
                 if hybrid && backend is KVMVCPU {
                     guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
                     continue
@@ -665,7 +669,7 @@ public final class Machine: @unchecked Sendable {
                 if slot.interpreter == nil, handOff(slot, index: index) { continue }
                 let what = slot.interpreter != nil ? "\(detail) (after KVM could not emulate it either)" : detail
                 requestStop(.unsupportedInstruction(report(index), what))
-            case .failedEntry(let reason):
+            case .entryFailed(let reason):
                 requestStop(.entryFailed(report(index), reason))
             case .internalError(let detail):
                 requestStop(.hostError("vcpu\(index): \(detail); \(report(index))"))
@@ -675,15 +679,13 @@ public final class Machine: @unchecked Sendable {
                     return
                 }
                 requestStop(.instructionLimit)
-            case .debugStep:
+            case .stepped:
                 // Hybrid: an int3 of user mode (KVMVCPU.breakpointExits).
                 if hybrid && backend is KVMVCPU {
                     guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
                     continue
                 }
                 if let debugStop { guard parkForDebugger(index, cause: debugStop) else { return } }
-            case .interrupted:
-                continue
             }
         }
     }
@@ -809,13 +811,14 @@ public final class Machine: @unchecked Sendable {
                 }
             }
         }
-        while !stopRequested {
+        let commands = slots[index].commands
+        while !commands.stopRequested {
             ownTimer?.fireIfDue()
-            if let debug, debug.pauseRequested.load(ordering: .relaxed) {
+            if commands.pauseRequested {
                 guard parkForDebugger(index, cause: nil) else { return false }
                 continue
             }
-            if liveSnapshot.requested { parkForSnapshot(index); continue }
+            if commands.snapshotRequested { parkForSnapshot(index); continue }
             if ready() { return true }
             if !counted {
                 counted = true
@@ -936,8 +939,9 @@ final class VCPUSlot: @unchecked Sendable {
     var switches = 0
     /// Hybrid: the interpreter runs the next instruction before the vCPU goes back to KVM.
     var interpretNext = false
-    /// A move to another engine (`SwitchRequest`), asked by any thread, made by the vCPU's.
-    let switchRequest = Atomic<UInt8>(0)
+    /// What the vCPU is told to do (stop, pause, snapshot, move to another engine), by any
+    /// thread, and the state its own thread is in.
+    let commands = VCPUCommandChannel()
     /// Its last exit left it at an instruction boundary (where a move can happen).
     var atInstructionBoundary = true
     /// `--switch-every N` on KVM: the single-steps left before it moves on.
@@ -977,22 +981,16 @@ final class VCPUSlot: @unchecked Sendable {
 }
 
 /// Machine time for `--clock instructions`.
-final class VirtualTime: Sendable {
-    let nanoseconds: Atomic<UInt64>
-    init(startingAt start: UInt64 = 0) { nanoseconds = Atomic(start) }
+package final class VirtualTime: Sendable {
+    package let nanoseconds: Atomic<UInt64>
+    package init(startingAt start: UInt64 = 0) { nanoseconds = Atomic(start) }
 }
 
-final class WeakBox<T: AnyObject>: @unchecked Sendable {
-    weak var value: T?
+package final class WeakBox<T: AnyObject>: @unchecked Sendable {
+    package weak var value: T?
+    package init() {}
 }
 
-extension String {
-    init(format2 byte: UInt8) {
-        let s = String(byte, radix: 16)
-        self = s.count == 1 ? "0" + s : s
-    }
-}
-
-func formatSeconds(_ s: Double) -> String {
+package func formatSeconds(_ s: Double) -> String {
     s == s.rounded() ? String(Int(s)) : String(s)
 }

@@ -5,6 +5,7 @@ import Devices
 import GuestMemory
 import Interpreter
 import KVM
+import RunLoop
 import Synchronization
 import X86
 
@@ -183,8 +184,8 @@ extension Machine {
     }
 }
 
-/// A snapshot of a running machine (SIGUSR2): the thread that takes it asks every vCPU to
-/// park at its next instruction boundary (or where it sleeps, in HLT or wait-for-SIPI),
+/// A snapshot of a running machine (SIGUSR2): the thread that takes it sends every vCPU the
+/// `snapshot` command, and each parks here at its next instruction boundary (or where it sleeps, in HLT or wait-for-SIPI),
 /// holds the timer thread, writes the file and lets everything go on.
 final class LiveSnapshot: @unchecked Sendable {
     private let flag = Atomic<Bool>(false)
@@ -204,9 +205,6 @@ final class LiveSnapshot: @unchecked Sendable {
         lock.deallocate()
         changed.deallocate()
     }
-
-    /// Whether the vCPUs are to park (read at every turn of their loop).
-    var requested: Bool { flag.load(ordering: .relaxed) }
 
     /// Starts a request for `cpus` vCPUs; false when one is under way.
     func begin(cpus: Int) -> Bool {
@@ -264,11 +262,12 @@ extension Machine {
         guard let path = configuration.snapshotPath, !stopRequested, liveSnapshot.begin(cpus: slots.count) else { return }
         devices.timers.pause()
         defer {
+            // Withdrawn before the parked vCPUs are let go, so none parks again.
+            for slot in slots { slot.commands.send(.snapshotDone) }
             liveSnapshot.end()
             devices.timers.resume()
         }
-        kickAll()
-        for w in wakeups { w.signal() }
+        for i in slots.indices { send(.snapshot, to: i) }
         guard let states = liveSnapshot.waitForAll(stopped: { stopRequested }) else { return }
         let line: String
         do {
@@ -285,6 +284,8 @@ extension Machine {
     /// and waits until the snapshot is written.
     func parkForSnapshot(_ index: Int) {
         let slot = slots[index]
+        slot.commands.enter(.snapshotting)
+        defer { slot.commands.enter(.running) }
         completePendingExit(slot)
         guard var state = try? slot.guestState() else {
             requestStop(.hostError("vcpu\(index): its state cannot be read for the snapshot"))

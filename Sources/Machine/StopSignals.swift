@@ -153,17 +153,18 @@ public enum StopSignals {
 
 /// The first request to end a run that checks between steps (`diff` between instructions,
 /// `fuzz` between sequences): its status and its report line (without "tandem: ").
-final class PendingStop: Sendable {
+package final class PendingStop: Sendable {
+    package init() {}
     private let first = Mutex<(status: Int32, line: String)?>(nil)
 
-    func request(_ status: ExitStatus, _ line: String) {
+    package func request(_ status: ExitStatus, _ line: String) {
         first.withLock { if $0 == nil { $0 = (status.rawValue, line) } }
     }
 
-    var current: (status: Int32, line: String)? { first.withLock { $0 } }
+    package var current: (status: Int32, line: String)? { first.withLock { $0 } }
 
     /// Routes the stop signals here while `body` runs.
-    func routingSignals<T>(_ body: () throws -> T) rethrows -> T {
+    package func routingSignals<T>(_ body: () throws -> T) rethrows -> T {
         try StopSignals.routed(to: { [self] sig in request(.interrupted, "interrupted by \(StopSignals.name(sig)) (status 209)") }, body)
     }
 }

@@ -107,10 +107,10 @@ final class VCPUTracer {
     }
 }
 
-func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
-func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
+package func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
+package func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
 
-func padRight(_ s: String, _ width: Int) -> String {
+package func padRight(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
 }
 

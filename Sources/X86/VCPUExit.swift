@@ -1,8 +1,8 @@
 /// Why a backend stopped executing guest instructions and returned to the shared run loop.
 ///
-/// Both backends produce these; `Machine`'s vCPU loop handles them the same way for
-/// both. Port and MMIO data buffers belong to the backend and stay valid until its
-/// next `run()`: for an `in` the loop fills the buffer, for an `out` it reads it.
+/// Both backends produce these; RunLoop's `ExitHandler` answers them the same way for
+/// both, for every caller. Port and MMIO data buffers belong to the backend and stay valid
+/// until its next `run()`: for an `in` the handler fills the buffer, for an `out` it reads it.
 public enum VCPUExit {
     /// `in`/`ins`: `count` values of `size` bytes each, to be read from `port` into `data`.
     case portIn(port: UInt16, size: Int, count: Int, data: UnsafeMutableRawPointer)
@@ -144,43 +144,4 @@ extension InterruptController {
     public func writeMSR(vcpu: Int, _ index: UInt32, _ value: UInt64, tscNow: UInt64, tscKHz: UInt64) -> Bool? { nil }
     public func taskPriority(vcpu: Int) -> UInt8 { 0 }
     public func setTaskPriority(vcpu: Int, _ tpr: UInt8) {}
-}
-
-/// How `runWithoutDevices` ended.
-public enum DevicelessStop: Equatable, Sendable {
-    case halted
-    case tripleFault
-    /// The backend cannot execute an instruction (its detail).
-    case unsupported(String)
-    /// A kick (not retried) or the instruction limit.
-    case stopped
-    /// `maxExits` exits passed without a stop.
-    case exhausted
-    /// The backend failed (a description).
-    case backendError(String)
-}
-
-extension VCPUBackend {
-    /// Runs with no devices attached, as test harnesses do: port and MMIO reads return all
-    /// ones and writes vanish, until HLT or another stop. An `.interrupted` exit is retried
-    /// while `retryInterrupted()` says so.
-    public func runWithoutDevices(maxExits: Int, retryInterrupted: () -> Bool = { false }) -> DevicelessStop {
-        for _ in 0..<maxExits {
-            let exit: VCPUExit
-            do { exit = try run() } catch { return .backendError("backend error: \(error)") }
-            switch exit {
-            case let .portIn(_, size, count, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
-            case let .mmioRead(_, size, data): data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size)
-            case .portOut, .mmioWrite, .debugStep: continue
-            case .halt: return .halted
-            case .shutdown: return .tripleFault
-            case .unsupportedInstruction(let s): return .unsupported(s)
-            case .interrupted: if retryInterrupted() { continue } else { return .stopped }
-            case .instructionLimit: return .stopped
-            case .failedEntry(let r): return .backendError("entry failed \(r)")
-            case .internalError(let s): return .backendError("internal error: \(s)")
-            }
-        }
-        return .exhausted
-    }
 }

@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Dispatch
 import Devices
+import Differential
 import Loaders
 import Machine
 import X86

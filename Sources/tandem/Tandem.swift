@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Dispatch
 import Devices
+import GDBStub
 import Loaders
 import Machine
 import Tracing

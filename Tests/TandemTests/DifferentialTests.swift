@@ -1,4 +1,5 @@
 // tandem diff, tandem fuzz, traces, the host check and KVM's fallback to the interpreter.
+import Differential
 import Foundation
 import Interpreter
 import KVM

@@ -1,6 +1,7 @@
 // The whole vCPU state (CPUState, with its events and MTRRs) through each engine's
 // writeState/readState, and the events a state carries, delivered by each engine.
 import GuestMemory
+import RunLoop
 import Interpreter
 import KVM
 import Testing

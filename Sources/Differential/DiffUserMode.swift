@@ -1,4 +1,5 @@
 import KVM
+import Machine
 import X86
 
 // `tandem diff` where this host's KVM runs the guest natively: 64-bit user mode on PVM

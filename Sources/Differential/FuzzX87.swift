@@ -1,3 +1,4 @@
+import Machine
 import X86
 
 /// x87 forms for `tandem fuzz --mode user64`: random encodings of the whole D8-DF space

@@ -9,6 +9,8 @@ import HostOS
 import Interpreter
 import KVM
 import Loaders
+import Machine
+import RunLoop
 import X86
 
 /// RFLAGS bits an instruction leaves undefined (by mnemonic), which a differential
@@ -117,9 +119,6 @@ public final class DifferentialRun {
     private var lastRetired: UInt64 = 0
     /// Signalled when the controller may have an interrupt for the vCPU (waiting in HLT).
     private let wakeup = DispatchSemaphore(value: 0)
-    /// KVM's MMIO writes in the current step (address, size, value), which the
-    /// interpreter's must equal.
-    private var mmioWrites: [(UInt64, Int, UInt64)] = []
     /// Interrupts taken by both sides so far.
     private var interrupts: UInt64 = 0
     /// Set by a signal or an output error: the status and the line the run ends with.
@@ -307,8 +306,7 @@ public final class DifferentialRun {
 
             // KVM first: it talks to the devices; port and MMIO reads are recorded, and so
             // is the interrupt it takes from the controller before the instruction.
-            var reads: [UInt64] = []
-            var writes: [(UInt16, Int, UInt32)] = []
+            var kvmSide = ExitHandler(RecordingBuses(devices))
             var kvmEnd: String? = nil
             var kvmCannot = false
             // PVM completes an I/O instruction on re-entry and runs on to the next; when that
@@ -316,31 +314,25 @@ public final class DifferentialRun {
             var ioExits = 0
             var kvmHalted = false
             recorded.beginStep()
-            mmioWrites.removeAll()
             // A step that may run natively (in user mode on PVM) has a time slice.
             var native = NativeSlice(run: self, before: before, mnemonic: mnemonic)
             // Whether a kick ended KVM's step (the slice's end, or after the instruction):
             // PVM may then have begun the next instruction (its page walk) already.
             var kicked = false
             kvmLoop: while true {
-                let exit: VCPUExit
-                do { exit = try kvm.run() } catch { return failure("KVM: \(error)") }
-                switch exit {
-                case .portIn, .mmioRead, .mmioWrite:
+                let outcome: ExitOutcome
+                do { outcome = try kvmSide.run(kvm) } catch { return failure("KVM: \(error)") }
+                switch outcome {
+                case .answered:
                     recorded.offering = false
                     ioExits += 1
-                    answerFromDevices(exit, reads: &reads, writes: &writes)
-                case .portOut:
-                    recorded.offering = false
-                    ioExits += 1
-                    answerFromDevices(exit, reads: &reads, writes: &writes)
-                    // The guest has ended: KVM must not run on (PVM would run the next
-                    // instruction before trapping).
+                    // The guest has ended (an `out` to the exit device): KVM must not run
+                    // on (PVM would run the next instruction before trapping).
                     if guestEnd != nil { break kvmLoop }
-                case .debugStep: break kvmLoop
-                case .halt: kvmHalted = true; break kvmLoop
+                case .stepped: break kvmLoop
+                case .halted: kvmHalted = true; break kvmLoop
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
-                case .unsupportedInstruction: kvmCannot = true; break kvmLoop
+                case .unsupported: kvmCannot = true; break kvmLoop
                 case .interrupted:
                     let now = try? kvm.readState()
                     // A kick between PVM's queueing of an exception (a page fault in a
@@ -366,11 +358,12 @@ public final class DifferentialRun {
                         break kvmLoop
                     }
                     continue
-                case .failedEntry(let r): return failure("KVM refused to enter the guest (reason \(hex(r)))")
+                case .entryFailed(let r): return failure("KVM refused to enter the guest (reason \(hex(r)))")
                 case .internalError(let s): return failure("KVM: \(s)")
                 case .instructionLimit: break kvmLoop
                 }
             }
+            let writes = kvmSide.answers.writes
 
             // The interrupt KVM took (if any) is the interpreter's first step: it takes the
             // same one at the same boundary, and the step's instruction is then the
@@ -403,8 +396,7 @@ public final class DifferentialRun {
             // The interpreter replays the same device answers. PVM's KVM completes a port
             // I/O instruction on re-entry and runs the next one before its single-step trap:
             // the interpreter then takes a second step to catch up.
-            var replay = reads[...]
-            var outIndex = 0
+            var interpreterSide = ExitHandler(ReplayingBuses(replaying: kvmSide.answers, live: kvmCannot ? devices : nil))
             var interpEnd: String? = nil
             let kvmAfter = try? kvm.readState()
             // Likewise it runs a whole REP string instruction in one step, where the
@@ -468,53 +460,28 @@ public final class DifferentialRun {
                 }
                 catchUp += 1
                 interpLoop: while true {
-                    let exit: VCPUExit
-                    do { exit = try interp.run() } catch { return failure("interpreter: \(error)") }
-                    switch exit {
-                    case let .portIn(port, size, count, data):
-                        for k in 0..<count {
-                            let v = kvmCannot ? devices.ports.read(port, size: size) : replay.popFirst().map { UInt32(truncatingIfNeeded: $0) } ?? 0xFFFF_FFFF
-                            withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-                        }
-                    case let .portOut(port, size, count, data):
-                        for k in 0..<count {
-                            var v: UInt32 = 0
-                            withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                            if kvmCannot { devices.ports.write(port, size: size, value: v) }
-                            else if outIndex >= writes.count || writes[outIndex] != (port, size, v) {
-                                if runOn.instructions > 0 { return stopEarly(compared: compared, start: start, hostLimited, ranPast(number, text, kvmAfter)) }
-                                return divergence(number, history, "port output differs: interpreter wrote \(hex(v)) to port \(hex(port)) (\(size) bytes)\(outIndex < writes.count ? ", KVM wrote \(hex(writes[outIndex].2)) to port \(hex(writes[outIndex].0))" : ", KVM wrote nothing")", compared: compared, start: start)
-                            }
-                            outIndex += 1
-                        }
-                    case let .mmioRead(address, size, data):
-                        let v = kvmCannot ? devices.mmioRead(vcpu: 0, address, size: size) : replay.popFirst() ?? .max
-                        withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-                    case let .mmioWrite(address, size, data):
-                        var v: UInt64 = 0
-                        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-                        if kvmCannot { devices.mmioWrite(vcpu: 0, address, size: size, value: v); continue }
-                        // KVM's write reached the device; the interpreter's must be the same one.
-                        guard let first = mmioWrites.first, first == (address, size, v) else {
-                            if runOn.instructions > 0 { return stopEarly(compared: compared, start: start, hostLimited, ranPast(number, text, kvmAfter)) }
-                            let kvmWrote = mmioWrites.first.map { "KVM wrote \(hex($0.2)) to \(hex($0.0)) (\($0.1) bytes)" } ?? "KVM wrote nothing"
-                            return divergence(number, history, "MMIO output differs: the interpreter wrote \(hex(v)) to \(hex(address)) (\(size) bytes), \(kvmWrote)", compared: compared, start: start)
-                        }
-                        mmioWrites.removeFirst()
-                    case .debugStep: break interpLoop
-                    case .halt:
+                    let outcome: ExitOutcome
+                    do { outcome = try interpreterSide.run(interp) } catch { return failure("interpreter: \(error)") }
+                    if let mismatch = interpreterSide.answers.mismatch {
+                        if runOn.instructions > 0 { return stopEarly(compared: compared, start: start, hostLimited, ranPast(number, text, kvmAfter)) }
+                        return divergence(number, history, mismatch, compared: compared, start: start)
+                    }
+                    switch outcome {
+                    case .answered: continue
+                    case .stepped: break interpLoop
+                    case .halted:
                         interpEnd = "hlt"
                         _ = try? interp.run()   // single-stepping: this completes the HLT's step
                         break interpLoop
                     case .shutdown: interpEnd = "triple fault"; break interpLoop
-                    case .unsupportedInstruction(let s):
+                    case .unsupported(let s):
                         if kvmCannot {
                             return stopEarly(compared: compared, start: start, hostLimited,
                                              "at step \(number), \(text): neither KVM nor the interpreter can execute it (\(s))", interpreterCanGoOn: false)
                         }
                         return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
                     case .interrupted, .instructionLimit: continue
-                    case .failedEntry, .internalError: return failure("interpreter stopped unexpectedly")
+                    case .entryFailed, .internalError: return failure("interpreter stopped unexpectedly")
                     }
                 }
             }
@@ -549,10 +516,11 @@ public final class DifferentialRun {
             accesses += last.accesses
             events += last.events
             compared += 1
+            let outIndex = interpreterSide.answers.writesMatched
             if !kvmCannot, outIndex < writes.count {
                 return divergence(number, history, "port output differs: KVM wrote \(hex(writes[outIndex].2)) to port \(hex(writes[outIndex].0)), the interpreter nothing", compared: compared, start: start)
             }
-            if !kvmCannot, let w = mmioWrites.first {
+            if !kvmCannot, let w = interpreterSide.answers.mmioWrites.first {
                 return divergence(number, history, "MMIO output differs: KVM wrote \(hex(w.2)) to \(hex(w.0)) (\(w.1) bytes), the interpreter nothing", compared: compared, start: start)
             }
             replayed.finishStep()
@@ -682,57 +650,23 @@ public final class DifferentialRun {
         // Nothing to replay any more: the interpreter asks the machine's controller itself.
         interp.interruptController = devices.apic
         var number = from
+        // Nothing to replay to: the devices answer the interpreter.
+        var alone = ExitHandler(DeviceBuses(devices, vcpu: 0))
         while number < steps {
             if let guestEnd { return (number, "\(guestEnd) after \(number) instructions") }
-            let exit: VCPUExit
-            do { exit = try interp.run() } catch { return (number, "interpreter error \(error) after \(number) instructions") }
-            switch exit {
-            case .portIn, .portOut, .mmioRead, .mmioWrite:
-                // Nothing to replay to: what was read and written is not kept.
-                var reads: [UInt64] = [], writes: [(UInt16, Int, UInt32)] = []
-                answerFromDevices(exit, reads: &reads, writes: &writes)
-            case .debugStep: number += 1
-            case .halt: return (number + 1, "halted after \(number + 1) instructions")
+            let outcome: ExitOutcome
+            do { outcome = try alone.run(interp) } catch { return (number, "interpreter error \(error) after \(number) instructions") }
+            switch outcome {
+            case .answered: continue
+            case .stepped: number += 1
+            case .halted: return (number + 1, "halted after \(number + 1) instructions")
             case .shutdown: return (number + 1, "triple fault after \(number + 1) instructions")
-            case .unsupportedInstruction(let s): return (number, "cannot execute instruction \(number) (\(s))")
+            case .unsupported(let s): return (number, "cannot execute instruction \(number) (\(s))")
             case .interrupted, .instructionLimit: continue
-            case .failedEntry, .internalError: return (number, "stopped unexpectedly after \(number) instructions")
+            case .entryFailed, .internalError: return (number, "stopped unexpectedly after \(number) instructions")
             }
         }
         return (number, "--steps \(steps) reached")
-    }
-
-    /// Answers a port or MMIO exit from the device model, appending the values read (for
-    /// replay to the interpreter) and the port writes (to compare with the interpreter's).
-    func answerFromDevices(_ exit: VCPUExit, reads: inout [UInt64], writes: inout [(UInt16, Int, UInt32)]) {
-        switch exit {
-        case let .portIn(port, size, count, data):
-            for k in 0..<count {
-                let v = devices.ports.read(port, size: size)
-                reads.append(UInt64(v))
-                withUnsafeBytes(of: v) { (data + k * size).copyMemory(from: $0.baseAddress!, byteCount: size) }
-            }
-        case let .portOut(port, size, count, data):
-            for k in 0..<count {
-                var v: UInt32 = 0
-                withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data + k * size, byteCount: size) }
-                devices.ports.write(port, size: size, value: v)
-                writes.append((port, size, v))
-            }
-        case let .mmioRead(address, size, data):
-            let v = devices.mmioRead(vcpu: 0, address, size: size)
-            // The interpreter reads unmapped memory without an exit: only device reads are
-            // replayed to it.
-            if PhysicalLayout.deviceWindow.contains(address) { reads.append(v) }
-            withUnsafeBytes(of: v) { data.copyMemory(from: $0.baseAddress!, byteCount: min(size, 8)) }
-        case let .mmioWrite(address, size, data):
-            var v: UInt64 = 0
-            withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: data, byteCount: min(size, 8)) }
-            devices.mmioWrite(vcpu: 0, address, size: size, value: v)
-            // The interpreter writes unmapped memory without an exit (see reads).
-            if PhysicalLayout.deviceWindow.contains(address) { mmioWrites.append((address, size, v)) }
-        default: break
-        }
     }
 
     /// KVM single-steps by setting RFLAGS.TF in the guest, and on this host the FLAGS image
@@ -980,12 +914,4 @@ struct MemoryDifference: CustomStringConvertible {
 
 extension ImageError {
     var isFit: Bool { if case .doesNotFit = self { true } else { false } }
-}
-
-extension HostCheck {
-    /// Whether /proc/cpuinfo advertises VMX or SVM.
-    static func cpuHasVirtualization() -> Bool {
-        guard let text = try? readText("/proc/cpuinfo") else { return false }
-        return text.split(separator: "\n").contains { $0.hasPrefix("flags") && ($0.contains(" vmx") || $0.contains(" svm")) }
-    }
 }

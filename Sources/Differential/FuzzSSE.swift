@@ -1,3 +1,5 @@
+import Machine
+
 /// MMX and SSE..SSE4.2 for `tandem fuzz --mode user64`: the forms, generated with XMM and
 /// MXCSR state that KVM runs natively at CPL 3 (this machine's CPU is the oracle).
 ///

@@ -1,4 +1,5 @@
 import Disassembler
+import Machine
 
 /// The integer instruction forms `tandem fuzz` generates: one entry per opcode (and ModRM
 /// /digit for group opcodes) of the one-byte and 0F two-byte maps, with how its operands

@@ -8,6 +8,8 @@ import HostOS
 import Interpreter
 import KVM
 import Loaders
+import Machine
+import RunLoop
 import X86
 
 /// `tandem fuzz`: random instruction sequences, each run from the same random state on

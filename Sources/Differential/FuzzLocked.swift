@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import GuestMemory
 import KVM
+import Machine
 import X86
 
 /// `tandem fuzz --cpus N`: every vCPU runs a loop of LOCKed read-modify-write instructions

@@ -2,11 +2,13 @@
 import Glibc
 #endif
 import Dispatch
+import GuestMemory
 import HostOS
 import Synchronization
 import X86
 
 /// `--gdb tcp:[HOST:]PORT`: where the stub listens, and whether the guest waits for gdb.
+/// `--gdb tcp:[HOST:]PORT` (and `--gdb-wait`).
 public struct GDBOptions: Sendable, Equatable {
     public var host: String
     /// 0: any free port (the stub says which on stderr).
@@ -37,17 +39,23 @@ public struct GDBOptions: Sendable, Equatable {
 /// The GDB remote serial protocol over TCP, for one gdb at a time (a second connection
 /// waits until the first ends). Threads are vCPUs (thread n is vCPU n-1); the machine is
 /// all-stop: when one vCPU stops, all do. Documentation/Debugging.md lists the packets.
-final class GDBServer: @unchecked Sendable {
+package final class GDBServer: @unchecked Sendable {
     private let listener: Int32
-    let boundPort: UInt16
-    private weak var machine: Machine?
+    package let boundPort: UInt16
+    private weak var machine: (any DebugTarget)?
     private let finished = DispatchSemaphore(value: 0)
     /// The run's exit status once the machine has stopped (-1 before).
     let exitStatus = Atomic<Int32>(-1)
 
-    init(_ options: GDBOptions) throws(MachineError) {
+    /// Why the stub cannot listen: the address (`isUsage`: a usage error) or the host.
+    package struct ListenError: Error, CustomStringConvertible {
+        package var isUsage: Bool
+        package var description: String
+    }
+
+    package init(_ options: GDBOptions) throws(ListenError) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw MachineError(.hostError, "--gdb: cannot create a socket: \(Errno.current)") }
+        guard fd >= 0 else { throw ListenError(isUsage: false, description: "--gdb: cannot create a socket: \(Errno.current)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()
@@ -60,7 +68,7 @@ final class GDBServer: @unchecked Sendable {
         guard bound == 0, listen(fd, 1) == 0 else {
             let error = Errno.current
             close(fd)
-            throw MachineError(.usage, "--gdb tcp:\(options.host):\(options.port): cannot listen: \(error)")
+            throw ListenError(isUsage: true, description: "--gdb tcp:\(options.host):\(options.port): cannot listen: \(error)")
         }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         withUnsafeMutablePointer(to: &address) {
@@ -73,7 +81,7 @@ final class GDBServer: @unchecked Sendable {
     deinit { close(listener) }
 
     /// Serves gdb on a thread named "gdb" until the machine stops.
-    func start(_ machine: Machine) {
+    package func start(_ machine: any DebugTarget) {
         self.machine = machine
         HostThread.spawn(name: "gdb") { [self] in
             serve()
@@ -83,7 +91,7 @@ final class GDBServer: @unchecked Sendable {
 
     /// The machine has stopped with `status`: a connected gdb is told the guest exited
     /// (`W`), and the server ends (waiting at most a second for it).
-    func finish(status: Int32) {
+    package func finish(status: Int32) {
         exitStatus.store(status, ordering: .sequentiallyConsistent)
         _ = finished.wait(timeout: .now() + .seconds(1))
     }
@@ -110,7 +118,7 @@ final class GDBServer: @unchecked Sendable {
 /// One gdb connection.
 final class GDBSession {
     private let fd: Int32
-    private let machine: Machine
+    private let machine: any DebugTarget
     private let debug: DebugControl
     private let server: GDBServer
     private var input: [UInt8] = []
@@ -127,10 +135,10 @@ final class GDBSession {
     private var alive = true
     private var detached = false
 
-    init(fd: Int32, machine: Machine, server: GDBServer) {
+    init(fd: Int32, machine: any DebugTarget, server: GDBServer) {
         self.fd = fd
         self.machine = machine
-        self.debug = machine.debug!
+        self.debug = machine.debugControl
         self.server = server
     }
 
@@ -174,7 +182,7 @@ final class GDBSession {
             if kind == "g" { registerThread = thread < 0 ? stoppedThread : thread } else { resumeThread = thread }
             send("OK")
         case "T":
-            guard let thread = threadID(body), thread >= 0, thread < machine.backends.count else { return send("E01") }
+            guard let thread = threadID(body), thread >= 0, thread < machine.vcpuCount else { return send("E01") }
             send("OK")
         case "g": readRegisters()
         case "G": writeRegisters(body)
@@ -185,7 +193,7 @@ final class GDBSession {
         case "X": writeBinaryMemory(packet)
         case "Z", "z": breakpoint(insert: first == "Z", body)
         case "c", "s":
-            var actions = Array(repeating: DebugAction.stay, count: machine.backends.count)
+            var actions = Array(repeating: DebugAction.stay, count: machine.vcpuCount)
             if first == "c" {
                 actions = actions.map { _ in .run }
                 if resumeThread >= 0 { actions[resumeThread] = .run }
@@ -201,7 +209,7 @@ final class GDBSession {
             alive = false
         case "k":
             alive = false
-            machine.requestStop(.debuggerKilled)
+            machine.killedByDebugger()
         default: send("")
         }
     }
@@ -218,7 +226,7 @@ final class GDBSession {
         } else if body.hasPrefix("Xfer:") {
             send("E00")
         } else if body == "fThreadInfo" {
-            send("m" + (1...machine.backends.count).map { String($0, radix: 16) }.joined(separator: ","))
+            send("m" + (1...machine.vcpuCount).map { String($0, radix: 16) }.joined(separator: ","))
         } else if body == "sThreadInfo" {
             send("l")
         } else if body == "C" {
@@ -246,8 +254,8 @@ final class GDBSession {
         if body == "MustReplyEmpty" { return send("") }
         guard body.hasPrefix("Cont;") else { return send("") }
         // Each action applies to the threads it names, or to every thread not yet given one.
-        var actions = Array(repeating: DebugAction.stay, count: machine.backends.count)
-        var given = Array(repeating: false, count: machine.backends.count)
+        var actions = Array(repeating: DebugAction.stay, count: machine.vcpuCount)
+        var given = Array(repeating: false, count: machine.vcpuCount)
         for item in body.dropFirst(5).split(separator: ";") {
             let parts = item.split(separator: ":", maxSplits: 1)
             let action: DebugAction
@@ -277,7 +285,7 @@ final class GDBSession {
         var t = text
         if t.hasPrefix("p") { t = String(t.drop { $0 != "." }.dropFirst()) }
         if t == "-1" || t == "0" { return -1 }
-        guard let n = Int(t, radix: 16), n >= 1, n <= machine.backends.count else { return nil }
+        guard let n = Int(t, radix: 16), n >= 1, n <= machine.vcpuCount else { return nil }
         return n - 1
     }
 
@@ -305,7 +313,7 @@ final class GDBSession {
                 alive = false
                 return false
             }
-            if debug.pauseRequested.load(ordering: .sequentiallyConsistent) && debug.allParked {
+            if debug.pauseRequested && debug.allParked {
                 return true
             }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -352,7 +360,7 @@ final class GDBSession {
     /// `D`: the breakpoints go and the guest runs on.
     private func detach() {
         removeBreakpoints()
-        debug.resume(Array(repeating: .run, count: machine.backends.count))
+        debug.resume(Array(repeating: .run, count: machine.vcpuCount))
     }
 
     private func removeBreakpoints() {
@@ -625,5 +633,13 @@ final class GDBSession {
             out.append(b)
         }
         return out
+    }
+}
+
+extension String {
+    /// Two lowercase hex digits (gdb's packets; the machine's one-line reports too).
+    package init(format2 byte: UInt8) {
+        let s = String(byte, radix: 16)
+        self = s.count == 1 ? "0" + s : s
     }
 }

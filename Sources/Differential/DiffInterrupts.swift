@@ -1,4 +1,5 @@
 import Devices
+import Machine
 import X86
 
 /// An interrupt a backend took from its controller at the start of a `tandem diff` step.

@@ -1,3 +1,5 @@
+import Machine
+
 /// A small deterministic PRNG (SplitMix64): a fixed seed gives the same campaign.
 public struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
