@@ -231,7 +231,12 @@ extension InterpreterVCPU {
     /// PAUSE in a spin loop: let another vCPU thread (perhaps the lock holder) run.
     @inline(never)
     func pauseHint() {
-        if shared.cpuCount > 1 { sched_yield() }
+        guard shared.cpuCount > 1 else { return }
+        sched_yield()
+        // A spinning vCPU yields at every PAUSE: under load a block of a thousand of them
+        // can outlast the machine's grace for stopping (a stop request kicks): end the
+        // block once kicked.
+        if _slowPath(kicked.load(ordering: .relaxed)) { endBlock = true }
     }
 
     /// POPF/IRET flag loading with the privilege rules of the current mode.

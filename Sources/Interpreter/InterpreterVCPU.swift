@@ -52,6 +52,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     // Derived from the state by `refreshMode()`.
     var codeBits = 16
+    /// What RIP wraps at: 0xFFFF, 0xFFFF_FFFF or all ones, by `codeBits`.
+    var ipMask: UInt64 = 0xFFFF
     var cpl: UInt8 = 0 {
         didSet { tlbTable = tlb.table(user: cpl == 3) }
     }
@@ -382,7 +384,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
-            if eventWaiting { return .interrupted }
+            if eventWaiting {
+                endBlock = false
+                return .interrupted
+            }
             if _slowPath(endBlock) {
                 endBlock = false
                 return .interrupted
@@ -459,6 +464,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         if paging != wasPaging { tlb.flushAll() }
         longMode = st.efer & EFER.lma != 0 && st.cs.long && protectedMode
         if longMode { codeBits = 64 } else if protectedMode && st.rflags & (1 << 17) == 0 && st.cs.defaultBig { codeBits = 32 } else { codeBits = 16 }
+        ipMask = codeBits == 64 ? .max : codeBits == 32 ? 0xFFFF_FFFF : 0xFFFF
         if !protectedMode { cpl = 0 } else if st.rflags & (1 << 17) != 0 { cpl = 3 } else { cpl = UInt8(st.cs.selector & 3) }
         if longMode { stackMask = .max } else { stackMask = st.ss.defaultBig ? 0xFFFF_FFFF : 0xFFFF }
         if _slowPath(exitOnUserMode64) && cpl == 3 && codeBits == 64 { endBlock = true }

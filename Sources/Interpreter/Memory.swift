@@ -311,14 +311,14 @@ extension InterpreterVCPU {
     // MARK: Stack
 
     /// Pushes `size` bytes; RSP changes only when the write succeeded.
-    @inline(__always)
+    @_transparent
     func push(_ value: UInt64, _ size: Int) throws(Fault) {
         let sp = (r[4] &- UInt64(size)) & stackMask
         try write(Segment.ss, sp, size, value)
         setStackPointer(sp)
     }
 
-    @inline(__always)
+    @_transparent
     func pop(_ size: Int) throws(Fault) -> UInt64 {
         let sp = r[4] & stackMask
         let v = try read(Segment.ss, sp, size)

@@ -46,7 +46,7 @@ struct TLB {
         }
     }
 
-    static let bits = 10
+    static let bits = 8
     static let size = 1 << bits
     /// `size` supervisor entries, then `size` user entries.
     let entries: UnsafeMutablePointer<Entry>
