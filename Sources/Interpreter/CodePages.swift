@@ -38,15 +38,6 @@ public final class CodePages: @unchecked Sendable {
     /// needs the process-wide barrier described at `tagForDecode`.
     var concurrentWriters = false
 
-    /// The line bits (in the word's high half) of the bytes `offset ..< offset + length`
-    /// of a page, the part beyond the page left out; `length` ≥ 1.
-    @inline(__always) static func lines(_ offset: Int, _ length: Int) -> UInt64 {
-        let first = offset >> lineShift
-        let last = min(offset &+ length &- 1, 0xFFF) >> lineShift
-        let count = UInt64(last &- first &+ 1)
-        return ((1 << count) &- 1) << UInt64(32 &+ first)
-    }
-
     /// The tag for instructions decoded now from the bytes `offset ..< offset + length`
     /// of `page`; marks the page and those lines as holding code. Called *before* the code
     /// bytes are read, so that a write after the mark bumps the version and the decode is
@@ -89,16 +80,28 @@ public final class CodePages: @unchecked Sendable {
         if _slowPath(offset &+ size > 0x1000) { noteWrite(page: page &+ 1, lines: Self.lines(0, offset &+ size &- 0x1000)) }
     }
 
+    /// Something other than an interpreter vCPU wrote `page`: every decode from it goes.
+    func noteWrite(page: Int) { noteWrite(page: page, lines: ~Self.versionMask) }
+}
+
+// (In an extension: `@_transparent` is not allowed in a class body.)
+extension CodePages {
+    /// The line bits (in the word's high half) of the bytes `offset ..< offset + length`
+    /// of a page, the part beyond the page left out; `length` ≥ 1.
+    @_transparent static func lines(_ offset: Int, _ length: Int) -> UInt64 {
+        let first = offset >> lineShift
+        let last = min(offset &+ length &- 1, 0xFFF) >> lineShift
+        let count = UInt64(last &- first &+ 1)
+        return ((1 << count) &- 1) << UInt64(32 &+ first)
+    }
+
     /// A write to `lines` of `page`. A failed swap means another thread bumped the version
     /// (or bumped it and marked it again after a barrier) meanwhile.
-    @inline(__always) func noteWrite(page: Int, lines: UInt64) {
+    @_transparent func noteWrite(page: Int, lines: UInt64) {
         if page < pageCount {
             tandem_compiler_barrier()   // the guest's store stays before this read
             var w = tandem_load_relaxed64(words + page)
             if _slowPath(w & 1 != 0 && w & lines != 0) { _ = tandem_cas8(words + page, &w, (w &+ 1) & Self.versionMask) }
         }
     }
-
-    /// Something other than an interpreter vCPU wrote `page`: every decode from it goes.
-    func noteWrite(page: Int) { noteWrite(page: page, lines: ~Self.versionMask) }
 }

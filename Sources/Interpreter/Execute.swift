@@ -23,8 +23,13 @@ extension InterpreterVCPU {
                 let page = Int(truncatingIfNeeded: head.pointee.tag >> 14)
                 var d = traceInstructions(head)
                 let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
+                // What `execute` checks before each instruction, once per trace: only the
+                // first can run in an interrupt shadow (STI, MOV SS and POP SS end a
+                // trace), and single-stepping runs one instruction.
+                if _slowPath(interruptShadow) { interruptShadow = false }
+                if _slowPath(singleStep) { noteStepped(d) }
                 while true {
-                    try execute(d)
+                    try execute(d, next: (s.pointee.rip &+ UInt64(d.pointee.length)) & ipMask)
                     budget &-= 1
                     d += 1
                     if d == end || _slowPath(codePages.current(page) != version) { break }
@@ -49,14 +54,18 @@ extension InterpreterVCPU {
     /// Executes the instruction `fetch` returned.
     @_transparent
     func execute(_ d: UnsafeMutablePointer<DecodedInstruction>) throws(Fault) {
-        let rip = s.pointee.rip
-        let next = codeBits == 64 ? rip &+ UInt64(d.pointee.length) : (codeBits == 32 ? (rip &+ UInt64(d.pointee.length)) & 0xFFFF_FFFF : (rip &+ UInt64(d.pointee.length)) & 0xFFFF)
+        let next = (s.pointee.rip &+ UInt64(d.pointee.length)) & ipMask
         if _slowPath(interruptShadow) { interruptShadow = false }
-        if _slowPath(singleStep) {
-            lastOp = d.pointee.op
-            accessLogMark = accessLog.count
-        }
+        if _slowPath(singleStep) { noteStepped(d) }
         try execute(d, next: next)
+    }
+
+    /// Single-stepping: what the step's instruction is (`injectedFault`) and where its
+    /// logged accesses start.
+    @inline(never)
+    func noteStepped(_ d: UnsafeMutablePointer<DecodedInstruction>) {
+        lastOp = d.pointee.op
+        accessLogMark = accessLog.count
     }
 
     @_transparent
@@ -225,14 +234,13 @@ extension InterpreterVCPU {
     /// The result and flags of add, adc, sub, sbb, and, or, xor, cmp, test (`carry`: CF in).
     @_transparent
     func aluResult(_ op: Op, _ a: UInt64, _ b: UInt64, _ carry: UInt64, _ size: Int) -> (UInt64, UInt64) {
+        let res = aluValue(op, a, b, carry)
         switch op {
-        case .add: let res = a &+ b; return (res, addFlags(a, b, res, 0, size))
-        case .adc: let res = a &+ b &+ carry; return (res, addFlags(a, b, res, carry, size))
-        case .sub, .cmp: let res = a &- b; return (res, subFlags(a, b, res, 0, size))
-        case .sbb: let res = a &- b &- carry; return (res, subFlags(a, b, res, carry, size))
-        case .and, .test: let res = a & b; return (res, resultFlags(res, size))
-        case .or: let res = a | b; return (res, resultFlags(res, size))
-        default: let res = a ^ b; return (res, resultFlags(res, size))
+        case .add: return (res, addFlags(a, b, res, 0, size))
+        case .adc: return (res, addFlags(a, b, res, carry, size))
+        case .sub, .cmp: return (res, subFlags(a, b, res, 0, size))
+        case .sbb: return (res, subFlags(a, b, res, carry, size))
+        default: return (res, resultFlags(res, size))
         }
     }
 

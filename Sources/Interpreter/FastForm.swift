@@ -21,6 +21,11 @@ enum FastForm: UInt8 {
     case aluRM8, aluRM16, aluRM32, aluRM64 // add/adc/sub/sbb/and/or/xor/cmp/test reg, [mem]
     case shiftRI8, shiftRI16, shiftRI32, shiftRI64 // shl/sal/shr/sar/rol/ror reg, imm or 1
     case leaR8, leaR16, leaR32, leaR64 // lea reg, [mem] (no 8-bit form exists)
+    case movMI8, movMI16, movMI32, movMI64 // mov [mem], imm
+    case aluMR8, aluMR16, aluMR32, aluMR64 // add/adc/sub/sbb/and/or/xor/cmp/test [mem], reg
+    case aluMI8, aluMI16, aluMI32, aluMI64 // the same, [mem], imm
+    case pushR8, pushR16, pushR32, pushR64 // push reg (no 8-bit form exists)
+    case popR8, popR16, popR32, popR64 // pop reg (no 8-bit form exists)
     /// jcc rel, by condition (the encoding's tttn: jo, jno, jb, ... jg), and jmp rel.
     case jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp, jl, jge, jle, jg
     case jmpRel
@@ -48,12 +53,15 @@ enum FastForm: UInt8 {
             else if gpr0 && o1.kind == .immediate { family = .movRI8 }
             else if gpr0 && o1.kind == .memory { family = .movRM8 }
             else if o0.kind == .memory && gpr1 { family = .movMR8 }
+            else if o0.kind == .memory && o1.kind == .immediate { family = .movMI8 }
             else { return .generic }
         case .add, .adc, .sub, .sbb, .and, .or, .xor, .cmp, .test:
             guard d.operandCount == 2 else { return .generic }
             if gpr0 && gpr1 { family = .aluRR8 }
             else if gpr0 && o1.kind == .immediate { family = .aluRI8 }
             else if gpr0 && o1.kind == .memory { family = .aluRM8 }
+            else if o0.kind == .memory && gpr1 { family = .aluMR8 }
+            else if o0.kind == .memory && o1.kind == .immediate { family = .aluMI8 }
             else { return .generic }
         case .inc, .dec:
             guard d.operandCount == 1, gpr0 else { return .generic }
@@ -67,6 +75,11 @@ enum FastForm: UInt8 {
         case .lea:
             guard gpr0, d.operandCount == 2, o1.kind == .memory else { return .generic }
             family = .leaR8
+        case .push, .pop:
+            // The stack access is the register's width (`stackOperandSize` agrees when the
+            // operand size is the register's: 2 or 8 in 64-bit code, 2 or 4 outside it).
+            guard gpr0, d.operandCount == 1, o0.size == d.operandSize, o0.size >= 2 else { return .generic }
+            family = d.op == .push ? .pushR8 : .popR8
         case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
             return FastForm(rawValue: FastForm.jo.rawValue + UInt8(d.op.rawValue - Op.jo.rawValue))!
         case .jmp where d.opcode == 0xE9 || d.opcode == 0xEB:
@@ -136,6 +149,25 @@ extension InterpreterVCPU {
         case .leaR16: try leaR(d, 2, next: next)
         case .leaR32: try leaR(d, 4, next: next)
         case .leaR64: try leaR(d, 8, next: next)
+        case .movMI8: try movMI(d, 1, next: next)
+        case .movMI16: try movMI(d, 2, next: next)
+        case .movMI32: try movMI(d, 4, next: next)
+        case .movMI64: try movMI(d, 8, next: next)
+        case .aluMR8: try aluMR(d, 1, next: next)
+        case .aluMR16: try aluMR(d, 2, next: next)
+        case .aluMR32: try aluMR(d, 4, next: next)
+        case .aluMR64: try aluMR(d, 8, next: next)
+        case .aluMI8: try aluMI(d, 1, next: next)
+        case .aluMI16: try aluMI(d, 2, next: next)
+        case .aluMI32: try aluMI(d, 4, next: next)
+        case .aluMI64: try aluMI(d, 8, next: next)
+        case .pushR8, .popR8: return false   // (never chosen)
+        case .pushR16: try push(readGPR(d.pointee.o0.reg, 2), 2)
+        case .pushR32: try push(readGPR(d.pointee.o0.reg, 4), 4)
+        case .pushR64: try push(readGPR(d.pointee.o0.reg, 8), 8)
+        case .popR16: writeGPR(d.pointee.o0.reg, 2, try pop(2))
+        case .popR32: writeGPR(d.pointee.o0.reg, 4, try pop(4))
+        case .popR64: writeGPR(d.pointee.o0.reg, 8, try pop(8))
         case .jo: jumpIf(d, condition(0), next: next); return true
         case .jno: jumpIf(d, condition(1), next: next); return true
         case .jb: jumpIf(d, condition(2), next: next); return true
@@ -204,12 +236,16 @@ extension InterpreterVCPU {
 
     @_transparent
     func aluRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
-        let o1 = d.pointee.o1
-        // As `arithmetic` reads it: a shorter immediate is sign-extended to the width.
-        let b = o1.size != 0 && Int(o1.size) < size
-            ? signExtend(UInt64(bitPattern: o1.value), Int(o1.size)) & sizeMask(size)
-            : UInt64(bitPattern: o1.value) & sizeMask(size)
-        aluOnRegister(d, size, b)
+        aluOnRegister(d, size, aluImmediate(d.pointee.o1, size))
+    }
+
+    /// An ALU instruction's immediate as `arithmetic` reads it: a shorter immediate is
+    /// sign-extended to the width.
+    @_transparent
+    func aluImmediate(_ o: Operand, _ size: Int) -> UInt64 {
+        o.size != 0 && Int(o.size) < size
+            ? signExtend(UInt64(bitPattern: o.value), Int(o.size)) & sizeMask(size)
+            : UInt64(bitPattern: o.value) & sizeMask(size)
     }
 
     @_transparent
@@ -218,25 +254,79 @@ extension InterpreterVCPU {
         aluOnRegister(d, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
     }
 
-    /// The flags are deferred (LazyFlags.swift), except adc's and sbb's, which read CF.
     @_transparent
     func aluOnRegister(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ b: UInt64) {
         let op = d.pointee.op
         let reg = d.pointee.o0.reg
         let a = readGPR(reg, size)
+        let carry = aluCarryIn(op)
+        let res = aluValue(op, a, b, carry)
+        if op != .cmp && op != .test { writeGPR(reg, size, res) }
+        aluFlags(op, a, b, res, carry, size)
+    }
+
+    @_transparent
+    func movMI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        let o0 = d.pointee.o0
+        try write(o0.segment, effectiveAddress(o0, d.pointee.addressSize, next: next), size, UInt64(bitPattern: d.pointee.o1.value) & sizeMask(size))
+    }
+
+    @_transparent
+    func aluMR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        try aluOnMemory(d, size, readGPR(d.pointee.o1.reg, size), next: next)
+    }
+
+    @_transparent
+    func aluMI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        try aluOnMemory(d, size, aluImmediate(d.pointee.o1, size), next: next)
+    }
+
+    /// As `arithmetic` does it for a memory destination: translated once (checked for
+    /// writing unless cmp or test), read, written back, and the flags only then.
+    @_transparent
+    func aluOnMemory(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ b: UInt64, next: UInt64) throws(Fault) {
+        let op = d.pointee.op
+        let o0 = d.pointee.o0
+        let writes = op != .cmp && op != .test
+        let linear = try linearAddress(o0.segment, effectiveAddress(o0, d.pointee.addressSize, next: next), size, writes ? .write : .read)
+        let a = try readLinear(linear, size)
+        let carry = aluCarryIn(op)
+        let res = aluValue(op, a, b, carry)
+        if writes { try writeLinear(linear, size, res) }
+        aluFlags(op, a, b, res, carry, size)
+    }
+
+    /// CF for adc and sbb, 0 for the other ALU operations (which do not read it).
+    @_transparent
+    func aluCarryIn(_ op: Op) -> UInt64 {
+        (op == .adc || op == .sbb) && flag(Flag.cf) ? 1 : 0
+    }
+
+    /// The result of add, adc, sub, sbb, and, or, xor, cmp, test (`aluResult`'s, without
+    /// the flags).
+    @_transparent
+    func aluValue(_ op: Op, _ a: UInt64, _ b: UInt64, _ carry: UInt64) -> UInt64 {
         switch op {
-        case .add: let res = a &+ b; writeGPR(reg, size, res); deferFlags(.add, a, b, res, size)
-        case .sub: let res = a &- b; writeGPR(reg, size, res); deferFlags(.sub, a, b, res, size)
-        case .cmp: deferFlags(.sub, a, b, a &- b, size)
-        case .and: let res = a & b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
-        case .or: let res = a | b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
-        case .xor: let res = a ^ b; writeGPR(reg, size, res); deferFlags(.logic, a, b, res, size)
-        case .test: deferFlags(.logic, a, b, a & b, size)
-        default:
-            let carry: UInt64 = flag(Flag.cf) ? 1 : 0
-            let (res, f) = aluResult(op, a, b, carry, size)
-            writeGPR(reg, size, res)
-            setFlags(Flag.arithmetic, f)
+        case .add: a &+ b
+        case .adc: a &+ b &+ carry
+        case .sub, .cmp: a &- b
+        case .sbb: a &- b &- carry
+        case .and, .test: a & b
+        case .or: a | b
+        default: a ^ b
+        }
+    }
+
+    /// The flags of `aluValue`: deferred (LazyFlags.swift), except adc's and sbb's, which
+    /// read CF and are computed as `aluResult` computes them.
+    @_transparent
+    func aluFlags(_ op: Op, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ carry: UInt64, _ size: Int) {
+        switch op {
+        case .add: deferFlags(.add, a, b, res, size)
+        case .sub, .cmp: deferFlags(.sub, a, b, res, size)
+        case .adc: setFlags(Flag.arithmetic, addFlags(a, b, res, carry, size))
+        case .sbb: setFlags(Flag.arithmetic, subFlags(a, b, res, carry, size))
+        default: deferFlags(.logic, a, b, res, size)
         }
     }
 

@@ -52,7 +52,11 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     // Derived from the state by `refreshMode()`.
     var codeBits = 16
-    var cpl: UInt8 = 0
+    /// What RIP wraps at: 0xFFFF, 0xFFFF_FFFF or all ones, by `codeBits`.
+    var ipMask: UInt64 = 0xFFFF
+    var cpl: UInt8 = 0 {
+        didSet { tlbTable = tlb.table(user: cpl == 3) }
+    }
     var paging = false
     var longMode = false
     var protectedMode = false
@@ -69,6 +73,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// ~(1 << 20) while the A20 gate is off; read from the memory map at each `run()`.
     var a20Mask: UInt64 = .max
     var tlb: TLB
+    /// The TLB table of the current privilege (`cpl`; readSystem's implicit supervisor
+    /// accesses set it too).
+    var tlbTable: UnsafeMutablePointer<TLB.Entry>
     let kicked = Atomic<Bool>(false)
     /// The exit `run()` returns after a `Fault.exit`.
     var pendingExit: VCPUExit = .interrupted
@@ -228,6 +235,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             lowEnd = 0
         }
         tlb = TLB()
+        tlbTable = tlb.entries
         refreshMode()
     }
 
@@ -238,6 +246,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         cache.deinitialize(count: Self.cacheSize)
         cache.deallocate()
         traceHeads.deallocate()
+        tlb.entries.deallocate()
         munmap(traceCode, Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride)
         ioBuffer.deallocate()
     }
@@ -378,7 +387,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
             if _slowPath(singleStep), let f = injectedFault, f.op == lastOp { s.pointee.rflags ^= f.flags }
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
             if singleStep { return .debugStep }
-            if eventWaiting { return .interrupted }
+            if eventWaiting {
+                endBlock = false
+                return .interrupted
+            }
             if _slowPath(endBlock) {
                 endBlock = false
                 return .interrupted
@@ -449,9 +461,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     func refreshMode() {
         let st = s.pointee
         protectedMode = st.cr0 & CR0.pe != 0
+        let wasPaging = paging
         paging = protectedMode && st.cr0 & CR0.pg != 0
+        // (Identity entries and translations never share the TLB.)
+        if paging != wasPaging { tlb.flushAll() }
         longMode = st.efer & EFER.lma != 0 && st.cs.long && protectedMode
         if longMode { codeBits = 64 } else if protectedMode && st.rflags & (1 << 17) == 0 && st.cs.defaultBig { codeBits = 32 } else { codeBits = 16 }
+        ipMask = codeBits == 64 ? .max : codeBits == 32 ? 0xFFFF_FFFF : 0xFFFF
         if !protectedMode { cpl = 0 } else if st.rflags & (1 << 17) != 0 { cpl = 3 } else { cpl = UInt8(st.cs.selector & 3) }
         if longMode { stackMask = .max } else { stackMask = st.ss.defaultBig ? 0xFFFF_FFFF : 0xFFFF }
         if _slowPath(exitOnUserMode64) && cpl == 3 && codeBits == 64 { endBlock = true }

@@ -4,7 +4,7 @@ import X86
 extension InterpreterVCPU {
     /// Segment `seg`:`offset` → linear address, with the limit, type and canonical checks
     /// of the current mode. `size` is the access width in bytes.
-    @inline(__always)
+    @_transparent
     func linearAddress(_ segment: UInt8, _ offset: UInt64, _ size: Int, _ access: Access) throws(Fault) -> UInt64 {
         let sr = seg[Int(segment)]
         if longMode {
@@ -48,32 +48,57 @@ extension InterpreterVCPU {
         }
     }
 
-    /// Linear → physical for an access of the current privilege.
+    /// Linear → physical for an access of the current privilege (paging on).
     @inline(__always)
     func translateLinear(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
         let tag = linear >> 12
-        let e = tlb.entry(tag)
-        let user = cpl == 3
-        if _fastPath(e.pointee.tag == tag && e.pointee.allows(access, user: user)) {
+        let e = tlbTable + TLB.index(tag)
+        if _fastPath(e.pointee.tag == tag && e.pointee.allows(access, user: cpl == 3)) {
             return e.pointee.frame | (linear & 0xFFF)
         }
         return try translateSlow(linear, access)
     }
 
+    /// Walks the page tables and fills the TLB entry, with a host pointer when the page
+    /// is RAM or ROM.
     @inline(never)
     func translateSlow(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
         // Data addresses are checked in `linearAddress`; a fetch from a non-canonical RIP
         // (never in the TLB, so always here) raises #GP too.
         if longMode && !canonicalAddress(linear) { throw .gp() }
-        var w = try walk(linear, access: access, user: cpl == 3, setBits: true)
+        let user = cpl == 3
+        var w = try walk(linear, access: access, user: user, setBits: true)
         w.physical &= a20Mask
-        tlb.insert(linear: linear, walk: w)
+        let host = pageHost(w.physical & ~0xFFF)
+        tlb.insert(linear: linear, walk: w, user: user, host: host?.host, writableHost: host?.ram ?? false)
         return w.physical
+    }
+
+    /// Paging off: the TLB entry of `linear`'s page, when that page (the A20 gate applied)
+    /// is wholly RAM or ROM.
+    @inline(never)
+    func fillIdentity(_ linear: UInt64) {
+        let physical = linear & a20Mask & ~0xFFF
+        guard let host = pageHost(physical) else { return }
+        tlb.insertIdentity(tag: linear >> 12, physicalTag: physical >> 12, user: cpl == 3, host: host.host, writable: host.ram)
+    }
+
+    /// The host address of the physical page at `physical` when the whole page is in one
+    /// region of RAM or ROM (`ram`: writes may go there).
+    func pageHost(_ physical: UInt64) -> (host: UnsafeMutableRawPointer, ram: Bool)? {
+        guard let r = memory.region(containing: physical), r.end - physical >= 0x1000 else { return nil }
+        return (r.host + Int(physical - r.start), r.kind == .ram)
+    }
+
+    /// The host address of `linear` in TLB entry `e` (whose read or write tag matched).
+    @_transparent
+    func hostAddress(_ e: UnsafeMutablePointer<TLB.Entry>, _ linear: UInt64) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: Int(truncatingIfNeeded: linear) &+ e.pointee.hostDelta).unsafelyUnwrapped
     }
 
     // MARK: Loads and stores
 
-    @inline(__always)
+    @_transparent
     func load(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
         switch size {
         case 1: UInt64(p.load(as: UInt8.self))
@@ -83,7 +108,7 @@ extension InterpreterVCPU {
         }
     }
 
-    @inline(__always)
+    @_transparent
     func store(_ p: UnsafeMutableRawPointer, _ size: Int, _ value: UInt64) {
         switch size {
         case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
@@ -93,31 +118,40 @@ extension InterpreterVCPU {
         }
     }
 
-    /// Reads `size` bytes at a linear address.
-    @inline(__always)
-    func readLinear(_ rawLinear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
-        if _slowPath(logAccesses) && access != .execute { return try readLogged(rawLinear, size) }
-        let linear = paging ? rawLinear : rawLinear & a20Mask
-        if !paging {
-            if _fastPath(linear &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(linear), size) }
-        } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
-            let physical = try translateLinear(linear, access)
-            if _fastPath(physical &+ UInt64(size) <= lowEnd) { return load(lowHost + Int(physical), size) }
-            return try readPhysicalSlow(physical, size)
+    /// Reads `size` bytes at a linear address: through the TLB's host pointer when the
+    /// access hits it (its last byte on the entry's page), else `readLinearSlow`.
+    @_transparent
+    func readLinear(_ linear: UInt64, _ size: Int, _ access: Access = .read) throws(Fault) -> UInt64 {
+        if access != .execute {
+            if _slowPath(logAccesses) { return try readLogged(linear, size) }
+            let e = tlbTable + TLB.index(linear >> 12)
+            if _fastPath(e.pointee.readTag == (linear &+ UInt64(size &- 1)) >> 12) { return load(hostAddress(e, linear), size) }
         }
         return try readLinearSlow(linear, size, access)
     }
 
+    /// A read the TLB did not hold: fills it and reads; MMIO, unmapped memory and
+    /// page-crossing reads (byte by byte through the page tables) are done here.
     @inline(never)
-    func readLinearSlow(_ linear: UInt64, _ size: Int, _ access: Access) throws(Fault) -> UInt64 {
-        if !paging { return try readPhysicalSlow(linear, size) }
-        // Crosses a page: byte by byte, each through the page tables.
-        var value: UInt64 = 0
-        for i in 0..<size {
-            let physical = try translateLinear(linear &+ UInt64(i), access)
-            value |= try readPhysicalSlow(physical, 1) << (8 * UInt64(i))
+    func readLinearSlow(_ rawLinear: UInt64, _ size: Int, _ access: Access) throws(Fault) -> UInt64 {
+        let inPage = rawLinear & 0xFFF &+ UInt64(size) <= 0x1000
+        let physical: UInt64
+        if !paging {
+            if inPage && access != .execute { fillIdentity(rawLinear) }
+            physical = rawLinear & a20Mask
+        } else if inPage {
+            physical = try translateLinear(rawLinear, access)
+        } else {
+            // Crosses a page: byte by byte, each through the page tables.
+            var value: UInt64 = 0
+            for i in 0..<size {
+                let physical = try translateLinear(rawLinear &+ UInt64(i), access)
+                value |= try readPhysicalSlow(physical, 1) << (8 * UInt64(i))
+            }
+            return value
         }
-        return value
+        if physical &+ UInt64(size) <= lowEnd { return load(lowHost + Int(physical), size) }
+        return try readPhysicalSlow(physical, size)
     }
 
     /// Tracing: the same access, recorded with its physical address.
@@ -196,36 +230,44 @@ extension InterpreterVCPU {
         mmioReplayed = 0
     }
 
-    /// Writes `size` bytes at a linear address.
-    @inline(__always)
-    func writeLinear(_ rawLinear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
-        if _slowPath(logAccesses) { return try writeLogged(rawLinear, size, value) }
-        let linear = paging ? rawLinear : rawLinear & a20Mask
-        if !paging {
-            if _fastPath(linear &+ UInt64(size) <= lowEnd) {
-                store(lowHost + Int(linear), size, value)
-                codePages.noteWrite(linear, size)
-                return
-            }
-        } else if _fastPath(linear & 0xFFF &+ UInt64(size) <= 0x1000) {
-            let physical = try translateLinear(linear, .write)
-            if _fastPath(physical &+ UInt64(size) <= lowEnd) {
-                store(lowHost + Int(physical), size, value)
-                codePages.noteWrite(physical, size)
-                return
-            }
-            return try writePhysicalSlow(physical, size, value)
+    /// Writes `size` bytes at a linear address: through the TLB's host pointer when the
+    /// access hits a writable entry, else `writeLinearSlow`. Every write to RAM tells
+    /// `codePages` (decoded code on the page goes).
+    @_transparent
+    func writeLinear(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        if _slowPath(logAccesses) { return try writeLogged(linear, size, value) }
+        let e = tlbTable + TLB.index(linear >> 12)
+        if _fastPath(e.pointee.writeTag == (linear &+ UInt64(size &- 1)) >> 12) {
+            store(hostAddress(e, linear), size, value)
+            codePages.noteWrite(page: Int(truncatingIfNeeded: e.pointee.frame >> 12),
+                                lines: CodePages.lines(Int(truncatingIfNeeded: linear & 0xFFF), size))
+            return
         }
         try writeLinearSlow(linear, size, value)
     }
 
     @inline(never)
-    func writeLinearSlow(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
-        if !paging { return try writePhysicalSlow(linear, size, value) }
-        // Check every page first so a fault leaves memory untouched.
-        var physical: [UInt64] = []
-        for i in 0..<size { physical.append(try translateLinear(linear &+ UInt64(i), .write)) }
-        for i in 0..<size { try writePhysicalSlow(physical[i], 1, value >> (8 * UInt64(i))) }
+    func writeLinearSlow(_ rawLinear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
+        let inPage = rawLinear & 0xFFF &+ UInt64(size) <= 0x1000
+        let physical: UInt64
+        if !paging {
+            if inPage { fillIdentity(rawLinear) }
+            physical = rawLinear & a20Mask
+        } else if inPage {
+            physical = try translateLinear(rawLinear, .write)
+        } else {
+            // Check every page first so a fault leaves memory untouched.
+            var physical: [UInt64] = []
+            for i in 0..<size { physical.append(try translateLinear(rawLinear &+ UInt64(i), .write)) }
+            for i in 0..<size { try writePhysicalSlow(physical[i], 1, value >> (8 * UInt64(i))) }
+            return
+        }
+        if physical &+ UInt64(size) <= lowEnd {
+            store(lowHost + Int(physical), size, value)
+            codePages.noteWrite(physical, size)
+            return
+        }
+        try writePhysicalSlow(physical, size, value)
     }
 
     @inline(never)
@@ -249,12 +291,12 @@ extension InterpreterVCPU {
 
     // MARK: Segment-relative access
 
-    @inline(__always)
+    @_transparent
     func read(_ segment: UInt8, _ offset: UInt64, _ size: Int) throws(Fault) -> UInt64 {
         try readLinear(try linearAddress(segment, offset, size, .read), size)
     }
 
-    @inline(__always)
+    @_transparent
     func write(_ segment: UInt8, _ offset: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
         try writeLinear(try linearAddress(segment, offset, size, .write), size, value)
     }
@@ -269,14 +311,14 @@ extension InterpreterVCPU {
     // MARK: Stack
 
     /// Pushes `size` bytes; RSP changes only when the write succeeded.
-    @inline(__always)
+    @_transparent
     func push(_ value: UInt64, _ size: Int) throws(Fault) {
         let sp = (r[4] &- UInt64(size)) & stackMask
         try write(Segment.ss, sp, size, value)
         setStackPointer(sp)
     }
 
-    @inline(__always)
+    @_transparent
     func pop(_ size: Int) throws(Fault) -> UInt64 {
         let sp = r[4] & stackMask
         let v = try read(Segment.ss, sp, size)

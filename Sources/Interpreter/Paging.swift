@@ -1,13 +1,39 @@
 import X86
 
-/// A direct-mapped software TLB: linear page → physical frame with the permissions the
-/// walk found. Flushed by CR3 writes (except global pages), INVLPG, and CR0/CR4 changes.
+/// The software TLB, one per vCPU: linear page → physical frame with the permissions the
+/// walk found, and for pages of RAM and ROM a host pointer, so that a load or store that
+/// hits is one tag compare and a host access, with paging on and off.
+///
+/// Two tables, one per privilege (supervisor for CPL 0-2, user for CPL 3): an entry is
+/// filled by a walk for its own privilege, so its tags already say what that privilege
+/// may do. Per entry:
+/// - `tag`, `frame`, `permissions`: the translation (paging on), for fetches and for the
+///   accesses that leave the host-pointer path (MMIO, page-crossing, locked, logged);
+/// - `readTag`, `writeTag`: the page number when a read or a write may go straight to
+///   `hostDelta &+ linear` (`.max` otherwise). A read entry needs the page in one region
+///   of RAM or ROM; a write entry needs RAM, a write permitted to this privilege and the
+///   dirty bit already set in the page-table entry (so a write through an entry made by a
+///   read still walks once and sets D, exactly as the walk did before). MMIO and
+///   unmapped memory never get a host tag.
+///
+/// The page-crossing check is folded into the compare: the entry is found by the page of
+/// an access's first byte and its tag compared with the page of its last byte, and the
+/// index never puts two consecutive pages in one slot (`index`), so an access that runs
+/// into the next page never matches.
+///
+/// With paging off the same entries map linear = physical (A20 applied when the entry is
+/// filled); any change of paging, CR0, CR3, CR4, EFER or the A20 gate flushes.
 struct TLB {
     struct Entry {
         var tag: UInt64 = .max
         var frame: UInt64 = 0
+        var readTag: UInt64 = .max
+        var writeTag: UInt64 = .max
+        /// Host address of the page minus its linear address.
+        var hostDelta: Int = 0
         /// Bit 0: user may access; bit 1: writable for user; bit 2: writable for supervisor;
-        /// bit 3: executable; bit 4: dirty already set; bit 5: global.
+        /// bit 3: executable; bit 4: dirty already set; bit 5: global; bit 6: part of a
+        /// 2 or 4 MiB page.
         var permissions: UInt8 = 0
 
         @inline(__always) func allows(_ access: Access, user: Bool) -> Bool {
@@ -20,36 +46,70 @@ struct TLB {
         }
     }
 
-    static let size = 256
+    static let bits = 8
+    static let size = 1 << bits
+    /// `size` supervisor entries, then `size` user entries.
     let entries: UnsafeMutablePointer<Entry>
+    /// Some entry maps part of a large page (INVLPG must then find all of them).
+    var hasLargePages = false
 
-    /// The entry for page number `tag`. The bits above the index are folded in, so that
-    /// pages 1 MiB apart do not evict each other: a guest linked at 2 MiB (page 0x200)
-    /// and its local APIC (page 0xFEE00) would otherwise share an entry, and every
-    /// timer tick's EOI would walk the page tables twice.
+    /// The slot of page number `tag`. The bits above the index are added in, so that pages
+    /// 1 MiB apart do not evict each other (a guest linked at 2 MiB and its local APIC
+    /// would otherwise share a slot, and every timer tick's EOI would walk the page tables
+    /// twice); an addition, not an exclusive or, so that page n + 1's slot is always 1 or 2
+    /// after page n's and never the same (the folded page-crossing check needs that).
+    @_transparent
+    static func index(_ tag: UInt64) -> Int {
+        Int(truncatingIfNeeded: (tag &+ (tag >> UInt64(bits))) & UInt64(size - 1))
+    }
+
+    /// The entry for page number `tag` in the table of the given privilege.
     @inline(__always)
-    func entry(_ tag: UInt64) -> UnsafeMutablePointer<Entry> {
-        entries + Int((tag ^ tag >> 8) & UInt64(Self.size - 1))
+    func entry(_ tag: UInt64, user: Bool) -> UnsafeMutablePointer<Entry> {
+        table(user: user) + Self.index(tag)
+    }
+
+    @inline(__always)
+    func table(user: Bool) -> UnsafeMutablePointer<Entry> {
+        entries + (user ? Self.size : 0)
     }
 
     init() {
-        entries = .allocate(capacity: Self.size)
-        entries.initialize(repeating: Entry(), count: Self.size)
+        entries = .allocate(capacity: 2 * Self.size)
+        entries.initialize(repeating: Entry(), count: 2 * Self.size)
     }
 
-    func flushAll(keepGlobal: Bool = false) {
-        for i in 0..<Self.size where !(keepGlobal && entries[i].permissions & 32 != 0) {
+    mutating func flushAll(keepGlobal: Bool = false) {
+        var large = false
+        for i in 0..<2 * Self.size {
+            if keepGlobal && entries[i].permissions & 32 != 0 {
+                large = large || entries[i].permissions & 64 != 0
+            } else if entries[i].tag != .max || entries[i].readTag != .max {
+                entries[i] = Entry()
+            }
+        }
+        hasLargePages = large
+    }
+
+    /// INVLPG: every entry of both privileges that translates `linear`'s page — with large
+    /// pages, every 4 KiB piece of the large page that holds it.
+    mutating func flush(linear: UInt64) {
+        let tag = linear >> 12
+        for user in [false, true] {
+            let e = entry(tag, user: user)
+            if e.pointee.tag == tag || e.pointee.readTag == tag { e.pointee = Entry() }
+        }
+        guard hasLargePages else { return }
+        // The 4 MiB-aligned range holding the page covers its 2 or 4 MiB page (flushing
+        // more than asked is always allowed).
+        for i in 0..<2 * Self.size where entries[i].permissions & 64 != 0 && entries[i].tag >> 10 == tag >> 10 {
             entries[i] = Entry()
         }
     }
 
-    func flush(linear: UInt64) {
-        let tag = linear >> 12
-        let e = entry(tag)
-        if e.pointee.tag == tag { e.pointee = Entry() }
-    }
-
-    func insert(linear: UInt64, walk: PageWalk) {
+    /// Fills the entry of `linear`'s page for `user` after a walk; `host` is the host
+    /// address of the physical page when it is RAM (`writableHost`) or ROM.
+    mutating func insert(linear: UInt64, walk: PageWalk, user: Bool, host: UnsafeMutableRawPointer?, writableHost: Bool) {
         let tag = linear >> 12
         var p: UInt8 = 0
         if walk.user { p |= 1 }
@@ -58,7 +118,24 @@ struct TLB {
         if walk.executable { p |= 8 }
         if walk.dirty { p |= 16 }
         if walk.global { p |= 32 }
-        entry(tag).pointee = Entry(tag: tag, frame: walk.physical & ~0xFFF, permissions: p)
+        if walk.large { p |= 64; hasLargePages = true }
+        var e = Entry(tag: tag, frame: walk.physical & ~0xFFF, permissions: p)
+        if let host {
+            e.readTag = tag
+            e.hostDelta = Int(bitPattern: UInt(bitPattern: host)) &- Int(truncatingIfNeeded: tag << 12)
+            if writableHost && e.allows(.write, user: user) { e.writeTag = tag }
+        }
+        entry(tag, user: user).pointee = e
+    }
+
+    /// Paging off: linear page `tag` is physical page `physicalTag` (the A20 gate applied),
+    /// at `host`; readable and, for RAM, writable.
+    mutating func insertIdentity(tag: UInt64, physicalTag: UInt64, user: Bool, host: UnsafeMutableRawPointer, writable: Bool) {
+        var e = Entry(tag: .max, frame: physicalTag << 12, permissions: 0)
+        e.readTag = tag
+        if writable { e.writeTag = tag }
+        e.hostDelta = Int(bitPattern: UInt(bitPattern: host)) &- Int(truncatingIfNeeded: tag << 12)
+        entry(tag, user: user).pointee = e
     }
 }
 
@@ -71,6 +148,8 @@ struct PageWalk {
     var executable: Bool
     var dirty: Bool
     var global: Bool
+    /// A 2 or 4 MiB page.
+    var large: Bool
 }
 
 extension InterpreterVCPU {
@@ -96,6 +175,7 @@ extension InterpreterVCPU {
         var physical: UInt64 = 0
         var global = false
         var dirty = false
+        var largePage = false
         let entrySize: UInt64 = pae ? 8 : 4
         var table: UInt64
         var shifts: [UInt64]
@@ -138,6 +218,7 @@ extension InterpreterVCPU {
                 }
                 physical = base | (linear & (pageSize - 1))
                 global = pge && entry & 0x100 != 0
+                largePage = large
                 dirty = entry & 0x40 != 0
                 break
             }
@@ -160,8 +241,10 @@ extension InterpreterVCPU {
             }
             if access == .write { dirty = true }
         }
+        // (SMEP: a supervisor may not fetch from a user page, whatever access this walk was for.)
+        let smep = !user && userOK && st4 & (1 << 20) != 0
         return PageWalk(physical: physical, user: userOK, writable: writeOK, supervisorWritable: writeOK || !wp,
-                        executable: execOK, dirty: dirty, global: global)
+                        executable: execOK && !smep, dirty: dirty, global: global, large: largePage)
     }
 
     /// Page-table reads and writes go straight to physical memory (all-ones outside RAM).
