@@ -116,8 +116,12 @@ struct SwitchingTests {
     func flipSignal() throws {
         let path = try guest("loop32.elf")
         let alone = try runProcess(tandemBinary, ["run", "--backend", "interp", "--quiet", path])
+        // A SIGUSR1 that comes before the machine runs is ignored (nothing to flip yet), and
+        // on a loaded host starting up can take more than a second: signal on, every 0.3 s
+        // for up to 6 s, while the run lasts (on PVM's KVM alone it takes ~30 s; once on
+        // the interpreter, about one).
         let r = try runProcess(tandemBinary, ["run", "--backend", "kvm", "--stats", path]) { process in
-            for _ in 0..<4 {
+            for _ in 0..<20 where process.isRunning {
                 usleep(300_000)
                 kill(process.processIdentifier, SIGUSR1)
             }
