@@ -113,17 +113,7 @@ start:
 
         ; RTC: BCD reading, after the update-in-progress flag clears.
         call rtc_wait
-        outb 0x70, 0x0B
-        in al, 0x71
-        and al, 0xFB                    ; DM = 0: BCD
-        or al, 0x02                     ; 24-hour
-        mov ah, al
-        outb 0x70, 0x0B
-        mov al, ah
-        out 0x71, al
-        call rtc_wait
-        mov di, bcd
-        call rtc_read
+        call rtc_read_bcd
         mov si, s_rtc
         call puts
         mov al, [bcd + 6]               ; century
@@ -185,16 +175,7 @@ start:
         je .agree
         dec byte [tries]
         jz .disagree
-        outb 0x70, 0x0B                 ; back to BCD and read it again
-        in al, 0x71
-        and al, 0xFB
-        mov ah, al
-        outb 0x70, 0x0B
-        mov al, ah
-        out 0x71, al
-        call rtc_wait
-        mov di, bcd
-        call rtc_read
+        call rtc_read_bcd               ; back to BCD and read it again
         jmp .binary
 .agree: mov si, s_agree
         call puts
@@ -262,6 +243,20 @@ on_rtc: push ax
         iret
 
 ; Waits until register A's UIP bit is clear.
+; Switches the RTC to BCD and 24-hour mode and reads it into bcd.
+rtc_read_bcd:
+        outb 0x70, 0x0B
+        in al, 0x71
+        and al, 0xFB                    ; DM = 0: BCD
+        or al, 0x02                     ; 24-hour
+        mov ah, al
+        outb 0x70, 0x0B
+        mov al, ah
+        out 0x71, al
+        call rtc_wait
+        mov di, bcd
+        jmp rtc_read
+
 rtc_wait:
         mov al, 0x0A
         out 0x70, al
