@@ -57,7 +57,7 @@ public struct SnapshotFile: Sendable {
         }
         for tag in Self.deviceTags + ["RAM "] { tagged.append((tag, sections[tag] ?? [])) }
         var header = StateWriter()
-        header.raw(UnsafeRawBufferPointer(start: Self.magic, count: 8))
+        Self.magic.withUnsafeBytes { header.raw(UnsafeRawBufferPointer(rebasing: $0.prefix(8))) }
         header.u32(Self.version)
         header.u32(UInt32(tagged.count))
         let temporary = path + ".partial"
@@ -78,7 +78,7 @@ public struct SnapshotFile: Sendable {
         put(header.bytes)
         for (tag, payload) in tagged {
             var h = StateWriter()
-            h.raw(UnsafeRawBufferPointer(start: Array(tag.utf8), count: 4))
+            Array(tag.utf8).withUnsafeBytes { h.raw(UnsafeRawBufferPointer(rebasing: $0.prefix(4))) }
             h.u64(UInt64(payload.count))
             h.u32(CRC32.checksum(payload))
             put(h.bytes)
