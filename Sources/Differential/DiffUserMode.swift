@@ -88,7 +88,7 @@ struct UserModeRunOn {
     private var lastVisit: (instructions: UInt64, differing: [String])? = nil
 
     mutating func visited(_ i: CPUState, _ k: CPUState) {
-        var differing = GPR.allCases.filter { i[$0] != k[$0] }.map { "\($0)" }
+        var differing = GPR.allCases.filter { i[$0] != k[$0] }.map { "\($0) \(hex(i[$0])) against \(hex(k[$0]))" }
         if i.cs.selector != k.cs.selector { differing.append("cs") }
         if (i.rflags ^ k.rflags) & ~(1 << 16) != 0 { differing.append("rflags \(hex(i.rflags)) against \(hex(k.rflags))") }
         lastVisit = (instructions, differing)
@@ -97,7 +97,7 @@ struct UserModeRunOn {
     /// For the report: "; the last time it was at that RIP, ... differed".
     var lastVisitText: String {
         guard let lastVisit else { return " (it never came to that RIP)" }
-        return " (the last time it came to that RIP, \(lastVisit.instructions) instructions on, \(lastVisit.differing.joined(separator: ", ")) differed)"
+        return " (the last time it came to that RIP, \(lastVisit.instructions) instructions on, these differed, the interpreter's against KVM's: \(lastVisit.differing.joined(separator: ", ")))"
     }
 
     /// Adds what one instruction accessed to the step's `accesses`. While running on (a
