@@ -344,7 +344,7 @@ public final class DifferentialRun {
                         native.disarm()
                         continue
                     }
-                    if native.ended(kvm) {
+                    if native.ended(at: now) {
                         recorded.offering = false
                         kicked = true
                         break kvmLoop
@@ -437,7 +437,7 @@ public final class DifferentialRun {
                             if runOn.instructions > 0 { mnemonic = last }
                             break
                         }
-                        if now.rip == kvmAfter.rip { runOn.visited(now, kvmAfter) }
+                        if now.rip == kvmAfter.rip { runOn.visited(now) }
                         if softwareInterruptRaisedUD(now, kvmAfter) { handedOver = Self.softwareInterruptInUserMode }
                     } else if now.rip == kvmAfter.rip && !(isString && now[.rcx] != kvmAfter[.rcx]) {
                         break
@@ -450,7 +450,7 @@ public final class DifferentialRun {
                         guard runOn.instructions < Self.runOnBound else {
                             caughtUpInstructions += runOn.instructions
                             return stopEarly(compared: compared, start: start, hostLimited,
-                                             "at step \(number), \(text): host limitation: this host's KVM ran on natively in 64-bit user mode to \(syscall.map { "a SYSCALL at \(hex($0.rip))" } ?? Self.location(kvmAfter)), and the interpreter did not reach that state within \(Self.runOnBound) instructions\(runOn.lastVisitText)")
+                                             "at step \(number), \(text): host limitation: this host's KVM ran on natively in 64-bit user mode to \(syscall.map { "a SYSCALL at \(hex($0.rip))" } ?? Self.location(kvmAfter)), and the interpreter did not reach that state within \(Self.runOnBound) instructions\(runOn.lastVisitText(kvm: kvmAfter))")
                         }
                         runOn.instructions += 1
                     } else if !midString && instruction(at: now).1.hasPrefix("iret") {

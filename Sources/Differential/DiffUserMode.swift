@@ -52,11 +52,12 @@ struct NativeSlice {
         run.nativeSliceEnd.machineNanoseconds.store(mayRunNatively ? TimerDeadline.hostNow() &+ Self.nanoseconds : .max, ordering: .relaxed)
     }
 
-    /// After `KVM_RUN` returned EINTR: whether the slice is over (the step ends there).
+    /// After `KVM_RUN` returned EINTR with KVM in state `now`: whether the slice is over
+    /// (the step ends there).
     /// A slice in which KVM got nowhere is given again, a few times.
-    mutating func ended(_ kvm: KVMVCPU) -> Bool {
+    mutating func ended(at now: CPUState?) -> Bool {
         guard let deadline, deadline.isDue else { return false }
-        if retried < Self.retries, let now = try? kvm.readState(), now.sameRegisters(start), now.rflags == start.rflags {
+        if retried < Self.retries, let now, now.sameRegisters(start), now.rflags == start.rflags {
             retried += 1
             deadline.machineNanoseconds.store(TimerDeadline.hostNow() &+ Self.nanoseconds, ordering: .relaxed)
             return false
@@ -84,20 +85,20 @@ struct UserModeRunOn {
     }
     private var touched = Set<Touched>()
     /// The last time the interpreter was at the RIP where KVM's step ended without
-    /// holding its state: how far it had run on, and what differed.
-    private var lastVisit: (instructions: UInt64, differing: [String])? = nil
+    /// holding its state: how far it had run on, and its state then (a loop passes there
+    /// millions of times: the report is written once, from the last).
+    private var lastVisit: (instructions: UInt64, state: CPUState)? = nil
 
-    mutating func visited(_ i: CPUState, _ k: CPUState) {
-        var differing = GPR.allCases.filter { i[$0] != k[$0] }.map { "\($0) \(hex(i[$0])) against \(hex(k[$0]))" }
-        if i.cs.selector != k.cs.selector { differing.append("cs") }
-        if (i.rflags ^ k.rflags) & ~(1 << 16) != 0 { differing.append("rflags \(hex(i.rflags)) against \(hex(k.rflags))") }
-        lastVisit = (instructions, differing)
+    mutating func visited(_ i: CPUState) {
+        lastVisit = (instructions, i)
     }
 
-    /// For the report: "; the last time it was at that RIP, ... differed".
-    var lastVisitText: String {
+    /// For the report: what differed from KVM's state `k` the last time the interpreter
+    /// was at its RIP.
+    func lastVisitText(kvm k: CPUState) -> String {
         guard let lastVisit else { return " (it never came to that RIP)" }
-        return " (the last time it came to that RIP, \(lastVisit.instructions) instructions on, these differed, the interpreter's against KVM's: \(lastVisit.differing.joined(separator: ", ")))"
+        let differing = DifferentialRun.differences(k, lastVisit.state, undefinedFlags: 0).map { "\($0.0) \($0.2) against \($0.1)" }
+        return " (the last time it came to that RIP, \(lastVisit.instructions) instructions on, these differed, the interpreter's against KVM's: \(differing.joined(separator: ", ")))"
     }
 
     /// Adds what one instruction accessed to the step's `accesses`. While running on (a
