@@ -326,7 +326,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         // (A block PAUSE ended may have returned for the kick first, leaving it set; the
         // hybrid's own reason for it is the mode.)
-        endBlock = exitOnUserMode64 && cpl == 3 && codeBits == 64
+        endBlock = exitOnUserMode64 && inUserMode64
         let mask: UInt64 = memory.a20Enabled.load(ordering: .relaxed) ? .max : ~(1 << 20)
         if mask != a20Mask {
             a20Mask = mask
