@@ -182,7 +182,11 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         } else {
             var t = timespec()
             clock_gettime(CLOCK_REALTIME, &t)
-            epoch = Int64(t.tv_sec) * Self.second + Int64(t.tv_nsec) - Int64(clock.now())
+            // On a virtual clock (`--clock instructions`) the seconds start on a whole
+            // second, so where the update cycle falls (update-in-progress, the update-ended
+            // interrupt) does not depend on when the host started the run.
+            let fraction = clock.isVirtual ? 0 : Int64(t.tv_nsec)
+            epoch = Int64(t.tv_sec) * Self.second + fraction - Int64(clock.now())
         }
         let layout = Self.layout(ramSize: ramSize, cpuCount: cpuCount)
         let now = Int64(clock.now())

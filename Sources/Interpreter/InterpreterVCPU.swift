@@ -295,7 +295,14 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     var tscOffset: UInt64 = 0
     func hostTSC() -> UInt64 {
-        if let timeSource { return timeSource() }
+        if let timeSource {
+            // `--clock instructions`: machine time moves on only between runs, when the
+            // machine adds the instructions retired. A loop that polls the TSC (Linux's
+            // `delay_tsc`, with no timer armed to end the run) would see it stand still:
+            // the block ends here, so the next read sees the instructions since.
+            endBlock = true
+            return timeSource()
+        }
         let ns = TimerDeadline.hostNow()
         if tscKHz == 1_000_000 { return ns }
         // ns * kHz / 10^6, in two parts so that the product cannot overflow.

@@ -308,7 +308,7 @@ struct APICTests {
         #expect(r.status == 0)
     }
 
-    @Test("--clock instructions: timer interrupts land on the same instruction every run (identical traces); HLT skips to the next deadline; KVM refused")
+    @Test("--clock instructions: timer interrupts land on the same instruction every run (identical traces); HLT skips to the next deadline; the TSC moves on in a polling loop; KVM refused")
     func deterministicClock() throws {
         var traces: [String] = []
         for run in 0..<2 {
@@ -325,6 +325,11 @@ struct APICTests {
         let idle = try runProcess(tandemBinary, ["run", "--backend", "interp", "--clock", "instructions", "--timeout", "1", try guest("idle.elf")])
         #expect(idle.stdout == "idle: done\n")
         #expect(idle.status == 0)
+        // A loop polling RDTSC with interrupts off and no timer armed: the TSC moves on
+        // with the instructions (it stood still inside a run, and this never ended).
+        let poll = try runProcess(tandemBinary, ["run", "--backend", "interp", "--clock", "instructions", "--timeout", "20", try guest("tsc-wait.bin")])
+        #expect(poll.stdout == "tsc-wait: ok\n", "\(poll.stderr)")
+        #expect(poll.status == 0)
         if canOpenKVM() {
             let kvm = try runProcess(tandemBinary, ["run", "--backend", "kvm", "--clock", "instructions", try guest("idle.elf")])
             #expect(kvm.status == 200)

@@ -36,6 +36,7 @@ struct SwitchingTests {
         ("smp-xmc.elf", 2), ("timer-poll.elf", 1), ("timer-rate.elf", 1), ("uart-echo.elf", 1), ("usermode64.elf", 1),
         ("x2apic.elf", 2), ("bcd16.bin", 1), ("hello-boot.bin", 1), ("hello-multiboot-aout.bin", 1),
         ("longmode-switch.bin", 1), ("pit-rtc.bin", 1), ("tasks.bin", 1), ("v86.bin", 1), ("hello-bios.rom", 1),
+        ("tsc-wait.bin", 1),
     ]
 
     static var compared: [(String, Int)] {
