@@ -156,7 +156,7 @@ extension Machine {
         case .halted:   // (a restored snapshot's)
             guard waitWhileHalted(index, interruptsEnabled: (try? slot.active.readState().interruptsEnabled) ?? false) else { return }
         }
-        // Tracing (MachineTrace.swift): from here, and again whenever gdb starts or stops a trace.
+        // Tracing (VCPUTracing.swift): from here, and again whenever gdb starts or stops a trace.
         syncTrace(index)
         defer { endTrace(index) }
         guard startSlice(slot, index: index) else { return }
@@ -201,7 +201,7 @@ extension Machine {
                 } else if !tracer.recorder.active {
                     setStepping(backend, false)
                 } else if case .debugStep = exit {
-                    tracer.step(backend) { (backend as? KVMVCPU)?.takeInjected() ?? [] }
+                    traceStep(tracer, backend)
                 }
             }
             exits.answers.portLog = recordsIO ? recorder : nil
@@ -429,7 +429,7 @@ final class VCPUSlot: @unchecked Sendable {
     /// `--trace` single-steps this vCPU (the debugger keeps it so).
     var traceStepping = false
     /// Its part of the machine's trace, and the trace generation it follows (-1: the
-    /// vCPU has not started yet). MachineTrace.swift.
+    /// vCPU has not started yet). VCPUTracing.swift.
     var trace: VCPUTrace?
     var traceGeneration = -1
     // The debugger's settings, copied when the vCPU resumes (Debugger.swift).

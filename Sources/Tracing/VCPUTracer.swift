@@ -1,5 +1,6 @@
 import Disassembler
 import GuestMemory
+import Synchronization
 import X86
 
 /// One vCPU's tracing state where the backend cannot record its own trace (KVM, which is
@@ -21,7 +22,7 @@ public final class VCPUTracer {
     /// An instruction retired (or faulted): emit its records and remember the new state.
     /// `takeInjected`: the interrupts the machine injected before this step (KVM's, which
     /// the engine cannot report as events of its own).
-    public func step(_ backend: any VCPUBackend, takeInjected: () -> [UInt8] = { [] }) {
+    public func step(_ backend: any VCPUBackend, takeInjected: () -> [UInt8]) {
         guard let now = try? backend.readState() else { return }
         defer { previous = now; recorder.io.removeAll() }
         let trace = (backend as? TraceSource)?.drainTrace() ?? (accesses: [], events: [])
@@ -97,5 +98,46 @@ public final class VCPUTracer {
         let raw = physical.map { memory.bytes(at: $0, count: 15) } ?? []
         let d = disassembler.disassemble(raw, address: p.rip, bits: p.mode.bits)
         return Array(raw.prefix(d?.length ?? 0))
+    }
+}
+
+/// The trace a machine writes now — `--trace` from the start, or gdb's `monitor trace
+/// on|off` while every vCPU is stopped — and a generation number that each vCPU compares
+/// with the one it follows to see that the trace changed.
+package final class MachineTrace: Sendable {
+    private let state: Mutex<(sink: TraceSink?, generation: Int)>
+
+    package init(_ sink: TraceSink?) { state = Mutex((sink, 0)) }
+
+    package var current: (sink: TraceSink?, generation: Int) { state.withLock { $0 } }
+    package var sink: TraceSink? { state.withLock { $0.sink } }
+
+    /// Puts `sink` in the old one's place (only while every vCPU is parked, each having
+    /// handed its records to the old sink); returns the old one.
+    package func replace(with sink: TraceSink?) -> TraceSink? {
+        state.withLock { s in
+            let old = s.sink
+            s = (sink, s.generation + 1)
+            return old
+        }
+    }
+}
+
+/// One vCPU's part of the machine's trace, made and used on the vCPU's thread.
+package final class VCPUTrace {
+    package let recorder: TraceRecorder
+    /// Records made from the vCPU loop: KVM's (single-stepped), and every backend's under
+    /// `--trace-exits`; nil where the interpreter records inside its run loop.
+    package let tracer: VCPUTracer?
+    /// The backend is single-stepped for the trace.
+    package let stepping: Bool
+    /// Port I/O answered by the vCPU loop goes into the instruction's record.
+    package let recordsIO: Bool
+
+    package init(recorder: TraceRecorder, tracer: VCPUTracer?, stepping: Bool, recordsIO: Bool) {
+        self.recorder = recorder
+        self.tracer = tracer
+        self.stepping = stepping
+        self.recordsIO = recordsIO
     }
 }

@@ -7,56 +7,15 @@ import Synchronization
 import Tracing
 import X86
 
-// The machine's side of tracing: the trace it writes, each vCPU's part of it, and setting
-// a vCPU up to record (the interpreter records inside its run loop; KVM and `--trace-exits`
-// through `VCPUTracer`, in Tracing).
+// The machine's side of tracing: each vCPU follows the trace the machine writes, recording
+// inside the interpreter's run loop, or through `VCPUTracer` (Tracing) for KVM, which is
+// single-stepped, and under `--trace-exits`.
 
 package func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
 package func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
 
 package func padRight(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
-}
-
-/// The trace a machine writes now — `--trace` from the start, or gdb's `monitor trace
-/// on|off` while every vCPU is stopped — and a generation number that each vCPU compares
-/// with the one it follows to see that the trace changed.
-final class MachineTrace: Sendable {
-    private let state: Mutex<(sink: TraceSink?, generation: Int)>
-
-    init(_ sink: TraceSink?) { state = Mutex((sink, 0)) }
-
-    var current: (sink: TraceSink?, generation: Int) { state.withLock { $0 } }
-    var sink: TraceSink? { state.withLock { $0.sink } }
-
-    /// Puts `sink` in the old one's place (only while every vCPU is parked, each having
-    /// handed its records to the old sink); returns the old one.
-    func replace(with sink: TraceSink?) -> TraceSink? {
-        state.withLock { s in
-            let old = s.sink
-            s = (sink, s.generation + 1)
-            return old
-        }
-    }
-}
-
-/// One vCPU's part of the machine's trace, made and used on the vCPU's thread.
-final class VCPUTrace {
-    let recorder: TraceRecorder
-    /// Records made from the vCPU loop: KVM's (single-stepped), and every backend's under
-    /// `--trace-exits`; nil where the interpreter records inside its run loop.
-    let tracer: VCPUTracer?
-    /// The backend is single-stepped for the trace.
-    let stepping: Bool
-    /// Port I/O answered by the vCPU loop goes into the instruction's record.
-    let recordsIO: Bool
-
-    init(recorder: TraceRecorder, tracer: VCPUTracer?, stepping: Bool, recordsIO: Bool) {
-        self.recorder = recorder
-        self.tracer = tracer
-        self.stepping = stepping
-        self.recordsIO = recordsIO
-    }
 }
 
 extension Machine {
@@ -93,6 +52,11 @@ extension Machine {
         slot.trace = VCPUTrace(recorder: recorder, tracer: tracer, stepping: !exitsOnly, recordsIO: !exitsOnly)
     }
 
+    /// A step of `backend` for the trace, with the interrupts KVM injected before it.
+    func traceStep(_ tracer: VCPUTracer, _ backend: any VCPUBackend) {
+        tracer.step(backend) { (backend as? KVMVCPU)?.takeInjected() ?? [] }
+    }
+
     /// The debugger stopped vCPU `index`: its records so far go to the trace file.
     func submitTrace(_ index: Int) {
         guard let t = slots[index].trace else { return }
@@ -104,7 +68,7 @@ extension Machine {
     func endTrace(_ index: Int) {
         let slot = slots[index]
         guard let t = slot.trace else { return }
-        if t.stepping { t.tracer?.step(slot.active) }
+        if t.stepping, let tracer = t.tracer { traceStep(tracer, slot.active) }
         (slot.active as? InterpreterVCPU)?.finishTrace()
         t.recorder.flush()
     }
