@@ -7,7 +7,7 @@
 ; writes "portio64 done\n" to port 0xE9 and exits through port 0xF4 (status 0). Other
 ; CPUs halt with interrupts off.
 ;
-;   tandem run --backend interp --stats .build/guests/portio64.elf
+;   tandem run --backend interp --stats .build/guests/portio64.elf    (or: Tools/bench exits)
 ;
 ; Expected port 0xE9 output: "portio64 done\n". Exit status 0.
 
