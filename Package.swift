@@ -3,12 +3,14 @@ import PackageDescription
 
 // One module per layer; each depends only on the layers below it.
 //   X86 (CPU state, exits) · GuestMemory · Devices · Disassembler
-//   Loaders (images into memory + initial CPU state) · Tracing (trace records, writer, readers)
+//   Loaders (images into memory + initial CPU state) · Tracing (trace records, writer, readers;
+//     the tracer for engines that cannot record themselves)
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
 //   RunLoop (the one exit handler, the vCPU state machine's commands and states)
 //   GDBStub (the gdb remote protocol; the all-stop control it asks of a machine)
-//   Machine (assembly: builds the VM, its memory, devices and engines; runs its vCPU threads,
-//     engine switching, the hybrid engine, snapshots, parking vCPUs for the debugger)
+//   Machine (assembly, Machine.swift: builds the VM, its memory, devices and engines; the run
+//     loop, VCPULoop.swift: its vCPU threads and the state machine each runs; engine
+//     switching, the hybrid engine, snapshots, parking vCPUs for the debugger)
 //   Conformance (hardware-captured test suites) · Differential (diff, fuzz, the fuzz sandbox)
 //   tandem (command line)
 // Documentation/Architecture.md draws the same picture.
@@ -42,7 +44,7 @@ let package = Package(
         .target(name: "Loaders", dependencies: ["X86", "GuestMemory"]),
         // Traces: the binary record format, its writer thread, its readers and formatters.
         .target(
-            name: "Tracing", dependencies: ["X86", "HostOS", "Disassembler"],
+            name: "Tracing", dependencies: ["X86", "HostOS", "GuestMemory", "Disassembler"],
             // The recorder runs after every traced instruction, on its vCPU's thread only
             // (as the Interpreter's state does).
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]

@@ -8,7 +8,9 @@ import X86
 /// look for an event: the machine kicks that vCPU out of its engine or wakes it from HLT.
 public final class APICBus: InterruptController, @unchecked Sendable {
     public let clock: MachineClock
-    public private(set) var lapics: [LocalAPIC] = []
+    /// Set in `init`, then only read (by every vCPU at every turn of its loop: no dynamic
+    /// exclusivity check on it).
+    @exclusivity(unchecked) public private(set) var lapics: [LocalAPIC] = []
     public let pic: PIC8259Pair
     public private(set) var ioapic: IOAPIC!
     /// Whether CPUID offers x2APIC (then IA32_APIC_BASE may enable it).
@@ -20,7 +22,8 @@ public final class APICBus: InterruptController, @unchecked Sendable {
     /// A vCPU saw the PIC's INTR and has not acknowledged it yet (see `acknowledgeInterrupt`).
     private let picRequestSeen = Atomic<Bool>(false)
 
-    public init(cpus: Int, pic: PIC8259Pair, timers: TimerService, x2APICAvailable: Bool,
+    /// `output`: what `pic` calls when its INTR rises; the bus connects it to its local APICs.
+    public init(cpus: Int, pic: PIC8259Pair, output: PICOutput = PICOutput(), timers: TimerService, x2APICAvailable: Bool,
                 onRequest: @escaping @Sendable (Int) -> Void) {
         clock = timers.clock
         self.pic = pic
@@ -30,15 +33,11 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         lapics = (0..<cpus).map { LocalAPIC(index: $0, bus: self, timers: timers) }
         // The ID the MADT and MP table give it (FirmwareTables.ioapicID): the CPU count.
         ioapic = IOAPIC(id: UInt8(min(cpus, 255)), bus: self)
+        output.connect(lapics, notify: onRequest)
     }
 
     /// Asks vCPU `index` to look at its events.
     func notify(_ index: Int) { onRequest(index) }
-
-    /// The 8259A pair's INTR changed: it reaches whichever vCPUs accept ExtINT on LINT0.
-    public func picRequested() {
-        for l in lapics where l.acceptsPICInterrupts { notify(l.index) }
-    }
 
     // MARK: InterruptController
 
@@ -185,6 +184,29 @@ public final class APICBus: InterruptController, @unchecked Sendable {
     /// the caller's to check; this covers pending requests already latched anywhere.
     public func anyPending() -> Bool {
         lapics.contains { $0.deliverableVector() != nil || $0.hasNMI || $0.hasStartupEvent } || pic.hasPendingInterrupt(vcpu: 0)
+    }
+}
+
+/// Where the 8259A pair's INTR goes: to whichever vCPUs accept ExtINT on LINT0. The PIC
+/// is built before the bus and its APICs, which connect this once, before any vCPU runs
+/// (then it is only read). It holds the APICs and the bus's notifier rather than the bus:
+/// the bus owns the PIC, so a strong reference back would be a cycle, and a weak one would
+/// give the bus a side table, sending every retain of it — several on each exit, the
+/// engines ask it for interrupts — down Swift's slow reference-counting path.
+public final class PICOutput: @unchecked Sendable {
+    private var lapics: [LocalAPIC] = []
+    private var notify: @Sendable (Int) -> Void = { _ in }
+
+    public init() {}
+
+    func connect(_ lapics: [LocalAPIC], notify: @escaping @Sendable (Int) -> Void) {
+        self.lapics = lapics
+        self.notify = notify
+    }
+
+    /// The 8259A pair's INTR changed.
+    public func raised() {
+        for l in lapics where l.acceptsPICInterrupts { notify(l.index) }
     }
 }
 

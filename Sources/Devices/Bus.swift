@@ -21,9 +21,10 @@ public protocol MMIODevice: AnyObject, Sendable {
 /// The port-I/O bus: 65,536 ports, each claimed by at most one device.
 /// Unclaimed ports read as all ones and ignore writes.
 public final class PortIOBus: @unchecked Sendable {
-    // Port → index+1 into `devices` (0: unclaimed). Filled before vCPUs start, then read-only.
-    private var owner = [UInt8](repeating: 0, count: 65536)
-    private var devices: [any PortDevice] = []
+    // Port → index+1 into `devices` (0: unclaimed). Filled before vCPUs start, then
+    // read-only: read on every port exit, without a dynamic exclusivity check.
+    @exclusivity(unchecked) private var owner = [UInt8](repeating: 0, count: 65536)
+    @exclusivity(unchecked) private var devices: [any PortDevice] = []
 
     /// Every claim, in the order made: the device's type and its ports (`monitor info devices`).
     public private(set) var claims: [(device: String, ports: ClosedRange<UInt16>)] = []

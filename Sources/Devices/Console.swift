@@ -172,10 +172,17 @@ public final class ConsoleInput: Sendable {
         state.withLock { !$0.queue.isEmpty || !$0.backlog.isEmpty || !$0.ended }
     }
 
-    /// Sets what is called when bytes arrive from stdin.
-    public func onArrival(_ body: @escaping @Sendable () -> Void) {
-        let handler = ArrivalHandler(body)
+    /// Sets what is called when bytes arrive from stdin, for `owner` (one UART at a time:
+    /// the UART of a machine restarted on the same console replaces the last one's).
+    public func onArrival(for owner: AnyObject, _ body: @escaping @Sendable () -> Void) {
+        let handler = ArrivalHandler(owner: ObjectIdentifier(owner), body)
         arrival.withLock { $0 = handler }
+    }
+
+    /// `owner` is going away: its handler is not called again, and a call in progress has
+    /// returned when this does (the stdin thread calls it under the same lock).
+    public func removeArrival(for owner: AnyObject) {
+        arrival.withLock { if $0?.owner == ObjectIdentifier(owner) { $0 = nil } }
     }
 
     /// Takes the next byte, if any.
@@ -234,7 +241,7 @@ public final class ConsoleInput: Sendable {
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { state.withLock { $0.ended = true }; return }
                 state.withLock { $0.queue.append(contentsOf: buffer[0..<n]) }
-                arrival.withLock { $0 }?.body()
+                arrival.withLock { $0?.body() }
             }
         }
     }
@@ -242,8 +249,12 @@ public final class ConsoleInput: Sendable {
 
 /// What `ConsoleInput.onArrival` calls.
 final class ArrivalHandler: Sendable {
+    let owner: ObjectIdentifier
     let body: @Sendable () -> Void
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    init(owner: ObjectIdentifier, _ body: @escaping @Sendable () -> Void) {
+        self.owner = owner
+        self.body = body
+    }
 }
 
 // MARK: Snapshot

@@ -41,16 +41,15 @@ public final class DeviceModel: Sendable {
                 onReset: @escaping @Sendable () -> Void = {}, onPowerOff: @escaping @Sendable () -> Void = {},
                 onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
-        // The PIC is built before the fabric it reports to.
-        let fabric = WeakReference<APICBus>()
-        let pic = PIC8259Pair { fabric.value?.picRequested() }
+        // The PIC is built before the fabric it reports to (see `PICOutput`).
+        let picOutput = PICOutput()
+        let pic = PIC8259Pair { picOutput.raised() }
         self.pic = pic
         let clock = clock ?? MachineClock()
         self.clock = clock
         // A local APIC timer armed by another thread than its vCPU's: that vCPU looks again.
         timers = TimerService(clock: clock, manual: clock.isVirtual, wakeOwner: onInterruptRequest)
-        apic = APICBus(cpus: cpus, pic: pic, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
-        fabric.value = apic
+        apic = APICBus(cpus: cpus, pic: pic, output: picOutput, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
         let router = InterruptRouter(pic: pic)
         router.attachIOAPIC(apic.ioapic)
         self.router = router
@@ -104,9 +103,4 @@ extension DeviceModel {
     public var mayStillInterrupt: Bool {
         timers.anyArmed || apic.anyPending() || serial.mayInterrupt
     }
-}
-
-/// A weak reference for wiring devices built before what they report to.
-final class WeakReference<T: AnyObject>: @unchecked Sendable {
-    weak var value: T?
 }

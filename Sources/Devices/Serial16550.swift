@@ -38,8 +38,14 @@ public final class Serial16550: PortDevice {
         self.console = console
         self.input = input
         self.irq = irq
-        input.onArrival { [weak self] in self?.inputArrived() }
+        // Unowned: the handler is removed in `deinit`, and ConsoleInput runs it under the
+        // lock that removal takes, so it never runs on a freed UART. (A weak reference would
+        // give the UART a side table, and every retain of it — one per port access, from
+        // the port bus — would take Swift's slow reference-counting path.)
+        input.onArrival(for: self) { [unowned(unsafe) self] in self.inputArrived() }
     }
+
+    deinit { input.removeArrival(for: self) }
 
     /// Received data arrived asynchronously: raise the interrupt if IER asks for it.
     private func inputArrived() {

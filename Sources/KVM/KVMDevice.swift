@@ -149,13 +149,13 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         ckvm_rwlock_init_writer_preferring(lock)
         return lock
     }()
-    /// The VM's vCPUs, kicked out of `KVM_RUN` for a remap (weak: each holds the VM).
-    private let vcpuList = Mutex<[WeakVCPU]>([])
-    final class WeakVCPU: @unchecked Sendable { weak var vcpu: KVMVCPU?; init(_ v: KVMVCPU) { vcpu = v } }
+    /// What kicks each of the VM's vCPUs out of `KVM_RUN` for a remap (not the vCPUs:
+    /// see `KVMKicker`).
+    private let kickers = Mutex<[KVMKicker]>([])
 
     /// Makes every vCPU of the VM leave `KVM_RUN` soon (each returns `.interrupted` once).
     func kickAllVCPUs() {
-        for weak in vcpuList.withLock({ $0 }) { weak.vcpu?.kick() }
+        for kicker in kickers.withLock({ $0 }) { kicker.kick() }
     }
 
     init(fd: Int32, device: KVMDevice) {
@@ -229,7 +229,7 @@ public final class KVMVirtualMachine: @unchecked Sendable {
                                         xsave: device.check(.xsave) > 0, xcrs: device.check(.xcrs) > 0)
         let vcpu = KVMVCPU(fd: fd, index: index, run: run, runSize: size, vm: self, syncEvents: syncEvents, stateIoctls: state)
         vcpu.canSyncRegisters = syncRegisters
-        vcpuList.withLock { $0.append(WeakVCPU(vcpu)) }
+        kickers.withLock { $0.append(vcpu.kicker) }
         return vcpu
     }
 }

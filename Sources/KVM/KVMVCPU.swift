@@ -12,11 +12,10 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     let shared: UnsafeMutablePointer<kvm_run>
     let runSize: Int
     let vm: KVMVirtualMachine
-    /// The thread inside `run()`, for `kick()`.
-    private var runner: pthread_t?
+    /// The thread inside `run()` and the `kvm_run` page, for `kick()` (and the VM's kicks).
+    let kicker: KVMKicker
     /// The thread of the previous `run()` (compared only, never signalled).
     private var lastRunner: pthread_t?
-    private let runnerLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     /// The signal that interrupts `KVM_RUN` on another thread.
     public static let kickSignal = ckvm_kick_signal()
@@ -44,21 +43,20 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         self.fd = fd
         self.index = index
         self.shared = run.assumingMemoryBound(to: kvm_run.self)
+        kicker = KVMKicker(run: shared)
         self.runSize = runSize
         self.vm = vm
         self.syncEvents = syncEvents
         // Every exit then stores the events where an injection can amend them.
         if syncEvents { shared.pointee.kvm_valid_regs = UInt64(CKVM_SYNC_X86_EVENTS) }
-        pthread_mutex_init(runnerLock, nil)
         Self.installKickHandler
     }
 
     deinit {
         if ownTimerSignalCreated { ckvm_thread_timer_delete(ownTimerSignal) }
+        kicker.detach()
         munmap(shared, runSize)
         close(fd)
-        pthread_mutex_destroy(runnerLock)
-        runnerLock.deallocate()
     }
 
     /// The handler makes `KVM_RUN` return EINTR instead of the signal killing the process
@@ -185,19 +183,19 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// This thread is no longer in (or entering) `KVM_RUN`: kicks stop signalling it.
     private func clearRunner() {
-        pthread_mutex_lock(runnerLock)
-        runner = nil
-        pthread_mutex_unlock(runnerLock)
+        pthread_mutex_lock(kicker.lock)
+        kicker.runner = nil
+        pthread_mutex_unlock(kicker.lock)
     }
 
     /// `KVM_RUN`, with the exit translated to the shared `VCPUExit`.
     public func run() throws(BackendError) -> VCPUExit {
         let me = pthread_self()
-        pthread_mutex_lock(runnerLock)
+        pthread_mutex_lock(kicker.lock)
         let newThread = lastRunner.map { pthread_equal($0, me) == 0 } ?? true
-        runner = me
+        kicker.runner = me
         lastRunner = me
-        pthread_mutex_unlock(runnerLock)
+        pthread_mutex_unlock(kicker.lock)
         if newThread {
             Self.unblockKickSignal()
             retargetOwnTimerSignal()
@@ -318,12 +316,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
 
     /// Makes a `KVM_RUN` in progress (or about to start) return EINTR: sets
     /// `immediate_exit` and signals the running thread.
-    public func kick() {
-        shared.pointee.immediate_exit = 1
-        pthread_mutex_lock(runnerLock)
-        if let runner { pthread_kill(runner, Self.kickSignal) }
-        pthread_mutex_unlock(runnerLock)
-    }
+    public func kick() { kicker.kick() }
 
     /// RFLAGS.IF: `kvm_run.if_flag`, which KVM fills in at every exit, or the value
     /// `writeState` gave it since.
@@ -533,5 +526,45 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                     present: s.present ? 1 : 0, dpl: s.dpl, db: s.defaultBig ? 1 : 0, s: s.isSystem ? 0 : 1,
                     l: s.long ? 1 : 0, g: s.granularity ? 1 : 0, avl: s.available ? 1 : 0,
                     unusable: s.unusable ? 1 : 0, padding: 0)
+    }
+}
+
+/// What kicks a vCPU out of `KVM_RUN`: its `kvm_run` page (`immediate_exit`) and the thread
+/// inside `run()`, under one lock. The VM holds its vCPUs' kickers (for remaps) rather than
+/// the vCPUs: a strong reference to a vCPU would be a cycle (each holds its VM), and a weak
+/// one would give the vCPU a side table, so that every retain of it — one per exit, by the
+/// vCPU loop — took Swift's slow reference-counting path. The vCPU detaches its page before
+/// unmapping it; a kick after that does nothing.
+final class KVMKicker: @unchecked Sendable {
+    let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// The thread inside (or entering) `KVM_RUN`; guarded by `lock`.
+    var runner: pthread_t?
+    private var run: UnsafeMutablePointer<kvm_run>?
+
+    init(run: UnsafeMutablePointer<kvm_run>) {
+        self.run = run
+        pthread_mutex_init(lock, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
+
+    /// Makes a `KVM_RUN` in progress (or about to start) return EINTR: sets
+    /// `immediate_exit` and signals the running thread.
+    func kick() {
+        pthread_mutex_lock(lock)
+        run?.pointee.immediate_exit = 1
+        if let runner { pthread_kill(runner, KVMVCPU.kickSignal) }
+        pthread_mutex_unlock(lock)
+    }
+
+    /// The vCPU is going away: its page is unmapped next.
+    func detach() {
+        pthread_mutex_lock(lock)
+        run = nil
+        runner = nil
+        pthread_mutex_unlock(lock)
     }
 }

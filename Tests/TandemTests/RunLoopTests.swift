@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Devices
 import Dispatch
 import GDBStub
 import Machine
@@ -168,6 +169,36 @@ struct RunLoopTests {
         #expect(outcome.value?.status == ExitStatus.debuggerKilled.rawValue)
         #expect(machine.state(ofVCPU: 0) == .stopped && machine.state(ofVCPU: 1) == .stopped)
         #expect(machine.capturedOutput.isEmpty, "no instruction ran")
+    }
+
+    /// Machines are built and torn down many times (tests, `--reboot restart`): once run
+    /// and let go, nothing may keep the machine or its devices alive — no cycle through the
+    /// devices' callbacks to the machine, the PIC's to the APIC bus, the console input's to
+    /// the UART (which hold none of them strongly, nor weakly on the exit path).
+    @Test("a machine that ran is freed with its devices once let go, on every backend", arguments: backends())
+    func tornDownMachineIsFreed(backend: BackendKind) throws {
+        weak var machine: Machine?
+        weak var devices: DeviceModel?
+        weak var serial: Serial16550?
+        weak var apic: APICBus?
+        do {
+            var c = MachineConfiguration(imagePath: try guest("uart-echo.elf"))
+            c.backend = backend
+            c.cpus = 2
+            c.serial = .capture
+            c.input = .bytes(Array("freed.".utf8))
+            c.timeout = 60
+            c.announceBackend = false
+            let built = try Machine(c)
+            machine = built
+            devices = built.devices
+            serial = built.devices.serial
+            apic = built.devices.apic
+            let outcome = built.run()
+            #expect(outcome.status == 0, "\(outcome.message ?? "")")
+        }
+        #expect(machine == nil, "the machine outlived its run")
+        #expect(devices == nil && serial == nil && apic == nil, "a device outlived its machine")
     }
 
     final class OutcomeBox: @unchecked Sendable {

@@ -1,32 +1,28 @@
-import KVM
-#if canImport(Glibc)
-import Glibc
-#endif
 import Disassembler
 import GuestMemory
-import HostOS
 import Synchronization
-import Interpreter
-import Tracing
 import X86
 
 /// One vCPU's tracing state where the backend cannot record its own trace (KVM, which is
 /// single-stepped; and every backend under `--trace-exits`): the state before the step, a
 /// disassembler to find instruction lengths; records go to the vCPU's `TraceRecorder`.
-final class VCPUTracer {
-    let recorder: TraceRecorder
+/// It knows the engines only as `VCPUBackend`s (the machine's vCPU loop drives it).
+public final class VCPUTracer {
+    public let recorder: TraceRecorder
     let memory: GuestMemoryMap
     let disassembler = Disassembler()
     var previous: CPUState
 
-    init(recorder: TraceRecorder, memory: GuestMemoryMap, state: CPUState) {
+    public init(recorder: TraceRecorder, memory: GuestMemoryMap, state: CPUState) {
         self.recorder = recorder
         self.memory = memory
         self.previous = state
     }
 
     /// An instruction retired (or faulted): emit its records and remember the new state.
-    func step(_ backend: any VCPUBackend) {
+    /// `takeInjected`: the interrupts the machine injected before this step (KVM's, which
+    /// the engine cannot report as events of its own).
+    public func step(_ backend: any VCPUBackend, takeInjected: () -> [UInt8]) {
         guard let now = try? backend.readState() else { return }
         defer { previous = now; recorder.io.removeAll() }
         let trace = (backend as? TraceSource)?.drainTrace() ?? (accesses: [], events: [])
@@ -52,16 +48,14 @@ final class VCPUTracer {
         }
         for e in trace.events where recorder.admit(seq, nil) { recorder.encodeEvent(seq, e) }
         // KVM: the interrupts the machine injected before this step, where the guest was.
-        if let kvm = backend as? KVMVCPU {
-            for v in kvm.takeInjected() where recorder.admit(seq, nil) {
-                recorder.encodeEvent(seq, InterruptEvent(kind: .external, vector: v, errorCode: nil, cs: p.cs.selector, rip: p.rip))
-            }
+        for v in takeInjected() where recorder.admit(seq, nil) {
+            recorder.encodeEvent(seq, InterruptEvent(kind: .external, vector: v, errorCode: nil, cs: p.cs.selector, rip: p.rip))
         }
         if p.mode != now.mode, recorder.admit(seq, nil) { recorder.encodeMode(seq, from: p.mode, to: now.mode, cs: now.cs.selector, rip: now.rip) }
     }
 
     /// `--trace-exits`: one record per exit, no single-stepping.
-    func exit(_ exit: VCPUExit, _ backend: any VCPUBackend) {
+    public func exit(_ exit: VCPUExit, _ backend: any VCPUBackend) {
         let rip = (try? backend.readState().rip) ?? 0
         let seq = recorder.sequence
         recorder.sequence += 1
@@ -107,27 +101,20 @@ final class VCPUTracer {
     }
 }
 
-package func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
-package func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
-
-package func padRight(_ s: String, _ width: Int) -> String {
-    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
-}
-
 /// The trace a machine writes now — `--trace` from the start, or gdb's `monitor trace
 /// on|off` while every vCPU is stopped — and a generation number that each vCPU compares
 /// with the one it follows to see that the trace changed.
-final class MachineTrace: Sendable {
+package final class MachineTrace: Sendable {
     private let state: Mutex<(sink: TraceSink?, generation: Int)>
 
-    init(_ sink: TraceSink?) { state = Mutex((sink, 0)) }
+    package init(_ sink: TraceSink?) { state = Mutex((sink, 0)) }
 
-    var current: (sink: TraceSink?, generation: Int) { state.withLock { $0 } }
-    var sink: TraceSink? { state.withLock { $0.sink } }
+    package var current: (sink: TraceSink?, generation: Int) { state.withLock { $0 } }
+    package var sink: TraceSink? { state.withLock { $0.sink } }
 
     /// Puts `sink` in the old one's place (only while every vCPU is parked, each having
     /// handed its records to the old sink); returns the old one.
-    func replace(with sink: TraceSink?) -> TraceSink? {
+    package func replace(with sink: TraceSink?) -> TraceSink? {
         state.withLock { s in
             let old = s.sink
             s = (sink, s.generation + 1)
@@ -137,71 +124,20 @@ final class MachineTrace: Sendable {
 }
 
 /// One vCPU's part of the machine's trace, made and used on the vCPU's thread.
-final class VCPUTrace {
-    let recorder: TraceRecorder
+package final class VCPUTrace {
+    package let recorder: TraceRecorder
     /// Records made from the vCPU loop: KVM's (single-stepped), and every backend's under
     /// `--trace-exits`; nil where the interpreter records inside its run loop.
-    let tracer: VCPUTracer?
+    package let tracer: VCPUTracer?
     /// The backend is single-stepped for the trace.
-    let stepping: Bool
+    package let stepping: Bool
     /// Port I/O answered by the vCPU loop goes into the instruction's record.
-    let recordsIO: Bool
+    package let recordsIO: Bool
 
-    init(recorder: TraceRecorder, tracer: VCPUTracer?, stepping: Bool, recordsIO: Bool) {
+    package init(recorder: TraceRecorder, tracer: VCPUTracer?, stepping: Bool, recordsIO: Bool) {
         self.recorder = recorder
         self.tracer = tracer
         self.stepping = stepping
         self.recordsIO = recordsIO
-    }
-}
-
-extension Machine {
-    /// On vCPU `index`'s thread: follows the machine's trace — attaches a recorder to a
-    /// trace that started, detaches it from one that ended. The interpreter records inside
-    /// its run loop; KVM is single-stepped and traced from the vCPU loop (`VCPUTracer`), as
-    /// is every backend under `--trace-exits`.
-    func syncTrace(_ index: Int) {
-        let slot = slots[index]
-        let (sink, generation) = trace.current
-        guard slot.traceGeneration != generation else { return }
-        slot.traceGeneration = generation
-        if let old = slot.trace {
-            if old.stepping { setStepping(slot.active, false) }
-            if old.tracer == nil, let interpreter = slot.active as? InterpreterVCPU { interpreter.recorder = nil }
-            old.recorder.flush()
-            slot.trace = nil
-            slot.traceStepping = false
-        }
-        guard let sink else { return }
-        let exitsOnly = sink.options.exitsOnly
-        // On a KVM machine the interpreter only stands in (a handoff, watchpoints): its
-        // vCPU is traced by single-steps, whichever engine runs it.
-        let interpreter = exitsOnly || backendName == "kvm" ? nil : slot.active as? InterpreterVCPU
-        let recorder = TraceRecorder(vcpu: index, sink: sink, inRunLoop: interpreter != nil)
-        if let interpreter {
-            interpreter.recorder = recorder
-            slot.trace = VCPUTrace(recorder: recorder, tracer: nil, stepping: false, recordsIO: true)
-            return
-        }
-        let tracer = VCPUTracer(recorder: recorder, memory: memory, state: (try? slot.active.readState()) ?? CPUState())
-        if !exitsOnly { setStepping(slot.active, true) }
-        slot.traceStepping = !exitsOnly
-        slot.trace = VCPUTrace(recorder: recorder, tracer: tracer, stepping: !exitsOnly, recordsIO: !exitsOnly)
-    }
-
-    /// The debugger stopped vCPU `index`: its records so far go to the trace file.
-    func submitTrace(_ index: Int) {
-        guard let t = slots[index].trace else { return }
-        (slots[index].active as? InterpreterVCPU)?.finishTrace()
-        t.recorder.submitRecords()
-    }
-
-    /// The end of vCPU `index`'s thread: its last records.
-    func endTrace(_ index: Int) {
-        let slot = slots[index]
-        guard let t = slot.trace else { return }
-        if t.stepping { t.tracer?.step(slot.active) }
-        (slot.active as? InterpreterVCPU)?.finishTrace()
-        t.recorder.flush()
     }
 }
