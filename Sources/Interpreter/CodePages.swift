@@ -26,13 +26,15 @@ public final class CodePages: @unchecked Sendable {
         // ROM pages sit below 4 GiB, RAM ends at ramEnd: cover both.
         let end = max(memory.ramEnd, 1 << 32)
         pageCount = Int(end >> 12)
-        let bytes = pageCount * 8
+        // One word more, never written: what a page outside the table reads (`word`).
+        let bytes = (pageCount + 1) * 8
         let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         precondition(p != MAP_FAILED && p != nil, "cannot reserve the code-page table")
-        words = p!.bindMemory(to: UInt64.self, capacity: pageCount)
+        words = p!.bindMemory(to: UInt64.self, capacity: pageCount + 1)
+        words[pageCount] = 1
     }
 
-    deinit { munmap(words, pageCount * 8) }
+    deinit { munmap(words, (pageCount + 1) * 8) }
 
     /// Set when guest RAM is written by more than one thread (SMP): tagging a line then
     /// needs the process-wide barrier described at `tagForDecode`.
@@ -67,8 +69,12 @@ public final class CodePages: @unchecked Sendable {
     }
 
     /// The version instructions decoded from `page` are checked against.
-    @inline(__always) func current(_ page: Int) -> UInt32 {
-        page < pageCount ? UInt32(truncatingIfNeeded: tandem_load_relaxed64(words + page)) : 1
+    @inline(__always) func current(_ page: Int) -> UInt32 { Self.version(word(page)) }
+
+    /// `page`'s word, for a reader that checks one page again and again (the trace loop,
+    /// after each instruction); a page outside the table has version 1.
+    @inline(__always) func word(_ page: Int) -> UnsafePointer<UInt64> {
+        UnsafePointer(words + (page < pageCount ? page : pageCount))
     }
 
     /// Called for every guest write of `size` bytes (1 ... 4096) to RAM at `physical`,
@@ -86,11 +92,17 @@ public final class CodePages: @unchecked Sendable {
 
 // (In an extension: `@_transparent` is not allowed in a class body.)
 extension CodePages {
+    /// The version in a page's word.
+    @_transparent static func version(_ word: UnsafePointer<UInt64>) -> UInt32 {
+        UInt32(truncatingIfNeeded: tandem_load_relaxed64(word))
+    }
+
     /// The line bits (in the word's high half) of the bytes `offset ..< offset + length`
     /// of a page, the part beyond the page left out; `length` ≥ 1.
     @_transparent static func lines(_ offset: Int, _ length: Int) -> UInt64 {
         let first = offset >> lineShift
-        let last = min(offset &+ length &- 1, 0xFFF) >> lineShift
+        let end = offset &+ length &- 1
+        let last = (end < 0xFFF ? end : 0xFFF) >> lineShift   // (Swift's min stayed a call)
         let count = UInt64(last &- first &+ 1)
         return ((1 << count) &- 1) << UInt64(32 &+ first)
     }

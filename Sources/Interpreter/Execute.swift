@@ -12,30 +12,52 @@ extension InterpreterVCPU {
     @inline(never)
     func runInstructions(_ budget: inout Int) throws(Fault) {
         defer { materializeFlags() }   // (outside this loop, RFLAGS is exact)
+        // The next trace when the last one's successor check found it (`successor`).
+        var chained: UnsafeMutablePointer<TraceHead>? = nil
         while budget > 0 {
-            let head = try traceAt()
-            let count = Int(head.pointee.count)
-            if _slowPath(count == 0) {
-                try step()
-                budget &-= 1
+            let head: UnsafeMutablePointer<TraceHead>
+            if let next = chained {
+                head = next
+                chained = nil
             } else {
-                let version = head.pointee.version
-                let page = Int(truncatingIfNeeded: head.pointee.tag >> 14)
-                var d = traceInstructions(head)
-                let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
+                head = try traceAt()
+                if _slowPath(head.pointee.count == 0) {
+                    try step()
+                    budget &-= 1
+                    if _slowPath(endBlock) { break }
+                    continue
+                }
                 // What `execute` checks before each instruction, once per trace: only the
                 // first can run in an interrupt shadow (STI, MOV SS and POP SS end a
-                // trace), and single-stepping runs one instruction.
+                // trace), and single-stepping runs one instruction. (A chained trace
+                // follows a relative jump, which sets neither.)
                 if _slowPath(interruptShadow) { interruptShadow = false }
-                if _slowPath(singleStep) { noteStepped(d) }
+                if _slowPath(singleStep) { noteStepped(traceInstructions(head)) }
+            }
+            let count = Int(head.pointee.count)
+            let version = head.pointee.version
+            let word = codePages.word(Int(truncatingIfNeeded: head.pointee.tag >> 14))
+            let entryRIP = s.pointee.rip
+            let first = traceInstructions(head)
+            var d = first
+            let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
+            // The budget is counted once per trace (and for a fault, up to the instruction
+            // that raised it), not in memory after each instruction.
+            do throws(Fault) {
                 while true {
                     try execute(d, next: (s.pointee.rip &+ UInt64(d.pointee.length)) & ipMask)
-                    budget &-= 1
                     d += 1
-                    if d == end || _slowPath(codePages.current(page) != version) { break }
+                    if d == end || _slowPath(CodePages.version(word) != version) { break }
                 }
+            } catch {
+                budget &-= d - first
+                throw error
             }
+            budget &-= d - first
             if _slowPath(endBlock) { break }   // (the hybrid engine: user mode entered)
+            if d == first + count && d[-1].form.isRelativeBranch {
+                chained = successor(of: head, from: entryRIP, word: word)
+            }
         }
     }
 

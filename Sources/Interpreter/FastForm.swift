@@ -30,6 +30,10 @@ enum FastForm: UInt8 {
     case jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp, jl, jge, jle, jg
     case jmpRel
 
+    /// jcc rel or jmp rel: the last instruction of a trace whose successor can be found
+    /// without a lookup (`successor`).
+    var isRelativeBranch: Bool { rawValue >= FastForm.jo.rawValue && rawValue <= FastForm.jmpRel.rawValue }
+
     /// The form of `d` (called once per decode).
     static func of(_ d: DecodedInstruction) -> FastForm {
         // LOCK is #UD (or a locked memory operation) on these: the generic path decides.

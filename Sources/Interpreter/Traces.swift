@@ -85,7 +85,7 @@ extension InterpreterVCPU {
         let rip = s.pointee.rip
         let (linear, physical) = try codeAddress(rip)
         let key = physical << 2 | UInt64(codeBits >> 5)
-        let head = traceHeads + Int((physical ^ (physical >> 12)) & UInt64(Self.traceCount - 1))
+        let head = traceSlot(physical)
         if _fastPath(head.pointee.tag == key && head.pointee.version == codePages.current(Int(truncatingIfNeeded: physical >> 12))
                      && (codeBits == 64 || rip &+ UInt64(head.pointee.bytes) &- 1 <= codeLimit)) {
             return head
@@ -93,12 +93,38 @@ extension InterpreterVCPU {
         return buildTrace(head, key: key, rip: rip, linear: linear, physical: physical)
     }
 
+    /// The slot of the trace starting at physical address `physical`.
+    @_transparent
+    func traceSlot(_ physical: UInt64) -> UnsafeMutablePointer<TraceHead> {
+        traceHeads + Int((physical ^ (physical >> 12)) & UInt64(Self.traceCount - 1))
+    }
+
+    /// Trace chaining: after `head` ran to its end, a relative jump or branch (which changes
+    /// no fetch state: CS, mode, paging, A20), the trace at the new RIP when it starts on
+    /// the same page and is built and valid — found without `traceAt`'s CS and page-table
+    /// translation, since that page's mapping is the one `head` was found through (its
+    /// physical address is `head`'s plus the distance RIP moved). nil: `traceAt` looks.
+    /// `word` is the page's code-page word (`head`'s page).
+    @_transparent
+    func successor(of head: UnsafeMutablePointer<TraceHead>, from entryRIP: UInt64, word: UnsafePointer<UInt64>) -> UnsafeMutablePointer<TraceHead>? {
+        let rip = s.pointee.rip
+        let delta = rip &- entryRIP
+        let physical = head.pointee.tag >> 2
+        if (physical & 0xFFF) &+ delta >= 0x1000 { return nil }   // (a backward jump off the page wraps to a huge value)
+        let next = traceSlot(physical &+ delta)
+        if next.pointee.tag == head.pointee.tag &+ delta << 2 && next.pointee.version == CodePages.version(word)
+            && (codeBits == 64 || rip &+ UInt64(next.pointee.bytes) &- 1 <= codeLimit) {
+            return next
+        }
+        return nil
+    }
+
     /// The last offset in CS an instruction byte can have outside 64-bit mode: the limit,
     /// and in 16-bit code also the end of IP's range (IP wraps there, the code bytes do not).
     @inline(__always)
     var codeLimit: UInt64 {
         let limit = UInt64(seg[1].pointee.limit)
-        return codeBits == 16 ? min(limit, 0xFFFF) : limit
+        return codeBits == 16 && limit > 0xFFFF ? 0xFFFF : limit
     }
 
     /// Decodes the trace starting at CS:RIP (`linear`, `physical`) into `head`'s slot,
