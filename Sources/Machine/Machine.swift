@@ -178,9 +178,12 @@ public final class Machine: @unchecked Sendable {
     let runStarted = Atomic<UInt64>(0)
     // Keeps the KVM VM fd open as long as the vCPUs.
     let kvm: KVMVirtualMachine?
+    /// How KVM and the interpreter share the vCPUs where KVM cannot deliver the guest's
+    /// events (Hybrid.swift): the hybrid engine, or `--backend kvm` on a PVM host.
+    let placement: Placement?
     /// `--backend hybrid`: each vCPU runs 64-bit user mode on KVM and the rest on the
     /// interpreter (Hybrid.swift).
-    let hybrid: Bool
+    var hybrid: Bool { placement == .hybrid }
 
     struct Control {
         var reason: StopReason?
@@ -327,7 +330,9 @@ public final class Machine: @unchecked Sendable {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
         slots = backends.map { VCPUSlot(active: $0) }
-        hybrid = backendName == "hybrid"
+        placement = backendName == "hybrid" ? .hybrid
+            : backendName == "kvm" && c.gdb == nil && c.trace == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization() ? .fallbackStretches
+            : nil
         // The engine each vCPU can move to (EngineSwitch.swift): a KVM vCPU's interpreter is made on first use.
         for (slot, kvmVCPU) in zip(slots, kvmToSwitchTo) {
             kvmVCPU.interruptController = devices.apic
@@ -349,9 +354,9 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        fallback = backendName == "kvm" || hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
-        if hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
-        if c.maxInstructions != nil && (backendName == "kvm" || hybrid) {
+        fallback = backendName == "kvm" || placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
+        if placement == .hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
+        if c.maxInstructions != nil && (backendName == "kvm" || placement == .hybrid) {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
@@ -364,6 +369,7 @@ public final class Machine: @unchecked Sendable {
             debug = nil
         }
         if let snapshot = c.restore { try applySnapshot(snapshot) }
+        if placement == .fallbackStretches { try startWithFallbackStretches() }
         stopper.value = self
     }
 
@@ -625,7 +631,7 @@ public final class Machine: @unchecked Sendable {
             }
             if virtualTime != nil { advanceVirtualClock(slot) }
             slot.ownTimer?.fireIfDue()
-            if hybrid { guard placeHybrid(slot, index: index) else { return } }
+            if placement != nil { guard placeVCPU(slot, index: index) else { return } }
             if slot.commands.switchRequest != .none { guard serviceSwitchRequest(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
@@ -655,15 +661,15 @@ public final class Machine: @unchecked Sendable {
             case .halted:
                 guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
-                // Hybrid: an exception or SYSCALL of user mode (see Hybrid.swift).
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                // An exception or SYSCALL KVM did not deliver (see Hybrid.swift).
+                if (backend as? KVMVCPU)?.runsEventless == true {
+                    guard moveToInterpreter(slot, index: index, after: .exception) else { return }
                     continue
                 }
                 requestStop(.tripleFault(report(index)))
             case .unsupported(let detail):
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                if placement != nil && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, after: .unrunnableInstruction) else { return }
                     continue
                 }
                 if slot.interpreter == nil, handOff(slot, index: index) { continue }
@@ -675,14 +681,15 @@ public final class Machine: @unchecked Sendable {
                 requestStop(.hostError("vcpu\(index): \(detail); \(report(index))"))
             case .instructionLimit:
                 if slot.interpreter != nil {
-                    if handBack(slot, index: index) { continue }
+                    // (A fallback stretch ends at the top of the loop: Hybrid.swift.)
+                    if placement != nil || handBack(slot, index: index) { continue }
                     return
                 }
                 requestStop(.instructionLimit)
             case .stepped:
-                // Hybrid: an int3 of user mode (KVMVCPU.breakpointExits).
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                // An int3 of user mode (KVMVCPU.breakpointExits).
+                if placement != nil && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, after: .exception) else { return }
                     continue
                 }
                 if let debugStop { guard parkForDebugger(index, cause: debugStop) else { return } }
@@ -768,8 +775,8 @@ public final class Machine: @unchecked Sendable {
     /// start-up IPI, then starts in real mode at the vector's page. False: the machine stopped.
     private func waitForStartup(_ index: Int) -> Bool {
         let apic = devices.apic
-        // Hybrid: INIT in user mode; the vCPU restarts on the interpreter.
-        if hybrid && !moveToInterpreter(slots[index], index: index) { return false }
+        // INIT on KVM under a placement: the vCPU restarts on the interpreter.
+        if placement != nil && !moveToInterpreter(slots[index], index: index) { return false }
         var vector: UInt8?
         slots[index].runState = .waitForSIPI
         guard sleep(index, interruptsEnabled: false, until: {
@@ -933,11 +940,11 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
-    /// Hybrid, while KVM runs the vCPU: the guest's IDTR, EFER and LSTAR (KVM runs with its own).
-    var nativeShadow: (idtr: DescriptorTable, efer: UInt64, lstar: UInt64)? = nil
+    /// While KVM runs the vCPU under a placement: the guest's parts KVM runs with its own (Hybrid.swift).
+    var nativeShadow: NativeShadow? = nil
     /// Hybrid: engine switches, and host time on each engine (until the last switch).
     var switches = 0
-    /// Hybrid: the interpreter runs the next instruction before the vCPU goes back to KVM.
+    /// Under a placement: the interpreter runs the next instruction before the vCPU goes back to KVM.
     var interpretNext = false
     /// What the vCPU is told to do (stop, pause, snapshot, move to another engine), by any
     /// thread, and the state its own thread is in.
