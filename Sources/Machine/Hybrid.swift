@@ -1,5 +1,4 @@
 import Dispatch
-import Glibc // EXPERIMENT
 import Interpreter
 import KVM
 import Loaders
@@ -226,7 +225,7 @@ extension Machine {
     /// `fallbackStretches`: the instructions the interpreter runs after taking a vCPU from
     /// KVM (unless it reaches 64-bit user mode first), and the few more it runs when the
     /// vCPU cannot go back at the end of one (an event to take, an interrupt shadow).
-    static let fallbackStretch: UInt64 = getenv("TANDEM_STRETCH").flatMap { UInt64(String(cString: $0)) } ?? 100_000 // EXPERIMENT
+    static let fallbackStretch: UInt64 = 100_000
     static let fallbackStretchRetry: UInt64 = 1_000
 }
 
