@@ -712,11 +712,9 @@ public final class Machine: @unchecked Sendable {
 
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
     /// the interpreter (same memory, same devices) for that one instruction (the debugger
-    /// then lifts the limit itself). (Running a burst of instructions there instead was
-    /// tried for Linux on PVM, where every SSE instruction at CPL 0 is handed over: the
-    /// boot then stalled after "smpboot: CPU0" — probably because the interpreter's TSC
-    /// runs at 1 GHz and KVM's at the host's rate, so each round trip bends the guest's
-    /// clock; see Documentation/Linux.md.)
+    /// then lifts the limit itself). (On a PVM host, without the debugger, a trace or
+    /// `--switch-every`, the interpreter takes the vCPU for a stretch instead: Hybrid.swift,
+    /// `Placement.fallbackStretches`.)
     func handOff(_ slot: VCPUSlot, index: Int, forDebugger: Bool = false) -> Bool {
         guard slot.active is KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return false }
         do {
