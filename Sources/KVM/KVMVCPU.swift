@@ -325,12 +325,22 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// protected mode): kept aside, and `eventlessIDT` put back; in real mode the guest's
     /// goes back to KVM. (The registers `kvm_run` holds, as of this exit.)
     private func keepIDTEventless() {
+        // (Protected mode, KVM holding `eventlessIDT`): agreeing, nothing to do.
+        func modes(_ sregs: kvm_sregs) -> (protected: Bool, eventless: Bool) {
+            (sregs.cr0 & 1 != 0, sregs.idt.base == Self.eventlessIDT.base && sregs.idt.limit == Self.eventlessIDT.limit)
+        }
         var sregs = shared.pointee.s.regs.sregs
-        if !canSyncRegisters { guard ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { return } }
-        let eventless = sregs.idt.base == Self.eventlessIDT.base && sregs.idt.limit == Self.eventlessIDT.limit
-        let protected = sregs.cr0 & 1 != 0
+        if canSyncRegisters {
+            let (protected, eventless) = modes(sregs)
+            if !protected && !eventless { guestIDT = nil }
+            guard protected != eventless else { return }
+        }
+        // Decided on KVM's registers as they are now (the copy in `kvm_run` is only a
+        // filter: a state written since the exit it holds would make it stale).
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { return }
+        let (protected, eventless) = modes(sregs)
         if !protected && !eventless { guestIDT = nil }
-        guard protected != eventless, ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { return }
+        guard protected != eventless else { return }
         if protected {
             guestIDT = DescriptorTable(base: sregs.idt.base, limit: sregs.idt.limit)
             sregs.idt = kvm_dtable(base: Self.eventlessIDT.base, limit: Self.eventlessIDT.limit, padding: (0, 0, 0))
