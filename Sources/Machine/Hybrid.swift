@@ -247,9 +247,16 @@ extension VCPUSlot {
         guard let kvm = active as? KVMVCPU, kvm.deliversNoEvents else { return (state, false) }
         var state = state
         if let shadow = nativeShadow { state.efer = (state.efer & ~EFER.sce) | (shadow.efer & EFER.sce) }
-        // PVM carries a SYSCALL out whatever EFER.SCE says, to LSTAR (the sentinel) at CPL
-        // 3, where the fetch fails.
-        guard state.rip == Machine.syscallSentinel, state.cs.selector & 3 == 3 else { return (state, false) }
+        guard state.rip == Machine.syscallSentinel else { return (state, false) }
+        if state.cs.selector & 3 != 3 {
+            // A SYSCALL at CPL 0 that KVM's emulator ran (CS and SS from STAR, RCX and R11
+            // saved, RFLAGS masked) to the sentinel, where the fetch failed: its target
+            // is the guest's LSTAR, where the interpreter goes on.
+            state.rip = state.msrs.lstar
+            return (state, false)
+        }
+        // PVM carries a SYSCALL of user mode out itself whatever EFER.SCE says, to LSTAR
+        // (the sentinel) at CPL 3, where the fetch fails.
         // Back to the instruction (RCX and R11 hold its address and RFLAGS; the
         // interpreter sets them again), which the interpreter runs.
         state.rip = state[.rcx] &- 2
