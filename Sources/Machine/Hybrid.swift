@@ -18,8 +18,8 @@ import X86
 package enum Placement: Sendable {
     /// `--backend hybrid`: 64-bit user mode (CPL 3, a 64-bit code segment) on KVM, the
     /// rest on the interpreter (Documentation/Hybrid.md). KVM also runs with EFER.SCE
-    /// clear. When an instruction (IRETQ, SYSRETQ, ...) puts the
-    /// vCPU back in 64-bit user mode, it moves to KVM again.
+    /// clear. When an instruction (IRETQ, SYSRETQ, ...) puts the vCPU back in 64-bit user
+    /// mode, it moves to KVM again.
     case hybrid
     /// `--backend kvm` on a PVM host: KVM runs the vCPU; when it cannot run an instruction
     /// or there is an event to deliver, the interpreter takes the vCPU for a stretch of
