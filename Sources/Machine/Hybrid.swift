@@ -80,6 +80,16 @@ extension Machine {
     /// before it runs again. False: the machine stopped (a host error).
     func placeVCPU(_ slot: VCPUSlot, index: Int) -> Bool {
         if let interpreter = slot.active as? InterpreterVCPU {
+            // Code another vCPU rewrote on KVM meanwhile (the kernel patching its text,
+            // then an IPI to every CPU: the event that serializes this one) is decoded
+            // again before the interrupt is taken.
+            if placement == .fallbackStretches && slots.count > 1
+                && hasEventToDeliver(index, interruptsEnabled: interpreter.interruptFlag) {
+                do { try noteKVMWrites(interpreter) } catch {
+                    requestStop(.hostError("vcpu\(index): reading KVM's dirty log: \(error)"))
+                    return false
+                }
+            }
             // Back from KVM for an instruction that faulted there (or an event): the
             // interpreter runs it first.
             if slot.interpretNext {
