@@ -71,7 +71,7 @@ extension KVMVirtualMachine {
     /// (TSC_ADJUST, its paravirtual MSRs, ...) where the interpreter raises #GP. KVM keeps
     /// those whose state it holds and the interpreter implements alike (TSC, SYSENTER,
     /// PAT, MTRRs, EFER, STAR..FMASK, FS/GS bases).
-    func routeMSRsToUserSpace() throws(KVMError) {
+    func routeMSRsToUserSpace(keepingLSTAR: Bool = true) throws(KVMError) {
         var cap = kvm_enable_cap()
         cap.cap = 188   // KVM_CAP_X86_USER_SPACE_MSR
         cap.args.0 = 1 | 2 | 4   // exits for MSRs KVM would #GP (INVAL), does not know (UNKNOWN), is filtered from (FILTER)
@@ -79,7 +79,8 @@ extension KVMVirtualMachine {
 
         let kept: [UInt32] = [0x10, 0x174, 0x175, 0x176, 0x277, 0xFE, 0x250, 0x258, 0x259, 0x2FF]
             + Array(0x200...0x20F) + Array(0x268...0x26F)
-            + [0xC000_0080, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101, 0xC000_0102]
+            + [0xC000_0080, 0xC000_0081, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101, 0xC000_0102]
+            + (keepingLSTAR ? [MSR.lstar] : [])
         let ranges: [(base: UInt32, count: UInt32)] = [(0, 0x2000), (0xC000_0000, 0x2000), (0xC001_0000, 0x2000), (0x4B56_4D00, 0x100)]
         var bitmaps: [UnsafeMutablePointer<UInt8>] = []
         defer { bitmaps.forEach { $0.deallocate() } }
@@ -98,6 +99,14 @@ extension KVMVirtualMachine {
             ckvm_set_msr_filter(fd, Int32(ranges.count), bases, counts, maps.baseAddress)
         }
         guard result == 0 else { throw KVMError("KVM_X86_SET_MSR_FILTER") }
+    }
+}
+
+extension KVMVirtualMachine {
+    /// The guest's RDMSR and WRMSR of LSTAR to user space too, where a vCPU that
+    /// `deliversNoEvents` answers them from the guest's LSTAR it keeps aside.
+    public func routeLSTARToUserSpace() throws(KVMError) {
+        try routeMSRsToUserSpace(keepingLSTAR: false)
     }
 }
 
@@ -135,7 +144,11 @@ extension KVMVCPU {
         let index = shared.pointee.msr.index
         let value = shared.pointee.msr.data
         var ok = false
-        if Self.isAPICMSR(index), let c = interruptController {
+        if index == MSR.lstar && deliversNoEvents {
+            // (The guest's own, kept aside while KVM holds the sentinel; not canonical: #GP.)
+            ok = !write || (value >> 47 == 0 || value >> 47 == 0x1_FFFF)
+            if !write { shared.pointee.msr.data = guestLSTAR } else if ok { guestLSTAR = value }
+        } else if Self.isAPICMSR(index), let c = interruptController {
             if write {
                 let tsc = (try? exchangeMSRs([(MSR.tsc, 0)], set: false).first?.1) ?? 0
                 ok = c.writeMSR(vcpu: self.index, index, value, tscNow: tsc, tscKHz: tscKHz) == true

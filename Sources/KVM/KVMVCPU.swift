@@ -133,6 +133,27 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// Instead of injecting, `run()` returns `.interrupted` as soon as an NMI, or an
     /// interrupt the guest accepts (IF set), is pending, and the interpreter delivers it.
     public var leavesForEvents = false
+    /// KVM must deliver none of the guest's events (a PVM host, where it cannot deliver a
+    /// SYSCALL of user mode: the hybrid engine, and `--backend kvm` there): in protected
+    /// mode KVM runs the vCPU with `eventlessIDT` in place of the guest's IDTR, so that
+    /// every exception fails to deliver (`KVM_EXIT_SHUTDOWN`), and `run()` returns for
+    /// interrupts and NMIs as with `leavesForEvents`; its LSTAR is `syscallSentinel`, so
+    /// that a SYSCALL (which PVM carries out itself, at CPL 3) fails at its first fetch.
+    /// The guest's IDTR and LSTAR are kept aside (`readState` shows them; the guest's
+    /// RDMSR and WRMSR of LSTAR reach them where the VM routes LSTAR to user space:
+    /// `KVMVirtualMachine.routeLSTARToUserSpace`). An IDT the guest loads itself on KVM
+    /// (LIDT at CPL 0), or has on entering protected mode there, is taken at the next exit
+    /// (KVM has delivered events through it until then). In real mode KVM holds the
+    /// guest's own IDTR. Set it before the `writeState` it is to apply to.
+    public var deliversNoEvents = false {
+        didSet { if deliversNoEvents && canSyncRegisters { shared.pointee.kvm_valid_regs |= UInt64(CKVM_SYNC_X86_SREGS) } }
+    }
+    /// The guest's IDTR while KVM holds `eventlessIDT` in its place.
+    private var guestIDT: DescriptorTable? = nil
+    /// The guest's LSTAR while KVM holds `syscallSentinel` (`deliversNoEvents`).
+    var guestLSTAR: UInt64 = 0
+    /// KVM holds `eventlessIDT` now (`deliversNoEvents`, in protected mode).
+    public var runsEventless: Bool { guestIDT != nil }
     /// RFLAGS.IF as of the last `writeState` or exit (`kvm_run.if_flag` is only written at exits).
     private var guestInterruptFlag = false
 
@@ -216,7 +237,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 return .interrupted
             }
         }
-        if leavesForEvents, let controller = interruptController {
+        let leaves = leavesForEvents || guestIDT != nil
+        if leaves, let controller = interruptController {
             let interrupt = controller.hasPendingInterrupt(vcpu: index)
             if controller.hasNMI(vcpu: index) || (interrupt && guestInterruptFlag) {
                 if ownTimer != nil { ckvm_entering(nil) }
@@ -232,7 +254,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             offerInterrupt(controller)
         }
         defer {
-            if !leavesForEvents, let controller = interruptController {
+            if !leaves, let controller = interruptController {
                 let tpr = UInt8(truncatingIfNeeded: shared.pointee.cr8 << 4)
                 if tpr != controller.taskPriority(vcpu: index) { controller.setTaskPriority(vcpu: index, tpr) }
             }
@@ -243,6 +265,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         pthread_rwlock_unlock(vm.runLock)
         if ownTimer != nil { ckvm_entering(nil) }
         guestInterruptFlag = shared.pointee.if_flag != 0
+        if deliversNoEvents && (result >= 0 || error == EINTR) { keepIDTEventless() }
         // KVM_RUN stores the events at every return once it got past loading the vCPU.
         eventsCurrent = syncEvents && (result >= 0 || error == EINTR)
         // Only a thread inside (or entering) KVM_RUN may be signalled: a pthread_t kept
@@ -294,6 +317,46 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             return .internalError("unexpected KVM exit reason \(r.exit_reason)")
         }
     }
+
+    /// After an exit, with `deliversNoEvents`: an IDTR other than `eventlessIDT` in
+    /// protected mode is the guest's (loaded there with LIDT, or the one it had entering
+    /// protected mode): kept aside, and `eventlessIDT` put back; in real mode the guest's
+    /// goes back to KVM. (The registers `kvm_run` holds, as of this exit.)
+    private func keepIDTEventless() {
+        // (Protected mode, KVM holding `eventlessIDT`): agreeing, nothing to do.
+        func modes(_ sregs: kvm_sregs) -> (protected: Bool, eventless: Bool) {
+            (sregs.cr0 & 1 != 0, sregs.idt.base == Self.eventlessIDT.base && sregs.idt.limit == Self.eventlessIDT.limit)
+        }
+        var sregs = shared.pointee.s.regs.sregs
+        if canSyncRegisters {
+            let (protected, eventless) = modes(sregs)
+            if !protected && !eventless { guestIDT = nil }
+            guard protected != eventless else { return }
+        }
+        // Decided on KVM's registers as they are now (the copy in `kvm_run` is only a
+        // filter: a state written since the exit it holds would make it stale).
+        guard ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &sregs) == 0 else { return }
+        let (protected, eventless) = modes(sregs)
+        if !protected && !eventless { guestIDT = nil }
+        guard protected != eventless else { return }
+        if protected {
+            guestIDT = DescriptorTable(base: sregs.idt.base, limit: sregs.idt.limit)
+            sregs.idt = kvm_dtable(base: Self.eventlessIDT.base, limit: Self.eventlessIDT.limit, padding: (0, 0, 0))
+        } else {
+            let idt = guestIDT ?? DescriptorTable(base: 0, limit: 0x3FF)
+            sregs.idt = kvm_dtable(base: idt.base, limit: idt.limit, padding: (0, 0, 0))
+            guestIDT = nil
+        }
+        _ = ckvm_ioctl_ptr(fd, CKVM_SET_SREGS, &sregs)
+    }
+
+    /// IDTR while KVM must deliver no events (`deliversNoEvents`): limit 0, so that every
+    /// delivery fails; the base (the last page of the address space) tells it from an IDT
+    /// the guest loads itself.
+    public static let eventlessIDT = DescriptorTable(base: syscallSentinel, limit: 0)
+    /// LSTAR while KVM must deliver no events: the last page of the address space, which
+    /// no guest maps for user mode.
+    public static let syscallSentinel: UInt64 = 0xFFFF_FFFF_FFFF_F000
 
     /// The exception KVM was delivering when `run()` returned: after a `.shutdown`, the
     /// one whose delivery failed (PVM keeps its vector in the vCPU events); after other
@@ -417,6 +480,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         s.tr = Self.segment(sregs.tr); s.ldtr = Self.segment(sregs.ldt)
         s.gdtr = DescriptorTable(base: sregs.gdt.base, limit: sregs.gdt.limit)
         s.idtr = DescriptorTable(base: sregs.idt.base, limit: sregs.idt.limit)
+        if let guestIDT, s.idtr == Self.eventlessIDT { s.idtr = guestIDT }
         s.cr0 = sregs.cr0; s.cr2 = sregs.cr2; s.cr3 = sregs.cr3; s.cr4 = sregs.cr4; s.cr8 = sregs.cr8
         s.efer = sregs.efer
         s.msrs.apicBase = sregs.apic_base
@@ -429,7 +493,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         for (index, value) in values {
             switch index {
             case MSR.star: s.msrs.star = value
-            case MSR.lstar: s.msrs.lstar = value
+            case MSR.lstar: s.msrs.lstar = deliversNoEvents ? guestLSTAR : value
             case MSR.cstar: s.msrs.cstar = value
             case MSR.fmask: s.msrs.fmask = value
             case MSR.kernelGSBase: s.msrs.kernelGSBase = value
@@ -459,7 +523,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         sregs.fs = Self.kvmSegment(s.fs); sregs.gs = Self.kvmSegment(s.gs); sregs.ss = Self.kvmSegment(s.ss)
         sregs.tr = Self.kvmSegment(s.tr); sregs.ldt = Self.kvmSegment(s.ldtr)
         sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
-        sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
+        guestIDT = deliversNoEvents && s.cr0 & 1 != 0 ? s.idtr : nil
+        let idt = guestIDT == nil ? s.idtr : Self.eventlessIDT
+        sregs.idt = kvm_dtable(base: idt.base, limit: idt.limit, padding: (0, 0, 0))
         sregs.cr0 = s.cr0; sregs.cr2 = s.cr2; sregs.cr3 = s.cr3; sregs.cr4 = s.cr4; sregs.cr8 = s.cr8
         sregs.efer = s.efer
         sregs.apic_base = s.msrs.apicBase
@@ -478,11 +544,12 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             guard ckvm_ioctl_ptr(fd, CKVM_SET_DEBUGREGS, &debug) == 0 else { throw BackendError("KVM_SET_DEBUGREGS: \(Errno.current)") }
         }
         let m = s.msrs
+        guestLSTAR = m.lstar
         // (Not the TSC: this engine's TSC runs at the host's rate and the interpreter's at
         // 1 GHz, so writing back a value that went through the interpreter would set the
         // guest's clock back at every handoff; `setTSC` is for restoring a snapshot.)
         let msrs = [
-            (MSR.star, m.star), (MSR.lstar, m.lstar), (MSR.cstar, m.cstar), (MSR.fmask, m.fmask),
+            (MSR.star, m.star), (MSR.lstar, deliversNoEvents ? Self.syscallSentinel : m.lstar), (MSR.cstar, m.cstar), (MSR.fmask, m.fmask),
             (MSR.kernelGSBase, m.kernelGSBase), (MSR.sysenterCS, m.sysenterCS), (MSR.sysenterESP, m.sysenterESP),
             (MSR.sysenterEIP, m.sysenterEIP), (MSR.pat, m.pat),
         ] + MTRRs.numbers.map { ($0, m.mtrrs[$0]) }

@@ -110,7 +110,7 @@ extension Machine {
                 }
                 try enterKVM(kvmVCPU, of: slot, with: state, leaving: interpreter)
             } else {
-                try enterInterpreter(interpreter, of: slot, with: try kvmVCPU.readState())
+                try enterInterpreter(interpreter, of: slot, with: try slot.guestState())
             }
         } catch {
             requestStop(.hostError("vcpu\(index): moving to \(toKVM ? "KVM" : "the interpreter"): \(error)"))
@@ -198,10 +198,10 @@ extension Machine {
     /// it translated through the guest's page tables (PVM shadows them and learns of changes
     /// by trapping the guest's own writes; the interpreter's writes bypass that), with the
     /// dirty log the memslots lose on the way given to the decode caches first; then KVM
-    /// takes `state` and becomes the vCPU's engine.
+    /// takes `state` (in the view it runs with: Hybrid.swift) and becomes the vCPU's engine.
     func enterKVM(_ kvmVCPU: any VCPUBackend, of slot: VCPUSlot, with state: CPUState, leaving interpreter: InterpreterVCPU) throws {
         try kvm?.forgetTranslations(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
-        try kvmVCPU.writeState(state)
+        try kvmVCPU.writeState(nativeView(of: state, for: slot))
         slot.switchEngine(to: kvmVCPU)
     }
 
@@ -210,6 +210,7 @@ extension Machine {
     func enterInterpreter(_ interpreter: InterpreterVCPU, of slot: VCPUSlot, with state: CPUState) throws {
         try noteKVMWrites(interpreter)
         try interpreter.writeState(state)
+        slot.nativeShadow = nil
         slot.switchEngine(to: interpreter)
     }
 

@@ -4,19 +4,30 @@ import KVM
 import Loaders
 import X86
 
-/// The hybrid engine (`--backend hybrid`; Documentation/Hybrid.md): each vCPU runs 64-bit
-/// user mode (CPL 3, a 64-bit code segment) on KVM and everything else on the interpreter,
-/// for hosts whose KVM runs only that natively (PVM, see HostLimitations.md).
+/// Where a machine whose host KVM cannot be left to deliver the guest's events (PVM:
+/// Documentation/HostLimitations.md) runs its vCPUs, both engines sharing each one.
 ///
-/// KVM never delivers an event to the guest. While KVM runs a vCPU it holds the guest's
-/// state with two changes: IDTR's limit is 0 and EFER.SCE is clear. Every exception or
-/// `int n` of user mode then fails to deliver (a triple fault, `KVM_EXIT_SHUTDOWN`,
-/// before anything is pushed) and SYSCALL raises #UD, which fails the same way; pending
-/// interrupts and NMIs make `KVMVCPU.run` return instead of injecting. At each of those
-/// exits the vCPU moves to the interpreter with its true IDTR and EFER, and the
-/// interpreter runs the instruction again (or takes the interrupt) with the architecture's
-/// result, through the guest's own handlers. When an instruction (IRETQ, SYSRETQ, ...)
-/// puts it back in 64-bit user mode, it moves to KVM again.
+/// KVM never delivers an event there (`KVMVCPU.deliversNoEvents`): while KVM runs a vCPU
+/// in protected mode it holds IDTR's limit 0, so every exception or `int n` fails to
+/// deliver (a triple fault, `KVM_EXIT_SHUTDOWN`, before anything is pushed), a SYSCALL
+/// from user mode (which PVM carries out itself, jumping to LSTAR at CPL 3) faults at its
+/// first fetch and fails the same way, and pending interrupts and NMIs make `KVMVCPU.run`
+/// return instead of injecting. At each of those exits the vCPU moves to the interpreter
+/// with its true state, and the interpreter runs the instruction again (or takes the
+/// interrupt) with the architecture's result, through the guest's own handlers.
+package enum Placement: Sendable {
+    /// `--backend hybrid`: 64-bit user mode (CPL 3, a 64-bit code segment) on KVM, the
+    /// rest on the interpreter (Documentation/Hybrid.md). KVM also runs with EFER.SCE
+    /// clear. When an instruction (IRETQ, SYSRETQ, ...) puts the vCPU back in 64-bit user
+    /// mode, it moves to KVM again.
+    case hybrid
+    /// `--backend kvm` on a PVM host: KVM runs the vCPU; when it cannot run an instruction
+    /// or there is an event to deliver, the interpreter takes the vCPU for a stretch of
+    /// `Machine.fallbackStretch` instructions, or until it reaches 64-bit user mode
+    /// (Documentation/KVM.md, "The fallback on a PVM host").
+    case fallbackStretches
+}
+
 extension Machine {
     /// The vCPUs of a hybrid machine start on the interpreter, in the boot state.
     static func startOnInterpreter(_ slots: [VCPUSlot], machine: InterpreterMachine, plan: BootPlan, cpus: Int,
@@ -24,6 +35,7 @@ extension Machine {
         for (i, slot) in slots.enumerated() {
             guard let kvm = slot.active as? KVMVCPU else { continue }
             kvm.leavesForEvents = true
+            kvm.deliversNoEvents = true
             do { try kvm.setBreakpointExits(true) } catch {
                 throw MachineError(.hostError, "vcpu\(i): the hybrid engine: \(error)")
             }
@@ -45,20 +57,64 @@ extension Machine {
         }
     }
 
-    /// Puts a hybrid vCPU on the engine its state calls for, before it runs again.
-    /// False: the machine stopped (a host error).
-    func placeHybrid(_ slot: VCPUSlot, index: Int) -> Bool {
+    /// `--backend kvm` on a PVM host (`Placement.fallbackStretches`): the vCPUs start on
+    /// KVM, in the state they have (the boot state, or a restored snapshot's), with the
+    /// view of it KVM runs with.
+    func startWithFallbackStretches() throws(MachineError) {
+        for (i, slot) in slots.enumerated() {
+            guard let kvm = slot.active as? KVMVCPU, interpreterVCPU(for: slot, index: i) != nil else { continue }
+            do {
+                // The guest's kernel runs on KVM: its RDMSR/WRMSR of LSTAR must reach the guest's.
+                if i == 0 { try self.kvm?.routeLSTARToUserSpace() }
+                try kvm.setBreakpointExits(true)
+                let state = try kvm.readState()
+                kvm.deliversNoEvents = true
+                try kvm.writeState(state)
+            } catch {
+                throw MachineError(.hostError, "vcpu\(i): KVM with the interpreter's fallback stretches: \(error)")
+            }
+        }
+    }
+
+    /// Puts a vCPU of a machine with a `placement` on the engine its state calls for,
+    /// before it runs again. False: the machine stopped (a host error).
+    func placeVCPU(_ slot: VCPUSlot, index: Int) -> Bool {
         if let interpreter = slot.active as? InterpreterVCPU {
-            // Back from KVM for an instruction that faulted there: the interpreter runs it.
+            // Code another vCPU rewrote on KVM meanwhile (the kernel patching its text,
+            // then an IPI to every CPU: the event that serializes this one) is decoded
+            // again before the interrupt is taken.
+            if placement == .fallbackStretches && slots.count > 1
+                && hasEventToDeliver(index, interruptsEnabled: interpreter.interruptFlag) {
+                do { try noteKVMWrites(interpreter) } catch {
+                    requestStop(.hostError("vcpu\(index): reading KVM's dirty log: \(error)"))
+                    return false
+                }
+            }
+            // Back from KVM for an instruction that faulted there (or an event): the
+            // interpreter runs it first.
             if slot.interpretNext {
                 slot.interpretNext = false
                 return true
             }
-            guard interpreter.inUserMode64 else { return true }
-            return moveToKVM(slot, interpreter, index: index)
+            switch placement {
+            case .hybrid:
+                guard interpreter.inUserMode64 else { return true }
+            case .fallbackStretches:
+                // (A vCPU moved to the interpreter on request, not for a stretch, stays.)
+                guard slot.interpreter != nil,
+                      interpreter.inUserMode64 || interpreter.retired >= interpreter.instructionLimit else { return true }
+            case nil:
+                return true
+            }
+            guard moveToKVM(slot, interpreter, index: index) else { return false }
+            // Held on the interpreter (an event to take, an interrupt shadow...): a little more.
+            if slot.active === interpreter && interpreter.retired >= interpreter.instructionLimit {
+                interpreter.instructionLimit = interpreter.retired &+ Self.fallbackStretchRetry
+            }
+            return true
         }
-        // On KVM: an event to deliver, which only the interpreter does.
-        if hasEventToDeliver(index, interruptsEnabled: slot.active.interruptFlag) {
+        // On KVM: an event to deliver, which (KVM running without the guest's IDT) only the interpreter does.
+        if (slot.active as? KVMVCPU)?.runsEventless == true && hasEventToDeliver(index, interruptsEnabled: slot.active.interruptFlag) {
             return moveToInterpreter(slot, index: index)
         }
         return true
@@ -69,56 +125,91 @@ extension Machine {
         devices.apic.hasNMI(vcpu: index) || (interruptsEnabled && devices.apic.hasPendingInterrupt(vcpu: index))
     }
 
-    /// Interpreter → KVM, for a vCPU in 64-bit user mode, unless it must stay: while
-    /// something needs it instruction by instruction (a trace, the debugger), while
-    /// single-step (TF) or debug-register breakpoints are armed (their #DB is a trap that
-    /// KVM would take after the instruction, which could then not be run again), in an
-    /// interrupt shadow, and while an event is waiting for it to deliver.
+    /// Interpreter → KVM (64-bit user mode under the hybrid engine, the end of a stretch),
+    /// unless it must stay: while something needs it instruction by instruction (a trace,
+    /// the debugger), while single-step (TF) or debug-register breakpoints are armed (their
+    /// #DB is a trap that KVM would take after the instruction, which could then not be run
+    /// again), in an interrupt shadow, and while an event is waiting for it to deliver.
     private func moveToKVM(_ slot: VCPUSlot, _ interpreter: InterpreterVCPU, index: Int) -> Bool {
         guard let kvm = slot.kvm, debug == nil, interpreter.recorder == nil, !interpreter.tracing,
               !interpreter.inInterruptShadow else { return true }
         do {
-            var state = try interpreter.readState()
+            let state = try interpreter.readState()
             if state.rflags & (1 << 8) != 0 || state.dr7 & 0xFF != 0
                 || hasEventToDeliver(index, interruptsEnabled: state.interruptsEnabled) { return true }
-            slot.nativeShadow = (state.idtr, state.efer, state.msrs.lstar)
-            state.idtr.limit = 0
-            state.efer &= ~EFER.sce
-            state.msrs.lstar = Self.syscallSentinel
             try enterKVM(kvm, of: slot, with: state, leaving: interpreter)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to KVM: \(error)"))
             return false
         }
+        if placement == .fallbackStretches {
+            slot.interpreter = nil
+            interpreter.instructionLimit = .max
+            interpreter.exitOnUserMode64 = false
+        }
         return true
     }
 
-    /// KVM → interpreter: the guest's IDTR and EFER.SCE back, and the decode caches told
-    /// which pages KVM wrote meanwhile (its dirty log). `forInstruction`: KVM stopped at
-    /// an instruction it did not run (an exception, SYSCALL), which the interpreter runs
-    /// before the vCPU may go back.
-    func moveToInterpreter(_ slot: VCPUSlot, index: Int, forInstruction: Bool = false) -> Bool {
+    /// The state KVM runs the vCPU with for the guest's `state`: under the hybrid engine
+    /// with EFER.SCE clear, the guest's EFER kept aside in `slot.nativeShadow` (KVM itself
+    /// keeps the guest's IDTR and LSTAR aside: `KVMVCPU.deliversNoEvents`).
+    func nativeView(of state: CPUState, for slot: VCPUSlot) -> CPUState {
+        guard placement == .hybrid else {
+            slot.nativeShadow = nil
+            return state
+        }
+        var native = state
+        slot.nativeShadow = NativeShadow(efer: state.efer)
+        native.efer &= ~EFER.sce
+        return native
+    }
+
+    /// What stopped KVM when a vCPU moves to the interpreter.
+    enum KVMStop {
+        /// An event to deliver (or the vCPU is asked to move): nothing to run again.
+        case event
+        /// An exception KVM did not deliver (the eventless IDT's triple fault, a breakpoint
+        /// exit): the instruction runs again on the interpreter.
+        case exception
+        /// An instruction KVM cannot run (an emulation failure).
+        case unrunnableInstruction
+    }
+
+    /// KVM → interpreter: the guest's own state back, and the decode caches told which
+    /// pages KVM wrote meanwhile (its dirty log). After an `exception` or an
+    /// `unrunnableInstruction` the interpreter runs that instruction before the vCPU may go
+    /// back. With `fallbackStretches`, the interpreter keeps it for a stretch.
+    func moveToInterpreter(_ slot: VCPUSlot, index: Int, after stop: KVMStop = .event) -> Bool {
         guard slot.active is KVMVCPU, let interpreter = slot.fallbackVCPU else { return true }
         do {
             var (state, syscall) = slot.guestView(of: try slot.active.readState())
-            if !syscall, let kvm = slot.active as? KVMVCPU {
+            if !syscall, stop != .event, let kvm = slot.active as? KVMVCPU {
                 // A fault comes back with RIP at the instruction; a breakpoint (`int3`,
                 // `int 3`, `int1`: traps) with RIP past it: back to the instruction, which
                 // the interpreter runs again.
-                if let vector = kvm.exceptionInFlight(afterShutdown: forInstruction), vector == 1 || vector == 3 {
+                if let vector = kvm.exceptionInFlight(afterShutdown: stop == .exception), vector == 1 || vector == 3 {
                     try interpreter.writeState(state)
                     state.rip = try trapInstruction(before: state.rip, vector: vector, interpreter)
                 }
                 // (PVM sets RF in RFLAGS as in a fault's frame; the vCPU's RF was clear.)
-                if forInstruction { state.rflags &= ~Self.resumeFlag }
+                if stop == .exception { state.rflags &= ~Self.resumeFlag }
             }
             try enterInterpreter(interpreter, of: slot, with: state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to the interpreter: \(error)"))
             return false
         }
-        slot.nativeShadow = nil
-        slot.interpretNext = forInstruction
+        slot.interpretNext = stop != .event
+        if placement == .fallbackStretches {
+            // The interpreter runs at least once, even for an event it finds gone (KVM left
+            // for the local APIC timer's deadline before it fired): else a timer due again
+            // by the time the vCPU is back could keep it going back and forth unrun.
+            slot.interpretNext = true
+            slot.interpreter = interpreter
+            slot.handoffs += 1
+            interpreter.instructionLimit = interpreter.retired &+ Self.fallbackStretch
+            interpreter.exitOnUserMode64 = true
+        }
         return true
     }
 
@@ -136,31 +227,47 @@ extension Machine {
 }
 
 extension Machine {
-    /// LSTAR while KVM runs user mode: not canonical, so a SYSCALL that PVM carries out
-    /// (it does, even with EFER.SCE clear) faults at its first fetch and ends the run.
-    package static let syscallSentinel: UInt64 = 0xFFFF_FFFF_FFFF_F000
+    /// LSTAR as KVM holds it on a PVM host (`KVMVCPU.deliversNoEvents`): a SYSCALL that
+    /// PVM carries out (it does, even with EFER.SCE clear) faults at its first fetch.
+    package static let syscallSentinel = KVMVCPU.syscallSentinel
     /// RFLAGS.RF.
     static let resumeFlag: UInt64 = 1 << 16
+    /// `fallbackStretches`: the instructions the interpreter runs after taking a vCPU from
+    /// KVM (unless it reaches 64-bit user mode first), and the few more it runs when the
+    /// vCPU cannot go back at the end of one (an event to take, an interrupt shadow).
+    static let fallbackStretch: UInt64 = 100_000
+    static let fallbackStretchRetry: UInt64 = 1_000
+}
+
+/// The hybrid engine, while KVM runs a vCPU: the guest's EFER (KVM runs with EFER.SCE clear).
+struct NativeShadow {
+    var efer: UInt64
 }
 
 extension VCPUSlot {
-    /// The vCPU's architectural state, whichever engine holds it (on KVM under the hybrid
-    /// engine, with the guest's own IDTR and EFER.SCE in place of the ones KVM runs with).
+    /// The vCPU's architectural state, whichever engine holds it (on KVM under a placement,
+    /// with the guest's own values in place of those KVM runs with).
     func guestState() throws(BackendError) -> CPUState {
         try guestView(of: active.readState()).state
     }
 
     /// `state` read from the active engine, as the guest sees it; `syscall`: KVM stopped
-    /// at the sentinel after a SYSCALL, and the state is put back before the instruction.
+    /// after a SYSCALL of user mode, and the state is put back before the instruction.
     func guestView(of state: CPUState) -> (state: CPUState, syscall: Bool) {
-        guard let (idtr, efer, lstar) = nativeShadow, active is KVMVCPU else { return (state, false) }
+        guard let kvm = active as? KVMVCPU, kvm.deliversNoEvents else { return (state, false) }
         var state = state
-        state.idtr = idtr
-        state.efer = (state.efer & ~EFER.sce) | (efer & EFER.sce)
-        state.msrs.lstar = lstar
+        if let shadow = nativeShadow { state.efer = (state.efer & ~EFER.sce) | (shadow.efer & EFER.sce) }
         guard state.rip == Machine.syscallSentinel else { return (state, false) }
-        // PVM ran a SYSCALL (whatever EFER.SCE says) to the sentinel, where the fetch
-        // failed: back to the instruction (RCX and R11 hold its address and RFLAGS; the
+        if state.cs.selector & 3 != 3 {
+            // A SYSCALL at CPL 0 that KVM's emulator ran (CS and SS from STAR, RCX and R11
+            // saved, RFLAGS masked) to the sentinel, where the fetch failed: its target
+            // is the guest's LSTAR, where the interpreter goes on.
+            state.rip = state.msrs.lstar
+            return (state, false)
+        }
+        // PVM carries a SYSCALL of user mode out itself whatever EFER.SCE says, to LSTAR
+        // (the sentinel) at CPL 3, where the fetch fails.
+        // Back to the instruction (RCX and R11 hold its address and RFLAGS; the
         // interpreter sets them again), which the interpreter runs.
         state.rip = state[.rcx] &- 2
         state.rflags = state[.r11]

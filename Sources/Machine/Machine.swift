@@ -178,9 +178,12 @@ public final class Machine: @unchecked Sendable {
     let runStarted = Atomic<UInt64>(0)
     // Keeps the KVM VM fd open as long as the vCPUs.
     let kvm: KVMVirtualMachine?
+    /// How KVM and the interpreter share the vCPUs where KVM cannot deliver the guest's
+    /// events (Hybrid.swift): the hybrid engine, or `--backend kvm` on a PVM host.
+    let placement: Placement?
     /// `--backend hybrid`: each vCPU runs 64-bit user mode on KVM and the rest on the
     /// interpreter (Hybrid.swift).
-    let hybrid: Bool
+    var hybrid: Bool { placement == .hybrid }
 
     struct Control {
         var reason: StopReason?
@@ -326,7 +329,9 @@ public final class Machine: @unchecked Sendable {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
         slots = backends.map { VCPUSlot(active: $0) }
-        hybrid = backendName == "hybrid"
+        placement = backendName == "hybrid" ? .hybrid
+            : backendName == "kvm" && c.gdb == nil && c.trace == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization() ? .fallbackStretches
+            : nil
         // The engine each vCPU can move to (EngineSwitch.swift): a KVM vCPU's interpreter is made on first use.
         for (slot, kvmVCPU) in zip(slots, kvmToSwitchTo) {
             kvmVCPU.interruptController = devices.apic
@@ -348,9 +353,9 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        fallback = backendName == "kvm" || hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
-        if hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
-        if c.maxInstructions != nil && (backendName == "kvm" || hybrid) {
+        fallback = backendName == "kvm" || placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
+        if placement == .hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
+        if c.maxInstructions != nil && (backendName == "kvm" || placement == .hybrid) {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
@@ -363,6 +368,7 @@ public final class Machine: @unchecked Sendable {
             debug = nil
         }
         if let snapshot = c.restore { try applySnapshot(snapshot) }
+        if placement == .fallbackStretches { try startWithFallbackStretches() }
         stopper.value = self
     }
 
@@ -469,11 +475,9 @@ public final class Machine: @unchecked Sendable {
 
     /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
     /// the interpreter (same memory, same devices) for that one instruction (the debugger
-    /// then lifts the limit itself). (Running a burst of instructions there instead was
-    /// tried for Linux on PVM, where every SSE instruction at CPL 0 is handed over: the
-    /// boot then stalled after "smpboot: CPU0" — probably because the interpreter's TSC
-    /// runs at 1 GHz and KVM's at the host's rate, so each round trip bends the guest's
-    /// clock; see Documentation/Linux.md.)
+    /// then lifts the limit itself). (On a PVM host, without the debugger, a trace or
+    /// `--switch-every`, the interpreter takes the vCPU for a stretch instead: Hybrid.swift,
+    /// `Placement.fallbackStretches`.)
     func handOff(_ slot: VCPUSlot, index: Int, forDebugger: Bool = false) -> Bool {
         guard slot.active is KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return false }
         do {

@@ -181,7 +181,7 @@ extension Machine {
             }
             if virtualTime != nil { advanceVirtualClock(slot) }
             ownTimer?.fireIfDue()
-            if hybrid { guard placeHybrid(slot, index: index) else { return } }
+            if placement != nil { guard placeVCPU(slot, index: index) else { return } }
             if slot.commands.switchRequest != .none { guard serviceSwitchRequest(slot, index: index) else { return } }
             let backend = slot.active
             let exit: VCPUExit
@@ -211,15 +211,15 @@ extension Machine {
             case .halted:
                 guard waitWhileHalted(index, interruptsEnabled: backend.interruptFlag) else { return }
             case .shutdown:
-                // Hybrid: an exception or SYSCALL of user mode (see Hybrid.swift).
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                // An exception or SYSCALL KVM did not deliver (see Hybrid.swift).
+                if (backend as? KVMVCPU)?.runsEventless == true {
+                    guard moveToInterpreter(slot, index: index, after: .exception) else { return }
                     continue
                 }
                 requestStop(.tripleFault(report(index)))
             case .unsupported(let detail):
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                if placement != nil && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, after: .unrunnableInstruction) else { return }
                     continue
                 }
                 if slot.interpreter == nil, handOff(slot, index: index) { continue }
@@ -231,14 +231,15 @@ extension Machine {
                 requestStop(.hostError("vcpu\(index): \(detail); \(report(index))"))
             case .instructionLimit:
                 if slot.interpreter != nil {
-                    if handBack(slot, index: index) { continue }
+                    // (A fallback stretch ends at the top of the loop: Hybrid.swift.)
+                    if placement != nil || handBack(slot, index: index) { continue }
                     return
                 }
                 requestStop(.instructionLimit)
             case .stepped:
-                // Hybrid: an int3 of user mode (KVMVCPU.breakpointExits).
-                if hybrid && backend is KVMVCPU {
-                    guard moveToInterpreter(slot, index: index, forInstruction: true) else { return }
+                // An int3 of user mode (KVMVCPU.breakpointExits).
+                if placement != nil && backend is KVMVCPU {
+                    guard moveToInterpreter(slot, index: index, after: .exception) else { return }
                     continue
                 }
                 if let debugStop { guard parkForDebugger(index, cause: debugStop) else { return } }
@@ -286,8 +287,8 @@ extension Machine {
     /// start-up IPI, then starts in real mode at the vector's page. False: the machine stopped.
     private func waitForStartup(_ index: Int) -> Bool {
         let apic = devices.apic
-        // Hybrid: INIT in user mode; the vCPU restarts on the interpreter.
-        if hybrid && !moveToInterpreter(slots[index], index: index) { return false }
+        // INIT on KVM under a placement: the vCPU restarts on the interpreter.
+        if placement != nil && !moveToInterpreter(slots[index], index: index) { return false }
         var vector: UInt8?
         slots[index].runState = .waitForSIPI
         guard sleep(index, interruptsEnabled: false, until: {
@@ -398,11 +399,11 @@ final class VCPUSlot: @unchecked Sendable {
     var kvm: (any VCPUBackend)?
     var fallbackVCPU: InterpreterVCPU?
     var handoffs = 0
-    /// Hybrid, while KVM runs the vCPU: the guest's IDTR, EFER and LSTAR (KVM runs with its own).
-    var nativeShadow: (idtr: DescriptorTable, efer: UInt64, lstar: UInt64)? = nil
+    /// While KVM runs the vCPU under a placement: the guest's parts KVM runs with its own (Hybrid.swift).
+    var nativeShadow: NativeShadow? = nil
     /// Hybrid: engine switches, and host time on each engine (until the last switch).
     var switches = 0
-    /// Hybrid: the interpreter runs the next instruction before the vCPU goes back to KVM.
+    /// Under a placement: the interpreter runs the next instruction before the vCPU goes back to KVM.
     var interpretNext = false
     /// What the vCPU is told to do (stop, pause, snapshot, move to another engine), by any
     /// thread, and the state its own thread is in.

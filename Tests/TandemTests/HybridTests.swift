@@ -64,6 +64,21 @@ struct HybridTests {
         #expect(h.kvmSeconds > 0)
     }
 
+    @Test("usermode64.elf on --backend kvm: SYSCALL, int 0x80, faults and ticks at CPL 3 (on PVM through the interpreter's fallback stretches)",
+          .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"), arguments: [1, 2])
+    func userModeOnKVM(cpus: Int) throws {
+        let r = try run("usermode64.elf", backend: .kvm, cpus: cpus)
+        #expect(r.status == 0)
+        #expect(r.output == usermode64Expected)
+        if !hostHasHardwareVirtualization() {
+            // KVM delivers none of the events: each SYSCALL, fault and tick is handed over.
+            #expect(r.statistics.handoffs >= 20, "\(r.statistics.handoffs) handoffs")
+            let engines = try #require(r.statistics.engines)
+            #expect(engines.kvmSeconds > 0)
+            #expect(r.statistics.fallbackInstructions > 0)
+        }
+    }
+
     @Test("guests that never reach user mode run on the interpreter alone under hybrid, with its output",
           .enabled(if: canOpenKVM(), "/dev/kvm cannot be opened here"),
           arguments: [("hello-elf64.elf", 4), ("smp-counter.elf", 4), ("paging64.elf", 1), ("apic-ipi.elf", 2), ("tasks.bin", 1), ("bcd16.bin", 1)])
