@@ -35,8 +35,11 @@ extension CPUState {
 struct NativeSlice {
     static let nanoseconds: UInt64 = 1_000_000
     /// Entries whose slice ended with KVM where it started (the kick can land before it
-    /// runs anything) that are tried again before the step is taken as it is.
-    static let retries = 3
+    /// runs anything: under load the thread may wait longer than the slice to run) that are
+    /// tried again, each with a slice twice as long (up to `longestSlice`), before the step
+    /// is taken as it is. Three tries of 1 ms were too few under load in the test suite.
+    static let retries = 12
+    static let longestSlice: UInt64 = 256_000_000
 
     let deadline: TimerDeadline?
     let start: CPUState
@@ -59,7 +62,8 @@ struct NativeSlice {
         guard let deadline, deadline.isDue else { return false }
         if retried < Self.retries, let now, now.sameRegisters(start), now.rflags == start.rflags {
             retried += 1
-            deadline.machineNanoseconds.store(TimerDeadline.hostNow() &+ Self.nanoseconds, ordering: .relaxed)
+            let slice = min(Self.nanoseconds << retried, Self.longestSlice)
+            deadline.machineNanoseconds.store(TimerDeadline.hostNow() &+ slice, ordering: .relaxed)
             return false
         }
         deadline.machineNanoseconds.store(.max, ordering: .relaxed)

@@ -181,25 +181,36 @@ extension Machine {
     /// back. With `fallbackStretches`, the interpreter keeps it for a stretch.
     func moveToInterpreter(_ slot: VCPUSlot, index: Int, after stop: KVMStop = .event) -> Bool {
         guard slot.active is KVMVCPU, let interpreter = slot.fallbackVCPU else { return true }
+        var runsInstruction = stop != .event
         do {
             var (state, syscall) = slot.guestView(of: try slot.active.readState())
-            if !syscall, stop != .event, let kvm = slot.active as? KVMVCPU {
-                // A fault comes back with RIP at the instruction; a breakpoint (`int3`,
-                // `int 3`, `int1`: traps) with RIP past it: back to the instruction, which
-                // the interpreter runs again.
-                if let vector = kvm.exceptionInFlight(afterShutdown: stop == .exception), vector == 1 || vector == 3 {
-                    try interpreter.writeState(state)
-                    state.rip = try trapInstruction(before: state.rip, vector: vector, interpreter)
+            if !syscall, let kvm = slot.active as? KVMVCPU {
+                // A kick can end KVM_RUN between PVM raising an exception and failing to
+                // deliver it (`stop == .event`: it shows as pending in the vCPU events): that
+                // exception is not delivered either, but its instruction run again (under
+                // load an `int 0x80` came back as the #UD PVM raises for it, and the guest
+                // took a #UD).
+                let inFlight = kvm.exceptionInFlight(afterShutdown: stop == .exception)
+                if inFlight != nil { runsInstruction = true }
+                if runsInstruction {
+                    // A fault comes back with RIP at the instruction; a breakpoint (`int3`,
+                    // `int 3`, `int1`: traps) with RIP past it: back to the instruction, which
+                    // the interpreter runs again.
+                    if let vector = inFlight, vector == 1 || vector == 3 {
+                        try interpreter.writeState(state)
+                        state.rip = try trapInstruction(before: state.rip, vector: vector, interpreter)
+                    }
+                    state.events.exception = nil
+                    // (PVM sets RF in RFLAGS as in a fault's frame; the vCPU's RF was clear.)
+                    if stop == .exception || inFlight != nil { state.rflags &= ~Self.resumeFlag }
                 }
-                // (PVM sets RF in RFLAGS as in a fault's frame; the vCPU's RF was clear.)
-                if stop == .exception { state.rflags &= ~Self.resumeFlag }
             }
             try enterInterpreter(interpreter, of: slot, with: state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to the interpreter: \(error)"))
             return false
         }
-        slot.interpretNext = stop != .event
+        slot.interpretNext = runsInstruction
         if placement == .fallbackStretches {
             // The interpreter runs at least once, even for an event it finds gone (KVM left
             // for the local APIC timer's deadline before it fired): else a timer due again
