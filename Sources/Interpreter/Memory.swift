@@ -12,7 +12,7 @@ extension InterpreterVCPU {
         let sr = seg[Int(segment)]
         if longMode {
             let la = segment >= Segment.fs ? sr.pointee.base &+ offset : offset
-            if _slowPath(UInt64(bitPattern: Int64(bitPattern: la << 16) >> 16) != la) {
+            if _slowPath(!isCanonical(la)) {
                 throw segment == Segment.ss ? .ss() : .gp()
             }
             return la
@@ -68,7 +68,7 @@ extension InterpreterVCPU {
     func translateSlow(_ linear: UInt64, _ access: Access) throws(Fault) -> UInt64 {
         // Data addresses are checked in `linearAddress`; a fetch from a non-canonical RIP
         // (never in the TLB, so always here) raises #GP too.
-        if longMode && !canonicalAddress(linear) { throw .gp() }
+        if longMode && !isCanonical(linear) { throw .gp() }
         let user = cpl == 3
         var w = try walk(linear, access: access, user: user, setBits: true)
         w.physical &= a20Mask

@@ -137,7 +137,7 @@ extension InterpreterVCPU {
             let limit = try read(o0.segment, off, 2)
             var base = try read(o0.segment, (off &+ 2) & sizeMask(Int(d.pointee.addressSize)), codeBits == 64 ? 8 : 4)
             if codeBits != 64 && d.pointee.operandSize == 2 { base &= 0xFF_FFFF }
-            if codeBits == 64 && !canonicalAddress(base) { throw .gp() }
+            if codeBits == 64 && !isCanonical(base) { throw .gp() }
             let table = DescriptorTable(base: base, limit: UInt16(limit))
             if op == .lgdt { s.pointee.gdtr = table } else { s.pointee.idtr = table }
         case .sgdt, .sidt:
@@ -202,7 +202,7 @@ extension InterpreterVCPU {
             case .rdgsbase: writeReg(o0.reg, size, s.pointee.gs.base)
             default:
                 let base = readReg(o0.reg, size)
-                guard canonicalAddress(base) else { throw .gp() }
+                guard isCanonical(base) else { throw .gp() }
                 if op == .wrfsbase { s.pointee.fs.base = base } else { s.pointee.gs.base = base }
             }
         case .invpcid:
@@ -214,7 +214,7 @@ extension InterpreterVCPU {
             let linear = try read(d.pointee.o1.segment, off &+ 8, 8)
             switch readReg(o0.reg, 8) {
             case 0:
-                guard pcid < 0x1000, canonicalAddress(linear) else { throw .gp() }
+                guard pcid < 0x1000, isCanonical(linear) else { throw .gp() }
                 tlb.flush(linear: linear)
             case 1, 3:
                 guard pcid < 0x1000 else { throw .gp() }
@@ -277,7 +277,7 @@ extension InterpreterVCPU {
         var base = d.base
         if longMode {
             base |= (try readSystem(address &+ 8, 8) & 0xFFFF_FFFF) << 32
-            if !canonicalAddress(base) { throw .gp(code) }
+            if !isCanonical(base) { throw .gp(code) }
         }
         if ldt {
             s.pointee.ldtr = d.segment(selector: selector, base64: base)
@@ -351,7 +351,6 @@ extension InterpreterVCPU {
             if index == MSR.apicBase { s.pointee.msrs.apicBase = c.readMSR(vcpu: self.index, index) ?? v }
             return
         }
-        func canonical(_ a: UInt64) -> Bool { UInt64(bitPattern: Int64(bitPattern: a << 16) >> 16) == a }
         switch index {
         case MSR.tsc: tscOffset = v &- hostTSC()
         case MSR.apicBase: s.pointee.msrs.apicBase = v
@@ -362,12 +361,12 @@ extension InterpreterVCPU {
             s.pointee.efer = v & allowed | s.pointee.efer & EFER.lma
             tlb.flushAll()
         case MSR.star: s.pointee.msrs.star = v
-        case MSR.lstar: guard canonical(v) else { throw .gp() }; s.pointee.msrs.lstar = v
-        case MSR.cstar: guard canonical(v) else { throw .gp() }; s.pointee.msrs.cstar = v
+        case MSR.lstar: guard isCanonical(v) else { throw .gp() }; s.pointee.msrs.lstar = v
+        case MSR.cstar: guard isCanonical(v) else { throw .gp() }; s.pointee.msrs.cstar = v
         case MSR.fmask: s.pointee.msrs.fmask = v & 0xFFFF_FFFF
-        case MSR.fsBase: guard canonical(v) else { throw .gp() }; s.pointee.fs.base = v
-        case MSR.gsBase: guard canonical(v) else { throw .gp() }; s.pointee.gs.base = v
-        case MSR.kernelGSBase: guard canonical(v) else { throw .gp() }; s.pointee.msrs.kernelGSBase = v
+        case MSR.fsBase: guard isCanonical(v) else { throw .gp() }; s.pointee.fs.base = v
+        case MSR.gsBase: guard isCanonical(v) else { throw .gp() }; s.pointee.gs.base = v
+        case MSR.kernelGSBase: guard isCanonical(v) else { throw .gp() }; s.pointee.msrs.kernelGSBase = v
         case MSR.sysenterCS: s.pointee.msrs.sysenterCS = v & 0xFFFF
         case MSR.sysenterESP: s.pointee.msrs.sysenterESP = v
         case MSR.sysenterEIP: s.pointee.msrs.sysenterEIP = v
@@ -417,7 +416,7 @@ extension InterpreterVCPU {
             if cpl != 0 { throw .gp() }
             let base = UInt16((m.star >> 48) & 0xFFFF)
             let to64 = d.pointee.operandSize == 8
-            if to64 && !canonicalAddress(r[1]) { throw .gp() }
+            if to64 && !isCanonical(r[1]) { throw .gp() }
             s.pointee.cs = flatCode((to64 ? base &+ 16 : base) | 3, 3, to64)
             s.pointee.ss.selector = (base &+ 8) | 3
             s.pointee.ss.attributes = SegmentRegister.attributes(type: 0x3, s: true, dpl: 3, big: true, granularity: true)
@@ -444,6 +443,5 @@ extension InterpreterVCPU {
         refreshMode()
     }
 
-    func canonicalAddress(_ a: UInt64) -> Bool { UInt64(bitPattern: Int64(bitPattern: a << 16) >> 16) == a }
 }
 

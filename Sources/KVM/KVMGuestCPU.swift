@@ -146,7 +146,7 @@ extension KVMVCPU {
         var ok = false
         if index == MSR.lstar && deliversNoEvents {
             // (The guest's own, kept aside while KVM holds the sentinel; not canonical: #GP.)
-            ok = !write || (value >> 47 == 0 || value >> 47 == 0x1_FFFF)
+            ok = !write || isCanonical(value)
             if !write { shared.pointee.msr.data = guestLSTAR } else if ok { guestLSTAR = value }
         } else if Self.isAPICMSR(index), let c = interruptController {
             if write {

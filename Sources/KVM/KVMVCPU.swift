@@ -129,15 +129,12 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         return injected
     }
 
-    /// The hybrid engine: KVM runs only 64-bit user mode and never takes an event itself.
-    /// Instead of injecting, `run()` returns `.interrupted` as soon as an NMI, or an
-    /// interrupt the guest accepts (IF set), is pending, and the interpreter delivers it.
-    public var leavesForEvents = false
     /// KVM must deliver none of the guest's events (a PVM host, where it cannot deliver a
     /// SYSCALL of user mode: the hybrid engine, and `--backend kvm` there): in protected
     /// mode KVM runs the vCPU with `eventlessIDT` in place of the guest's IDTR, so that
-    /// every exception fails to deliver (`KVM_EXIT_SHUTDOWN`), and `run()` returns for
-    /// interrupts and NMIs as with `leavesForEvents`; its LSTAR is `syscallSentinel`, so
+    /// every exception fails to deliver (`KVM_EXIT_SHUTDOWN`), and instead of injecting,
+    /// `run()` returns `.interrupted` as soon as an NMI, or an interrupt the guest accepts
+    /// (IF set), is pending, for the interpreter to deliver; its LSTAR is `syscallSentinel`, so
     /// that a SYSCALL (which PVM carries out itself, at CPL 3) fails at its first fetch.
     /// The guest's IDTR and LSTAR are kept aside (`readState` shows them; the guest's
     /// RDMSR and WRMSR of LSTAR reach them where the VM routes LSTAR to user space:
@@ -237,7 +234,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
                 return .interrupted
             }
         }
-        let leaves = leavesForEvents || guestIDT != nil
+        let leaves = guestIDT != nil
         if leaves, let controller = interruptController {
             let interrupt = controller.hasPendingInterrupt(vcpu: index)
             if controller.hasNMI(vcpu: index) || (interrupt && guestInterruptFlag) {

@@ -34,7 +34,6 @@ extension Machine {
                                    interrupts: any InterruptController) throws(MachineError) {
         for (i, slot) in slots.enumerated() {
             guard let kvm = slot.active as? KVMVCPU else { continue }
-            kvm.leavesForEvents = true
             kvm.deliversNoEvents = true
             do { try kvm.setBreakpointExits(true) } catch {
                 throw MachineError(.hostError, "vcpu\(i): the hybrid engine: \(error)")

@@ -391,6 +391,12 @@ public enum MSR {
     public static let kernelGSBase: UInt32 = 0xC000_0102
 }
 
+/// Whether `address` is canonical for 48-bit linear addresses: bits 63-47 all equal.
+@inlinable @inline(__always)
+public func isCanonical(_ address: UInt64) -> Bool {
+    UInt64(bitPattern: Int64(bitPattern: address << 16) >> 16) == address
+}
+
 public enum EFER {
     public static let sce: UInt64 = 1 << 0
     public static let lme: UInt64 = 1 << 8
