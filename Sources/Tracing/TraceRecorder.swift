@@ -415,8 +415,10 @@ public final class TraceRecorder {
     /// A POST code (port 0x80), in this vCPU's stream where it was written.
     public func post(_ code: UInt8) {
         if flight { return flightPost(code) }
-        // Not a vCPU's instruction: --trace-from and --trace-range do not apply, the count does.
-        guard counted ? sink.claim() : !sink.full.load(ordering: .relaxed) else { return }
+        // Recorded with the OUT's sequence number, as an event is: --trace-from and the
+        // count apply (Linux writes port 0x80 for every I/O delay, which used up a count
+        // before the first traced instruction); --trace-range does not (no RIP of its own).
+        guard admit(sequence, nil) else { return }
         reserve(2)
         var w = ByteWriter(p: chunk.end)
         w.byte(RecordKind.post.rawValue)

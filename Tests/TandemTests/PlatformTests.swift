@@ -71,6 +71,24 @@ struct PlatformTests {
         #expect(r.status == 0)
         #expect(try String(contentsOfFile: trace, encoding: .utf8).contains("post code 0x42"))
     }
+
+    /// `--trace-from` applies to POST codes too: Linux writes port 0x80 for every I/O delay,
+    /// and those records used to fill a `--trace-count` before the first traced instruction.
+    @Test("POST codes before --trace-from are not recorded, and do not use up --trace-count", arguments: backends())
+    func postCodesFrom(backend: BackendKind) throws {
+        // mov al, 0x11; out 0x80, al (instructions 0, 1); mov al, 0x42; out 0x80, al (2, 3);
+        // nop (4); mov al, 0; out 0xF4, al
+        let image = try bootImage([0xB0, 0x11, 0xE6, 0x80, 0xB0, 0x42, 0xE6, 0x80, 0x90, 0xB0, 0x00, 0xE6, 0xF4], name: "post-from.img")
+        let trace = scratchPath("post-from-trace")
+        defer { try? FileManager.default.removeItem(atPath: trace) }
+        let r = try runProcess(tandemBinary, ["run", "--backend", backend.rawValue, "--format", "boot", "--trace", trace,
+                                              "--trace-from", "2", "--trace-count", "4", image])
+        #expect(r.status == 0)
+        let text = try String(contentsOfFile: trace, encoding: .utf8)
+        #expect(!text.contains("post code 0x11"), "trace: \(text)")
+        #expect(text.contains("post code 0x42"), "trace: \(text)")
+        #expect(text.contains("nop"), "the count reached the instructions after the codes; trace: \(text)")
+    }
 }
 
 /// Interrupts reach a vCPU that spins on PAUSE. On a machine of several vCPUs the
