@@ -69,6 +69,7 @@ extension KVMVCPU {
         guard result < 0, error == EINTR || error == EAGAIN else {
             throw BackendError("KVM_RUN with immediate_exit on vCPU \(index): \(result < 0 ? Errno(error).description : "it ran the guest (exit reason \(shared.pointee.exit_reason))")")
         }
+        exitAwaitingEntry = false
         eventsCurrent = false
     }
 }

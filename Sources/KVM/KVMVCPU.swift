@@ -151,6 +151,12 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     var guestLSTAR: UInt64 = 0
     /// KVM holds `eventlessIDT` now (`deliversNoEvents`, in protected mode).
     public var runsEventless: Bool { guestIDT != nil }
+    /// The last exit was an `in` or an MMIO access (or an `out`) that KVM finishes only at
+    /// its next KVM_RUN: an `in`'s value into RAX, RIP past the instruction. Until then the
+    /// registers are the instruction's, and a state written meanwhile gets that ending
+    /// applied to it — RIP set past the old instruction, RAX overwritten — wherever the
+    /// vCPU is by then. `completePendingExit` ends it; so does any KVM_RUN.
+    public internal(set) var exitAwaitingEntry = false
     /// RFLAGS.IF as of the last `writeState` or exit (`kvm_run.if_flag` is only written at exits).
     private var guestInterruptFlag = false
 
@@ -261,6 +267,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         let error = errno
         pthread_rwlock_unlock(vm.runLock)
         if ownTimer != nil { ckvm_entering(nil) }
+        // KVM_RUN finishes the instruction of the last exit before anything else.
+        exitAwaitingEntry = false
         guestInterruptFlag = shared.pointee.if_flag != 0
         if deliversNoEvents && (result >= 0 || error == EINTR) { keepIDTEventless() }
         // KVM_RUN stores the events at every return once it got past loading the vCPU.
@@ -278,12 +286,14 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
         let r = shared.pointee
         switch Int32(r.exit_reason) {
         case KVM_EXIT_IO:
+            exitAwaitingEntry = true
             let size = Int(r.io.size), count = Int(r.io.count), port = r.io.port
             let data = UnsafeMutableRawPointer(ckvm_io_data(shared)!)
             return r.io.direction == UInt8(KVM_EXIT_IO_IN)
                 ? .portIn(port: port, size: size, count: count, data: data)
                 : .portOut(port: port, size: size, count: count, data: UnsafeRawPointer(data))
         case KVM_EXIT_MMIO:
+            exitAwaitingEntry = true
             let data = UnsafeMutableRawPointer(ckvm_mmio_data(shared)!)
             let size = Int(r.mmio.len)
             return r.mmio.is_write != 0

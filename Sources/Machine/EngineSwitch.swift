@@ -77,7 +77,9 @@ extension Machine {
             if slot.debugOnInterpreter { slot.commands.switchDone(slot.commands.switchRequest) }
             return true
         }
-        guard slot.atInstructionBoundary else {
+        // (KVM's run can return `.interrupted` without entering, the last exit's
+        // instruction still unfinished.)
+        guard slot.atInstructionBoundary, (slot.active as? KVMVCPU)?.exitAwaitingEntry != true else {
             // Its engine completes the instruction and returns at once.
             slot.active.kick()
             return true

@@ -182,6 +182,12 @@ extension Machine {
         guard slot.active is KVMVCPU, let interpreter = slot.fallbackVCPU else { return true }
         var runsInstruction = stop != .event
         do {
+            // After an `in` or MMIO read KVM has not finished (an event came while the exit
+            // was answered): finished first. Left to KVM's next entry, that ending would be
+            // applied to whatever state the vCPU brings back from the interpreter — RIP put
+            // past the old `in`, RAX overwritten (Linux on 4 vCPUs on `--backend kvm`
+            // panicked or corrupted its lists; Guests/io-interrupted.asm looped for ever).
+            if let kvm = slot.active as? KVMVCPU, kvm.exitAwaitingEntry { try kvm.completePendingExit() }
             var (state, syscall) = slot.guestView(of: try slot.active.readState())
             if !syscall, let kvm = slot.active as? KVMVCPU {
                 // A kick can end KVM_RUN between PVM raising an exception and failing to
