@@ -417,3 +417,36 @@ private final class RawGDBLink {
         return String(decoding: body, as: UTF8.self)
     }
 }
+
+/// `Tools/guest-profile`: samples of guest RIPs through the gdb stub, put to the guest's
+/// symbols.
+@Suite("Tools/guest-profile", .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))
+struct GuestProfileTests {
+    @Test("loop32's samples land in its loop (_start.l), and the run's output and status pass through")
+    func loopProfile() throws {
+        let image = try guest("loop32.elf")
+        let r = try runProcess("\(repoRoot)/Tools/guest-profile",
+                               ["--interval", "0.005", "--symbols", image, "--top", "3", "--", "--backend", "interp", image])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.hasPrefix("loop32 done edx=2c653f59\n"), "stdout: \(r.stdout)")
+        // "guest-profile: N samples of 1 vCPU", then "PCT COUNT NAME" lines, the largest first.
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        let header = try #require(lines.first { $0.hasPrefix("guest-profile: ") }, "stdout: \(r.stdout)")
+        let samples = try #require(Int(header.split(separator: " ")[1]))
+        #expect(samples >= 10 && header.hasSuffix(" samples of 1 vCPU"), "\(header)")
+        let first = try #require(lines.firstIndex(of: header)).advanced(by: 1)
+        let top = lines[first].split(separator: " ", omittingEmptySubsequences: true)
+        #expect(top.last == "_start.l", "\(lines[first...])")
+        // The loop is all but the start and the report: 8 × 10^7 instructions of ~200.
+        #expect(Int(top[1]).map { Double($0) >= 0.9 * Double(samples) } == true, "\(lines[first...])")
+    }
+
+    @Test("bad arguments: a one-line error and status 2, nothing run")
+    func badArguments() throws {
+        for arguments in [["--interval", "0", "--", "x"], ["--top", "-1", "--", "x"], ["--", "--gdb", "tcp:1", "x"], ["--symbols", "/nonexistent", "--", "x"], []] {
+            let r = try runProcess("\(repoRoot)/Tools/guest-profile", arguments)
+            #expect(r.status == 2, "\(arguments): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1, "\(arguments): \(r.stderr)")
+        }
+    }
+}
