@@ -520,6 +520,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MSRS`, `KVM_SET_DEBUGREGS`, the FPU (KVMFPU.swift)
     /// and `KVM_SET_VCPU_EVENTS` (KVMEvents.swift).
     public func writeState(_ s: CPUState) throws(BackendError) {
+        // The ending KVM owes an `in` or MMIO read would land on the state written here.
+        if exitAwaitingEntry { try completePendingExit() }
         var sregs = kvm_sregs()
         // Keep what CPUState does not model (the APIC base's reserved bits, ...). The
         // pending-interrupt bitmap is the interrupt being injected, which the events carry
