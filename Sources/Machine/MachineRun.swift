@@ -52,6 +52,8 @@ extension Machine {
     /// of the stop: a blocked output write, or a backend bug.
     public static let notStoppedNote = " (a vCPU thread had not stopped 0.5 s later: reported without it)"
 
+    // The machine's handles on its running vCPUs: the manager's (VCPURuntime).
+
     /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.
     public func requestStop(_ reason: StopReason) { vcpus.requestStop(reason) }
 
@@ -59,21 +61,15 @@ extension Machine {
     /// for a snapshot, stopped).
     public func state(ofVCPU vcpu: Int) -> VCPUState { vcpus.state(ofVCPU: vcpu) }
 
-    /// Moves vCPU `vcpu` to `engine`. The move happens on the vCPU's thread at its next
-    /// instruction boundary (at once if it is running; when it wakes if it sleeps in HLT;
-    /// when gdb resumes it if it is stopped there); `engine(of:)` says where it is.
-    /// Errors (usage): the machine cannot switch (`canSwitchEngines`), or no such vCPU.
+    /// Moves vCPU `vcpu` to `engine` at its next instruction boundary
+    /// (`VCPUManager.switch(vcpu:to:)`); a machine that cannot: a usage error.
     public func `switch`(vcpu: Int, to engine: Engine) throws(MachineError) {
         do { try vcpus.switch(vcpu: vcpu, to: engine) } catch { throw MachineError(.usage, error.description) }
     }
 
-    /// The engine vCPU `vcpu` runs on now (while KVM could not run an instruction and the
-    /// interpreter runs it in its place, still KVM).
+    /// The engine vCPU `vcpu` runs on now (`VCPUManager.engine(of:)`).
     public func engine(of vcpu: Int) -> Engine { vcpus.engine(of: vcpu) }
 
-    /// Whether the vCPUs can move between engines: the machine has both — a KVM machine
-    /// (the interpreter is always there for it) or an interpreter machine built with
-    /// `--switch-every` or `--gdb` where KVM opens — and is not the hybrid engine, which
-    /// places its vCPUs by mode itself.
+    /// Whether the vCPUs can move between engines (`VCPUManager.canSwitchEngines`).
     public var canSwitchEngines: Bool { vcpus.canSwitchEngines }
 }
