@@ -232,7 +232,7 @@ package final class VCPUManager: @unchecked Sendable {
     // MARK: Reports
 
     /// Where vCPU `index` is now, with the instruction there disassembled.
-    package func report(_ index: Int) -> VCPUReport {
+    func report(_ index: Int) -> VCPUReport {
         let state = (try? slots[index].guestState()) ?? CPUState()
         return report(index, state: state)
     }
