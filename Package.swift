@@ -8,9 +8,10 @@ import PackageDescription
 //   KVM (backend over /dev/kvm) · Interpreter (Capstone-decoding backend)
 //   RunLoop (the one exit handler, the vCPU state machine's commands and states)
 //   GDBStub (the gdb remote protocol; the all-stop control it asks of a machine)
-//   Machine (assembly, Machine.swift: builds the VM, its memory, devices and engines; the run
-//     loop, VCPULoop.swift: its vCPU threads and the state machine each runs; engine
-//     switching, the hybrid engine, snapshots, parking vCPUs for the debugger)
+//   VCPURuntime (the run loop: a machine's vCPU threads and the state machine each runs;
+//     engine switching, the hybrid engine, parking vCPUs for the debugger and snapshots)
+//   Machine (assembly: builds the VM — memory, devices, engines, the image — hands its
+//     vCPUs to VCPURuntime and reports the run; snapshots, `tandem check`)
 //   Conformance (hardware-captured test suites) · Differential (diff, fuzz, the fuzz sandbox)
 //   tandem (command line)
 // Documentation/Architecture.md draws the same picture.
@@ -63,14 +64,20 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["CZlib", "X86", "GuestMemory", "RunLoop"]),
         // The gdb remote protocol over TCP, and the all-stop control it asks of a machine.
         .target(name: "GDBStub", dependencies: ["X86", "GuestMemory", "HostOS", "RunLoop"]),
+        // The run loop: each vCPU's thread and state machine over the engines, written
+        // against their concrete types (no protocol between the loop and what it reads).
+        .target(
+            name: "VCPURuntime",
+            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop", "GDBStub"]
+        ),
         .target(
             name: "Machine",
-            dependencies: ["X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop", "GDBStub"]
+            dependencies: ["X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "HostOS", "Tracing", "RunLoop", "GDBStub", "VCPURuntime"]
         ),
         // Differential testing: KVM against the interpreter, instruction by instruction.
         .target(
             name: "Differential",
-            dependencies: ["Machine", "RunLoop", "X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
+            dependencies: ["Machine", "VCPURuntime", "RunLoop", "X86", "GuestMemory", "Devices", "Disassembler", "Loaders", "KVM", "Interpreter", "HostOS"]
         ),
         .executableTarget(
             name: "tandem",
@@ -92,7 +99,7 @@ let package = Package(
         .executableTarget(name: "torture"),
         .testTarget(
             name: "TandemTests",
-            dependencies: ["Machine", "Differential", "GDBStub", "RunLoop", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
+            dependencies: ["Machine", "VCPURuntime", "Differential", "GDBStub", "RunLoop", "X86", "GuestMemory", "Devices", "Loaders", "KVM", "Interpreter", "Disassembler", "HostOS", "Conformance", "Tracing"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -11,6 +11,7 @@ import KVM
 import Loaders
 import Machine
 import RunLoop
+import VCPURuntime
 import X86
 
 /// RFLAGS bits an instruction leaves undefined (by mnemonic), which a differential

@@ -9,9 +9,9 @@ import X86
 
 // The machine's side of the gdb stub: what gdb asked of each vCPU, the all-stop control
 // the vCPU threads park in, and what the stub needs of the machine it debugs
-// (`DebugTarget`; the machine's side of parking and resuming is Machine/Debugger.swift).
+// (`DebugTarget`; the vCPUs' side of parking and resuming is VCPURuntime/Debugger.swift).
 
-/// What the gdb stub needs of the machine it debugs (`Machine` conforms).
+/// What the gdb stub needs of the machine it debugs (`VCPUManager` conforms).
 package protocol DebugTarget: AnyObject, Sendable {
     /// The vCPUs' stop and resume control.
     var debugControl: DebugControl { get }

@@ -16,14 +16,6 @@ public enum BackendKind: String, CaseIterable, Sendable {
     case hybrid
 }
 
-/// The two engines a vCPU can run on (`Machine.switch(vcpu:to:)`).
-public enum Engine: String, CaseIterable, Sendable {
-    case kvm
-    case interp
-
-    var other: Engine { self == .kvm ? .interp : .kvm }
-}
-
 /// `--switch-every`: how long each vCPU stays on one engine before it moves to the other
 /// (for testing engine switching; Documentation/Switching.md).
 public enum SwitchInterval: Sendable, Equatable, CustomStringConvertible {

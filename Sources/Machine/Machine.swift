@@ -3,41 +3,19 @@ import Glibc
 #endif
 import Dispatch
 import Devices
-import Disassembler
 import GDBStub
 import GuestMemory
 import HostOS
 import Interpreter
 import KVM
 import Loaders
-import RunLoop
 import Synchronization
-import X86
 import Tracing
+import VCPURuntime
+import X86
 
-/// Why a machine stopped.
-public enum StopReason: Sendable {
-    /// The guest wrote v to the exit device.
-    case guestExit(UInt8)
-    /// Every vCPU halted and nothing can wake one; `interruptsDisabled` is true when all had IF=0.
-    case allHalted(interruptsDisabled: Bool)
-    case tripleFault(VCPUReport)
-    case unsupportedInstruction(VCPUReport, String)
-    case entryFailed(VCPUReport, UInt64)
-    case hostError(String)
-    case timeout(Double)
-    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT.
-    case interrupted(signal: Int32)
-    case instructionLimit
-    /// The console or the trace could not be written.
-    case outputError(String)
-    /// The guest reset the machine (i8042, 0xCF9).
-    case guestReset
-    /// The guest entered ACPI S5 (soft off) through PM1a_CNT.
-    case powerOff
-    /// gdb's `kill` (the `k` packet).
-    case debuggerKilled
-
+extension StopReason {
+    /// The exit status of a run that stopped for this reason.
     public var status: Int32 {
         switch self {
         case .guestExit(let v): Int32(v)
@@ -64,19 +42,6 @@ extension StopReason {
         case .guestExit, .allHalted, .powerOff: true
         default: false
         }
-    }
-}
-
-/// Where a vCPU was when something happened: for one-line reports.
-public struct VCPUReport: Sendable, CustomStringConvertible {
-    public var vcpu: Int
-    public var state: CPUState
-    public var bytes: [UInt8]
-    public var disassembly: String
-
-    public var description: String {
-        let cs = String(state.cs.selector, radix: 16)
-        return "vcpu\(vcpu) at \(String(repeating: "0", count: max(0, 4 - cs.count)) + cs):0x\(String(state.rip, radix: 16)) (\(state.mode.rawValue)): \(disassembly)"
     }
 }
 
@@ -124,20 +89,6 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     }
 }
 
-extension String {
-    package init(format3 value: Double) {
-        let scaled = (value * 1000).rounded() / 1000
-        self = String(scaled)
-    }
-}
-
-/// Where the vCPUs ran, on a machine that moves them between engines.
-public struct EngineStatistics: Sendable {
-    public var interpreterSeconds: Double
-    public var kvmSeconds: Double
-    public var switches: Int
-}
-
 /// An error that keeps a machine from being built or started.
 public struct MachineError: Error, CustomStringConvertible, Sendable {
     public var status: ExitStatus
@@ -148,8 +99,9 @@ public struct MachineError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// A virtual machine: one guest memory, one device model, and one host thread per vCPU
-/// ("vcpu0", "vcpu1", ...) running the shared vCPU loop over its backend.
+/// A virtual machine, assembled: one guest memory, one device model, the engines and the
+/// image loaded, handed to a `VCPUManager` (VCPURuntime) that runs one host thread per
+/// vCPU ("vcpu0", "vcpu1", ...); `run` reports how the run ended.
 public final class Machine: @unchecked Sendable {
     public let configuration: MachineConfiguration
     /// The guest CPU (CPUID and model MSRs) every engine of this machine answers from.
@@ -160,46 +112,14 @@ public final class Machine: @unchecked Sendable {
     public let backendName: String
     /// Why `auto` did not choose KVM, if it did not.
     public let backendNote: String?
-    let backends: [any VCPUBackend]
-    /// `--clock instructions`: machine time in nanoseconds, advanced by retired instructions.
-    let virtualTime: VirtualTime?
-    /// Per vCPU: the backend running it now (KVM, or the interpreter during a fallback).
-    let slots: [VCPUSlot]
-    /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
-    let fallback: InterpreterMachine?
-    /// `--gdb`: the debugger's control of the vCPUs, and the stub that speaks to gdb.
-    let debug: DebugControl?
+    /// The vCPUs: their engines, threads and loop (VCPURuntime).
+    let vcpus: VCPUManager
+    /// `--gdb`: the stub that speaks to gdb (the vCPUs' side is `vcpus`').
     let gdbServer: GDBServer?
     /// The TCP port the gdb stub listens on (nil without `--gdb`).
     public var gdbPort: UInt16? { gdbServer?.boundPort }
     /// The trace being written (`--trace`, or gdb's `monitor trace on`).
     let trace: MachineTrace
-    /// When `run` started (for `monitor stats`).
-    let runStarted = Atomic<UInt64>(0)
-    // Keeps the KVM VM fd open as long as the vCPUs.
-    let kvm: KVMVirtualMachine?
-    /// How KVM and the interpreter share the vCPUs where KVM cannot deliver the guest's
-    /// events (Hybrid.swift): the hybrid engine, or `--backend kvm` on a PVM host.
-    let placement: Placement?
-    /// `--backend hybrid`: each vCPU runs 64-bit user mode on KVM and the rest on the
-    /// interpreter (Hybrid.swift).
-    var hybrid: Bool { placement == .hybrid }
-
-    struct Control {
-        var reason: StopReason?
-        var halted = 0
-        var haltedWithInterruptsEnabled = 0
-        var finalStates: [CPUState?]
-        /// An output error after the stop (the final flush of the console or the trace).
-        var lateOutputError: String?
-    }
-    let control: Mutex<Control>
-    let stopped = DispatchSemaphore(value: 0)
-    /// Per vCPU: signalled when it may have an event to take (it waits on it in HLT and
-    /// in wait-for-SIPI) and at stop.
-    let wakeups: [HostWakeup]
-    /// A snapshot taken while the guest runs (SIGUSR2): the vCPUs park for it.
-    let liveSnapshot = LiveSnapshot()
 
     /// Builds the machine: reads and loads the image, creates the backend's vCPUs in their
     /// initial state. Nothing runs until `run()`.
@@ -239,21 +159,18 @@ public final class Machine: @unchecked Sendable {
         do {
             console = try Console(c.serial) { line in stopper.value?.requestStop(.outputError(line)) }
         } catch { throw MachineError(.usage, error.description) }
-        control = Mutex(Control(finalStates: Array(repeating: nil, count: c.cpus)))
         if c.clock == .instructions && (c.backend == .kvm || c.backend == .hybrid) {
             throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
         }
         // A restored machine's clock goes on from the snapshot's time.
         let startTime = c.restore?.configuration.machineTime ?? 0
         let virtualTime = c.clock == .instructions ? VirtualTime(startingAt: startTime) : nil
-        self.virtualTime = virtualTime
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus, x2APIC: cpu.cpuid.offered.contains(.x2apic),
                               clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } }
                                   ?? (c.restore != nil ? MachineClock(startingAt: startTime) : nil),
-                              onInterruptRequest: { stopper.value?.interruptRequested($0) },
+                              onInterruptRequest: { stopper.value?.vcpus.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
-        wakeups = (0..<c.cpus).map { _ in HostWakeup() }
 
         if c.switchEvery != nil {
             if c.backend == .hybrid { throw MachineError(.usage, "--switch-every needs --backend kvm, interp or auto: the hybrid engine moves its vCPUs by itself") }
@@ -266,6 +183,7 @@ public final class Machine: @unchecked Sendable {
         }
         var backendNote: String? = nil
         var kvmToSwitchTo: [KVMVCPU] = []
+        let backends: [any VCPUBackend], kvm: KVMVirtualMachine?, backendName: String
         switch c.backend {
         case .interp:
             backends = Self.buildInterpreter(c, memory: memory, plan: plan, cpu: cpu)
@@ -324,24 +242,16 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.backendNote = backendNote
+        self.backendName = backendName
         for b in backends { b.interruptController = devices.apic }
         if let virtualTime {
             for case let b as InterpreterVCPU in backends { b.timeSource = { virtualTime.nanoseconds.load(ordering: .relaxed) } }
         }
-        slots = backends.map { VCPUSlot(active: $0) }
-        placement = backendName == "hybrid" ? .hybrid
+        var engines = VCPUEngines(backends: backends, name: backendName, kvm: kvm)
+        engines.switchTargets = kvmToSwitchTo
+        engines.placement = backendName == "hybrid" ? .hybrid
             : backendName == "kvm" && c.gdb == nil && c.trace == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization() ? .fallbackStretches
             : nil
-        // The engine each vCPU can move to (EngineSwitch.swift): a KVM vCPU's interpreter is made on first use.
-        for (slot, kvmVCPU) in zip(slots, kvmToSwitchTo) {
-            kvmVCPU.interruptController = devices.apic
-            slot.kvm = kvmVCPU
-            slot.fallbackVCPU = slot.active as? InterpreterVCPU
-            slot.fallbackVCPU?.tscKHz = kvmVCPU.tscKHz
-        }
-        if backendName == "kvm" { for slot in slots { slot.kvm = slot.active } }
-        // Application processors wait for INIT-SIPI-SIPI from the bootstrap processor.
-        if !plan.startsAllCPUs { for slot in slots.dropFirst() { slot.runState = .waitForSIPI } }
         do {
             trace = MachineTrace(try c.trace.map { (o) throws(TraceFileError) in
                 try TraceSink(o) { line in stopper.value?.requestStop(.outputError(line)) }
@@ -353,22 +263,36 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        fallback = backendName == "kvm" || placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
-        if placement == .hybrid, let fallback { try Self.startOnInterpreter(slots, machine: fallback, plan: plan, cpus: c.cpus, interrupts: devices.apic) }
-        if c.maxInstructions != nil && (backendName == "kvm" || placement == .hybrid) {
+        engines.fallback = backendName == "kvm" || engines.placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
+        var switchSlice: UInt64? = nil, switchPeriod: Double? = nil
+        switch c.switchEvery {
+        case .instructions(let n): switchSlice = n
+        case .seconds(let seconds): switchPeriod = seconds
+        case nil: break
+        }
+        vcpus = VCPUManager(engines: engines, cpu: cpu, memory: memory, devices: devices, virtualTime: virtualTime, trace: trace,
+                            startsAllCPUs: plan.startsAllCPUs, gdb: c.gdb, switchSlice: switchSlice, switchPeriod: switchPeriod,
+                            completesExitAtStop: c.snapshotPath != nil)
+        if engines.placement == .hybrid {
+            let plan = plan
+            do { try vcpus.startOnInterpreter { plan.initialState(cpu: $0, of: c.cpus) } } catch {
+                throw MachineError(.hostError, error.description)
+            }
+        }
+        if c.maxInstructions != nil && (backendName == "kvm" || engines.placement == .hybrid) {
             throw MachineError(.usage, "--max-instructions needs a backend that counts instructions: use --backend interp")
         }
         if let gdb = c.gdb {
             do { gdbServer = try GDBServer(gdb) } catch {
                 throw MachineError(error.isUsage ? .usage : .hostError, error.description)
             }
-            debug = DebugControl(channels: slots.map(\.commands), startPaused: gdb.waitForDebugger)
         } else {
             gdbServer = nil
-            debug = nil
         }
         if let snapshot = c.restore { try applySnapshot(snapshot) }
-        if placement == .fallbackStretches { try startWithFallbackStretches() }
+        if engines.placement == .fallbackStretches {
+            do { try vcpus.startWithFallbackStretches() } catch { throw MachineError(.hostError, error.description) }
+        }
         stopper.value = self
     }
 
@@ -473,63 +397,6 @@ public final class Machine: @unchecked Sendable {
         return (vm, vcpus)
     }
 
-    /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
-    /// the interpreter (same memory, same devices) for that one instruction (the debugger
-    /// then lifts the limit itself). (On a PVM host, without the debugger, a trace or
-    /// `--switch-every`, the interpreter takes the vCPU for a stretch instead: Hybrid.swift,
-    /// `Placement.fallbackStretches`.)
-    func handOff(_ slot: VCPUSlot, index: Int, forDebugger: Bool = false) -> Bool {
-        guard slot.active is KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return false }
-        do {
-            let state = try slot.active.readState()
-            // The code KVM rewrote since the interpreter last ran.
-            try noteKVMWrites(interpreter)
-            try interpreter.writeState(state)
-        } catch {
-            requestStop(.hostError("vcpu\(index): handing over to the interpreter: \(error)"))
-            return false
-        }
-        interpreter.instructionLimit = interpreter.retired + 1
-        interpreter.tracing = slot.trace?.stepping ?? false
-        slot.active = interpreter
-        slot.interpreter = interpreter
-        if !forDebugger { slot.handoffs += 1 }
-        return true
-    }
-
-    /// The interpreter ran the instruction: the vCPU goes back to KVM.
-    func handBack(_ slot: VCPUSlot, index: Int) -> Bool {
-        guard let interpreter = slot.interpreter, let kvm = slot.kvm else { return false }
-        do { try kvm.writeState(try interpreter.readState()) } catch {
-            requestStop(.hostError("vcpu\(index): handing back to KVM: \(error)"))
-            return false
-        }
-        slot.active = kvm
-        slot.interpreter = nil
-        return true
-    }
-
-    /// Where vCPU `index` is now, with the instruction there disassembled.
-    func report(_ index: Int) -> VCPUReport {
-        let state = (try? slots[index].guestState()) ?? CPUState()
-        return report(index, state: state)
-    }
-
-    func report(_ index: Int, state: CPUState) -> VCPUReport {
-        let mode = state.mode
-        var linear = state.cs.base &+ state.rip
-        if mode.bits < 64 { linear &= 0xFFFF_FFFF }
-        let physical = state.cr0 & CR0.pg != 0 ? slots[index].active.translate(linear: linear) : linear
-        guard let physical else {
-            return VCPUReport(vcpu: index, state: state, bytes: [], disassembly: "(instruction at unmapped linear address 0x\(String(linear, radix: 16)))")
-        }
-        let bytes = memory.bytes(at: physical, count: 15)
-        let text = Disassembler().disassemble(bytes, address: state.rip, bits: mode.bits)
-        let shown = bytes.prefix(text?.length ?? 0)
-        return VCPUReport(vcpu: index, state: state, bytes: Array(shown),
-                          disassembly: text?.text ?? "(undecodable: \(bytes.prefix(8).map { String(format2: $0) }.joined(separator: " ")))")
-    }
-
     func message(for reason: StopReason) -> String? {
         switch reason {
         case .guestExit: return nil
@@ -555,23 +422,31 @@ public final class Machine: @unchecked Sendable {
     }
 
     private func where0() -> String {
-        guard let s = control.withLock({ $0.finalStates[0] }) else { return "vcpu0 state unavailable" }
-        return report(0, state: s).description
+        guard let s = vcpus.finalStates()[0] else { return "vcpu0 state unavailable" }
+        return vcpus.report(0, state: s).description
     }
 
     /// The console output so far when the serial sink is `.capture` (tests).
     public var capturedOutput: String { String(decoding: devices.console.captured, as: UTF8.self) }
 }
 
-/// Machine time for `--clock instructions`.
-package final class VirtualTime: Sendable {
-    package let nanoseconds: Atomic<UInt64>
-    package init(startingAt start: UInt64 = 0) { nanoseconds = Atomic(start) }
+extension Machine {
+    /// LSTAR as KVM holds it on a PVM host (`KVMVCPU.deliversNoEvents`): a SYSCALL that
+    /// PVM carries out (it does, even with EFER.SCE clear) faults at its first fetch.
+    /// (`tandem diff` runs KVM with it, as the machine's hybrid engine does.)
+    package static let syscallSentinel = KVMVCPU.syscallSentinel
 }
 
 package final class WeakBox<T: AnyObject>: @unchecked Sendable {
     package weak var value: T?
     package init() {}
+}
+
+package func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
+package func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
+
+package func padRight(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
 }
 
 package func formatSeconds(_ s: Double) -> String {

@@ -3,15 +3,15 @@ import Glibc
 #endif
 import Devices
 import GuestMemory
-import Interpreter
-import KVM
-import RunLoop
 import Synchronization
+import VCPURuntime
 import X86
 
 // Snapshots of a whole machine (`--snapshot-on-exit`, SIGUSR2, `--restore`): taking one
 // from a machine whose vCPUs are all stopped, and rebuilding a machine from one. The file
-// format is SnapshotFormat.swift's; Documentation/Snapshots.md describes both.
+// format is SnapshotFormat.swift's; Documentation/Snapshots.md describes both. The vCPUs'
+// side — parking for a live snapshot, loading restored states — is VCPURuntime's
+// (SnapshotParking.swift).
 
 extension MachineConfiguration {
     /// This configuration with the machine `snapshot` describes: its RAM size, vCPUs, CPU
@@ -65,23 +65,12 @@ extension Machine {
     /// error's text when it cannot be.
     func writeSnapshot(to path: String) -> String? {
         var states: [CPUState] = []
-        for (i, state) in control.withLock({ $0.finalStates }).enumerated() {
-            guard var state else { return "cannot write the snapshot \(path): the state of vcpu\(i) could not be read" }
-            state.runState = slots[i].runState
+        for (i, state) in vcpus.finalStates().enumerated() {
+            guard let state else { return "cannot write the snapshot \(path): the state of vcpu\(i) could not be read" }
             states.append(state)
         }
         do { try takeSnapshot(states: states).write(to: path) } catch { return error.description }
         return nil
-    }
-
-    /// Finishes the instruction the vCPU's last exit left unfinished, so that its state is
-    /// at an instruction boundary (on its own thread, after the loop).
-    func completePendingExit(_ slot: VCPUSlot) {
-        if let kvm = slot.active as? KVMVCPU {
-            do { try kvm.completePendingExit() } catch { requestStop(.hostError("\(error)")) }
-        } else if let interpreter = slot.active as? InterpreterVCPU {
-            interpreter.completePendingExit()
-        }
     }
 
     /// Puts the snapshot's memory, vCPU states, model MSRs and devices into this machine,
@@ -117,18 +106,7 @@ extension Machine {
         } catch {
             throw bad("the snapshot is corrupted: \(error.description)")
         }
-        for (i, state) in snapshot.states.enumerated() {
-            let slot = slots[i]
-            do {
-                try slot.active.writeState(state)
-                // KVM keeps its own TSC (writeState leaves it): set it to the snapshot's.
-                // (Hybrid: the vCPU starts on the interpreter; its KVM vCPU holds the clock.)
-                if let kvm = (slot.kvm ?? slot.active) as? KVMVCPU { try kvm.setTSC(state.msrs.tsc) }
-            } catch {
-                throw bad("the snapshot's state of vcpu\(i) cannot be loaded into the \(backendName) engine: \(error)")
-            }
-            slot.runState = state.runState
-        }
+        do { try vcpus.load(snapshotStates: snapshot.states) } catch { throw bad(error.description) }
     }
 
     // MARK: Guest memory
@@ -184,114 +162,22 @@ extension Machine {
     }
 }
 
-/// A snapshot of a running machine (SIGUSR2): the thread that takes it sends every vCPU the
-/// `snapshot` command, and each parks here at its next instruction boundary (or where it sleeps, in HLT or wait-for-SIPI),
-/// holds the timer thread, writes the file and lets everything go on.
-final class LiveSnapshot: @unchecked Sendable {
-    private let flag = Atomic<Bool>(false)
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `lock`.
-    private var states: [CPUState?] = []
-
-    init() {
-        pthread_mutex_init(lock, nil)
-        pthread_cond_init(changed, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(changed)
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
-        changed.deallocate()
-    }
-
-    /// Starts a request for `cpus` vCPUs; false when one is under way.
-    func begin(cpus: Int) -> Bool {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard !flag.load(ordering: .relaxed) else { return false }
-        states = Array(repeating: nil, count: cpus)
-        flag.store(true, ordering: .sequentiallyConsistent)
-        return true
-    }
-
-    /// The states once every vCPU has parked, or nil when `stopped()` says so first.
-    func waitForAll(stopped: () -> Bool) -> [CPUState]? {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        while states.contains(where: { $0 == nil }) {
-            if stopped() { return nil }
-            var t = timespec()
-            clock_gettime(CLOCK_REALTIME, &t)
-            t.tv_nsec += 10_000_000
-            if t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
-            pthread_cond_timedwait(changed, lock, &t)
-        }
-        return states.map { $0! }
-    }
-
-    /// A vCPU parks with its state until `end()` (or the stop).
-    func park(_ index: Int, state: CPUState, stopped: () -> Bool) {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        states[index] = state
-        pthread_cond_broadcast(changed)
-        while flag.load(ordering: .relaxed) && !stopped() {
-            var t = timespec()
-            clock_gettime(CLOCK_REALTIME, &t)
-            t.tv_nsec += 10_000_000
-            if t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
-            pthread_cond_timedwait(changed, lock, &t)
-        }
-    }
-
-    func end() {
-        pthread_mutex_lock(lock)
-        flag.store(false, ordering: .sequentiallyConsistent)
-        pthread_cond_broadcast(changed)
-        pthread_mutex_unlock(lock)
-    }
-}
-
 extension Machine {
-    /// SIGUSR2 (on the signal thread): parks every vCPU, writes the snapshot to the
+    /// SIGUSR2 (on the signal thread): with every vCPU parked, writes the snapshot to the
     /// `--snapshot-on-exit` file (replacing it: the last one taken is kept, and at the end
     /// the one of the stop), says so on stderr, and lets the guest go on.
     func takeLiveSnapshot() {
-        guard let path = configuration.snapshotPath, !stopRequested, liveSnapshot.begin(cpus: slots.count) else { return }
-        devices.timers.pause()
-        defer {
-            // Withdrawn before the parked vCPUs are let go, so none parks again.
-            for slot in slots { slot.commands.send(.snapshotDone) }
-            liveSnapshot.end()
-            devices.timers.resume()
+        guard let path = configuration.snapshotPath else { return }
+        vcpus.whileParkedForSnapshot { states in
+            let line: String
+            do throws(SnapshotError) {
+                try takeSnapshot(states: states).write(to: path)
+                line = "tandem: snapshot written to \(path) (SIGUSR2); the guest continues"
+            } catch {
+                line = "tandem: \(error.description) (SIGUSR2); the guest continues"
+            }
+            var bytes = Array((line + "\n").utf8)
+            _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         }
-        for i in slots.indices { send(.snapshot, to: i) }
-        guard let states = liveSnapshot.waitForAll(stopped: { stopRequested }) else { return }
-        let line: String
-        do {
-            try takeSnapshot(states: states).write(to: path)
-            line = "tandem: snapshot written to \(path) (SIGUSR2); the guest continues"
-        } catch {
-            line = "tandem: \(error.description) (SIGUSR2); the guest continues"
-        }
-        var bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
-    }
-
-    /// On vCPU `index`'s thread: completes its last exit, hands its state to the snapshot
-    /// and waits until the snapshot is written.
-    func parkForSnapshot(_ index: Int) {
-        let slot = slots[index]
-        slot.commands.enter(.snapshotting)
-        defer { slot.commands.enter(.running) }
-        completePendingExit(slot)
-        guard var state = try? slot.guestState() else {
-            requestStop(.hostError("vcpu\(index): its state cannot be read for the snapshot"))
-            return
-        }
-        state.runState = slot.runState
-        liveSnapshot.park(index, state: state, stopped: { stopRequested })
     }
 }

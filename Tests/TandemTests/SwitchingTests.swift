@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Machine
+import VCPURuntime
 import Testing
 
 /// Guests KVM runs wrongly on a PVM host whatever the switching (Documentation/HostLimitations.md:

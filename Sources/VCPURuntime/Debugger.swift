@@ -14,7 +14,7 @@ import X86
 // on their own threads, and what the gdb stub asks of the machine (`DebugTarget`, with
 // `DebugControl`, in the GDBStub module).
 
-extension Machine: DebugTarget {
+extension VCPUManager: DebugTarget {
     package var debugControl: DebugControl { debug! }
     package var vcpuCount: Int { slots.count }
     package func killedByDebugger() { requestStop(.debuggerKilled) }

@@ -1,7 +1,6 @@
 import Dispatch
 import Interpreter
 import KVM
-import Loaders
 import X86
 
 /// Where a machine whose host KVM cannot be left to deliver the guest's events (PVM:
@@ -23,32 +22,33 @@ package enum Placement: Sendable {
     case hybrid
     /// `--backend kvm` on a PVM host: KVM runs the vCPU; when it cannot run an instruction
     /// or there is an event to deliver, the interpreter takes the vCPU for a stretch of
-    /// `Machine.fallbackStretch` instructions, or until it reaches 64-bit user mode
+    /// `VCPUManager.fallbackStretch` instructions, or until it reaches 64-bit user mode
     /// (Documentation/KVM.md, "The fallback on a PVM host").
     case fallbackStretches
 }
 
-extension Machine {
-    /// The vCPUs of a hybrid machine start on the interpreter, in the boot state.
-    static func startOnInterpreter(_ slots: [VCPUSlot], machine: InterpreterMachine, plan: BootPlan, cpus: Int,
-                                   interrupts: any InterruptController) throws(MachineError) {
+extension VCPUManager {
+    /// The vCPUs of a hybrid machine start on the interpreter, in their boot state
+    /// (`initialState(vcpu)`).
+    package func startOnInterpreter(_ initialState: (Int) -> CPUState) throws(VCPUManagerError) {
+        guard let machine = fallback else { return }
         for (i, slot) in slots.enumerated() {
             guard let kvm = slot.active as? KVMVCPU else { continue }
             kvm.deliversNoEvents = true
             do { try kvm.setBreakpointExits(true) } catch {
-                throw MachineError(.hostError, "vcpu\(i): the hybrid engine: \(error)")
+                throw VCPUManagerError("vcpu\(i): the hybrid engine: \(error)")
             }
             let interpreter = machine.makeVCPU(index: i)
             interpreter.tscKHz = kvm.tscKHz
             interpreter.exitOnUserMode64 = true
-            interpreter.interruptController = interrupts
+            interpreter.interruptController = devices.apic
             do {
                 // The TSC comes from KVM's vCPU: one clock for both engines.
-                var state = plan.initialState(cpu: i, of: cpus)
+                var state = initialState(i)
                 state.msrs.tsc = try kvm.readState().msrs.tsc
                 try interpreter.writeState(state)
             } catch {
-                throw MachineError(.hostError, "vcpu\(i): the hybrid engine's initial state: \(error)")
+                throw VCPUManagerError("vcpu\(i): the hybrid engine's initial state: \(error)")
             }
             slot.kvm = kvm
             slot.fallbackVCPU = interpreter
@@ -59,7 +59,7 @@ extension Machine {
     /// `--backend kvm` on a PVM host (`Placement.fallbackStretches`): the vCPUs start on
     /// KVM, in the state they have (the boot state, or a restored snapshot's), with the
     /// view of it KVM runs with.
-    func startWithFallbackStretches() throws(MachineError) {
+    package func startWithFallbackStretches() throws(VCPUManagerError) {
         for (i, slot) in slots.enumerated() {
             guard let kvm = slot.active as? KVMVCPU, interpreterVCPU(for: slot, index: i) != nil else { continue }
             do {
@@ -70,7 +70,7 @@ extension Machine {
                 kvm.deliversNoEvents = true
                 try kvm.writeState(state)
             } catch {
-                throw MachineError(.hostError, "vcpu\(i): KVM with the interpreter's fallback stretches: \(error)")
+                throw VCPUManagerError("vcpu\(i): KVM with the interpreter's fallback stretches: \(error)")
             }
         }
     }
@@ -242,10 +242,7 @@ extension Machine {
     }
 }
 
-extension Machine {
-    /// LSTAR as KVM holds it on a PVM host (`KVMVCPU.deliversNoEvents`): a SYSCALL that
-    /// PVM carries out (it does, even with EFER.SCE clear) faults at its first fetch.
-    package static let syscallSentinel = KVMVCPU.syscallSentinel
+extension VCPUManager {
     /// RFLAGS.RF.
     static let resumeFlag: UInt64 = 1 << 16
     /// `fallbackStretches`: the instructions the interpreter runs after taking a vCPU from
@@ -273,7 +270,7 @@ extension VCPUSlot {
         guard let kvm = active as? KVMVCPU, kvm.deliversNoEvents else { return (state, false) }
         var state = state
         if let shadow = nativeShadow { state.efer = (state.efer & ~EFER.sce) | (shadow.efer & EFER.sce) }
-        guard state.rip == Machine.syscallSentinel else { return (state, false) }
+        guard state.rip == KVMVCPU.syscallSentinel else { return (state, false) }
         if state.cs.selector & 3 != 3 {
             // A SYSCALL at CPL 0 that KVM's emulator ran (CS and SS from STAR, RCX and R11
             // saved, RFLAGS masked) to the sentinel, where the fetch failed: its target

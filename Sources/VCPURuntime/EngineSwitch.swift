@@ -20,22 +20,22 @@ extension SwitchRequest {
     init(_ engine: Engine) { self = engine == .kvm ? .toKVM : .toInterpreter }
 }
 
-extension Machine {
+extension VCPUManager {
     /// Moves vCPU `vcpu` to `engine`. The move happens on the vCPU's thread at its next
     /// instruction boundary (at once if it is running; when it wakes if it sleeps in HLT;
     /// when gdb resumes it if it is stopped there); `engine(of:)` says where it is.
     /// Errors: the machine cannot switch (`canSwitchEngines`), or no such vCPU.
-    public func `switch`(vcpu: Int, to engine: Engine) throws(MachineError) {
+    package func `switch`(vcpu: Int, to engine: Engine) throws(VCPUManagerError) {
         guard slots.indices.contains(vcpu) else {
-            throw MachineError(.usage, "there is no vcpu\(vcpu) (the machine has \(slots.count))")
+            throw VCPUManagerError("there is no vcpu\(vcpu) (the machine has \(slots.count))")
         }
-        if let why = cannotSwitchReason { throw MachineError(.usage, why) }
+        if let why = cannotSwitchReason { throw VCPUManagerError(why) }
         request(SwitchRequest(engine), for: vcpu)
     }
 
     /// The engine vCPU `vcpu` runs on now (while KVM could not run an instruction and the
     /// interpreter runs it in its place, still KVM).
-    public func engine(of vcpu: Int) -> Engine {
+    package func engine(of vcpu: Int) -> Engine {
         let slot = slots[vcpu]
         return slot.active is KVMVCPU || slot.interpreter != nil ? .kvm : .interp
     }
@@ -44,7 +44,7 @@ extension Machine {
     /// (the interpreter is always there for it) or an interpreter machine built with
     /// `--switch-every` or `--gdb` where KVM opens — and is not the hybrid engine, which
     /// places its vCPUs by mode itself.
-    public var canSwitchEngines: Bool { cannotSwitchReason == nil }
+    package var canSwitchEngines: Bool { cannotSwitchReason == nil }
 
     var cannotSwitchReason: String? {
         if hybrid { return "the hybrid engine moves its vCPUs between KVM and the interpreter by itself" }
@@ -53,7 +53,7 @@ extension Machine {
     }
 
     /// SIGUSR1 (`signalled`) or a `--switch-every` time slice: every vCPU to the other engine.
-    func flipEngines(signalled: Bool) {
+    package func flipEngines(signalled: Bool) {
         if let why = cannotSwitchReason {
             if signalled { Self.note("tandem: SIGUSR1 ignored: \(why)") }
             return
@@ -104,7 +104,7 @@ extension Machine {
         do {
             if toKVM {
                 let state = try interpreter.readState()
-                if case .instructions = configuration.switchEvery,
+                if switchSlice != nil,
                    isHalt(at: linearInstructionPointer(state), paging: state.cr0 & CR0.pg != 0, translate: interpreter.translate) {
                     // Not onto KVM at a HLT (above): one more instruction here first.
                     interpreter.instructionLimit = interpreter.retired &+ 1
@@ -130,7 +130,7 @@ extension Machine {
     /// `--switch-every N`: the interpreter stops after N instructions, KVM single-steps N
     /// times (it counts no instructions), then the vCPU moves on.
     func startSlice(_ slot: VCPUSlot, index: Int) -> Bool {
-        guard case .instructions(let n) = configuration.switchEvery else { return true }
+        guard let n = switchSlice else { return true }
         if let interpreter = slot.active as? InterpreterVCPU {
             interpreter.instructionLimit = interpreter.retired &+ n
         } else if let kvmVCPU = slot.active as? KVMVCPU {
@@ -158,7 +158,7 @@ extension Machine {
     /// (an instruction limit on the interpreter, the last single-step on KVM), in which
     /// case the move is requested.
     func sliceEnded(_ slot: VCPUSlot, by exit: VCPUExit) -> Bool {
-        guard case .instructions = configuration.switchEvery, slot.interpreter == nil else { return false }
+        guard switchSlice != nil, slot.interpreter == nil else { return false }
         switch exit {
         case .instructionLimit where slot.active is InterpreterVCPU:
             break
@@ -173,6 +173,42 @@ extension Machine {
             return false
         }
         slot.commands.send(.switchEngine(.flip))
+        return true
+    }
+
+    /// KVM stopped on an instruction its emulator cannot run: move the vCPU's state to
+    /// the interpreter (same memory, same devices) for that one instruction (the debugger
+    /// then lifts the limit itself). (On a PVM host, without the debugger, a trace or
+    /// `--switch-every`, the interpreter takes the vCPU for a stretch instead: Hybrid.swift,
+    /// `Placement.fallbackStretches`.)
+    func handOff(_ slot: VCPUSlot, index: Int, forDebugger: Bool = false) -> Bool {
+        guard slot.active is KVMVCPU, let interpreter = interpreterVCPU(for: slot, index: index) else { return false }
+        do {
+            let state = try slot.active.readState()
+            // The code KVM rewrote since the interpreter last ran.
+            try noteKVMWrites(interpreter)
+            try interpreter.writeState(state)
+        } catch {
+            requestStop(.hostError("vcpu\(index): handing over to the interpreter: \(error)"))
+            return false
+        }
+        interpreter.instructionLimit = interpreter.retired + 1
+        interpreter.tracing = slot.trace?.stepping ?? false
+        slot.active = interpreter
+        slot.interpreter = interpreter
+        if !forDebugger { slot.handoffs += 1 }
+        return true
+    }
+
+    /// The interpreter ran the instruction: the vCPU goes back to KVM.
+    func handBack(_ slot: VCPUSlot, index: Int) -> Bool {
+        guard let interpreter = slot.interpreter, let kvm = slot.kvm else { return false }
+        do { try kvm.writeState(try interpreter.readState()) } catch {
+            requestStop(.hostError("vcpu\(index): handing back to KVM: \(error)"))
+            return false
+        }
+        slot.active = kvm
+        slot.interpreter = nil
         return true
     }
 
@@ -218,7 +254,7 @@ extension Machine {
 
     /// `--switch-every` with a time: a host timer flips every vCPU once per interval.
     func startSwitchTimer() -> (any DispatchSourceTimer)? {
-        guard case .seconds(let seconds) = configuration.switchEvery, cannotSwitchReason == nil else { return nil }
+        guard let seconds = switchPeriod, cannotSwitchReason == nil else { return nil }
         let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "engine-switch"))
         let interval = DispatchTimeInterval.nanoseconds(Int(seconds * 1e9))
         timer.schedule(deadline: .now() + interval, repeating: interval)
@@ -228,7 +264,7 @@ extension Machine {
     }
 
     /// Time on each engine and switches, summed over the vCPUs (after they stopped).
-    func engineStatistics() -> EngineStatistics {
+    package func engineStatistics() -> EngineStatistics {
         let now = DispatchTime.now().uptimeNanoseconds
         var kvmTime: UInt64 = 0, interpreterTime: UInt64 = 0
         for slot in slots {

@@ -15,28 +15,26 @@ import X86
 // The run loop: the machine's vCPU threads and the loop each runs — the vCPU state
 // machine its command channel drives (Documentation/Architecture.md), its sleeps in HLT
 // and wait-for-SIPI, and its exits handed to RunLoop's one exit handler. Building the
-// machine (memory, devices, engines, the image) is Machine.swift's; the engine moves,
-// the hybrid engine, snapshots and the debugger's parking are the loop's helpers in
-// their own files, all acting on the vCPU's `VCPUSlot` on its own thread.
+// machine (memory, devices, engines, the image) is the Machine module's; the engine moves,
+// the hybrid engine, snapshot and debugger parking are the loop's helpers in their own
+// files, all acting on the vCPU's `VCPUSlot` on its own thread.
 
-extension Machine {
+/// How `VCPUManager.run` ended.
+package struct VCPURun {
+    /// When the vCPUs started.
+    package var started: DispatchTime
+    /// Whether every vCPU thread stopped (else the run is reported without the ones that did not).
+    package var allStopped: Bool
+}
+
+extension VCPUManager {
     // MARK: Running
 
-    /// Runs the guest to its end: starts one thread per vCPU, waits for a stop (the exit
-    /// device, all vCPUs halted, a fault, `--timeout`, a signal, an output error), and
-    /// reports it. `--timeout` counts from `configuration.started` (when the command began).
-    public func run() -> RunOutcome {
-        StopSignals.routed(to: { [weak self] sig in self?.requestStop(.interrupted(signal: sig)) }) {
-            // SIGUSR1: every vCPU to the other engine (EngineSwitch.swift).
-            StopSignals.routingRequests(StopSignals.engineFlipSignal, to: { [weak self] in self?.flipEngines(signalled: true) }) {
-                // SIGUSR2: a snapshot while the guest runs (Snapshot.swift).
-                guard configuration.snapshotPath != nil else { return runRouted() }
-                return StopSignals.routingRequests(StopSignals.snapshotSignal, to: { [weak self] in self?.takeLiveSnapshot() }) { runRouted() }
-            }
-        }
-    }
-
-    private func runRouted() -> RunOutcome {
+    /// Runs the vCPUs to the machine's stop: starts one thread per vCPU and the gdb stub's
+    /// service, waits for a stop (the exit device, all vCPUs halted, a fault, the timeout —
+    /// `timeout` seconds counted from `countedFrom`, else from now —, a signal, an output
+    /// error), then for the vCPU threads to end.
+    package func run(timeout: Double?, countedFrom: DispatchTime?, gdb gdbServer: GDBServer?) -> VCPURun {
         let started = DispatchTime.now()
         runStarted.store(started.uptimeNanoseconds, ordering: .relaxed)
         gdbServer?.start(self)
@@ -50,8 +48,8 @@ extension Machine {
                 finished.leave()
             }
         }
-        if let timeout = configuration.timeout {
-            let deadline = (configuration.started ?? started) + timeout
+        if let timeout {
+            let deadline = (countedFrom ?? started) + timeout
             if stopped.wait(timeout: deadline) == .timedOut { requestStop(.timeout(timeout)) }
         } else {
             stopped.wait()
@@ -60,37 +58,15 @@ extension Machine {
         // backend that misses its kick): after a grace period the run is reported without
         // it, and without the output it holds.
         let allStopped = finished.wait(timeout: .now() + Self.stopGrace) == .success
-        if allStopped {
-            for t in threads { t.join() }
-            devices.console.flush()
-            trace.sink?.finish(status: control.withLock { $0.reason?.status } ?? 0)
-        }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
-        var reason = control.withLock { $0.reason } ?? .hostError("stopped without a reason")
-        if allStopped, let path = configuration.snapshotPath, let failure = writeSnapshot(to: path) { reason = .outputError(failure) }
-        // Output lost at the final flush turns a guest's own ending into an output error.
-        if let lost = control.withLock({ $0.lateOutputError }), reason.isGuestEnding { reason = .outputError(lost) }
-        // Neither engine counts a vCPU's instructions on both (KVM counts none).
-        let switched = slots.contains { $0.switches > 0 } && !hybrid
-        var statistics = RunStatistics(
-            backend: backendName, seconds: seconds,
-            instructions: allStopped && !switched ? backends.map(\.instructionsRetired) : backends.map { _ in nil },
-            handoffs: allStopped ? slots.map(\.handoffs).reduce(0, +) : 0,
-            fallbackInstructions: allStopped ? slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) : 0)
-        if allStopped && (hybrid || switched) { statistics.engines = engineStatistics() }
-        gdbServer?.finish(status: reason.status)
-        var message = message(for: reason)
-        if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }
-        return RunOutcome(status: reason.status, message: message, reason: reason, statistics: statistics)
+        if allStopped { for t in threads { t.join() } }
+        return VCPURun(started: started, allStopped: allStopped)
     }
 
     /// How long `run` waits for the vCPU threads after a stop before reporting without them.
     static let stopGrace: DispatchTimeInterval = .milliseconds(500)
-    /// Ends the report when they did not stop: a blocked output write, or a backend bug.
-    public static let notStoppedNote = " (a vCPU thread had not stopped 0.5 s later: reported without it)"
 
     /// Stops the machine (the first reason wins) and kicks every vCPU out of its backend.
-    public func requestStop(_ reason: StopReason) {
+    package func requestStop(_ reason: StopReason) {
         let first = control.withLock { c -> Bool in
             guard c.reason == nil else {
                 if case .outputError(let line) = reason { c.lateOutputError = c.lateOutputError ?? line }
@@ -126,7 +102,7 @@ extension Machine {
 
     /// Where vCPU `vcpu` is in its life (running, paused for gdb, switching engines, parked
     /// for a snapshot, stopped).
-    public func state(ofVCPU vcpu: Int) -> VCPUState { slots[vcpu].commands.state }
+    package func state(ofVCPU vcpu: Int) -> VCPUState { slots[vcpu].commands.state }
 
     /// The shared vCPU loop: runs the backend, carries out the commands its channel brings
     /// (Documentation/Architecture.md), and hands its exits to the one exit handler, which
@@ -136,7 +112,7 @@ extension Machine {
         defer {
             // A snapshot needs the state at an instruction boundary (KVM completes an
             // answered `out` only at its next entry).
-            if configuration.snapshotPath != nil { completePendingExit(slot) }
+            if completesExitAtStop { completePendingExit(slot) }
             control.withLock { $0.finalStates[index] = try? slot.guestState() }
             slot.commands.enter(.stopped)
         }
@@ -249,7 +225,7 @@ extension Machine {
 
     /// vCPU `index` may have an event to take (an interrupt, NMI, INIT or SIPI): it leaves
     /// its engine's run, or wakes from HLT, and looks.
-    func interruptRequested(_ index: Int) {
+    package func interruptRequested(_ index: Int) {
         guard index < slots.count else { return }
         // On its own thread the vCPU looks anyway before it enters its engine again, or
         // sleeps again (a kick would only cost KVM an entry that returns at once).

@@ -11,14 +11,7 @@ import X86
 // inside the interpreter's run loop, or through `VCPUTracer` (Tracing) for KVM, which is
 // single-stepped, and under `--trace-exits`.
 
-package func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
-package func byteHex(_ b: UInt8) -> String { let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }
-
-package func padRight(_ s: String, _ width: Int) -> String {
-    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
-}
-
-extension Machine {
+extension VCPUManager {
     /// On vCPU `index`'s thread: follows the machine's trace — attaches a recorder to a
     /// trace that started, detaches it from one that ended. The interpreter records inside
     /// its run loop; KVM is single-stepped and traced from the vCPU loop (`VCPUTracer`), as
