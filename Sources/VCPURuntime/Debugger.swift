@@ -32,6 +32,9 @@ extension VCPUManager: DebugTarget {
         let slot = slots[index]
         slot.commands.enter(.paused)
         defer { slot.commands.enter(.running) }
+        // Parked right after an `in` or MMIO exit on KVM (a pause request came meanwhile):
+        // gdb sees and edits the state after that instruction, not half of it.
+        if let kvm = slot.active as? KVMVCPU, kvm.exitAwaitingEntry { completePendingExit(slot) }
         let before = try? slot.active.readState()
         submitTrace(index)
         let first = debug.state.withLock { s -> Bool in
