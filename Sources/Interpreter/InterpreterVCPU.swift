@@ -570,6 +570,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         entry.pointee.instruction = decoded
         entry.pointee.instruction.form = FastForm.of(decoded)
+        entry.pointee.instruction.condition = UInt8(truncatingIfNeeded: decoded.op.conditionCode ?? 0)
         return instructionPointer(entry)
     }
 }
