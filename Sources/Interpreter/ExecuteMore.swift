@@ -324,12 +324,16 @@ extension InterpreterVCPU {
 
     /// imul's two- and three-operand product: `a` × `b` as signed `size`-byte numbers,
     /// truncated to `size` bytes, and whether it did not fit (CF = OF).
+    /// (`multipliedReportingOverflow`, not `multipliedFullWidth`, which stayed a call.)
     @_transparent
     func truncatedSignedProduct(_ a: UInt64, _ b: UInt64, _ size: Int) -> (UInt64, Bool) {
-        let (hi, lo) = Int64(bitPattern: signExtend(a, size)).multipliedFullWidth(by: Int64(bitPattern: signExtend(b & sizeMask(size), size)))
-        let res = lo & sizeMask(size)
-        if size == 8 { return (res, hi != (Int64(bitPattern: lo) >> 63)) }
-        return (res, signExtend(res, size) != lo)
+        // Narrower operands' product fits in 64 bits: it did not fit when its low `size`
+        // bytes, sign-extended, are not all of it.
+        let (product, overflow) = Int64(bitPattern: signExtend(a, size)).multipliedReportingOverflow(by: Int64(bitPattern: signExtend(b & sizeMask(size), size)))
+        let p = UInt64(bitPattern: product)
+        let res = p & sizeMask(size)
+        if size == 8 { return (res, overflow) }
+        return (res, signExtend(res, size) != p)
     }
 
     func divide(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {

@@ -99,8 +99,10 @@ enum FastForm: UInt8 {
             family = .leaR8
         case .push, .pop:
             // The stack access is the register's width (`stackOperandSize` agrees when the
-            // operand size is the register's: 2 or 8 in 64-bit code, 2 or 4 outside it).
-            guard gpr0, d.operandCount == 1, o0.size == d.operandSize, o0.size >= 2 else { return .generic }
+            // operand size is the register's: 2 or 8 in 64-bit code, 2 or 4 outside it; a
+            // 64-bit register, only in 64-bit code, is pushed as 8 bytes though the
+            // operand-size attribute without REX.W says 4).
+            guard gpr0, d.operandCount == 1, o0.size == d.operandSize || o0.size == 8, o0.size >= 2 else { return .generic }
             family = d.op == .push ? .pushR8 : .popR8
         case .imul:
             // The two- and three-operand forms (the one-operand form writes rDX:rAX).
