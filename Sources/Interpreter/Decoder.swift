@@ -68,6 +68,9 @@ struct DecodedInstruction {
     var simd = SIMDForm()
     /// The handler `executeFast` runs it with, chosen when the decode is cached.
     var form = FastForm.generic
+    /// setcc and cmovcc forms: the condition (the encoding's tttn), set with `form` (so
+    /// that the handler does not compute it from `op`).
+    var condition: UInt8 = 0
 }
 
 /// Turns instruction bytes into `DecodedInstruction`s with Capstone (detail on).

@@ -36,7 +36,7 @@ extension InterpreterVCPU {
             }
             let count = Int(head.pointee.count)
             let version = head.pointee.version
-            let word = codePages.word(Int(truncatingIfNeeded: head.pointee.tag >> 14))
+            let word = codePages.word(Int(truncatingIfNeeded: head.pointee.key >> 14))
             let entryRIP = s.pointee.rip
             let first = traceInstructions(head)
             var d = first

@@ -295,10 +295,7 @@ extension InterpreterVCPU {
                 a = readReg(d.pointee.o0.reg, size)
                 b = try readOperand(d.pointee.o1, d, size, next: next)
             }
-            let (hi, lo) = Int64(bitPattern: signExtend(a, size)).multipliedFullWidth(by: Int64(bitPattern: signExtend(b & sizeMask(size), size)))
-            let res = UInt64(bitPattern: Int64(bitPattern: lo)) & sizeMask(size)
-            let overflow: Bool
-            if size == 8 { overflow = hi != (Int64(bitPattern: lo) >> 63) } else { overflow = signExtend(res, size) != UInt64(bitPattern: Int64(bitPattern: lo)) }
+            let (res, overflow) = truncatedSignedProduct(a, b, size)
             writeReg(d.pointee.o0.reg, size, res)
             setFlags(Flag.arithmetic, resultFlags(res, size) | (overflow ? Flag.cf | Flag.of : 0))
             return
@@ -323,6 +320,20 @@ extension InterpreterVCPU {
         }
         if size == 1 { writeReg(0, 2, hi << 8 | lo) } else { writeReg(0, size, lo); writeReg(2, size, hi) }
         setFlags(Flag.arithmetic, resultFlags(lo, size) | (overflow ? Flag.cf | Flag.of : 0))
+    }
+
+    /// imul's two- and three-operand product: `a` × `b` as signed `size`-byte numbers,
+    /// truncated to `size` bytes, and whether it did not fit (CF = OF).
+    /// (`multipliedReportingOverflow`, not `multipliedFullWidth`, which stayed a call.)
+    @_transparent
+    func truncatedSignedProduct(_ a: UInt64, _ b: UInt64, _ size: Int) -> (UInt64, Bool) {
+        // Narrower operands' product fits in 64 bits: it did not fit when its low `size`
+        // bytes, sign-extended, are not all of it.
+        let (product, overflow) = Int64(bitPattern: signExtend(a, size)).multipliedReportingOverflow(by: Int64(bitPattern: signExtend(b & sizeMask(size), size)))
+        let p = UInt64(bitPattern: product)
+        let res = p & sizeMask(size)
+        if size == 8 { return (res, overflow) }
+        return (res, signExtend(res, size) != p)
     }
 
     func divide(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {

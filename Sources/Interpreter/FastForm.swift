@@ -26,13 +26,31 @@ enum FastForm: UInt8 {
     case aluMI8, aluMI16, aluMI32, aluMI64 // the same, [mem], imm
     case pushR8, pushR16, pushR32, pushR64 // push reg (no 8-bit form exists)
     case popR8, popR16, popR32, popR64 // pop reg (no 8-bit form exists)
+    case imulRR8, imulRR16, imulRR32, imulRR64 // imul reg, reg (no 8-bit form exists)
+    case imulRM8, imulRM16, imulRM32, imulRM64 // imul reg, [mem]
+    case imulRRI8, imulRRI16, imulRRI32, imulRRI64 // imul reg, reg, imm
+    case imulRMI8, imulRMI16, imulRMI32, imulRMI64 // imul reg, [mem], imm
+    case cmovRR8, cmovRR16, cmovRR32, cmovRR64 // cmovcc reg, reg (no 8-bit form exists)
+    case cmovRM8, cmovRM16, cmovRM32, cmovRM64 // cmovcc reg, [mem]
+    /// setcc reg8 (the condition from `op`).
+    case setccR
+    /// movzx reg32/64, reg8/16 or [mem8/16]: the same write for both widths (a 32-bit write
+    /// clears bits 63-32, and the zero-extended value has them clear).
+    case movzxRB, movzxRW, movzxMB, movzxMW
+    /// movsx reg32/64, reg8/16 or [mem8/16]; movsxd reg64, reg32 or [mem32].
+    case movsxRB32, movsxRB64, movsxRW32, movsxRW64, movsxMB32, movsxMB64, movsxMW32, movsxMW64, movsxdR, movsxdM
     /// jcc rel, by condition (the encoding's tttn: jo, jno, jb, ... jg), and jmp rel.
     case jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp, jl, jge, jle, jg
     case jmpRel
 
     /// jcc rel or jmp rel: the last instruction of a trace whose successor can be found
     /// without a lookup (`successor`).
-    var isRelativeBranch: Bool { rawValue >= FastForm.jo.rawValue && rawValue <= FastForm.jmpRel.rawValue }
+    /// (Through the stored byte: `rawValue` stayed a call in the run loop.)
+    @_transparent
+    var isRelativeBranch: Bool {
+        let v = unsafeBitCast(self, to: UInt8.self)
+        return v >= unsafeBitCast(FastForm.jo, to: UInt8.self) && v <= unsafeBitCast(FastForm.jmpRel, to: UInt8.self)
+    }
 
     /// The form of `d` (called once per decode).
     static func of(_ d: DecodedInstruction) -> FastForm {
@@ -81,9 +99,42 @@ enum FastForm: UInt8 {
             family = .leaR8
         case .push, .pop:
             // The stack access is the register's width (`stackOperandSize` agrees when the
-            // operand size is the register's: 2 or 8 in 64-bit code, 2 or 4 outside it).
-            guard gpr0, d.operandCount == 1, o0.size == d.operandSize, o0.size >= 2 else { return .generic }
+            // operand size is the register's: 2 or 8 in 64-bit code, 2 or 4 outside it; a
+            // 64-bit register, only in 64-bit code, is pushed as 8 bytes though the
+            // operand-size attribute without REX.W says 4).
+            guard gpr0, d.operandCount == 1, o0.size == d.operandSize || o0.size == 8, o0.size >= 2 else { return .generic }
             family = d.op == .push ? .pushR8 : .popR8
+        case .imul:
+            // The two- and three-operand forms (the one-operand form writes rDX:rAX).
+            guard gpr0, o0.size >= 2, d.operandCount >= 2 else { return .generic }
+            let register = gpr1, memory = o1.kind == .memory
+            if d.operandCount == 2 {
+                if register { family = .imulRR8 } else if memory { family = .imulRM8 } else { return .generic }
+            } else {
+                guard d.o2.kind == .immediate else { return .generic }
+                if register { family = .imulRRI8 } else if memory { family = .imulRMI8 } else { return .generic }
+            }
+        case .cmovo, .cmovno, .cmovb, .cmovae, .cmove, .cmovne, .cmovbe, .cmova, .cmovs, .cmovns, .cmovp, .cmovnp, .cmovl, .cmovge, .cmovle, .cmovg:
+            guard gpr0, o0.size >= 2, d.operandCount == 2 else { return .generic }
+            if gpr1 { family = .cmovRR8 } else if o1.kind == .memory { family = .cmovRM8 } else { return .generic }
+        case .seto, .setno, .setb, .setae, .sete, .setne, .setbe, .seta, .sets, .setns, .setp, .setnp, .setl, .setge, .setle, .setg:
+            return gpr0 && o0.size == 1 && d.operandCount == 1 ? .setccR : .generic
+        case .movzx, .movsx:
+            // (16-bit destinations keep bits 63-16: generic.)
+            guard gpr0, o0.size >= 4, d.operandCount == 2, o1.size == 1 || o1.size == 2 else { return .generic }
+            let register = o1.kind == .register && o1.reg < 16
+            guard register || o1.kind == .memory else { return .generic }
+            let byte = o1.size == 1, wide = o0.size == 8
+            if d.op == .movzx {
+                return register ? (byte ? .movzxRB : .movzxRW) : (byte ? .movzxMB : .movzxMW)
+            }
+            if register { return byte ? (wide ? .movsxRB64 : .movsxRB32) : (wide ? .movsxRW64 : .movsxRW32) }
+            return byte ? (wide ? .movsxMB64 : .movsxMB32) : (wide ? .movsxMW64 : .movsxMW32)
+        case .movsxd:
+            // Only the REX.W form sign-extends (see `executeMore`).
+            guard gpr0, d.operandSize == 8, o0.size == 8, d.operandCount == 2 else { return .generic }
+            if o1.kind == .register && o1.reg < 16 && o1.size == 4 { return .movsxdR }
+            return o1.kind == .memory ? .movsxdM : .generic
         case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg:
             return FastForm(rawValue: FastForm.jo.rawValue + UInt8(d.op.rawValue - Op.jo.rawValue))!
         case .jmp where d.opcode == 0xE9 || d.opcode == 0xEB:
@@ -172,6 +223,41 @@ extension InterpreterVCPU {
         case .popR16: writeGPR(d.pointee.o0.reg, 2, try pop(2))
         case .popR32: writeGPR(d.pointee.o0.reg, 4, try pop(4))
         case .popR64: writeGPR(d.pointee.o0.reg, 8, try pop(8))
+        case .imulRR8, .imulRM8, .imulRRI8, .imulRMI8, .cmovRR8, .cmovRM8: return false   // (never chosen)
+        case .imulRR16: imulR(d, 2, readGPR(d.pointee.o1.reg, 2))
+        case .imulRR32: imulR(d, 4, readGPR(d.pointee.o1.reg, 4))
+        case .imulRR64: imulR(d, 8, readGPR(d.pointee.o1.reg, 8))
+        case .imulRM16: imulR(d, 2, try readMemoryOperand(d, 2, next: next))
+        case .imulRM32: imulR(d, 4, try readMemoryOperand(d, 4, next: next))
+        case .imulRM64: imulR(d, 8, try readMemoryOperand(d, 8, next: next))
+        case .imulRRI16: imulRI(d, 2, readGPR(d.pointee.o1.reg, 2))
+        case .imulRRI32: imulRI(d, 4, readGPR(d.pointee.o1.reg, 4))
+        case .imulRRI64: imulRI(d, 8, readGPR(d.pointee.o1.reg, 8))
+        case .imulRMI16: imulRI(d, 2, try readMemoryOperand(d, 2, next: next))
+        case .imulRMI32: imulRI(d, 4, try readMemoryOperand(d, 4, next: next))
+        case .imulRMI64: imulRI(d, 8, try readMemoryOperand(d, 8, next: next))
+        case .cmovRR16: cmovR(d, 2, readGPR(d.pointee.o1.reg, 2))
+        case .cmovRR32: cmovR(d, 4, readGPR(d.pointee.o1.reg, 4))
+        case .cmovRR64: cmovR(d, 8, readGPR(d.pointee.o1.reg, 8))
+        case .cmovRM16: cmovR(d, 2, try readMemoryOperand(d, 2, next: next))   // (read, and faulting, either way)
+        case .cmovRM32: cmovR(d, 4, try readMemoryOperand(d, 4, next: next))
+        case .cmovRM64: cmovR(d, 8, try readMemoryOperand(d, 8, next: next))
+        case .setccR:
+            writeGPR(d.pointee.o0.reg, 1, condition(Int(d.pointee.condition)) ? 1 : 0)
+        case .movzxRB: r[Int(d.pointee.o0.reg)] = readGPR(d.pointee.o1.reg, 1)
+        case .movzxRW: r[Int(d.pointee.o0.reg)] = readGPR(d.pointee.o1.reg, 2)
+        case .movzxMB: r[Int(d.pointee.o0.reg)] = try readMemoryOperand(d, 1, next: next)
+        case .movzxMW: r[Int(d.pointee.o0.reg)] = try readMemoryOperand(d, 2, next: next)
+        case .movsxRB32: writeGPR(d.pointee.o0.reg, 4, signExtend(readGPR(d.pointee.o1.reg, 1), 1))
+        case .movsxRB64: r[Int(d.pointee.o0.reg)] = signExtend(readGPR(d.pointee.o1.reg, 1), 1)
+        case .movsxRW32: writeGPR(d.pointee.o0.reg, 4, signExtend(readGPR(d.pointee.o1.reg, 2), 2))
+        case .movsxRW64: r[Int(d.pointee.o0.reg)] = signExtend(readGPR(d.pointee.o1.reg, 2), 2)
+        case .movsxMB32: writeGPR(d.pointee.o0.reg, 4, signExtend(try readMemoryOperand(d, 1, next: next), 1))
+        case .movsxMB64: r[Int(d.pointee.o0.reg)] = signExtend(try readMemoryOperand(d, 1, next: next), 1)
+        case .movsxMW32: writeGPR(d.pointee.o0.reg, 4, signExtend(try readMemoryOperand(d, 2, next: next), 2))
+        case .movsxMW64: r[Int(d.pointee.o0.reg)] = signExtend(try readMemoryOperand(d, 2, next: next), 2)
+        case .movsxdR: r[Int(d.pointee.o0.reg)] = signExtend(readGPR(d.pointee.o1.reg, 4), 4)
+        case .movsxdM: r[Int(d.pointee.o0.reg)] = signExtend(try readMemoryOperand(d, 4, next: next), 4)
         case .jo: jumpIf(d, condition(0), next: next); return true
         case .jno: jumpIf(d, condition(1), next: next); return true
         case .jb: jumpIf(d, condition(2), next: next); return true
@@ -223,8 +309,40 @@ extension InterpreterVCPU {
 
     @_transparent
     func movRM(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
+        writeGPR(d.pointee.o0.reg, size, try readMemoryOperand(d, size, next: next))
+    }
+
+    /// The second operand, memory, as `size` bytes.
+    @_transparent
+    func readMemoryOperand(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) -> UInt64 {
         let o1 = d.pointee.o1
-        writeGPR(d.pointee.o0.reg, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
+        return try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size)
+    }
+
+    /// imul reg, r/m: the truncated product of the register and `b`, flags deferred.
+    @_transparent
+    func imulR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ b: UInt64) {
+        let reg = d.pointee.o0.reg
+        let (res, overflow) = truncatedSignedProduct(readGPR(reg, size), b, size)
+        writeGPR(reg, size, res)
+        deferFlags(.multiply, 0, overflow ? 1 : 0, res, size)
+    }
+
+    /// imul reg, r/m, imm: the truncated product of `a` and the immediate, flags deferred.
+    @_transparent
+    func imulRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ a: UInt64) {
+        let (res, overflow) = truncatedSignedProduct(a, aluImmediate(d.pointee.o2, size), size)
+        writeGPR(d.pointee.o0.reg, size, res)
+        deferFlags(.multiply, 0, overflow ? 1 : 0, res, size)
+    }
+
+    /// cmovcc reg, r/m with the source already read: a 32-bit destination has bits 63-32
+    /// cleared even when the condition is false.
+    @_transparent
+    func cmovR(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ v: UInt64) {
+        let reg = d.pointee.o0.reg
+        if condition(Int(d.pointee.condition)) { writeGPR(reg, size, v) }
+        else if size == 4 { writeGPR(reg, 4, readGPR(reg, 4)) }
     }
 
     @_transparent
@@ -254,8 +372,7 @@ extension InterpreterVCPU {
 
     @_transparent
     func aluRM(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
-        let o1 = d.pointee.o1
-        aluOnRegister(d, size, try read(o1.segment, effectiveAddress(o1, d.pointee.addressSize, next: next), size))
+        aluOnRegister(d, size, try readMemoryOperand(d, size, next: next))
     }
 
     @_transparent
@@ -300,10 +417,11 @@ extension InterpreterVCPU {
         aluFlags(op, a, b, res, carry, size)
     }
 
-    /// CF for adc and sbb, 0 for the other ALU operations (which do not read it).
+    /// CF for adc and sbb (read from deferred flags without computing them), 0 for the
+    /// other ALU operations (which do not read it).
     @_transparent
     func aluCarryIn(_ op: Op) -> UInt64 {
-        (op == .adc || op == .sbb) && flag(Flag.cf) ? 1 : 0
+        (op == .adc || op == .sbb) && carryFlag() ? 1 : 0
     }
 
     /// The result of add, adc, sub, sbb, and, or, xor, cmp, test (`aluResult`'s, without
@@ -321,15 +439,15 @@ extension InterpreterVCPU {
         }
     }
 
-    /// The flags of `aluValue`: deferred (LazyFlags.swift), except adc's and sbb's, which
-    /// read CF and are computed as `aluResult` computes them.
+    /// The flags of `aluValue`, deferred (LazyFlags.swift): adc and sbb with the carry
+    /// clear have add's and sub's.
     @_transparent
     func aluFlags(_ op: Op, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ carry: UInt64, _ size: Int) {
         switch op {
         case .add: deferFlags(.add, a, b, res, size)
         case .sub, .cmp: deferFlags(.sub, a, b, res, size)
-        case .adc: setFlags(Flag.arithmetic, addFlags(a, b, res, carry, size))
-        case .sbb: setFlags(Flag.arithmetic, subFlags(a, b, res, carry, size))
+        case .adc: deferFlags(carry != 0 ? .addCarry : .add, a, b, res, size)
+        case .sbb: deferFlags(carry != 0 ? .subBorrow : .sub, a, b, res, size)
         default: deferFlags(.logic, a, b, res, size)
         }
     }

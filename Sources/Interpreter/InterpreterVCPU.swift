@@ -220,13 +220,10 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         cache = .allocate(capacity: Self.cacheSize)
         cache.initialize(repeating: CacheEntry(), count: Self.cacheSize)
-        traceHeads = .allocate(capacity: Self.traceCount)
-        traceHeads.initialize(repeating: TraceHead(), count: Self.traceCount)
-        let codeBytes = Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride
-        let code = mmap(nil, codeBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        precondition(code != MAP_FAILED && code != nil, "cannot reserve the trace cache")
-        // (DecodedInstruction is a trivial type: bytes are written into it by assignment.)
-        traceCode = code!.bindMemory(to: DecodedInstruction.self, capacity: Self.traceCount * Self.traceLength)
+        // Zero-filled pages, reserved lazily (a zero head is an empty slot). TraceHead and
+        // DecodedInstruction are trivial types: bytes are written into them by assignment.
+        traceHeads = Self.reserve(Self.traceCount, of: TraceHead.self).bindMemory(to: TraceHead.self, capacity: Self.traceCount)
+        traceCode = Self.reserve(Self.traceCount * Self.traceLength, of: DecodedInstruction.self).bindMemory(to: DecodedInstruction.self, capacity: Self.traceCount * Self.traceLength)
         if let low = memory.regions.first, low.start == 0, low.kind == .ram {
             lowHost = low.host
             lowEnd = low.size
@@ -239,13 +236,21 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         refreshMode()
     }
 
+    /// Zero-filled memory for `count` values of `T`, reserved without committing it: a
+    /// page costs the host memory once it is written.
+    private static func reserve<T>(_ count: Int, of _: T.Type = T.self) -> UnsafeMutableRawPointer {
+        let p = mmap(nil, count * MemoryLayout<T>.stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(p != MAP_FAILED && p != nil, "cannot reserve the trace cache")
+        return p!
+    }
+
     deinit {
         s.deinitialize(count: 1)
         s.deallocate()
         seg.deallocate()
         cache.deinitialize(count: Self.cacheSize)
         cache.deallocate()
-        traceHeads.deallocate()
+        munmap(traceHeads, Self.traceCount * MemoryLayout<TraceHead>.stride)
         tlb.entries.deallocate()
         munmap(traceCode, Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride)
         ioBuffer.deallocate()
@@ -570,6 +575,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         }
         entry.pointee.instruction = decoded
         entry.pointee.instruction.form = FastForm.of(decoded)
+        entry.pointee.instruction.condition = UInt8(truncatingIfNeeded: decoded.op.conditionCode ?? 0)
         return instructionPointer(entry)
     }
 }

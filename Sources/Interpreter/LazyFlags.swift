@@ -1,11 +1,13 @@
-/// Lazy flags: the hottest flag-setting forms (add, sub, cmp, and, or, xor, test, inc,
-/// dec, neg on registers) record their operation, operands, result and width instead of
+/// Lazy flags: the hottest flag-setting forms (add, adc, sub, sbb, cmp, and, or, xor, test,
+/// inc, dec, neg, imul on registers) record their operation, operands, result and width instead of
 /// computing CF, PF, AF, ZF, SF and OF; the flags are computed, by the same functions the
 /// eager path uses (`addFlags`, `subFlags`, `resultFlags`), only when something reads
 /// them. Most results are overwritten before any read (a CRC loop sets flags on every
 /// instruction and reads them once per iteration).
 ///
-/// Where they are computed: `condition` and `flag` (jcc, setcc, cmovcc, adc/sbb's carry),
+/// CF alone (`carryFlag`: adc/sbb's carry in, jb/setb/cmovb) and the conditions in
+/// `lazyCondition` are read from the record without computing the rest.
+/// Where they are computed: `condition` for the other conditions, `flag`,
 /// `setFlags` with a partial mask (shifts, rotates), the entry of every generic
 /// instruction (so `execute`'s switch and everything below it, pushf, lahf, interrupts,
 /// see RFLAGS exact), after each recorded instruction, and whenever `runInstructions`
@@ -18,6 +20,12 @@ enum LazyFlags: UInt8 {
     case add, sub, logic
     /// a + 1, a - 1: CF is RFLAGS's (inc and dec keep it).
     case inc, dec
+    /// a + b + 1 = result, a - b - 1 = result: adc and sbb with the carry set (with it
+    /// clear they are add and sub).
+    case addCarry, subBorrow
+    /// A truncated signed product (imul reg, r/m[, imm]): the result, and b = 1 when it
+    /// did not fit (CF = OF = 1).
+    case multiply
 }
 
 extension InterpreterVCPU {
@@ -38,7 +46,8 @@ extension InterpreterVCPU {
     }
 
     /// Condition `cc` straight from the deferred operation where that is cheap (equality,
-    /// sign, and after a subtraction or compare the unsigned and signed orders); nil for the
+    /// sign, carry, after a subtraction or compare the unsigned and signed orders, after a
+    /// logical operation (OF = CF = 0) the signed ones, after add CF or ZF); nil for the
     /// rest, which `condition` reads from the computed flags. Computes nothing, so the
     /// flags stay deferred.
     @_transparent
@@ -49,13 +58,40 @@ extension InterpreterVCPU {
         switch cc >> 1 {
         case 2: v = lazyResult & m == 0   // ZF
         case 4: v = lazyResult & signBit(size) != 0   // SF
-        case 1 where lazyFlags == .sub: v = lazyA & m < lazyB & m   // CF: a < b unsigned
+        case 1 where lazyFlags != .inc && lazyFlags != .dec: v = lazyCarry()   // CF
         case 3 where lazyFlags == .sub: v = lazyA & m <= lazyB & m   // CF or ZF
+        case 3 where lazyFlags == .add: v = lazyResult & m < lazyA & m || lazyResult & m == 0   // CF or ZF
+        case 0 where lazyFlags == .logic: v = false   // OF
+        case 0 where lazyFlags == .multiply: v = lazyB != 0
         case 6 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) < Int64(bitPattern: signExtend(lazyB, size))   // SF != OF: a < b signed
         case 7 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) <= Int64(bitPattern: signExtend(lazyB, size))
+        case 6 where lazyFlags == .logic: v = lazyResult & signBit(size) != 0   // OF = 0: SF
+        case 7 where lazyFlags == .logic: v = lazyResult & m == 0 || lazyResult & signBit(size) != 0
         default: return nil
         }
         return cc & 1 == 0 ? v : !v
+    }
+
+    /// CF of the deferred operation (not inc or dec, which keep RFLAGS's), computed alone:
+    /// adc's and sbb's carry in, jb/setb/cmovb.
+    @_transparent
+    func lazyCarry() -> Bool {
+        let m = sizeMask(lazySize)
+        switch lazyFlags {
+        case .add: return lazyResult & m < lazyA & m
+        case .addCarry: return lazyResult & m <= lazyA & m
+        case .sub: return lazyA & m < lazyB & m
+        case .subBorrow: return lazyA & m <= lazyB & m
+        case .multiply: return lazyB != 0
+        default: return false   // (logic; inc, dec and none are not asked)
+        }
+    }
+
+    /// CF, deferred or not, without computing the other flags.
+    @_transparent
+    func carryFlag() -> Bool {
+        if lazyFlags == .none || lazyFlags == .inc || lazyFlags == .dec { return s.pointee.rflags & Flag.cf != 0 }
+        return lazyCarry()
     }
 
     @inline(never)
@@ -70,6 +106,9 @@ extension InterpreterVCPU {
         case .logic: setFlags(Flag.arithmetic, resultFlags(result, size))
         case .inc: setFlags(Flag.arithmetic & ~Flag.cf, addFlags(a, 1, result, 0, size))
         case .dec: setFlags(Flag.arithmetic & ~Flag.cf, subFlags(a, 1, result, 0, size))
+        case .addCarry: setFlags(Flag.arithmetic, addFlags(a, b, result, 1, size))
+        case .subBorrow: setFlags(Flag.arithmetic, subFlags(a, b, result, 1, size))
+        case .multiply: setFlags(Flag.arithmetic, resultFlags(result, size) | (b != 0 ? Flag.cf | Flag.of : 0))
         }
     }
 }

@@ -107,7 +107,7 @@ extension InterpreterVCPU {
     @_transparent
     func load(_ p: UnsafeMutableRawPointer, _ size: Int) -> UInt64 {
         switch size {
-        case 1: return UInt64(p.load(as: UInt8.self))
+        case 1: return UInt64(p.assumingMemoryBound(to: UInt8.self).pointee)
         case 2: var v: UInt16 = 0; memcpy(&v, p, 2); return UInt64(v)
         case 4: var v: UInt32 = 0; memcpy(&v, p, 4); return UInt64(v)
         default: var v: UInt64 = 0; memcpy(&v, p, 8); return v
