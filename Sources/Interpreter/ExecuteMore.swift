@@ -8,7 +8,6 @@ extension InterpreterVCPU {
     @inline(never)
     func executeMore(_ d: UnsafeMutablePointer<DecodedInstruction>, next: UInt64) throws(Fault) {
         let op = d.pointee.op
-        let osz = Int(d.pointee.operandSize)
         switch op {
         case .movzx, .movsx, .movsxd:
             var dsize = Int(d.pointee.o0.size), ssize = Int(d.pointee.o1.size)

@@ -211,7 +211,8 @@ public final class Machine: @unchecked Sendable {
             kvm = nil
             backendName = "interp"
             backendNote = memoryNote
-        case .hybrid, .auto where c.maxInstructions == nil && c.gdb == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization():
+        case .hybrid,
+             .auto where c.maxInstructions == nil && c.gdb == nil && c.switchEvery == nil && !HostCheck.cpuHasVirtualization():
             // `auto` on a host whose KVM runs only 64-bit user mode natively (PVM: no
             // VMX/SVM): the rest would crawl through the host kernel's emulator.
             do {
