@@ -59,7 +59,9 @@ extension KVMVCPU {
     /// access: KVM advances RIP past them only at the next KVM_RUN) with a KVM_RUN that
     /// returns at once (`immediate_exit`), so that the registers are at an instruction
     /// boundary: a snapshot taken without it would run an `out` again on restore.
+    /// Nothing to do when no exit awaits its ending (`exitAwaitingEntry`).
     public func completePendingExit() throws(BackendError) {
+        guard exitAwaitingEntry else { return }
         shared.pointee.immediate_exit = 1
         defer { shared.pointee.immediate_exit = 0 }
         pthread_rwlock_rdlock(vm.runLock)

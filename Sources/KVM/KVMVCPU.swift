@@ -151,8 +151,9 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     var guestLSTAR: UInt64 = 0
     /// KVM holds `eventlessIDT` now (`deliversNoEvents`, in protected mode).
     public var runsEventless: Bool { guestIDT != nil }
-    /// The last exit was an `in` or an MMIO access (or an `out`) that KVM finishes only at
-    /// its next KVM_RUN: an `in`'s value into RAX, RIP past the instruction. Until then the
+    /// The last exit was an `in`, an MMIO access, an MSR access answered in user space (or an
+    /// `out`) that KVM finishes only at its next KVM_RUN: an `in`'s or RDMSR's value into
+    /// RAX, RIP past the instruction. Until then the
     /// registers are the instruction's, and a state written meanwhile gets that ending
     /// applied to it — RIP set past the old instruction, RAX overwritten — wherever the
     /// vCPU is by then. `completePendingExit` ends it; so does any KVM_RUN.
@@ -309,6 +310,8 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
             }
             return .halt
         case 29, 30:   // KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR: answered here; the run loop just re-enters
+            // (KVM puts a RDMSR's value into RAX:RDX and RIP past either at its next entry.)
+            exitAwaitingEntry = true
             answerMSR(write: r.exit_reason == 30)
             return .interrupted
         case KVM_EXIT_SHUTDOWN: return .shutdown
@@ -521,7 +524,7 @@ public final class KVMVCPU: VCPUBackend, @unchecked Sendable {
     /// and `KVM_SET_VCPU_EVENTS` (KVMEvents.swift).
     public func writeState(_ s: CPUState) throws(BackendError) {
         // The ending KVM owes an `in` or MMIO read would land on the state written here.
-        if exitAwaitingEntry { try completePendingExit() }
+        try completePendingExit()
         var sregs = kvm_sregs()
         // Keep what CPUState does not model (the APIC base's reserved bits, ...). The
         // pending-interrupt bitmap is the interrupt being injected, which the events carry

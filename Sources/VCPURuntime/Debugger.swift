@@ -34,7 +34,7 @@ extension VCPUManager: DebugTarget {
         defer { slot.commands.enter(.running) }
         // Parked right after an `in` or MMIO exit on KVM (a pause request came meanwhile):
         // gdb sees and edits the state after that instruction, not half of it.
-        if let kvm = slot.active as? KVMVCPU, kvm.exitAwaitingEntry { completePendingExit(slot) }
+        if slot.active is KVMVCPU { completePendingExit(slot) }
         let before = try? slot.active.readState()
         submitTrace(index)
         let first = debug.state.withLock { s -> Bool in

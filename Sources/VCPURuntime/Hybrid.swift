@@ -187,7 +187,7 @@ extension VCPUManager {
             // applied to whatever state the vCPU brings back from the interpreter — RIP put
             // past the old `in`, RAX overwritten (Linux on 4 vCPUs on `--backend kvm`
             // panicked or corrupted its lists; Guests/io-interrupted.asm looped for ever).
-            if let kvm = slot.active as? KVMVCPU, kvm.exitAwaitingEntry { try kvm.completePendingExit() }
+            if let kvm = slot.active as? KVMVCPU { try kvm.completePendingExit() }
             var (state, syscall) = slot.guestView(of: try slot.active.readState())
             if !syscall, let kvm = slot.active as? KVMVCPU {
                 // A kick can end KVM_RUN between PVM raising an exception and failing to
