@@ -14,6 +14,8 @@ extension InterpreterVCPU {
         defer { materializeFlags() }   // (outside this loop, RFLAGS is exact)
         // The next trace when the last one's successor check found it (`successor`).
         var chained: UnsafeMutablePointer<TraceHead>? = nil
+        // Translations run only where the loop would run whole traces anyway.
+        let translating = translatorEnabled && !logAccesses && !singleStep
         while budget > 0 {
             let head: UnsafeMutablePointer<TraceHead>
             if let next = chained {
@@ -41,6 +43,26 @@ extension InterpreterVCPU {
             let first = traceInstructions(head)
             var d = first
             let end = d + (count < budget ? count : budget)   // (Swift's min stayed a call)
+            if translating, case let key = translationKey, key != 0 {
+                let t = translations[head - traceHeads]
+                if t & 15 == key && count <= budget {
+                    // The translation runs a prefix of the trace (all of it, or up to an
+                    // instruction it leaves to the interpreter); the loop below runs the rest.
+                    d += runTranslation(t)
+                    if d == end {
+                        budget &-= count
+                        if _slowPath(endBlock) { break }
+                        if d[-1].form.isRelativeBranch { chained = successor(of: head, from: entryRIP, word: word) }
+                        continue
+                    }
+                    if _slowPath(CodePages.version(word) != version) {   // it wrote into its own code
+                        budget &-= d - first
+                        continue
+                    }
+                } else if t == 0 {
+                    if head.pointee.heat < Self.translationThreshold { head.pointee.heat &+= 1 } else { translate(head, key: key) }
+                }
+            }
             // The budget is counted once per trace (and for a fault, up to the instruction
             // that raised it), not in memory after each instruction.
             do throws(Fault) {

@@ -43,6 +43,16 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     /// head in `traceCode` (reserved lazily: a slot costs memory once a trace is built in it).
     let traceHeads: UnsafeMutablePointer<TraceHead>
     let traceCode: UnsafeMutablePointer<DecodedInstruction>
+    /// Translated traces (Translator/): per trace slot, the host code's address and the
+    /// `translationKey` it was made for (0: none yet), reserved lazily like the heads.
+    let translations: UnsafeMutablePointer<UInt>
+    /// The host code of the translations (`translationCapacity` bytes, reserved lazily),
+    /// filled from the start; when full, every translation is forgotten.
+    let translatedCode: UnsafeMutableRawPointer
+    var translatedUsed = 0
+    let translatorLayout = TranslatorLayout()
+    /// Whether hot traces are translated to host code (`--translate`).
+    public var translatorEnabled = true
     /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).
     let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
 
@@ -64,11 +74,32 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     /// Deferred arithmetic flags (LazyFlags.swift): what the last flag-setting fast form
     /// did, while RFLAGS's CF, PF, AF, ZF, SF and OF are not yet computed from it.
-    var lazyFlags = LazyFlags.none
-    var lazyA: UInt64 = 0
-    var lazyB: UInt64 = 0
-    var lazyResult: UInt64 = 0
-    var lazySize = 1
+    /// Behind a pointer, so that translated code (Translator/) writes the same record.
+    let lazy: UnsafeMutablePointer<LazyFlagRecord> = {
+        let p = UnsafeMutablePointer<LazyFlagRecord>.allocate(capacity: 1)
+        p.initialize(to: LazyFlagRecord())
+        return p
+    }()
+    var lazyFlags: LazyFlags {
+        @inline(__always) get { lazy.pointee.kind }
+        @inline(__always) set { lazy.pointee.kind = newValue }
+    }
+    var lazyA: UInt64 {
+        @inline(__always) get { lazy.pointee.a }
+        @inline(__always) set { lazy.pointee.a = newValue }
+    }
+    var lazyB: UInt64 {
+        @inline(__always) get { lazy.pointee.b }
+        @inline(__always) set { lazy.pointee.b = newValue }
+    }
+    var lazyResult: UInt64 {
+        @inline(__always) get { lazy.pointee.result }
+        @inline(__always) set { lazy.pointee.result = newValue }
+    }
+    var lazySize: Int {
+        @inline(__always) get { lazy.pointee.size }
+        @inline(__always) set { lazy.pointee.size = newValue }
+    }
 
     /// ~(1 << 20) while the A20 gate is off; read from the memory map at each `run()`.
     var a20Mask: UInt64 = .max
@@ -224,6 +255,8 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         // DecodedInstruction are trivial types: bytes are written into them by assignment.
         traceHeads = Self.reserve(Self.traceCount, of: TraceHead.self).bindMemory(to: TraceHead.self, capacity: Self.traceCount)
         traceCode = Self.reserve(Self.traceCount * Self.traceLength, of: DecodedInstruction.self).bindMemory(to: DecodedInstruction.self, capacity: Self.traceCount * Self.traceLength)
+        translations = Self.reserve(Self.traceCount, of: UInt.self).bindMemory(to: UInt.self, capacity: Self.traceCount)
+        translatedCode = Self.reserveCode(Self.translationCapacity)
         if let low = memory.regions.first, low.start == 0, low.kind == .ram {
             lowHost = low.host
             lowEnd = low.size
@@ -238,7 +271,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     /// Zero-filled memory for `count` values of `T`, reserved without committing it: a
     /// page costs the host memory once it is written.
-    private static func reserve<T>(_ count: Int, of _: T.Type = T.self) -> UnsafeMutableRawPointer {
+    static func reserve<T>(_ count: Int, of _: T.Type = T.self) -> UnsafeMutableRawPointer {
         let p = mmap(nil, count * MemoryLayout<T>.stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         precondition(p != MAP_FAILED && p != nil, "cannot reserve the trace cache")
         return p!
@@ -251,9 +284,12 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         cache.deinitialize(count: Self.cacheSize)
         cache.deallocate()
         munmap(traceHeads, Self.traceCount * MemoryLayout<TraceHead>.stride)
+        munmap(translations, Self.traceCount * MemoryLayout<UInt>.stride)
+        munmap(translatedCode, Self.translationCapacity)
         tlb.entries.deallocate()
         munmap(traceCode, Self.traceCount * Self.traceLength * MemoryLayout<DecodedInstruction>.stride)
         ioBuffer.deallocate()
+        lazy.deallocate()
     }
 
     // MARK: VCPUBackend

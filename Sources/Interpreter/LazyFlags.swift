@@ -26,6 +26,19 @@ enum LazyFlags: UInt8 {
     /// A truncated signed product (imul reg, r/m[, imm]): the result, and b = 1 when it
     /// did not fit (CF = OF = 1).
     case multiply
+    /// shl, shr, sar by a count other than 0 (translated code only): the result, and a
+    /// holding CF and OF at their RFLAGS positions (AF = 0, as `shiftResult` gives it).
+    case shift
+}
+
+/// The deferred operation (`LazyFlags`): a fixed layout that translated code stores into
+/// (`Translator` reads the offsets from `MemoryLayout`).
+struct LazyFlagRecord {
+    var kind = LazyFlags.none
+    var size = 1
+    var a: UInt64 = 0
+    var b: UInt64 = 0
+    var result: UInt64 = 0
 }
 
 extension InterpreterVCPU {
@@ -63,6 +76,7 @@ extension InterpreterVCPU {
         case 3 where lazyFlags == .add: v = lazyResult & m < lazyA & m || lazyResult & m == 0   // CF or ZF
         case 0 where lazyFlags == .logic: v = false   // OF
         case 0 where lazyFlags == .multiply: v = lazyB != 0
+        case 0 where lazyFlags == .shift: v = lazyA & Flag.of != 0
         case 6 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) < Int64(bitPattern: signExtend(lazyB, size))   // SF != OF: a < b signed
         case 7 where lazyFlags == .sub: v = Int64(bitPattern: signExtend(lazyA, size)) <= Int64(bitPattern: signExtend(lazyB, size))
         case 6 where lazyFlags == .logic: v = lazyResult & signBit(size) != 0   // OF = 0: SF
@@ -83,6 +97,7 @@ extension InterpreterVCPU {
         case .sub: return lazyA & m < lazyB & m
         case .subBorrow: return lazyA & m <= lazyB & m
         case .multiply: return lazyB != 0
+        case .shift: return lazyA & Flag.cf != 0
         default: return false   // (logic; inc, dec and none are not asked)
         }
     }
@@ -109,6 +124,7 @@ extension InterpreterVCPU {
         case .addCarry: setFlags(Flag.arithmetic, addFlags(a, b, result, 1, size))
         case .subBorrow: setFlags(Flag.arithmetic, subFlags(a, b, result, 1, size))
         case .multiply: setFlags(Flag.arithmetic, resultFlags(result, size) | (b != 0 ? Flag.cf | Flag.of : 0))
+        case .shift: setFlags(Flag.arithmetic, resultFlags(result, size) | a & (Flag.cf | Flag.of))
         }
     }
 }

@@ -31,6 +31,8 @@ struct TraceHead {
     /// 0: the first instruction cannot be in a trace (it runs into the next page, or its
     /// fetch faults); the loop then runs it through `step`.
     var count: UInt8 = 0
+    /// How often the trace was entered untranslated, up to `translationThreshold`.
+    var heat: UInt8 = 0
 
     /// The tag of a slot holding the trace whose first instruction has decode-cache key `key`.
     @_transparent
@@ -179,6 +181,8 @@ extension InterpreterVCPU {
             bytes += length
             if !d.pointee.continuesTrace { break }
         }
+        head.pointee.heat = 0
+        translations[head - traceHeads] = 0
         head.pointee.count = UInt8(count)
         head.pointee.bytes = UInt16(bytes)
         head.pointee.version = version
@@ -190,5 +194,6 @@ extension InterpreterVCPU {
     func flushTraces() {
         // Zero-filled again, and the pages given back.
         madvise(traceHeads, Self.traceCount * MemoryLayout<TraceHead>.stride, MADV_DONTNEED)
+        forgetTranslations()
     }
 }

@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where translated traces live and when they are made (see `TraceTranslator`).
+extension InterpreterVCPU {
+    /// Bytes of host code per vCPU (reserved, committed as written): a Linux boot's hot
+    /// traces take a few MiB.
+    static let translationCapacity = 32 << 20
+    /// A trace is translated once it has been entered this many times untranslated: most
+    /// code runs a few times only (start-up, initialisation), and translating costs far
+    /// more than interpreting a trace once.
+    static let translationThreshold: UInt8 = 32
+
+    /// Memory for host code: readable, writable and executable, reserved without committing.
+    static func reserveCode(_ bytes: Int) -> UnsafeMutableRawPointer {
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(p != MAP_FAILED && p != nil, "cannot reserve memory for translated code")
+        return p!
+    }
+
+    /// Which translations fit the current mode: 1 for 32-bit code with a 32-bit stack, 2 for
+    /// 64-bit code, 0 where there are none (16-bit code, virtual-8086 mode, a 16-bit stack).
+    @inline(__always)
+    var translationKey: UInt {
+        codeBits == 64 ? 2 : (codeBits == 32 && stackMask == 0xFFFF_FFFF ? 1 : 0)
+    }
+
+    /// Runs translation `t` (a slot's value whose key matched): returns the instructions retired.
+    @inline(__always)
+    func runTranslation(_ t: UInt) -> Int {
+        let entry = unsafeBitCast(UnsafeRawPointer(bitPattern: t & ~15).unsafelyUnwrapped, to: TranslatedTrace.Entry.self)
+        return entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(tlbTable), UnsafeMutableRawPointer(lazy),
+                     UnsafeMutableRawPointer(mutating: codePages.words))
+    }
+
+    /// Translates `head`'s trace for the current mode (`key`), or marks it untranslatable.
+    @inline(never)
+    func translate(_ head: UnsafeMutablePointer<TraceHead>, key: UInt) {
+        let slot = head - traceHeads
+        var translator = TraceTranslator(layout: translatorLayout, codeBits: codeBits, pageCount: codePages.pageCount)
+        guard let (code, _) = translator.translate(traceInstructions(head), count: Int(head.pointee.count)) else {
+            translations[slot] = TranslatedTrace.untranslatable
+            return
+        }
+        let size = (code.count + 15) & ~15
+        if translatedUsed + size > Self.translationCapacity {
+            forgetTranslations()
+        }
+        let at = translatedCode + translatedUsed
+        code.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: code.count) }
+        translatedUsed += size
+        translations[slot] = UInt(bitPattern: at) | key
+    }
+
+    /// Drops every translation (the traces stay; hot ones are translated again when next
+    /// entered, their heat being full).
+    func forgetTranslations() {
+        madvise(translations, Self.traceCount * MemoryLayout<UInt>.stride, MADV_DONTNEED)
+        madvise(translatedCode, Self.translationCapacity, MADV_DONTNEED)
+        translatedUsed = 0
+    }
+}
