@@ -48,7 +48,13 @@ extension InterpreterVCPU {
                 if t & 15 == key && count <= budget {
                     // The translation runs a prefix of the trace (all of it, or up to an
                     // instruction it leaves to the interpreter); the loop below runs the rest.
-                    d += runTranslation(t)
+                    let result = runTranslation(t, budget: budget &- count)
+                    if result >> 32 != 0 {   // it went on into other traces: RIP says where it stopped
+                        budget &-= Int(truncatingIfNeeded: result & 0xFFFF_FFFF)
+                        if _slowPath(endBlock) { break }
+                        continue
+                    }
+                    d += Int(truncatingIfNeeded: result)
                     if d == end {
                         budget &-= count
                         if _slowPath(endBlock) { break }

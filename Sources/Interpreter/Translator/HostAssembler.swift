@@ -259,4 +259,9 @@ struct HostAssembler {
     }
 
     mutating func ret() { byte(0xC3) }
+
+    /// jmp r (indirect).
+    mutating func jump(to r: Register) {
+        instruction([0xFF], size: 4, reg: 4, .register(r))
+    }
 }

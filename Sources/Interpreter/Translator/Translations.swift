@@ -27,18 +27,24 @@ extension InterpreterVCPU {
     }
 
     /// Runs translation `t` (a slot's value whose key matched): returns the instructions retired.
+    /// `budget`: what is left for translations it goes on into.
     @inline(__always)
-    func runTranslation(_ t: UInt) -> Int {
+    func runTranslation(_ t: UInt, budget: Int) -> UInt64 {
         let entry = unsafeBitCast(UnsafeRawPointer(bitPattern: t & ~15).unsafelyUnwrapped, to: TranslatedTrace.Entry.self)
         return entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(tlbTable), UnsafeMutableRawPointer(lazy),
-                     UnsafeMutableRawPointer(mutating: codePages.words))
+                     UnsafeMutableRawPointer(mutating: codePages.words), budget)
     }
 
     /// Translates `head`'s trace for the current mode (`key`), or marks it untranslatable.
     @inline(never)
     func translate(_ head: UnsafeMutablePointer<TraceHead>, key: UInt) {
         let slot = head - traceHeads
-        var translator = TraceTranslator(layout: translatorLayout, codeBits: codeBits, pageCount: codePages.pageCount)
+        let physical = head.pointee.key >> 2
+        let page = Int(truncatingIfNeeded: physical >> 12)
+        let site = TranslationSite(physical: physical, mode: head.pointee.key & 3, key: key, heads: traceHeads,
+                                   slotOf: { [unowned self] in self.traceSlot($0) - self.traceHeads }, translations: translations,
+                                   wordIndex: page < codePages.pageCount ? page : codePages.pageCount)
+        var translator = TraceTranslator(layout: translatorLayout, codeBits: codeBits, pageCount: codePages.pageCount, site: site)
         guard let (code, _) = translator.translate(traceInstructions(head), count: Int(head.pointee.count)) else {
             translations[slot] = TranslatedTrace.untranslatable
             return

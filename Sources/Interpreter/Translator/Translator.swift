@@ -28,9 +28,10 @@ import X86
 /// single-stepping, or when accesses are logged (traces, diff): those run instruction by
 /// instruction as before.
 enum TranslatedTrace {
-    /// (CPU state, TLB table of the current privilege, lazy-flag record, code-page words)
-    /// → instructions retired (RIP already stored).
-    typealias Entry = @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer) -> Int
+    /// (CPU state, TLB table of the current privilege, lazy-flag record, code-page words,
+    /// budget left after this trace) → instructions retired in the low 32 bits (RIP
+    /// already stored); the high bits are not 0 when it went on into other traces.
+    typealias Entry = @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer, Int) -> UInt64
 
     /// A slot's value when its trace has no template for its first instruction (never
     /// tried again until the trace is rebuilt). Code addresses are 16-byte aligned, and
@@ -56,6 +57,27 @@ struct TranslatorLayout {
     let tlbReadTag = MemoryLayout<TLB.Entry>.offset(of: \TLB.Entry.readTag)!
     let tlbWriteTag = MemoryLayout<TLB.Entry>.offset(of: \TLB.Entry.writeTag)!
     let tlbHostDelta = MemoryLayout<TLB.Entry>.offset(of: \TLB.Entry.hostDelta)!
+    let headTag = MemoryLayout<TraceHead>.offset(of: \TraceHead.tag)!
+    let headVersion = MemoryLayout<TraceHead>.offset(of: \TraceHead.version)!
+    let headBytes = MemoryLayout<TraceHead>.offset(of: \TraceHead.bytes)!
+    let headCount = MemoryLayout<TraceHead>.offset(of: \TraceHead.count)!
+    let csLimit = MemoryLayout<CPUState>.offset(of: \CPUState.cs)! + MemoryLayout<SegmentRegister>.offset(of: \SegmentRegister.limit)!
+}
+
+/// Where a translation is and what it may jump to: a relative jump or branch, or the end
+/// of a full trace, goes straight on into the translation of the trace at its target
+/// when that is on the same page, valid (the checks of `successor`), translated for the
+/// same mode, and the budget covers it — without returning to the run loop.
+struct TranslationSite {
+    /// The trace's first byte, and its decode-cache key's mode bits.
+    let physical: UInt64
+    let mode: UInt64
+    let key: UInt
+    let heads: UnsafeMutablePointer<TraceHead>
+    let slotOf: (UInt64) -> Int
+    let translations: UnsafeMutablePointer<UInt>
+    /// The page's word in the code-page table (its index there).
+    let wordIndex: Int
 }
 
 /// What one instruction of a translation does, as far as the flag analysis cares.
@@ -80,7 +102,15 @@ struct TraceTranslator {
     let layout: TranslatorLayout
     let codeBits: Int
     let pageCount: Int
+    let site: TranslationSite
     var a = HostAssembler()
+    /// Where a chained-to translation is entered (past its prologue): the same in every
+    /// translation.
+    static let chainEntry: Int = {
+        var t = TraceTranslator(layout: TranslatorLayout(), codeBits: 64, pageCount: 0, site: nil)
+        t.prologue()
+        return t.a.position
+    }()
     /// Byte offset of each instruction from the trace's start (and of the end).
     var offsets: [Int] = []
     /// Jumps to "return to the interpreter with n instructions retired": (rel32 position, n).
@@ -88,10 +118,23 @@ struct TraceTranslator {
     /// Jumps to the code-write handler of instruction n: (rel32 position, n, resume position).
     var codeWrites: [(at: Int, instruction: Int, resume: Int)] = []
 
-    init(layout: TranslatorLayout, codeBits: Int, pageCount: Int) {
+    init(layout: TranslatorLayout, codeBits: Int, pageCount: Int, site: TranslationSite?) {
         self.layout = layout
         self.codeBits = codeBits
         self.pageCount = pageCount
+        self.site = site ?? TranslationSite(physical: 0, mode: 0, key: 0, heads: UnsafeMutablePointer(bitPattern: 16)!, slotOf: { _ in 0 },
+                                            translations: UnsafeMutablePointer(bitPattern: 16)!, wordIndex: 0)
+    }
+
+    /// Saves the host's callee-saved registers, keeps the budget at [RSP], sets up the
+    /// fixed registers; RBP counts what chained-from translations retired.
+    mutating func prologue() {
+        for r: R in [.rbx, .rbp, .r12, .r13, .r14, .r15, .r8] { a.push(r) }
+        a.move(.rbx, .rdi)
+        a.move(.r14, .rsi)
+        a.move(.r13, .rdx)
+        a.move(.r15, .rcx)
+        a.moveImmediate(.rbp, 0)
     }
 
     // MARK: Which instructions
@@ -221,12 +264,8 @@ struct TraceTranslator {
             if plans[i].readsFlags || plans[i].mayReturnBefore { needed = true }
         }
 
-        // Prologue.
-        for r: R in [.rbx, .rbp, .r12, .r13, .r14, .r15] { a.push(r) }
-        a.move(.rbx, .rdi)
-        a.move(.r14, .rsi)
-        a.move(.r13, .rdx)
-        a.move(.r15, .rcx)
+        prologue()
+        // (The chain entry: RIP is the trace's first instruction.)
         a.load(.r12, Memory(base: .rbx, disp: Int32(layout.rip)), size: 8)
 
         var lastFlags: (kind: LazyFlags, size: Int)? = nil
@@ -241,7 +280,9 @@ struct TraceTranslator {
             emit(d, i, record: record[i], lastFlags)
             if let k = plans[i].sets { lastFlags = (k, Int(d.o0.size)) }
         }
-        if !endsWithJump { exits.append((a.jump(), n)) }
+        if !endsWithJump {
+            if n == count { chain(to: offsets[n], retired: n) } else { exits.append((a.jump(), n)) }
+        }
 
         // Code writes: exact lines, the version bumped, then return after the instruction.
         for w in codeWrites {
@@ -256,13 +297,62 @@ struct TraceTranslator {
             stubs[e.retired] = a.position
             a.patch(e.at, to: a.position)
             storeRIP(offset: offsets[e.retired])
-            a.moveImmediate(.rax, UInt64(e.retired))
+            a.lea(.rax, Memory(base: .rbp, disp: Int32(e.retired)))
             epilogueJumps.append(a.jump())
         }
         for j in epilogueJumps { a.patch(j, to: a.position) }
-        for r: R in [.r15, .r14, .r13, .r12, .rbp, .rbx] { a.pop(r) }
-        a.ret()
+        epilogueFromHere()
         return (a.code, n)
+    }
+
+    /// RIP moves to the trace's start + `offset` after `retired` instructions (all of this
+    /// trace's): into the translation of the trace there when it may (`TranslationSite`),
+    /// else back to the run loop.
+    private mutating func chain(to offset: Int, retired: Int) {
+        storeRIP(offset: offset)   // (RAX: the new RIP)
+        let target = Int64(site.physical & 0xFFF) + Int64(offset)
+        let wordDisp = site.wordIndex * 8
+        guard site.key != 0, target >= 0, target < 0x1000, wordDisp <= Int(Int32.max) else {
+            a.lea(.rax, Memory(base: .rbp, disp: Int32(retired)))
+            epilogueFromHere()
+            return
+        }
+        let physical = site.physical &+ UInt64(bitPattern: Int64(offset))
+        let head = site.heads + site.slotOf(physical)
+        var fail: [Int] = []
+        a.moveImmediate(.rsi, UInt64(UInt(bitPattern: head)))
+        a.moveImmediate(.rcx, TraceHead.tag(key: physical << 2 | site.mode))
+        a.alu(.cmp, .rcx, Memory(base: .rsi, disp: Int32(layout.headTag)))
+        fail.append(a.jump(if: 5))
+        a.load(.rcx, Memory(base: .rsi, disp: Int32(layout.headVersion)), size: 4)
+        a.alu(.cmp, .rcx, Memory(base: .r15, disp: Int32(wordDisp)), size: 4)
+        fail.append(a.jump(if: 5))
+        if codeBits != 64 {   // the trace within CS's limit
+            a.load(.rcx, Memory(base: .rsi, disp: Int32(layout.headBytes)), size: 2)
+            a.lea(.rcx, Memory(base: .rax, index: .rcx, disp: -1))
+            a.load(.rdx, Memory(base: .rbx, disp: Int32(layout.csLimit)), size: 4)
+            a.alu(.cmp, .rcx, .rdx)
+            fail.append(a.jump(if: 7))   // ja
+        }
+        a.load(.rcx, Memory(base: .rsi, disp: Int32(layout.headCount)), size: 1)
+        a.load(.rdx, Memory(base: .rsp, disp: 0), size: 8)
+        a.alu(.sub, .rdx, .rcx)
+        fail.append(a.jump(if: 2))   // jb: over budget
+        a.moveImmediate(.rcx, UInt64(UInt(bitPattern: site.translations + site.slotOf(physical))))
+        a.load(.rcx, Memory(base: .rcx, disp: 0), size: 8)
+        a.move(.rdi, .rcx, size: 4)
+        a.alu(.and, .register(.rdi), immediate: 15, size: 4)
+        a.alu(.cmp, .register(.rdi), immediate: Int32(site.key), size: 4)
+        fail.append(a.jump(if: 5))
+        a.store(Memory(base: .rsp, disp: 0), .rdx, size: 8)
+        a.moveImmediate(.rdi, 1 << 32 | UInt64(retired))
+        a.alu(.add, .rbp, .rdi)
+        a.alu(.and, .register(.rcx), immediate: -16, size: 8)
+        a.alu(.add, .register(.rcx), immediate: Int32(Self.chainEntry), size: 8)
+        a.jump(to: .rcx)
+        for f in fail { a.patch(f, to: a.position) }
+        a.lea(.rax, Memory(base: .rbp, disp: Int32(retired)))
+        epilogueFromHere()
     }
 
     // MARK: Pieces
@@ -477,23 +567,19 @@ struct TraceTranslator {
     private mutating func emitJump(_ d: DecodedInstruction, _ i: Int, _ flags: (kind: LazyFlags, size: Int)?) {
         let target = Int32(offsets[i + 1]) &+ Int32(truncatingIfNeeded: d.relative)
         if d.form == .jmpRel {
-            storeRIP(offset: Int(target))
-            a.moveImmediate(.rax, UInt64(i + 1))
-            epilogueFromHere()
+            chain(to: Int(target), retired: i + 1)
             return
         }
         let cc = evaluate(Int(d.form.rawValue - FastForm.jo.rawValue), flags!)
         let taken = a.jump(if: cc)
-        exits.append((a.jump(), i + 1))
+        chain(to: offsets[i + 1], retired: i + 1)
         a.patch(taken, to: a.position)
-        storeRIP(offset: Int(target))
-        a.moveImmediate(.rax, UInt64(i + 1))
-        epilogueFromHere()
+        chain(to: Int(target), retired: i + 1)
     }
 
     /// Returns with RAX as it is.
     private mutating func epilogueFromHere() {
-        for r: R in [.r15, .r14, .r13, .r12, .rbp, .rbx] { a.pop(r) }
+        for r: R in [.r8, .r15, .r14, .r13, .r12, .rbp, .rbx] { a.pop(r) }
         a.ret()
     }
 
