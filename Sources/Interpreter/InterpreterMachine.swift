@@ -16,9 +16,13 @@ public final class InterpreterMachine: @unchecked Sendable {
     /// CPUID and the MSRs it implies; one object for every engine of the machine.
     public let cpu: GuestCPU
 
+    /// Whether its vCPUs translate hot traces to host code (Translator/).
+    public let translate: Bool
+
     /// `cpu` nil: the default model offering what the interpreter implements.
-    public init(memory: GuestMemoryMap, cpuCount: Int, cpu: GuestCPU? = nil) {
+    public init(memory: GuestMemoryMap, cpuCount: Int, cpu: GuestCPU? = nil, translate: Bool = true) {
         self.memory = memory
+        self.translate = translate
         self.cpu = cpu ?? GuestCPU(cpuid: GuestCPUID(model: .default, available: Self.implementedFeatures, cpuCount: cpuCount))
         self.codePages = CodePages(memory: memory)
         self.cpuCount = cpuCount

@@ -52,7 +52,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     var translatedUsed = 0
     let translatorLayout = TranslatorLayout()
     /// Whether hot traces are translated to host code (`--translate`).
-    public var translatorEnabled = true
+    public var translatorEnabled: Bool
     /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).
     let instructionOffset = MemoryLayout<CacheEntry>.offset(of: \CacheEntry.instruction)!
 
@@ -255,6 +255,7 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
         // DecodedInstruction are trivial types: bytes are written into them by assignment.
         traceHeads = Self.reserve(Self.traceCount, of: TraceHead.self).bindMemory(to: TraceHead.self, capacity: Self.traceCount)
         traceCode = Self.reserve(Self.traceCount * Self.traceLength, of: DecodedInstruction.self).bindMemory(to: DecodedInstruction.self, capacity: Self.traceCount * Self.traceLength)
+        translatorEnabled = shared.translate
         translations = Self.reserve(Self.traceCount, of: UInt.self).bindMemory(to: UInt.self, capacity: Self.traceCount)
         translatedCode = Self.reserveCode(Self.translationCapacity)
         if let low = memory.regions.first, low.start == 0, low.kind == .ram {

@@ -77,6 +77,8 @@ public struct MachineConfiguration: Sendable {
     public var started: DispatchTime? = nil
     /// Stop each vCPU after this many instructions (backends that count them: interp).
     public var maxInstructions: UInt64? = nil
+    /// `--translate`: the interpreter translates hot traces to host code.
+    public var translate = true
     /// `--clock`.
     public var clock: ClockKind = .host
     /// The kernel command line: `--cmdline` or `--append` (Multiboot's or Linux's).

@@ -264,7 +264,7 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        engines.fallback = backendName == "kvm" || engines.placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu) : nil
+        engines.fallback = backendName == "kvm" || engines.placement == .hybrid ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: c.translate) : nil
         var switchSlice: UInt64? = nil, switchPeriod: Double? = nil
         switch c.switchEvery {
         case .instructions(let n): switchSlice = n
@@ -375,7 +375,7 @@ public final class Machine: @unchecked Sendable {
     }
 
     private static func buildInterpreter(_ c: MachineConfiguration, memory: GuestMemoryMap, plan: BootPlan, cpu: GuestCPU) -> [InterpreterVCPU] {
-        let machine = InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu)
+        let machine = InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: c.translate)
         return (0..<c.cpus).map { i in
             let vcpu = machine.makeVCPU(index: i)
             try? vcpu.writeState(plan.initialState(cpu: i, of: c.cpus))

@@ -41,6 +41,9 @@ struct MachineOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The CPU the guest sees (CPUID, model MSRs): \(MachineCPU.usage).", valueName: "name"))
     var cpuModel: String = CPUModel.default.name
 
+    @Option(help: "The interpreter's translator: on (hot traces of 32- and 64-bit code run as host code) or off (every instruction interpreted).")
+    var translate: Toggle = .on
+
     @Argument(help: "The guest image (none with run --restore).")
     var image: String?
 
@@ -56,6 +59,8 @@ struct MachineOptions: ParsableArguments {
             throw ValidationError("--cpu-model '\(cpuModel)' is not one of \(CPUModel.catalogue.map(\.name).joined(separator: ", "))")
         }
     }
+
+    enum Toggle: String, ExpressibleByArgument { case on, off }
 
     func serialSink() throws -> Console.Sink {
         switch serial {
@@ -77,6 +82,7 @@ struct MachineOptions: ParsableArguments {
         c.initrdPath = initrd
         c.modules = modules
         c.cpuModel = cpuModel
+        c.translate = translate == .on
         c.kvmDevicePath = kvmDevice ?? getenv("TANDEM_KVM_DEVICE").map { String(cString: $0) } ?? c.kvmDevicePath
         return c
     }
