@@ -124,6 +124,10 @@ _start:
 on_periodic:
         push rax
         lea rax, [periodic]
+        ; A tick already in IRR when the timer was masked is still delivered (as on
+        ; hardware, when the handler ran longer than a period): not counted.
+        cmp qword [rax + r15*8], TICKS
+        jae .eoi
         inc qword [rax + r15*8]
         cmp qword [rax + r15*8], TICKS
         jb .eoi

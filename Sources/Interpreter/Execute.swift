@@ -15,7 +15,7 @@ extension InterpreterVCPU {
         // The next trace when the last one's successor check found it (`successor`).
         var chained: UnsafeMutablePointer<TraceHead>? = nil
         // Translations run only where the loop would run whole traces anyway.
-        let translating = translatorEnabled && !logAccesses && !singleStep
+        let translating = translatorEnabled && !logAccesses && !singleStep && mmioLog.isEmpty
         while budget > 0 {
             let head: UnsafeMutablePointer<TraceHead>
             if let next = chained {
@@ -49,6 +49,11 @@ extension InterpreterVCPU {
                     // The translation runs a prefix of the trace (all of it, or up to an
                     // instruction it leaves to the interpreter); the loop below runs the rest.
                     let result = runTranslation(t, budget: budget &- count)
+                    if let fault = translationFault {   // (RIP: the instruction that raised it)
+                        translationFault = nil
+                        budget &-= Int(truncatingIfNeeded: result & 0xFFFF_FFFF)
+                        throw fault
+                    }
                     if result >> 32 != 0 {   // it went on into other traces: RIP says where it stopped
                         budget &-= Int(truncatingIfNeeded: result & 0xFFFF_FFFF)
                         if _slowPath(endBlock) { break }
@@ -64,6 +69,10 @@ extension InterpreterVCPU {
                     if _slowPath(CodePages.version(word) != version) {   // it wrote into its own code
                         budget &-= d - first
                         continue
+                    }
+                    if _slowPath(endBlock) {
+                        budget &-= d - first
+                        break
                     }
                 } else if t == 0 {
                     if head.pointee.heat < Self.translationThreshold { head.pointee.heat &+= 1 } else { translate(head, key: key) }

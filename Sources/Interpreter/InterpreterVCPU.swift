@@ -51,6 +51,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     let translatedCode: UnsafeMutableRawPointer
     var translatedUsed = 0
     let translatorLayout = TranslatorLayout()
+    /// A fault raised by an instruction translated code had the interpreter run
+    /// (`interpretOne`): `runInstructions` raises it when the translation returns.
+    var translationFault: Fault? = nil
     /// Whether hot traces are translated to host code (`--translate`).
     public var translatorEnabled: Bool
     /// Where `CacheEntry.instruction` is inside an entry (`instructionPointer`).

@@ -216,6 +216,11 @@ struct HostAssembler {
         int32(immediate)
     }
 
+    /// inc r or dec r.
+    mutating func incrementOrDecrement(_ r: Register, decrement: Bool, size: Int) {
+        instruction([size == 1 ? 0xFE : 0xFF], size: size, reg: decrement ? 1 : 0, .register(r))
+    }
+
     /// neg r.
     mutating func neg(_ r: Register, size: Int = 8) {
         instruction([size == 1 ? 0xF6 : 0xF7], size: size, reg: 3, .register(r))
@@ -259,6 +264,11 @@ struct HostAssembler {
     }
 
     mutating func ret() { byte(0xC3) }
+
+    /// call r (indirect).
+    mutating func call(_ r: Register) {
+        instruction([0xFF], size: 4, reg: 2, .register(r))
+    }
 
     /// jmp r (indirect).
     mutating func jump(to r: Register) {

@@ -41,9 +41,14 @@ extension InterpreterVCPU {
         let slot = head - traceHeads
         let physical = head.pointee.key >> 2
         let page = Int(truncatingIfNeeded: physical >> 12)
-        let site = TranslationSite(physical: physical, mode: head.pointee.key & 3, key: key, heads: traceHeads,
+        var site = TranslationSite(physical: physical, mode: head.pointee.key & 3, key: key, heads: traceHeads,
                                    slotOf: { [unowned self] in self.traceSlot($0) - self.traceHeads }, translations: translations,
                                    wordIndex: page < codePages.pageCount ? page : codePages.pageCount)
+        site.version = head.pointee.version
+        site.vcpu = UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())
+        site.interpret = unsafeBitCast(Self.interpretForTranslation, to: UInt.self)
+        site.condition = unsafeBitCast(Self.conditionForTranslation, to: UInt.self)
+        site.materialize = unsafeBitCast(Self.materializeForTranslation, to: UInt.self)
         var translator = TraceTranslator(layout: translatorLayout, codeBits: codeBits, pageCount: codePages.pageCount, site: site)
         guard let (code, _) = translator.translate(traceInstructions(head), count: Int(head.pointee.count)) else {
             translations[slot] = TranslatedTrace.untranslatable
@@ -57,6 +62,37 @@ extension InterpreterVCPU {
         code.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: code.count) }
         translatedUsed += size
         translations[slot] = UInt(bitPattern: at) | key
+    }
+
+    /// What translated code calls for an instruction without a template: 0 it completed,
+    /// 1 it faulted (`translationFault`), 2 it completed and ends the block (`endBlock`).
+    static let interpretForTranslation: @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer) -> Int = { vcpu, d in
+        Unmanaged<InterpreterVCPU>.fromOpaque(vcpu).takeUnretainedValue().interpretOne(d.assumingMemoryBound(to: DecodedInstruction.self))
+    }
+
+    /// Condition `cc` (tttn) of the deferred or computed flags: 1 true, 0 false.
+    static let conditionForTranslation: @convention(c) (UnsafeMutableRawPointer, Int) -> Int = { vcpu, cc in
+        Unmanaged<InterpreterVCPU>.fromOpaque(vcpu).takeUnretainedValue().conditionOutOfLine(cc) ? 1 : 0
+    }
+
+    /// Computes the deferred flags into RFLAGS (before inc and dec, which keep CF).
+    static let materializeForTranslation: @convention(c) (UnsafeMutableRawPointer) -> Int = { vcpu in
+        Unmanaged<InterpreterVCPU>.fromOpaque(vcpu).takeUnretainedValue().materializeFlagsSlow()
+        return 0
+    }
+
+    @inline(never)
+    func conditionOutOfLine(_ cc: Int) -> Bool { condition(cc) }
+
+    @inline(never)
+    func interpretOne(_ d: UnsafeMutablePointer<DecodedInstruction>) -> Int {
+        do throws(Fault) {
+            try execute(d, next: (s.pointee.rip &+ UInt64(d.pointee.length)) & ipMask)
+        } catch {
+            translationFault = error
+            return 1
+        }
+        return endBlock ? 2 : 0
     }
 
     /// Drops every translation (the traces stay; hot ones are translated again when next

@@ -78,6 +78,14 @@ struct TranslationSite {
     let translations: UnsafeMutablePointer<UInt>
     /// The page's word in the code-page table (its index there).
     let wordIndex: Int
+    /// The trace's code-page version, the vCPU (unretained) and the function that runs one
+    /// instruction on the interpreter for the translation (`interpretForTranslation`).
+    var version: UInt32 = 0
+    var vcpu: UInt = 0
+    var interpret: UInt = 0
+    /// `conditionForTranslation` and `materializeForTranslation`.
+    var condition: UInt = 0
+    var materialize: UInt = 0
 }
 
 /// What one instruction of a translation does, as far as the flag analysis cares.
@@ -89,6 +97,12 @@ private struct Plan {
     var mayReturnBefore = false
     /// It may return to the interpreter after itself (a store into decoded code).
     var mayReturnAfter = false
+    /// No template: the interpreter runs it, called from the translation.
+    var interpreted = false
+
+    /// An instruction the translation has the interpreter run: it may read and set the
+    /// flags (any kind), fault, or write into the code.
+    static let interpreter = Plan(sets: nil, readsFlags: true, mayReturnBefore: true, mayReturnAfter: true, interpreted: true)
 }
 
 /// Translates one trace. Host registers: RBX the CPU state, R12 RIP at entry, R13 the
@@ -115,6 +129,8 @@ struct TraceTranslator {
     var offsets: [Int] = []
     /// Jumps to "return to the interpreter with n instructions retired": (rel32 position, n).
     var exits: [(at: Int, retired: Int)] = []
+    /// Jumps to "return with RAX = n + chained" without storing RIP (the interpreter did).
+    var rawExits: [(at: Int, retired: Int)] = []
     /// Jumps to the code-write handler of instruction n: (rel32 position, n, resume position).
     var codeWrites: [(at: Int, instruction: Int, resume: Int)] = []
 
@@ -158,13 +174,13 @@ struct TraceTranslator {
             default: return nil   // adc, sbb: their carry in is not known here
             }
         }
-        func reads(_ cc: Int) -> Plan? {
-            guard let last = lastFlags, Self.conditionSupported(cc, last.kind) else { return nil }
-            return Plan(readsFlags: true)
-        }
+        // (A condition the templates cannot evaluate from a known kind is asked of the
+        // interpreter at run time: `conditionForTranslation`.)
+        func reads(_ cc: Int) -> Plan? { Plan(readsFlags: true) }
         let o0 = d.o0, o1 = d.o1
         switch d.form {
-        case .generic: return nil
+        case .generic:
+            return d.op == .nop || d.op == .endbr64 || d.op == .endbr32 ? Plan() : nil
         case .movRR8, .movRR16, .movRR32, .movRR64, .movRI8, .movRI16, .movRI32, .movRI64: return Plan()
         case .movRM8, .movRM16, .movRM32, .movRM64:
             return memoryOK(o1) ? Plan(mayReturnBefore: true) : nil
@@ -196,8 +212,12 @@ struct TraceTranslator {
         case .imulRR16, .imulRR32, .imulRR64, .imulRRI16, .imulRRI32, .imulRRI64: return Plan(sets: .multiply)
         case .imulRM16, .imulRM32, .imulRM64, .imulRMI16, .imulRMI32, .imulRMI64:
             return memoryOK(o1) ? Plan(sets: .multiply, mayReturnBefore: true) : nil
-        case .cmovRR16, .cmovRR32, .cmovRR64: return reads(Int(d.condition))
+        case .cmovRR16, .cmovRR32, .cmovRR64:
+            // (Its value is held in a register the run-time condition's call would clobber.)
+            guard let last = lastFlags, Self.conditionSupported(Int(d.condition), last.kind) else { return nil }
+            return reads(Int(d.condition))
         case .cmovRM16, .cmovRM32, .cmovRM64:
+            guard let last = lastFlags, Self.conditionSupported(Int(d.condition), last.kind) else { return nil }
             guard memoryOK(o1), var p = reads(Int(d.condition)) else { return nil }
             p.mayReturnBefore = true
             return p
@@ -210,7 +230,9 @@ struct TraceTranslator {
             return reads(Int(d.form.rawValue - FastForm.jo.rawValue))
         case .jmpRel:
             return jumpOK(d) ? Plan() : nil
-        default: return nil   // inc, dec (CF kept: not known here), the 8-bit forms that never occur
+        case .incR8, .incR16, .incR32, .incR64: return Plan(sets: .inc, readsFlags: true)   // (CF kept: RFLAGS's)
+        case .decR8, .decR16, .decR32, .decR64: return Plan(sets: .dec, readsFlags: true)
+        default: return nil   // the 8-bit forms that never occur
         }
     }
 
@@ -223,6 +245,7 @@ struct TraceTranslator {
     static func conditionSupported(_ cc: Int, _ kind: LazyFlags) -> Bool {
         switch kind {
         case .add, .sub, .logic: return true
+        case .inc, .dec: return ![1, 3].contains(cc >> 1)   // all but those that read CF
         case .multiply: return [0, 1, 2, 4].contains(cc >> 1)   // o, b, e, s
         case .shift: return [0, 1, 2, 4, 5].contains(cc >> 1)   // o, b, e, s, p
         default: return false
@@ -242,12 +265,13 @@ struct TraceTranslator {
         var last: (kind: LazyFlags, size: Int)? = nil
         for i in 0..<count {
             let d = instructions[i]
-            guard let p = plan(d, lastFlags: last) else { break }
+            let p = plan(d, lastFlags: last) ?? .interpreter
             plans.append(p)
-            if let k = p.sets { last = (k, Int(d.o0.size)) }
+            if p.interpreted { last = nil } else if let k = p.sets { last = (k, Int(d.o0.size)) }
         }
         let n = plans.count
-        guard n > 0 else { return nil }
+        // Nothing to gain where the interpreter would run every instruction anyway.
+        guard plans.contains(where: { !$0.interpreted }) else { return nil }
         offsets = [0]
         for i in 0..<n { offsets.append(offsets[i] + Int(instructions[i].length)) }
 
@@ -272,6 +296,14 @@ struct TraceTranslator {
         var endsWithJump = false
         for i in 0..<n {
             let d = instructions[i]
+            if plans[i].interpreted {
+                if callInterpreter(instructions + i, i, last: i == n - 1) {
+                    endsWithJump = true
+                    break
+                }
+                lastFlags = nil
+                continue
+            }
             if d.form.isRelativeBranch {
                 emitJump(d, i, lastFlags)
                 endsWithJump = true
@@ -280,9 +312,7 @@ struct TraceTranslator {
             emit(d, i, record: record[i], lastFlags)
             if let k = plans[i].sets { lastFlags = (k, Int(d.o0.size)) }
         }
-        if !endsWithJump {
-            if n == count { chain(to: offsets[n], retired: n) } else { exits.append((a.jump(), n)) }
-        }
+        if !endsWithJump { chain(to: offsets[n], retired: n) }
 
         // Code writes: exact lines, the version bumped, then return after the instruction.
         for w in codeWrites {
@@ -300,9 +330,38 @@ struct TraceTranslator {
             a.lea(.rax, Memory(base: .rbp, disp: Int32(e.retired)))
             epilogueJumps.append(a.jump())
         }
+        for e in rawExits {
+            a.patch(e.at, to: a.position)
+            a.lea(.rax, Memory(base: .rbp, disp: Int32(e.retired)))
+            epilogueJumps.append(a.jump())
+        }
         for j in epilogueJumps { a.patch(j, to: a.position) }
         epilogueFromHere()
         return (a.code, n)
+    }
+
+    /// Instruction `i` (at `d`) run by the interpreter: RIP stored first (it reads it);
+    /// on a fault (kept by the vCPU for the run loop to raise) the translation returns
+    /// with `i` retired. A last instruction that may branch ends the translation where it
+    /// left RIP (returns true); otherwise the translation goes on, unless the instruction
+    /// wrote into this trace's page (a new version: returns after it).
+    private mutating func callInterpreter(_ d: UnsafeMutablePointer<DecodedInstruction>, _ i: Int, last: Bool) -> Bool {
+        storeRIP(offset: offsets[i])
+        a.moveImmediate(.rdi, UInt64(site.vcpu))
+        a.moveImmediate(.rsi, UInt64(UInt(bitPattern: d)))
+        a.moveImmediate(.rax, UInt64(site.interpret))
+        a.call(.rax)
+        a.alu(.cmp, .register(.rax), immediate: 1, size: 4)
+        rawExits.append((a.jump(if: 4), i))   // je: it faulted
+        rawExits.append((a.jump(if: 7), i + 1))   // ja: it ended the block (RIP is next)
+        if last && !d.pointee.continuesTrace {
+            rawExits.append((a.jump(), i + 1))
+            return true
+        }
+        a.load(.rcx, Memory(base: .r15, disp: Int32(site.wordIndex * 8)), size: 4)
+        a.alu(.cmp, .register(.rcx), immediate: Int32(bitPattern: site.version), size: 4)
+        rawExits.append((a.jump(if: 5), i + 1))   // the trace's page was written
+        return false
     }
 
     /// RIP moves to the trace's start + `offset` after `retired` instructions (all of this
@@ -530,9 +589,22 @@ struct TraceTranslator {
 
     /// Host flags for condition `cc` from the recorded flags (kind and size known here);
     /// returns the host condition to test.
-    private mutating func evaluate(_ cc: Int, _ flags: (kind: LazyFlags, size: Int)) -> UInt8 {
+    private mutating func evaluate(_ cc: Int, _ known: (kind: LazyFlags, size: Int)?) -> UInt8 {
+        guard let flags = known, Self.conditionSupported(cc, flags.kind) else {
+            // Asked of the interpreter (the record is stored: the analysis saw the read).
+            a.moveImmediate(.rdi, UInt64(site.vcpu))
+            a.moveImmediate(.rsi, UInt64(cc))
+            a.moveImmediate(.rax, UInt64(site.condition))
+            a.call(.rax)
+            a.test(.rax, .rax, size: 4)
+            return 5   // ne: true
+        }
         let size = flags.size
         switch flags.kind {
+        case .inc, .dec:   // host inc/dec: every flag but CF exact (CF is not asked)
+            a.load(.rax, lazy(layout.lazyA), size: 8)
+            a.incrementOrDecrement(.rax, decrement: flags.kind == .dec, size: size)
+            return UInt8(cc)
         case .sub:
             a.load(.rax, lazy(layout.lazyA), size: 8)
             a.load(.rcx, lazy(layout.lazyB), size: 8)
@@ -570,7 +642,7 @@ struct TraceTranslator {
             chain(to: Int(target), retired: i + 1)
             return
         }
-        let cc = evaluate(Int(d.form.rawValue - FastForm.jo.rawValue), flags!)
+        let cc = evaluate(Int(d.form.rawValue - FastForm.jo.rawValue), flags)
         let taken = a.jump(if: cc)
         chain(to: offsets[i + 1], retired: i + 1)
         a.patch(taken, to: a.position)
@@ -652,6 +724,23 @@ struct TraceTranslator {
                 storeSizes[i] = w
                 codeWriteCheck(i)
             }
+        case .generic:   // nop, endbr: nothing
+            break
+        case .incR8, .incR16, .incR32, .incR64, .decR8, .decR16, .decR32, .decR64:
+            // As `incR`: deferred flags before it are computed first (CF stays RFLAGS's).
+            a.alu(.cmp, .memory(lazy(layout.lazyKind)), immediate: Int32(LazyFlags.none.rawValue), size: 1)
+            let exact = a.jump(if: 4)
+            a.moveImmediate(.rdi, UInt64(site.vcpu))
+            a.moveImmediate(.rax, UInt64(site.materialize))
+            a.call(.rax)
+            a.patch(exact, to: a.position)
+            let increment = d.form.rawValue <= FastForm.incR64.rawValue
+            loadGuest(.rax, o0.reg, w)
+            a.moveImmediate(.rcx, 1)
+            a.move(.rdx, .rax)
+            a.alu(increment ? .add : .sub, .rdx, .rcx)
+            storeGuest(o0.reg, w, .rdx)
+            if record { recordFlags(increment ? .inc : .dec, w) }
         case .negR8, .negR16, .negR32, .negR64:
             loadGuest(.rcx, o0.reg, w)
             a.moveImmediate(.rax, 0)
@@ -716,7 +805,7 @@ struct TraceTranslator {
             } else {
                 loadGuest(.rdi, o1.reg, w)
             }
-            let cc = evaluate(Int(d.condition), flags!)
+            let cc = evaluate(Int(d.condition), flags)
             let skip = a.jump(if: cc ^ 1)
             storeGuest(o0.reg, w, .rdi)
             if w == 4 {
@@ -728,7 +817,7 @@ struct TraceTranslator {
                 a.patch(skip, to: a.position)
             }
         case .setccR:
-            let cc = evaluate(Int(d.condition), flags!)
+            let cc = evaluate(Int(d.condition), flags)
             a.set(cc, .rax)
             a.store(reg(o0.reg), .rax, size: 1)
         case .movzxRB, .movzxRW:
