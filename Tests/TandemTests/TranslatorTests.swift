@@ -35,7 +35,7 @@ enum TranslatorTestMode: String, CaseIterable, CustomStringConvertible, Sendable
 /// jumps to, 0x3000 the loop counter and the flags at the end, 0x4000 the data page the
 /// memory operands address, 0x5000 the stack (top 0x6000), 0x6000-0x8FFF page tables
 /// (paged32: a page directory, an identity page table for 0-4 MiB, and one mapping
-/// 0x480000 to the data page).
+/// 0x400000 and 0x480000 to the data page).
 struct TranslatorProgram {
     static let imageSize = 0x9000
     static let dataSize = 4096
@@ -140,8 +140,11 @@ struct TranslatorProgram {
         case 3:
             return b64 ? "\(size) [rel data + \(below(last))]" : "\(size) [\(segment)data + \(below(last))]"
         case 4:
+            // paged32: half of these through a second alias, 0x400000, whose TLB slot is the
+            // loop counter's page's, so that translated accesses miss and return.
             let s = setIndex(&self)
-            return "\(size) [\(segment)\(di)*\(s) + data + \(below(last - 127 * s))]"
+            let page = mode == .paged32 && chance(50) ? "0x400000" : "data"
+            return "\(size) [\(segment)\(di)*\(s) + \(page) + \(below(last - 127 * s))]"
         case 5:
             let x = below(last), d = below(last)
             lines.append("lea \(name(5, mode.bits / 8)), [\(si) + \(x)]")
@@ -249,8 +252,7 @@ struct TranslatorProgram {
             lines.append("pop \(name(pick(free), mode.bits / 8))")
             stackDepth -= 1
         case 17:   // the loop page's variables: other lines than the code's
-            let at = "code_a + \(Self.farVariables + 8 * below(60))"
-            let m = mode.bits == 64 ? "[rel \(at)]" : "[\(at)]"
+            let m = absolute("code_a + \(Self.farVariables + 8 * below(60))")
             lines.append(chance(50) ? "mov \(Self.sizeKeyword(w)) \(m), \(n)" : "mov \(n), \(Self.sizeKeyword(w)) \(m)")
         case 18 where chance(30): flagsIntoRegister()
         case 19 where mode.bits == 32 && chance(30):   // AH-BH: no fast form
@@ -281,8 +283,7 @@ struct TranslatorProgram {
                 // A translated store patches code on another page, which runs next.
                 label += 1
                 let target = patchTarget()
-                let at = mode.bits == 64 ? "[rel smc_b\(site) + 1]" : "[smc_b\(site) + 1]"
-                lines.append("mov dword \(at), \(name(pick(free), 4))")
+                lines.append("mov dword \(absolute("smc_b\(site) + 1")), \(name(pick(free), 4))")
                 lines.append("jmp smc_b\(site)")
                 lines.append("smc_ret\(site):")
                 patchedCode.append("smc_b\(site): mov \(target), 0x12345678")
@@ -292,20 +293,12 @@ struct TranslatorProgram {
                 // Every 128th round: patch an add in this page, right before it runs.
                 label += 1
                 let target = patchTarget()
-                let at = mode.bits == 64 ? "[rel smc_a\(site) + 2]" : "[smc_a\(site) + 2]"
-                lines.append("test byte \(counter), 127")
-                lines.append("jnz gate\(site)")
-                lines.append("mov dword \(at), \(name(pick(free), 4))")
-                lines.append("gate\(site):")
+                storeEvery128thRound(site, at: "smc_a\(site) + 2")
                 lines.append("smc_a\(site): add \(target), strict dword 0x1000")
             case 2:
                 // Every 128th round: a store into the same 128-byte line as code.
                 label += 1
-                let at = mode.bits == 64 ? "[rel near\(site)]" : "[near\(site)]"
-                lines.append("test byte \(counter), 127")
-                lines.append("jnz gate\(site)")
-                lines.append("mov \(at), \(name(pick(free), 4))")
-                lines.append("gate\(site):")
+                storeEvery128thRound(site, at: "near\(site)")
                 lines.append("jmp over\(site)")
                 lines.append("near\(site): dd 0")
                 lines.append("over\(site):")
@@ -318,7 +311,19 @@ struct TranslatorProgram {
         }
     }
 
-    var counter: String { mode.bits == 64 ? "[rel counter]" : "[counter]" }
+    /// A dword store of a random register to `address` when the loop counter is a
+    /// multiple of 128.
+    mutating func storeEvery128thRound(_ site: Int, at address: String) {
+        lines.append("test byte \(counter), 127")
+        lines.append("jnz gate\(site)")
+        lines.append("mov dword \(absolute(address)), \(name(pick(free), 4))")
+        lines.append("gate\(site):")
+    }
+
+    /// The memory operand at a label expression: absolute, or RIP-relative in 64-bit code.
+    func absolute(_ address: String) -> String { mode.bits == 64 ? "[rel \(address)]" : "[\(address)]" }
+
+    var counter: String { absolute("counter") }
 
     /// The whole program, as nasm source.
     mutating func source() -> String {
@@ -353,7 +358,7 @@ struct TranslatorProgram {
         s.append("times 0x1000 - ($ - image) db 0xCC")
         s += ["code_a:", "loop_top:"] + lines
         s += ["sub dword \(counter), 1", "jnz loop_top"]
-        s += [b64 ? "pushfq" : "pushfd", b64 ? "pop qword [rel final_flags]" : "pop dword [final_flags]", "cli", "hlt"]
+        s += [b64 ? "pushfq" : "pushfd", "pop \(b64 ? "qword" : "dword") \(absolute("final_flags"))", "cli", "hlt"]
         s.append("times 0x1000 + \(Self.farVariables) - ($ - image) db 0xCC")   // (fails to assemble when the loop is too long)
         for _ in 0..<((0x1000 - Self.farVariables) / 8) { s.append("dq \(hex(rng.next()))") }
         s += ["code_b:"] + patchedCode
@@ -367,7 +372,7 @@ struct TranslatorProgram {
         if !b64 {
             s += ["page_directory: dd page_table + 3, alias_table + 3", "times 1022 dd 0",
                   "page_table:", "%assign i 0", "%rep 1024", "dd i * 4096 + 3", "%assign i i + 1", "%endrep",
-                  "alias_table: times 0x80 dd 0", "dd data + 3", "times 1023 - 0x80 dd 0"]
+                  "alias_table: dd data + 3", "times 0x7F dd 0", "dd data + 3", "times 1023 - 0x80 dd 0"]
         }
         s.append("times \(Self.imageSize) - ($ - image) db 0")
         s.append("image_end:")
@@ -463,7 +468,7 @@ struct TranslatorTests {
             // The loop ran translated: a good part of its instructions were retired by host
             // code (the rest: the rounds before a trace is hot and after each patch of the
             // loop's page, and the instructions without a template, which end a translation).
-            #expect(translated * 10 > on.instructions, "\(mode) seed \(seed): only \(translated) of \(on.instructions) instructions translated")
+            #expect(translated * 20 > on.instructions, "\(mode) seed \(seed): only \(translated) of \(on.instructions) instructions translated")
             if ProcessInfo.processInfo.environment["TANDEM_XLT_KEEP"] != nil { print("\(mode) seed \(seed): \(translated) of \(on.instructions) translated") }
             totalTranslated += translated
             totalInstructions += on.instructions
@@ -550,11 +555,11 @@ private func runSMP(_ image: String, cpus: Int, translate: Bool) throws -> (outp
 extension TranslatorTests {
     @Test("cross-modifying code: a chained translation on one vCPU sees every patch another vCPU makes to it, with the translator on and off")
     func crossModifyingLoop() throws {
-        let image = try assembleELF64(crossModifyingLoopSource(rounds: 1000), name: "xlt-xmc")
+        let image = try assembleELF64(crossModifyingLoopSource(rounds: 300), name: "xlt-xmc")
         for translate in [true, false] {
             let r = try runSMP(image, cpus: 2, translate: translate)
             #expect(r.output == "" && r.status == 0, "translate \(translate): stale code in round \(r.status)")
-            #expect(translate ? r.translated > 100_000 : r.translated == 0, "translate \(translate): \(r.translated) translated")
+            #expect(translate ? r.translated > 10_000 : r.translated == 0, "translate \(translate): \(r.translated) translated")
         }
     }
 
@@ -568,6 +573,22 @@ extension TranslatorTests {
                 #expect(r.output.hasSuffix("locks: ok\n") && !r.output.contains("errors=1"), "\(name) translate \(translate): \(r.output)")
             }
             #expect(translate ? r.translated > 0 : r.translated == 0, "\(name) translate \(translate): \(r.translated) translated")
+        }
+    }
+}
+
+extension TranslatorTests {
+    @Test("tandem run --stats says how many instructions translated code ran: most of loop32's with --translate on, none with off",
+          .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))
+    func statsLine() throws {
+        for translate in ["on", "off"] {
+            let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--stats", "--translate", translate, try guest("loop32.elf")])
+            #expect(r.status == 0, "\(r.stderr)")
+            let line = try #require(r.stderr.split(separator: "\n").first { $0.hasPrefix("tandem: stats:") }.map(String.init))
+            let words = line.components(separatedBy: " ")   // "..., 80000498 instructions (... M/s), translated 49980172"
+            let instructions = try #require(words.firstIndex(of: "instructions").flatMap { UInt64(words[$0 - 1]) }, "\(line)")
+            let translated = try #require(line.components(separatedBy: ", translated ").last.flatMap { UInt64($0) }, "\(line)")
+            #expect(translate == "on" ? translated * 2 > instructions : translated == 0, "\(line)")
         }
     }
 }
