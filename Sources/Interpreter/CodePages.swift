@@ -108,12 +108,16 @@ extension CodePages {
     }
 
     /// A write to `lines` of `page`. A failed swap means another thread bumped the version
-    /// (or bumped it and marked it again after a barrier) meanwhile.
+    /// (or bumped it and marked it again after a barrier) meanwhile — or only marked more
+    /// lines (`tagForDecode` on a page that already holds code keeps its version): then
+    /// the decodes of our lines are still valid, so the swap is tried again on the new word.
     @_transparent func noteWrite(page: Int, lines: UInt64) {
         if page < pageCount {
             tandem_compiler_barrier()   // the guest's store stays before this read
             var w = tandem_load_relaxed64(words + page)
-            if _slowPath(w & 1 != 0 && w & lines != 0) { _ = tandem_cas8(words + page, &w, (w &+ 1) & Self.versionMask) }
+            if _slowPath(w & 1 != 0 && w & lines != 0) {
+                while !tandem_cas8(words + page, &w, (w &+ 1) & Self.versionMask) && w & 1 != 0 && w & lines != 0 {}
+            }
         }
     }
 }

@@ -49,6 +49,7 @@ extension InterpreterVCPU {
                     // The translation runs a prefix of the trace (all of it, or up to an
                     // instruction it leaves to the interpreter); the loop below runs the rest.
                     let result = runTranslation(t, budget: budget &- count)
+                    translatedRetired &+= result & 0xFFFF_FFFF
                     if let fault = translationFault {   // (RIP: the instruction that raised it)
                         translationFault = nil
                         budget &-= Int(truncatingIfNeeded: result & 0xFFFF_FFFF)

@@ -173,6 +173,9 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
     public var inInterruptShadow: Bool { interruptShadow }
     public private(set) var retired: UInt64 = 0
     public var instructionsRetired: UInt64? { retired }
+    /// Of `retired`, those that translated code (Translator/) ran: counted once per call
+    /// into a translation, for `--stats` and the tests that must show the translator ran.
+    public internal(set) var translatedRetired: UInt64 = 0
     /// Single-step: `run()` returns `.debugStep` after each instruction (after each
     /// iteration of a REP string instruction, and after the exit of an I/O one, as KVM does).
     public var singleStep = false

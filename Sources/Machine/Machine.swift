@@ -63,6 +63,9 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     public var handoffs: Int = 0
     /// Instructions the interpreter ran during those handoffs (hybrid: all it ran).
     public var fallbackInstructions: UInt64 = 0
+    /// Of `instructions`, those the interpreter's translated code ran (all vCPUs together;
+    /// nil where the instructions are not counted or the backend is not the interpreter).
+    public var translated: UInt64? = nil
     /// `--backend hybrid`, or a machine whose vCPUs switched engines: vCPU time on each
     /// engine (summed over vCPUs) and the switches.
     public var engines: EngineStatistics? = nil
@@ -74,6 +77,7 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
             let total = counted.reduce(0, +)
             text += ", \(total) instructions (\(String(format3: Double(total) / max(seconds, 1e-9) / 1e6)) M/s)"
             if instructions.count > 1 { text += ", per vCPU: " + counted.map(String.init).joined(separator: " ") }
+            if let translated { text += ", translated \(translated)" }
         } else {
             text += ", instructions not counted by this backend"
         }
@@ -431,6 +435,9 @@ public final class Machine: @unchecked Sendable {
         guard let s = vcpus.finalStates()[0] else { return "vcpu0 state unavailable" }
         return vcpus.report(0, state: s).description
     }
+
+    /// Each vCPU's state when its thread stopped (nil: unreadable), after `run()`.
+    public func finalStates() -> [CPUState?] { vcpus.finalStates() }
 
     /// The console output so far when the serial sink is `.capture` (tests).
     public var capturedOutput: String { String(decoding: devices.console.captured, as: UTF8.self) }

@@ -42,6 +42,9 @@ extension Machine {
             handoffs: allStopped ? vcpus.handoffs : 0,
             fallbackInstructions: allStopped ? vcpus.fallbackInstructions : 0)
         if allStopped && (vcpus.hybrid || switched) { statistics.engines = vcpus.engineStatistics() }
+        if allStopped && !switched && backendName == "interp" {
+            statistics.translated = vcpus.translatedInstructions.compactMap { $0 }.reduce(0, +)
+        }
         gdbServer?.finish(status: reason.status)
         var message = message(for: reason)
         if !allStopped { message = (message ?? "tandem: stopped") + Self.notStoppedNote }

@@ -223,6 +223,8 @@ package final class VCPUManager: @unchecked Sendable {
 
     /// Per vCPU, the instructions its engine retired (nil where the engine does not count).
     package var instructionsRetired: [UInt64?] { backends.map(\.instructionsRetired) }
+    /// Of those, per vCPU, the instructions the interpreter's translated code ran (nil on KVM).
+    package var translatedInstructions: [UInt64?] { backends.map { ($0 as? InterpreterVCPU)?.translatedRetired } }
     /// Whether a vCPU moved between engines (outside the hybrid engine, which always does).
     package var switched: Bool { slots.contains { $0.switches > 0 } && !hybrid }
     /// KVM → interpreter handoffs, and the instructions the interpreter ran for KVM.

@@ -567,9 +567,19 @@ struct TraceTranslator {
         a.test(.r8, .r9)
         let back = a.jump(if: 4)   // jz: other lines
         a.patch(back, to: resume)
-        a.lea(.r11, Memory(base: .r8, disp: 1), size: 4)   // (version + 1, the lines cleared)
         a.move(.rax, .r8)
+        let swap = a.position
+        a.lea(.r11, Memory(base: .rax, disp: 1), size: 4)   // (version + 1, the lines cleared)
         a.lockCompareExchange(Memory(base: .r15, index: .rdi, scale: 8), .r11)
+        // A failed swap leaves the word in RAX: as in `noteWrite`, done when another vCPU
+        // bumped the version, tried again when it only marked more lines.
+        var done = [a.jump(if: 4)]   // jz: swapped
+        a.test(.register(.rax), immediate: 1, size: 1)
+        done.append(a.jump(if: 4))   // jz: bumped
+        a.test(.rax, .r9)
+        done.append(a.jump(if: 4))   // jz: our lines cleared (bumped, marked again)
+        a.patch(a.jump(), to: swap)
+        for j in done { a.patch(j, to: a.position) }
         exits.append((a.jump(), i + 1))
     }
 
