@@ -20,10 +20,11 @@ extension InterpreterVCPU {
     }
 
     /// Which translations fit the current mode: 1 for 32-bit code with a 32-bit stack, 2 for
-    /// 64-bit code, 0 where there are none (16-bit code, virtual-8086 mode, a 16-bit stack).
+    /// 64-bit code, 3 for real mode with a 16-bit stack; 0 where there are none (16-bit
+    /// protected mode, virtual-8086 mode, other stack sizes).
     @inline(__always)
     var translationKey: UInt {
-        codeBits == 64 ? 2 : (codeBits == 32 && stackMask == 0xFFFF_FFFF ? 1 : 0)
+        codeBits == 64 ? 2 : codeBits == 32 ? (stackMask == 0xFFFF_FFFF ? 1 : 0) : (!protectedMode && stackMask == 0xFFFF ? 3 : 0)
     }
 
     /// Runs translation `t` (a slot's value whose key matched): returns the instructions retired.

@@ -158,13 +158,13 @@ struct TraceTranslator {
     /// The kind of flags `d` records and what it reads; nil when there is no template for
     /// it (given the kind of the last flags recorded before it in this translation).
     private func plan(_ d: DecodedInstruction, lastFlags: (kind: LazyFlags, size: Int)?) -> Plan? {
-        let addressSize = codeBits == 64 ? 8 : 4
+        let addressSize = codeBits / 8
         func memoryOK(_ o: Operand) -> Bool {
             guard d.addressSize == addressSize else { return false }
             if o.base == Operand.ripBase { return codeBits == 64 && Int32(exactly: o.value) != nil && o.index == Operand.noRegister }
             if o.base != Operand.noRegister && o.base >= 16 { return false }
             if o.index != Operand.noRegister && o.index >= 16 { return false }
-            return codeBits == 32 || Int32(exactly: o.value) != nil
+            return codeBits != 64 || Int32(exactly: o.value) != nil
         }
         func aluKind(_ op: Op) -> LazyFlags? {
             switch op {
@@ -205,10 +205,10 @@ struct TraceTranslator {
             return Plan(sets: shiftCount(d) == 0 ? nil : .shift)
         case .leaR16, .leaR32, .leaR64:
             return memoryOK(o1) ? Plan() : nil
-        case .pushR32, .pushR64:
-            return Plan(mayReturnBefore: true, mayReturnAfter: true)
+        case .pushR32, .pushR64:   // (a 32- or 64-bit stack only: not in 16-bit code)
+            return codeBits == 16 ? nil : Plan(mayReturnBefore: true, mayReturnAfter: true)
         case .popR32, .popR64:
-            return Plan(mayReturnBefore: true)
+            return codeBits == 16 ? nil : Plan(mayReturnBefore: true)
         case .imulRR16, .imulRR32, .imulRR64, .imulRRI16, .imulRRI32, .imulRRI64: return Plan(sets: .multiply)
         case .imulRM16, .imulRM32, .imulRM64, .imulRMI16, .imulRMI32, .imulRMI64:
             return memoryOK(o1) ? Plan(sets: .multiply, mayReturnBefore: true) : nil
@@ -236,9 +236,10 @@ struct TraceTranslator {
         }
     }
 
-    /// A relative jump whose target is RIP-masked as this code's (no 16-bit operand size).
+    /// A relative jump whose target is RIP-masked as `storeRIP` masks it (16 bits in 16-bit
+    /// code, else no 16-bit operand size).
     private func jumpOK(_ d: DecodedInstruction) -> Bool {
-        d.operandSize != 2 && Int32(exactly: d.relative) != nil
+        (codeBits == 16 ? d.operandSize == 2 : d.operandSize != 2) && Int32(exactly: d.relative) != nil
     }
 
     /// Which conditions the templates evaluate after each kind of recorded flags.
@@ -392,6 +393,10 @@ struct TraceTranslator {
             a.load(.rdx, Memory(base: .rbx, disp: Int32(layout.csLimit)), size: 4)
             a.alu(.cmp, .rcx, .rdx)
             fail.append(a.jump(if: 7))   // ja
+            if codeBits == 16 {   // (and IP's range: `codeLimit`)
+                a.alu(.cmp, .register(.rcx), immediate: 0xFFFF, size: 8)
+                fail.append(a.jump(if: 7))
+            }
         }
         a.load(.rcx, Memory(base: .rsi, disp: Int32(layout.headCount)), size: 1)
         a.load(.rdx, Memory(base: .rsp, disp: 0), size: 8)
@@ -432,9 +437,10 @@ struct TraceTranslator {
         if size == 4 { a.storeImmediate(Memory(base: .rbx, disp: Int32(layout.gpr + 8 * Int(g) + 4)), 0, size: 4) }
     }
 
-    /// RIP = RIP at entry + `offset` (wrapped to 32 bits outside 64-bit code).
+    /// RIP = RIP at entry + `offset` (wrapped to 32 bits outside 64-bit code, 16 in 16-bit code).
     private mutating func storeRIP(offset: Int) {
         a.lea(.rax, Memory(base: .r12, disp: Int32(offset)), size: codeBits == 64 ? 8 : 4)
+        if codeBits == 16 { mask(.rax, 2) }
         a.store(Memory(base: .rbx, disp: Int32(layout.rip)), .rax, size: 8)
     }
 
@@ -455,7 +461,7 @@ struct TraceTranslator {
     /// The effective address of memory operand `o` of instruction `i` into RAX (wrapped to
     /// the address size).
     private mutating func effectiveAddress(_ o: Operand, _ i: Int) {
-        let size = codeBits == 64 ? 8 : 4
+        let size = codeBits == 64 ? 8 : 4   // (16-bit addresses: 32, then masked)
         if o.base == Operand.ripBase {
             a.lea(.rax, Memory(base: .r12, disp: Int32(offsets[i + 1]) &+ Int32(truncatingIfNeeded: o.value)), size: 8)
             return
@@ -463,7 +469,7 @@ struct TraceTranslator {
         let disp = Int32(truncatingIfNeeded: o.value)
         let hasBase = o.base != Operand.noRegister, hasIndex = o.index != Operand.noRegister
         if !hasBase && !hasIndex {
-            a.moveImmediate(.rax, size == 8 ? UInt64(bitPattern: o.value) : UInt64(UInt32(bitPattern: disp)))
+            a.moveImmediate(.rax, size == 8 ? UInt64(bitPattern: o.value) : UInt64(UInt32(bitPattern: disp)) & (codeBits == 16 ? 0xFFFF : 0xFFFF_FFFF))
             return
         }
         if hasBase { a.load(.r8, reg(o.base), size: 8) } else { a.moveImmediate(.r8, 0) }
@@ -474,13 +480,14 @@ struct TraceTranslator {
             m.scale = o.scale
         }
         a.lea(.rax, m, size: size)
+        if codeBits == 16 { mask(.rax, 2) }
     }
 
     /// Linear address in RAX (offset `ea` in RAX on entry), then through the TLB: the host
     /// address in RSI, the TLB entry's offset in RDX. Returns before instruction `i` where
     /// the interpreter's fast path would not take the access.
     private mutating func access(segment s: UInt8, size: Int, write: Bool, _ i: Int) {
-        if codeBits == 32 {
+        if codeBits != 64 {
             // linearAddress's fast path: limit, usable normal segment, writable for writes.
             a.lea(.rdx, Memory(base: .rax, disp: Int32(size - 1)), size: 8)
             a.load(.rcx, segment(s, layout.segmentLimit), size: 4)
