@@ -268,12 +268,12 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        // (Not for the fallback's stretches on a PVM host: a Linux boot on `--backend kvm`
-        // with translations in them stopped making progress after three stretches, not
-        // understood yet (issue 15's notes); the hybrid engine's interpreter translates.)
-        let fallbackTranslates = c.translate && engines.placement != .fallbackStretches
+        // The interpreter that shares vCPUs with KVM (the fallback, the hybrid engine) does
+        // not translate: with translations a Linux boot on `--backend kvm` stopped making
+        // progress after three stretches, and one on `--backend hybrid` hung in a user
+        // process; not understood yet (Documentation/Interpreter.md, "The translator").
         engines.fallback = backendName == "kvm" || engines.placement == .hybrid
-            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: fallbackTranslates) : nil
+            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: false) : nil
         var switchSlice: UInt64? = nil, switchPeriod: Double? = nil
         switch c.switchEvery {
         case .instructions(let n): switchSlice = n
