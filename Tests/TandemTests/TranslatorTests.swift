@@ -18,10 +18,11 @@ enum TranslatorTestMode: String, CaseIterable, CustomStringConvertible, Sendable
     case protected32          // Multiboot entry: 32-bit protected mode, flat segments, no paging
     case paged32              // the same with legacy 32-bit paging, the data page also aliased
     case long64               // elf64 entry: 64-bit long mode
+    case real16               // a `boot` image: real mode, CS = DS = the image, ES, SS, FS elsewhere
     var description: String { rawValue }
-    var bits: Int { self == .long64 ? 64 : 32 }
+    var bits: Int { self == .long64 ? 64 : self == .real16 ? 16 : 32 }
     /// Where the image is loaded.
-    var base: UInt64 { self == .long64 ? 0x20_0000 : 0x10_0000 }
+    var base: UInt64 { self == .long64 ? 0x20_0000 : self == .real16 ? 0x7C00 : 0x10_0000 }
 }
 
 /// A random program: a loop of 250-400 rounds over instructions with templates (and a few
@@ -35,7 +36,10 @@ enum TranslatorTestMode: String, CaseIterable, CustomStringConvertible, Sendable
 /// jumps to, 0x3000 the loop counter and the flags at the end, 0x4000 the data page the
 /// memory operands address, 0x5000 the stack (top 0x6000), 0x6000-0x8FFF page tables
 /// (paged32: a page directory, an identity page table for 0-4 MiB, and one mapping
-/// 0x400000 and 0x480000 to the data page).
+/// 0x400000 and 0x480000 to the data page). real16: the same offsets, as offsets in CS and DS
+/// (segment 0x07C0, the image); SS is the image + 0x3000 (SP 0x3000: the same stack), ES
+/// the image - 0x100 and FS the data page, so that every override moves the operand's
+/// offset; no page tables.
 struct TranslatorProgram {
     static let imageSize = 0x9000
     static let dataSize = 4096
@@ -47,7 +51,7 @@ struct TranslatorProgram {
     var lines: [String] = []
     var patchedCode: [String] = []   // the page at 0x2000
     var label = 0
-    var stackDepth = 0
+    var pushedWidths: [Int] = []   // the stack the loop has pushed, in bytes per push
     let rounds: Int
 
     init(mode: TranslatorTestMode, seed: UInt64) {
@@ -81,7 +85,7 @@ struct TranslatorProgram {
 
     /// A free register that has an 8-bit form without REX in 32-bit code.
     mutating func freeRegister(_ w: Int) -> Int {
-        if w == 1 && mode.bits == 32 { return pick([0, 1, 2, 3]) }
+        if w == 1 && mode.bits != 64 { return pick([0, 1, 2, 3]) }
         return pick(free)
     }
 
@@ -120,6 +124,7 @@ struct TranslatorProgram {
     /// bases in 64-bit code). Lines the
     /// operand needs first are emitted.
     mutating func memory(_ w: Int) -> String {
+        if mode == .real16 { return memory16(w) }
         let size = Self.sizeKeyword(w)
         let last = Self.dataSize - 8
         let b64 = mode.bits == 64
@@ -163,6 +168,53 @@ struct TranslatorProgram {
             return "\(size) [gs:rsi + \(below(last - 0x100))]"
         default:   // FS base: the data page
             return "\(size) [fs:abs \(below(last))]"
+        }
+    }
+
+    /// real16: a memory operand of `w` bytes inside the data page, in the 16-bit addressing
+    /// forms ([si+d], [bx+si+d], [bp+si+d], [bp+di+d], [bx+d], [di+d], [disp16]) with DS, ES, SS or
+    /// FS. SI is the data page's offset in DS, 0x4000; BX, DI and BP are set right before.
+    /// Many of the sums pass 0xFFFF and must wrap: negative displacements (an SS or FS
+    /// override), [bp+...] (SS by default), and BX set to 0x10000 - k with k added back in
+    /// the displacement.
+    mutating func memory16(_ w: Int) -> String {
+        let size = Self.sizeKeyword(w)
+        let last = Self.dataSize - 8
+        // What the data page's DS offset (0x4000) is off by in the segment an override names.
+        let overrides: [(String, Int)] = [("ds:", 0), ("es:", 0x100), ("ss:", -0x3000), ("fs:", -0x4000)]
+        var (segment, delta) = chance(30) ? pick(overrides) : ("", 0)
+        func setIndex(_ g: inout TranslatorProgram, _ r: String) {
+            g.lines.append("mov \(r), \(g.name(g.pick(g.free), 2))")
+            g.lines.append("and \(r), 0x7F")
+        }
+        switch below(8) {
+        case 0:
+            return "\(size) [\(segment)si + \(below(last) + delta)]"
+        case 1:
+            setIndex(&self, "bx")
+            return "\(size) [\(segment)bx + si + \(below(last - 127) + delta)]"
+        case 2:
+            setIndex(&self, "di")
+            return "\(size) [\(segment)di + data + \(below(last - 127) + delta)]"
+        case 3:
+            return "\(size) [\(segment)data + \(below(last) + delta)]"
+        case 4:
+            setIndex(&self, "bx")
+            return "\(size) [\(segment)bx + data + \(below(last - 127) + delta)]"
+        case 5:   // BX + SI past 0xFFFF
+            let k = 1 + below(0x1000)
+            lines.append("mov bx, \(hex(UInt64(0x10000 - k)))")
+            return "\(size) [\(segment)bx + si + \(k + below(last) + delta)]"
+        default:   // BP: SS unless overridden
+            if segment.isEmpty { delta = -0x3000 }
+            if chance(50) {
+                setIndex(&self, "bp")
+                return "\(size) [\(segment)bp + si + \(below(last - 127) + delta)]"
+            }
+            let x = below(last), d = below(last - 127)
+            lines.append("lea bp, [si + \(x)]")
+            setIndex(&self, "di")
+            return "\(size) [\(segment)bp + di + \(d - x + delta)]"
         }
     }
 
@@ -237,25 +289,26 @@ struct TranslatorProgram {
             let m = memory(1)
             lines.append("lea \(name(freeRegister(lw), lw)), \(m.drop { $0 != "[" })")
         case 14:
-            let dw = pick(mode.bits == 64 ? [4, 8] : [4])
-            let sw = pick(mode.bits == 64 && dw == 8 ? [1, 2, 4] : [1, 2])
+            let dw = pick(mode.bits == 64 ? [4, 8] : mode.bits == 16 ? [2, 4] : [4])
+            let sw = pick(mode.bits == 64 && dw == 8 ? [1, 2, 4] : dw == 2 ? [1] : [1, 2])
             let d = name(freeRegister(dw), dw)
             if sw == 4 {
                 lines.append("movsxd \(d), \(chance(50) ? name(freeRegister(4), 4) : memory(4))")
             } else {
                 lines.append("\(pick(["movzx", "movsx"])) \(d), \(chance(50) ? name(freeRegister(sw), sw) : memory(sw))")
             }
-        case 15 where allowStack && stackDepth < 12:
-            lines.append("push \(name(pick(free), mode.bits / 8))")
-            stackDepth += 1
-        case 16 where allowStack && stackDepth > 0:
-            lines.append("pop \(name(pick(free), mode.bits / 8))")
-            stackDepth -= 1
+        case 15 where allowStack && pushedWidths.count < 12:
+            // real16: some pushes of 32-bit registers (interpreted there) among the 16-bit.
+            let pw = mode == .real16 && chance(30) ? 4 : mode.bits / 8
+            lines.append("push \(name(pick(free), pw))")
+            pushedWidths.append(pw)
+        case 16 where allowStack && !pushedWidths.isEmpty:
+            popOne()
         case 17:   // the loop page's variables: other lines than the code's
             let m = absolute("code_a + \(Self.farVariables + 8 * below(60))")
             lines.append(chance(50) ? "mov \(Self.sizeKeyword(w)) \(m), \(n)" : "mov \(n), \(Self.sizeKeyword(w)) \(m)")
         case 18 where chance(30): flagsIntoRegister()
-        case 19 where mode.bits == 32 && chance(30):   // AH-BH: no fast form
+        case 19 where mode.bits != 64 && chance(30):   // AH-BH: no fast form
             lines.append("\(pick(["add", "mov", "xor"])) \(pick(["ah", "ch", "dh", "bh"])), \(pick(["al", "bl", "ch", "dh"]))")
         default:
             flagProducer()
@@ -265,9 +318,17 @@ struct TranslatorProgram {
 
     /// pushf (generic: every flag materialised from the lazy record) and pop into a register.
     mutating func flagsIntoRegister() {
-        lines.append(mode.bits == 64 ? "pushfq" : "pushfd")
+        lines.append(mode.bits == 64 ? "pushfq" : mode.bits == 16 ? "pushf" : "pushfd")
         lines.append("pop \(name(pick(free), mode.bits / 8))")
     }
+
+    /// Pops what the last push pushed, into a random free register of its width.
+    mutating func popOne() {
+        lines.append("pop \(name(pick(free), pushedWidths.removeLast()))")
+    }
+
+    /// Where a 32-bit immediate of `mov r32, imm32` starts (real16: after the 0x66 prefix).
+    var operandSizePrefix: Int { mode == .real16 ? 1 : 0 }
 
     /// The 32-bit register a patched `mov r32, imm32` (B8+r: the immediate at +1) or
     /// `add r32, imm32` (81 /0: at +2) writes.
@@ -283,7 +344,7 @@ struct TranslatorProgram {
                 // A translated store patches code on another page, which runs next.
                 label += 1
                 let target = patchTarget()
-                lines.append("mov dword \(absolute("smc_b\(site) + 1")), \(name(pick(free), 4))")
+                lines.append("mov dword \(absolute("smc_b\(site) + \(1 + operandSizePrefix)")), \(name(pick(free), 4))")
                 lines.append("jmp smc_b\(site)")
                 lines.append("smc_ret\(site):")
                 patchedCode.append("smc_b\(site): mov \(target), 0x12345678")
@@ -293,7 +354,7 @@ struct TranslatorProgram {
                 // Every 128th round: patch an add in this page, right before it runs.
                 label += 1
                 let target = patchTarget()
-                storeEvery128thRound(site, at: "smc_a\(site) + 2")
+                storeEvery128thRound(site, at: "smc_a\(site) + \(2 + operandSizePrefix)")
                 lines.append("smc_a\(site): add \(target), strict dword 0x1000")
             case 2:
                 // Every 128th round: a store into the same 128-byte line as code.
@@ -305,10 +366,7 @@ struct TranslatorProgram {
             default: break
             }
         }
-        while stackDepth > 0 {
-            lines.append("pop \(name(pick(free), mode.bits / 8))")
-            stackDepth -= 1
-        }
+        while !pushedWidths.isEmpty { popOne() }
     }
 
     /// A dword store of a random register to `address` when the loop counter is a
@@ -335,6 +393,11 @@ struct TranslatorProgram {
                   "lea rsp, [stack_top]",
                   "mov ecx, 0xC0000100", "lea rax, [data]", "mov rdx, rax", "shr rdx, 32", "wrmsr",   // FS base: the data page
                   "mov ecx, 0xC0000101", "mov eax, 0x100", "xor edx, edx", "wrmsr"]                  // GS base: 0x100
+        } else if mode == .real16 {
+            // Loaded at 0x7C00 with CS = 0: a far jump makes the image's offsets CS's.
+            s += ["bits 16", "org 0", "image:", "jmp 0x07C0:_start", "_start:",
+                  "mov ax, 0x07C0", "mov ds, ax", "mov ax, 0x07B0", "mov es, ax", "mov ax, 0x0BC0", "mov fs, ax",
+                  "mov ax, 0x0AC0", "mov ss, ax", "mov sp, 0x3000"]
         } else {
             s += ["bits 32", "org \(hex(mode.base))", "image:",
                   "dd 0x1BADB002, 0x00010003, -(0x1BADB002 + 0x00010003), image, image, image_end, image_end, _start",
@@ -349,16 +412,17 @@ struct TranslatorProgram {
                 s += ["mov eax, page_directory", "mov cr3, eax", "mov eax, cr0", "or eax, 0x80000000", "mov cr0, eax", "jmp .paged", ".paged:"]
             }
         }
-        for r in free { s.append("mov \(name(r, mode.bits / 8)), \(hex(value(mode.bits / 8)))") }
+        let registerWidth = max(mode.bits / 8, 4)
+        for r in free { s.append("mov \(name(r, registerWidth)), \(hex(value(registerWidth)))") }
         s.append(b64 ? "lea rsi, [data]" : (mode == .paged32 ? "mov esi, \(hex(Self.aliasedData))" : "mov esi, data"))
         s.append("mov edi, \(below(128))")
-        s.append("push \(hex(rng.next() & 0x8D5))")   // CF PF AF ZF SF OF
-        s.append(b64 ? "popfq" : "popfd")
+        s.append("push \(mode.bits == 16 ? "word " : "")\(hex(rng.next() & 0x8D5))")   // CF PF AF ZF SF OF
+        s.append(b64 ? "popfq" : mode.bits == 16 ? "popf" : "popfd")
         s.append("jmp loop_top")
         s.append("times 0x1000 - ($ - image) db 0xCC")
         s += ["code_a:", "loop_top:"] + lines
         s += ["sub dword \(counter), 1", "jnz loop_top"]
-        s += [b64 ? "pushfq" : "pushfd", "pop \(b64 ? "qword" : "dword") \(absolute("final_flags"))", "cli", "hlt"]
+        s += [b64 ? "pushfq" : "pushfd", "pop \(b64 ? "qword" : "dword") \(absolute("final_flags"))", "cli", "hlt"]   // (real16: pushfd/pop dword interpreted)
         s.append("times 0x1000 + \(Self.farVariables) - ($ - image) db 0xCC")   // (fails to assemble when the loop is too long)
         for _ in 0..<((0x1000 - Self.farVariables) / 8) { s.append("dq \(hex(rng.next()))") }
         s += ["code_b:"] + patchedCode
@@ -369,7 +433,7 @@ struct TranslatorProgram {
         for _ in 0..<(Self.dataSize / 8) { s.append("dq \(hex(rng.next()))") }
         s.append("times 0x6000 - ($ - image) db 0")
         s.append("stack_top:")
-        if !b64 {
+        if mode.bits == 32 {
             s += ["page_directory: dd page_table + 3, alias_table + 3", "times 1022 dd 0",
                   "page_table:", "%assign i 0", "%rep 1024", "dd i * 4096 + 3", "%assign i i + 1", "%endrep",
                   "alias_table: dd data + 3", "times 0x7F dd 0", "dd data + 3", "times 1023 - 0x80 dd 0"]
