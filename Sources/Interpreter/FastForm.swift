@@ -331,7 +331,7 @@ extension InterpreterVCPU {
     /// imul reg, r/m, imm: the truncated product of `a` and the immediate, flags deferred.
     @_transparent
     func imulRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, _ a: UInt64) {
-        let (res, overflow) = truncatedSignedProduct(a, aluImmediate(d.pointee.o2, size), size)
+        let (res, overflow) = truncatedSignedProduct(a, d.pointee.o2.aluImmediate(size), size)
         writeGPR(d.pointee.o0.reg, size, res)
         deferFlags(.multiply, 0, overflow ? 1 : 0, res, size)
     }
@@ -358,16 +358,7 @@ extension InterpreterVCPU {
 
     @_transparent
     func aluRI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
-        aluOnRegister(d, size, aluImmediate(d.pointee.o1, size))
-    }
-
-    /// An ALU instruction's immediate as `arithmetic` reads it: a shorter immediate is
-    /// sign-extended to the width.
-    @_transparent
-    func aluImmediate(_ o: Operand, _ size: Int) -> UInt64 {
-        o.size != 0 && Int(o.size) < size
-            ? signExtend(UInt64(bitPattern: o.value), Int(o.size)) & sizeMask(size)
-            : UInt64(bitPattern: o.value) & sizeMask(size)
+        aluOnRegister(d, size, d.pointee.o1.aluImmediate(size))
     }
 
     @_transparent
@@ -399,7 +390,7 @@ extension InterpreterVCPU {
 
     @_transparent
     func aluMI(_ d: UnsafeMutablePointer<DecodedInstruction>, _ size: Int, next: UInt64) throws(Fault) {
-        try aluOnMemory(d, size, aluImmediate(d.pointee.o1, size), next: next)
+        try aluOnMemory(d, size, d.pointee.o1.aluImmediate(size), next: next)
     }
 
     /// As `arithmetic` does it for a memory destination: translated once (checked for
@@ -506,5 +497,17 @@ extension InterpreterVCPU {
     @_transparent
     func jumpIf(_ d: UnsafeMutablePointer<DecodedInstruction>, _ taken: Bool, next: UInt64) {
         s.pointee.rip = taken ? maskIP(next &+ UInt64(bitPattern: d.pointee.relative), Int(d.pointee.operandSize)) : next
+    }
+}
+
+extension Operand {
+    /// An ALU instruction's immediate as `arithmetic` reads it, at `size` bytes: a shorter
+    /// immediate is sign-extended to the width (the interpreter's forms and the
+    /// translator's templates alike).
+    @_transparent
+    func aluImmediate(_ size: Int) -> UInt64 {
+        self.size != 0 && Int(self.size) < size
+            ? signExtend(UInt64(bitPattern: value), Int(self.size)) & sizeMask(size)
+            : UInt64(bitPattern: value) & sizeMask(size)
     }
 }

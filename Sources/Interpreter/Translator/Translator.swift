@@ -682,13 +682,6 @@ struct TraceTranslator {
         }
     }
 
-    /// An ALU instruction's immediate as `aluImmediate` reads it.
-    private func aluImmediate(_ o: Operand, _ size: Int) -> UInt64 {
-        o.size != 0 && Int(o.size) < size
-            ? signExtend(UInt64(bitPattern: o.value), Int(o.size)) & sizeMask(size)
-            : UInt64(bitPattern: o.value) & sizeMask(size)
-    }
-
     private mutating func emit(_ d: DecodedInstruction, _ i: Int, record: Bool, _ flags: (kind: LazyFlags, size: Int)?) {
         let o0 = d.o0, o1 = d.o1
         let w = Int(o0.size)
@@ -720,7 +713,7 @@ struct TraceTranslator {
                 memoryOperand(o1, size: w, write: false, i)
                 a.load(.rcx, Memory(base: .rsi), size: w)
             } else if o1.kind == .immediate {
-                a.moveImmediate(.rcx, aluImmediate(o1, w))
+                a.moveImmediate(.rcx, o1.aluImmediate(w))
             } else {
                 loadGuest(.rcx, o1.reg, w)
             }
@@ -732,7 +725,7 @@ struct TraceTranslator {
         case .aluMR8, .aluMR16, .aluMR32, .aluMR64, .aluMI8, .aluMI16, .aluMI32, .aluMI64:
             memoryOperand(o0, size: w, write: writesALU, i)
             a.load(.rax, Memory(base: .rsi), size: w)
-            if o1.kind == .immediate { a.moveImmediate(.rcx, aluImmediate(o1, w)) } else { loadGuest(.rcx, o1.reg, w) }
+            if o1.kind == .immediate { a.moveImmediate(.rcx, o1.aluImmediate(w)) } else { loadGuest(.rcx, o1.reg, w) }
             a.move(.rdx, .rax)
             a.alu(aluOperation(d.op), .rdx, .rcx)
             if writesALU { a.store(Memory(base: .rsi), .rdx, size: w) }
@@ -813,7 +806,7 @@ struct TraceTranslator {
             } else {
                 loadGuest(.rax, o1.reg, w)
             }
-            a.moveImmediate(.rcx, aluImmediate(d.o2, w))
+            a.moveImmediate(.rcx, d.o2.aluImmediate(w))
             emitMultiply(o0.reg, w, record: record)
         case .cmovRR16, .cmovRR32, .cmovRR64, .cmovRM16, .cmovRM32, .cmovRM64:
             if o1.kind == .memory {
