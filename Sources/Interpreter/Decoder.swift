@@ -141,7 +141,19 @@ final class Decoder {
     /// Returns nil for bytes that are not a valid instruction (#UD).
     func decode(_ bytes: UnsafeRawBufferPointer, bits: Int) -> DecodedInstruction? {
         if bits != 64, let legacy = decodeLegacyForm(bytes, bits: bits) { return legacy.instruction }
+        if bytes.count >= 3, bytes[0] == 0x0F, bytes[1] == 0x01, bytes[2] == 0xE8 { return decodeSerialize(bits: bits) }
         return decodeWithCapstone(bytes, bits: bits)
+    }
+
+    /// SERIALIZE, which Capstone 4 does not decode: as XGETBV (0F 01 D0: the same length,
+    /// no ModRM memory operand), renamed. Only the form without prefixes: with 66, F2 or F3
+    /// the same bytes are other instructions (TSXLDTRK's XSUSLDTRK, ...), left to Capstone.
+    private func decodeSerialize(bits: Int) -> DecodedInstruction? {
+        let xgetbv: [UInt8] = [0x0F, 0x01, 0xD0]
+        guard var d = xgetbv.withUnsafeBytes({ decodeWithCapstone($0, bits: bits) }) else { return nil }
+        d.op = .serialize
+        d.opcode = 0x01
+        return d
     }
 
     /// Outside 64-bit mode, C4, C5 and 62 with a memory operand are LES, LDS and BOUND,

@@ -29,6 +29,8 @@ enum Op: UInt16, CaseIterable {
     case lgdt, lidt, sgdt, sidt, lldt, sldt, ltr, str, smsw, lmsw, clts, arpl, lar, lsl, verr, verw
     case invlpg, wbinvd, invd, syscall, sysret, sysenter, sysexit, swapgs, ud2, ud0, wait, clac, stac
     case rdfsbase, rdgsbase, wrfsbase, wrgsbase, invpcid
+    /// SERIALIZE (NP 0F 01 E8): Capstone 4 does not know it; the decoder recognises its bytes.
+    case serialize
     case prefetch, prefetchw, prefetcht0, prefetcht1, prefetcht2, prefetchnta, lfence, sfence, mfence, clflush
     /// CET's branch-target markers: NOPs on a CPU without CET (the hint-NOP space 0F 1E).
     case endbr64, endbr32

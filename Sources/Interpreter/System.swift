@@ -192,6 +192,12 @@ extension InterpreterVCPU {
             // The interpreter itself does not enforce SMAP.
             guard cpl == 0 else { throw .ud() }
             if op == .clac { s.pointee.rflags &= ~Flag.ac } else { s.pointee.rflags |= Flag.ac }
+        case .serialize:
+            // Nothing to wait for: the interpreter completes every access and sees every
+            // code write before the next instruction. Not in the interpreter's own CPUID;
+            // PVM's KVM shows the host's flag (HostLimitations.md), and Linux's sync_core()
+            // then runs it, on whichever engine has the vCPU.
+            break
         case .rdfsbase, .rdgsbase, .wrfsbase, .wrgsbase:
             // FSGSBASE, like CLAC/STAC run for KVM's handoffs (Linux's context switch) and
             // not offered in the interpreter's own CPUID; CR4.FSGSBASE enables them.

@@ -273,7 +273,7 @@ public final class Machine: @unchecked Sendable {
         // progress after three stretches, and one on `--backend hybrid` hung in a user
         // process; not understood yet (Documentation/Interpreter.md, "The translator").
         engines.fallback = backendName == "kvm" || engines.placement == .hybrid
-            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: false) : nil
+            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: getenv("XLTFB") != nil) : nil
         var switchSlice: UInt64? = nil, switchPeriod: Double? = nil
         switch c.switchEvery {
         case .instructions(let n): switchSlice = n
