@@ -2,8 +2,20 @@
  * integer only) for the same-run comparison of Tandem's interpreter with QEMU's TCG:
  * a sieve of Eratosthenes, CRC-32 (bitwise), an integer matrix product and an
  * insertion sort, each repeated; prints one checksum line per kernel to port 0xE9 and
- * returns 0 (start32.asm passes it to the exit port). Freestanding: no libc. */
+ * returns 0 (start32.asm passes it to the exit port). Freestanding: no libc.
+ * The same source is built a second time with -m64 as cbench64.elf (an elf64 guest,
+ * start64.asm: long mode, paging on, every vCPU running it at once on its own copy of
+ * the data) for Tools/bench speeds. */
 #include <stdint.h>
+
+#ifdef __x86_64__
+/* cbench64: every vCPU reports; start64.asm lets them print one at a time, in index order. */
+void output_lock(void);
+void output_unlock(void);
+#else
+static inline void output_lock(void) {}
+static inline void output_unlock(void) {}
+#endif
 
 static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static void puts_e9(const char *s) { while (*s) outb(0xE9, (uint8_t)*s++); }
@@ -77,9 +89,11 @@ int bench_main(void) {
         for (int j = 0; j < M; j++) { ma[i][j] = (int32_t)(next_random() & 0xFFFF) - 0x8000; mb[i][j] = (int32_t)(next_random() & 0xFF); }
     for (int r = 0; r < 40; r++) { m ^= matmul(); ma[r][r] += 1; }
     for (int r = 0; r < 16; r++) o ^= insertion_sort();
+    output_lock();
     report("sieve", s);
     report("crc32", c);
     report("matmul", m);
     report("sort", o);
+    output_unlock();
     return 0;
 }
