@@ -71,7 +71,12 @@ extension InterpreterVCPU {
                         budget &-= d - first
                         continue
                     }
-                    if _slowPath(endBlock) {
+                    // Ended by an instruction it had the interpreter run. Not when it ran
+                    // nothing: `endBlock` may have been set before the loop (the hybrid
+                    // engine's user mode, whose first instruction must still run here — else
+                    // a store that missed the TLB went back to KVM unrun, faulted there
+                    // again, for ever).
+                    if _slowPath(endBlock) && d != first {
                         budget &-= d - first
                         break
                     }

@@ -63,6 +63,9 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
     public var handoffs: Int = 0
     /// Instructions the interpreter ran during those handoffs (hybrid: all it ran).
     public var fallbackInstructions: UInt64 = 0
+    /// Of `fallbackInstructions`, those the interpreter's translated code ran (nil: it
+    /// does not translate, `--translate off`).
+    public var fallbackTranslated: UInt64? = nil
     /// Of `instructions`, those the interpreter's translated code ran (all vCPUs together;
     /// nil where the instructions are not counted or the backend is not the interpreter).
     public var translated: UInt64? = nil
@@ -86,7 +89,8 @@ public struct RunStatistics: Sendable, CustomStringConvertible {
         }
         if let h = engines {
             text += "; interpreter \(String(format3: h.interpreterSeconds)) s, \(fallbackInstructions) instructions"
-            text += " (\(String(format3: Double(fallbackInstructions) / max(h.interpreterSeconds, 1e-9) / 1e6)) M/s)"
+            text += " (\(String(format3: Double(fallbackInstructions) / max(h.interpreterSeconds, 1e-9) / 1e6)) M/s"
+            text += (fallbackTranslated.map { ", translated \($0)" } ?? "") + ")"
             text += ", KVM \(String(format3: h.kvmSeconds)) s (\(backend == "hybrid" ? "64-bit user mode, " : "")not counted), \(h.switches) engine switches"
         }
         return text
@@ -268,12 +272,10 @@ public final class Machine: @unchecked Sendable {
         if c.trace != nil || c.gdb != nil {
             devices.postCodes.observe { code in TraceRecorder.current?.post(code) }
         }
-        // The interpreter that shares vCPUs with KVM (the fallback, the hybrid engine) does
-        // not translate: with translations a Linux boot on `--backend kvm` stopped making
-        // progress after three stretches, and one on `--backend hybrid` hung in a user
-        // process; not understood yet (Documentation/Interpreter.md, "The translator").
+        // The interpreter that shares vCPUs with KVM (the fallback, the hybrid engine)
+        // translates as the interpreter backend does (`--translate`).
         engines.fallback = backendName == "kvm" || engines.placement == .hybrid
-            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: getenv("XLTFB") != nil) : nil
+            ? InterpreterMachine(memory: memory, cpuCount: c.cpus, cpu: cpu, translate: c.translate) : nil
         var switchSlice: UInt64? = nil, switchPeriod: Double? = nil
         switch c.switchEvery {
         case .instructions(let n): switchSlice = n

@@ -42,6 +42,7 @@ extension Machine {
             handoffs: allStopped ? vcpus.handoffs : 0,
             fallbackInstructions: allStopped ? vcpus.fallbackInstructions : 0)
         if allStopped && (vcpus.hybrid || switched) { statistics.engines = vcpus.engineStatistics() }
+        if allStopped && (vcpus.fallback?.translate ?? false) { statistics.fallbackTranslated = vcpus.fallbackTranslated }
         if allStopped && !switched && backendName == "interp" {
             statistics.translated = vcpus.translatedInstructions.compactMap { $0 }.reduce(0, +)
         }

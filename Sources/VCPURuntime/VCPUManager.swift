@@ -130,7 +130,7 @@ package final class VCPUManager: @unchecked Sendable {
     /// Per vCPU: the backend running it now (KVM, or the interpreter during a fallback).
     let slots: [VCPUSlot]
     /// The interpreter that takes over instructions KVM cannot emulate (KVM machines only).
-    let fallback: InterpreterMachine?
+    package let fallback: InterpreterMachine?
     /// `--gdb`: the debugger's control of the vCPUs.
     let debug: DebugControl?
     /// The trace being written (`--trace`, or gdb's `monitor trace on`).
@@ -230,6 +230,8 @@ package final class VCPUManager: @unchecked Sendable {
     /// KVM → interpreter handoffs, and the instructions the interpreter ran for KVM.
     package var handoffs: Int { slots.map(\.handoffs).reduce(0, +) }
     package var fallbackInstructions: UInt64 { slots.compactMap { $0.fallbackVCPU?.retired }.reduce(0, +) }
+    /// Of those, the instructions its translated code ran.
+    package var fallbackTranslated: UInt64 { slots.compactMap { $0.fallbackVCPU?.translatedRetired }.reduce(0, +) }
 
     // MARK: Reports
 
