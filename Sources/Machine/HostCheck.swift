@@ -55,7 +55,7 @@ public struct HostCheck: Sendable {
     public var autoChoice: String {
         switch kind {
         case .hardware: "kvm: /dev/kvm opens and runs guests natively"
-        case .emulated: "hybrid: /dev/kvm opens, but only 64-bit CPL 3 runs natively (other code would go through the host kernel's emulator): that on KVM, the rest on the interpreter (Documentation/Hybrid.md; kvm with --max-instructions or --gdb)"
+        case .emulated: "interp: /dev/kvm opens, but only 64-bit CPL 3 runs natively (other code would go through the host kernel's emulator), and the interpreter is faster than the hybrid engine that puts that on KVM (--backend hybrid; Documentation/Hybrid.md; kvm with --max-instructions or --gdb)"
         case .unavailable: "interp: \(openError ?? "KVM is unavailable")"
         }
     }

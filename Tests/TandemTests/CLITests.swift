@@ -151,9 +151,9 @@ struct CLITests {
         #expect(quiet.stderr == "")
         let chatty = try tandem("run", image)
         #expect(chatty.status == 42)
-        // Hardware KVM: kvm; PVM-style KVM (no VMX/SVM): the hybrid engine.
+        // Hardware KVM: kvm; PVM-style KVM (no VMX/SVM): the interpreter.
         #expect(chatty.stderr == (hostHasHardwareVirtualization() ? "tandem: --backend auto chose kvm\n"
-            : "tandem: --backend auto chose hybrid (KVM here runs only 64-bit user mode natively (no VMX/SVM): that on KVM, the rest on the interpreter)\n"))
+            : "tandem: --backend auto chose interp (KVM here runs only 64-bit user mode natively (no VMX/SVM), and the interpreter is faster than the hybrid engine: --backend hybrid puts user mode on KVM)\n"))
         let kvm = try tandem("run", "--backend", "kvm", image)
         #expect(kvm.status == 42)
         #expect(kvm.stderr == "")
