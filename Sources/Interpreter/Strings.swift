@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import X86
 
 extension InterpreterVCPU {
@@ -19,8 +22,25 @@ extension InterpreterVCPU {
         let step = flag(Flag.df) ? 0 &- UInt64(size) : UInt64(size)
         let src = d.pointee.dataSegment
         var iterations = 0
+        let bulk = rep && step == UInt64(size) && (op == .movsb || op == .movsw || op == .movsd || op == .movsq
+            || op == .stosb || op == .stosw || op == .stosd || op == .stosq)
+            && !logAccesses && !singleStep && recorder == nil
         while true {
             if rep && r[1] & am == 0 { break }
+            if bulk && mmioLog.isEmpty {
+                let done = try bulkString(movs: op == .movsb || op == .movsw || op == .movsd || op == .movsq,
+                                          source: src, size: size, addressSize: asz)
+                if done > 0 {
+                    if r[1] & am == 0 { break }
+                    iterations += done
+                    if iterations >= 65536 { return }
+                    if eventWaiting {
+                        pendingExit = .interrupted
+                        throw .exit
+                    }
+                    continue
+                }
+            }
             switch op {
             case .movsb, .movsw, .movsd, .movsq:
                 let v = try read(src, r[6] & am, size)
@@ -82,6 +102,74 @@ extension InterpreterVCPU {
             }
         }
         s.pointee.rip = next
+    }
+
+    /// REP MOVS and REP STOS forward over RAM: the iterations that keep the destination (and
+    /// the source) on their current pages, as one host copy or fill, with the registers
+    /// updated as after that many iterations. Returns how many; 0 when it cannot (fewer than
+    /// two, a segment limit or an address-size wrap in reach, a page that is not RAM, an
+    /// overlap a forward copy would replicate), and the caller runs one iteration the
+    /// ordinary way — which also raises any fault at the exact iteration.
+    @inline(never)
+    func bulkString(movs: Bool, source: UInt8, size: Int, addressSize asz: Int) throws(Fault) -> Int {
+        let am = sizeMask(asz)
+        let dstOffset = r[7] & am, srcOffset = r[6] & am
+        // (The first element's checks: the same faults, in the same order, as an iteration.)
+        let srcLinear = movs ? try linearAddress(source, srcOffset, size, .read) : 0
+        let dstLinear = try linearAddress(Segment.es, dstOffset, size, .write)
+        var n = min(Int(truncatingIfNeeded: min(r[1] & am, 1 << 20)), (0x1000 - Int(dstLinear & 0xFFF)) / size)
+        n = min(n, Int(truncatingIfNeeded: (am - dstOffset) / UInt64(size)) + 1)
+        if movs {
+            n = min(n, (0x1000 - Int(srcLinear & 0xFFF)) / size)
+            n = min(n, Int(truncatingIfNeeded: (am - srcOffset) / UInt64(size)) + 1)
+        }
+        guard n >= 2 else { return 0 }
+        let bytes = n * size
+        guard withinSegment(Segment.es, dstOffset, bytes), !movs || withinSegment(source, srcOffset, bytes) else { return 0 }
+        var from: UnsafeMutableRawPointer? = nil
+        if movs {
+            guard let p = try bulkHost(srcLinear, write: false) else { return 0 }
+            from = p
+        }
+        guard let to = try bulkHost(dstLinear, write: true) else { return 0 }
+        let frame = (tlbTable + TLB.index(dstLinear >> 12)).pointee.frame
+        if let from {
+            // A destination just above the source would see a forward copy's own bytes.
+            if to > from && to < from + bytes { return 0 }
+            memmove(to, from, bytes)
+            writeReg(6, asz, r[6] &+ UInt64(bytes))
+        } else {
+            let value = readReg(0, size)
+            if size == 1 {
+                memset(to, Int32(truncatingIfNeeded: value), bytes)
+            } else {
+                for i in 0..<n { store(to + i * size, size, value) }
+            }
+        }
+        codePages.noteWrite(page: Int(truncatingIfNeeded: frame >> 12), lines: CodePages.lines(Int(truncatingIfNeeded: dstLinear & 0xFFF), bytes))
+        writeReg(7, asz, r[7] &+ UInt64(bytes))
+        writeReg(1, asz, r[1] &- UInt64(n))
+        return n
+    }
+
+    /// Whether `bytes` bytes at `offset` are all inside `segment` (long mode: no limits; the
+    /// first byte's checks are done). Only ordinary expand-up segments; the rest go slowly.
+    private func withinSegment(_ segment: UInt8, _ offset: UInt64, _ bytes: Int) -> Bool {
+        if longMode { return true }
+        let sr = seg[Int(segment)]
+        return sr.pointee.attributes & 0x1_000C == 0 && offset &+ UInt64(bytes - 1) <= UInt64(sr.pointee.limit)
+    }
+
+    /// The host address of `linear` when its page is RAM (ROM too, for reading) through the
+    /// TLB, filled first if needed; nil otherwise (MMIO, unmapped).
+    private func bulkHost(_ linear: UInt64, write: Bool) throws(Fault) -> UnsafeMutableRawPointer? {
+        let tag = linear >> 12
+        let e = tlbTable + TLB.index(tag)
+        if (write ? e.pointee.writeTag : e.pointee.readTag) != tag {
+            if paging { _ = try translateLinear(linear, write ? .write : .read) } else { fillIdentity(linear) }
+            guard (write ? e.pointee.writeTag : e.pointee.readTag) == tag else { return nil }
+        }
+        return hostAddress(e, linear)
     }
 
     /// IN and OUT: the value goes through the shared loop (an exit).

@@ -191,13 +191,15 @@ struct CPUIDTests {
 
     /// The words PVM's KVM rewrites whatever KVM_SET_CPUID2 said (found on this project's
     /// hosts; Documentation/HostLimitations.md): leaf 1 ECX/EDX and leaf 7.0 EBX/ECX/EDX
-    /// gain the host CPU's flags (SSE..SSE4.2, AES, XSAVE, BMI, ...; AVX too when there is
-    /// no leaf 0xD), and leaf 0xD EBX is recomputed from XCR0. There the KVM answer must
-    /// still hold every flag the model offers; everywhere else it must be the same.
+    /// gain the host CPU's flags (SSE..SSE4.2, AES, XSAVE, BMI, SERIALIZE, ...; AVX too
+    /// when there is no leaf 0xD), leaf 7.0 EAX is the host's highest subleaf (2, on the
+    /// hosts seen since 2026-11-30; 0 before), and leaf 0xD EBX is recomputed from XCR0.
+    /// There the KVM answer must still hold every flag the model offers; everywhere else
+    /// it must be the same.
     private func pvmRewritten(leaf: UInt32, subleaf: UInt32, register: Int) -> Bool {
         switch leaf {
         case 1: register >= 2
-        case 7: subleaf == 0 && register >= 1
+        case 7: subleaf == 0
         case 0xD: register == 1
         default: false
         }

@@ -346,6 +346,72 @@ struct InterpreterProgramTests {
         #expect(r.output == "bc9a" + "0007", "status \(r.status): \(r.message ?? "")")
     }
 
+    /// REP MOVS and REP STOS run a page at a time as one host copy or fill
+    /// (`bulkString`): the cases where that could differ from iteration by iteration.
+    @Test("rep movs/stos in bulk: an overlapping copy replicates, a fill crosses a page, DI wraps in its segment, a copy over decoded code is seen")
+    func bulkStrings() throws {
+        let r = try run("""
+                cld
+                xor ax, ax
+                mov es, ax
+                ; 1. dst = src + 1: a forward copy replicates the first byte
+                mov byte [0x1800], 0xab
+                mov si, 0x1800
+                mov di, 0x1801
+                mov cx, 100
+                rep movsb
+                mov ax, [0x1800 + 57]
+                call hex16
+                mov ax, [0x1800 + 100]      ; the last byte written and the one after it
+                call hex16
+                ; 2. words across the page boundary at 0x3000
+                mov di, 0x2ff0
+                mov ax, 0x5a6b
+                mov cx, 0x20
+                rep stosw
+                mov ax, [0x2ffe]
+                call hex16
+                mov ax, [0x302e]
+                call hex16
+                mov ax, di
+                call hex16
+                ; 3. DI wraps at 64 KiB inside ES = 0x1000: 16 bytes at the top, 16 at the bottom
+                mov ax, 0x1000
+                mov es, ax
+                mov di, 0xfff0
+                mov al, 0x77
+                mov cx, 0x20
+                rep stosb
+                mov ax, [es:0x000e]
+                call hex16
+                mov ax, [es:0xfffe]
+                call hex16
+                mov ax, di
+                call hex16
+                ; 4. code that ran, then rewritten by a copy
+                xor ax, ax
+                mov es, ax
+                call patched
+                call hex16
+                mov si, template
+                mov di, patched
+                mov cx, template_end - template
+                rep movsb
+                call patched
+                call hex16
+                mov al, 0
+                out 0xf4, al
+        patched: mov ax, 0x1111
+                ret
+        template: mov ax, 0x2222
+                ret
+        template_end:
+        """)
+        #expect(r.output == "abab" + "00ab" + "5a6b" + "5a6b" + "3030" + "7777" + "7777" + "0010" + "1111" + "2222",
+                "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
+    }
+
     @Test("idiv of the most negative dividend by -1 is #DE for the guest, not a host crash")
     func idivOverflow() throws {
         let r = try run("""

@@ -642,6 +642,27 @@ extension TranslatorTests {
 }
 
 extension TranslatorTests {
+    /// Guests/bench/string32.asm: REP MOVS/STOS/CMPS/SCAS and LODS/STOS loops, byte and
+    /// dword, over 4 KiB buffers; its checksum for 2,000 rounds is QEMU 7.2 TCG's
+    /// (`qemu-system-i386 -accel tcg -debugcon stdio -kernel string32.elf -append iterations=2000`).
+    @Test("string32 (REP string instructions, copies and fills a page at a time) gives QEMU's checksum, with the translator on and off")
+    func stringChecksum() throws {
+        for translate in [true, false] {
+            var c = MachineConfiguration(imagePath: try guest("string32.elf"))
+            c.backend = .interp
+            c.commandLine = "iterations=2000"
+            c.serial = .capture
+            c.input = .none()
+            c.timeout = 120
+            c.announceBackend = false
+            c.translate = translate
+            let machine = try Machine(c)
+            let outcome = machine.run()
+            #expect(outcome.status == 0 && machine.capturedOutput == "string32 done sum=bd424b35\n",
+                    "translate \(translate): status \(outcome.status): \(machine.capturedOutput)")
+        }
+    }
+
     @Test("tandem run --stats says how many instructions translated code ran: most of loop32's with --translate on, none with off",
           .enabled(if: haveBinary, "no .build/release/tandem: run `swift build -c release` first (Tools/test does)"))
     func statsLine() throws {
