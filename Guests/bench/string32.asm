@@ -178,50 +178,10 @@ puthex32:
         jnz .d
         ret
 
-; iterations: EAX = entry EAX, EBX = entry EBX (Multiboot info).
-; Returns EDI = N from "iterations=N" on the command line, else ITERATIONS.
-; Clobbers EAX, ECX, EDX, ESI.
-iterations:
-        mov edi, ITERATIONS
-        cmp eax, MB_MAGIC
-        jne .ret
-        test dword [ebx], 1 << 2        ; cmdline valid?
-        jz .ret
-        mov esi, [ebx + MBI_CMDLINE]
-        test esi, esi
-        jz .ret
-        mov dl, ' '                     ; the byte before the line counts as a space
-.scan:  mov al, [esi]
-        test al, al
-        jz .ret
-        cmp dl, ' '                     ; a word starts here?
-        jne .skip
-        xor ecx, ecx
-.cmp:   mov al, [s_key + ecx]
-        test al, al
-        jz .found                       ; the whole key matched
-        cmp al, [esi + ecx]
-        jne .skip
-        inc ecx
-        jmp .cmp
-.skip:  mov dl, [esi]
-        inc esi
-        jmp .scan
-.found: add esi, ecx                    ; first digit
-        xor edi, edi
-.digit: movzx eax, byte [esi]
-        sub eax, '0'
-        cmp eax, 9
-        ja .ret                         ; not a digit (unsigned compare)
-        imul edi, edi, 10
-        add edi, eax
-        inc esi
-        jmp .digit
-.ret:   ret
+%include "multiboot-iterations.inc"
 
 section .data
 s_done: db "string32 done sum=", 0
-s_key:  db "iterations=", 0
 hex:    db "0123456789abcdef"
 
 section .bss

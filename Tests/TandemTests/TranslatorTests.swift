@@ -602,10 +602,11 @@ private func crossModifyingLoopSource(rounds: Int) -> String {
 
 /// Runs `image` on `cpus` vCPUs of the interpreter; the console output, the status and
 /// the instructions translated code ran.
-private func runSMP(_ image: String, cpus: Int, translate: Bool) throws -> (output: String, status: Int32, translated: UInt64) {
+private func runOnInterpreter(_ image: String, cpus: Int = 1, translate: Bool, commandLine: String? = nil) throws -> (output: String, status: Int32, translated: UInt64) {
     var c = MachineConfiguration(imagePath: image)
     c.backend = .interp
     c.cpus = cpus
+    if let commandLine { c.commandLine = commandLine }
     c.serial = .capture
     c.input = .none()
     c.timeout = 120
@@ -621,7 +622,7 @@ extension TranslatorTests {
     func crossModifyingLoop() throws {
         let image = try assembleELF64(crossModifyingLoopSource(rounds: 300), name: "xlt-xmc")
         for translate in [true, false] {
-            let r = try runSMP(image, cpus: 2, translate: translate)
+            let r = try runOnInterpreter(image, cpus: 2, translate: translate)
             #expect(r.output == "" && r.status == 0, "translate \(translate): stale code in round \(r.status)")
             #expect(translate ? r.translated > 10_000 : r.translated == 0, "translate \(translate): \(r.translated) translated")
         }
@@ -631,7 +632,7 @@ extension TranslatorTests {
           arguments: [("smp-xmc.elf", 2, "xmc: ok, 2000 rounds\n"), ("smp-counter.elf", 4, "total=400000\n"), ("smp-locks.elf", 4, nil)])
     func smpGuests(name: String, cpus: Int, expected: String?) throws {
         for translate in [true, false] {
-            let r = try runSMP(try guest(name), cpus: cpus, translate: translate)
+            let r = try runOnInterpreter(try guest(name), cpus: cpus, translate: translate)
             #expect(r.status == 0, "\(name) translate \(translate): status \(r.status): \(r.output)")
             if let expected { #expect(r.output == expected, "\(name) translate \(translate)") } else {
                 #expect(r.output.hasSuffix("locks: ok\n") && !r.output.contains("errors=1"), "\(name) translate \(translate): \(r.output)")
@@ -648,18 +649,8 @@ extension TranslatorTests {
     @Test("string32 (REP string instructions, copies and fills a page at a time) gives QEMU's checksum, with the translator on and off")
     func stringChecksum() throws {
         for translate in [true, false] {
-            var c = MachineConfiguration(imagePath: try guest("string32.elf"))
-            c.backend = .interp
-            c.commandLine = "iterations=2000"
-            c.serial = .capture
-            c.input = .none()
-            c.timeout = 120
-            c.announceBackend = false
-            c.translate = translate
-            let machine = try Machine(c)
-            let outcome = machine.run()
-            #expect(outcome.status == 0 && machine.capturedOutput == "string32 done sum=bd424b35\n",
-                    "translate \(translate): status \(outcome.status): \(machine.capturedOutput)")
+            let r = try runOnInterpreter(try guest("string32.elf"), translate: translate, commandLine: "iterations=2000")
+            #expect(r.status == 0 && r.output == "string32 done sum=bd424b35\n", "translate \(translate): status \(r.status): \(r.output)")
         }
     }
 
