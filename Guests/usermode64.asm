@@ -13,14 +13,6 @@
 ;   3. reads one page and writes eight pages of the demand region: each first
 ;      touch is a #PF (error 4 for the read, 6 for the writes) the kernel
 ;      resolves by mapping a fresh zeroed page; it sums what it reads back;
-;   3b. REFAULT_ROUNDS times: asks the kernel to take page 1 of the demand region
-;      away (system call SYS_UNMAP: its PTE's present bit cleared, INVLPG), then
-;      writes to it: #PF error 6 at the same store each round, which the kernel
-;      resolves by setting the present bit again (counted, not printed). On the
-;      hybrid engine each round hands that store from KVM to the interpreter, so
-;      the interpreter's trace at it gets hot and is translated: the translation
-;      must still run it (a TLB miss at its first instruction once sent it back
-;      to KVM unrun, to fault there again for ever);
 ;   4. runs UD2 (#UD), INT3 (#BP), HLT (#GP(0)) and DIV by zero (#DE): the kernel
 ;      counts each and resumes after it;
 ;   5. runs a hash (xorshift64 folded into an FNV-style product) of HASH_ROUNDS
@@ -39,7 +31,7 @@
 ;     ... (one line per page, cr2=00000080000k_k*8 for k = 1..8, error=6)
 ;     user: demand pages sum=36
 ;     user: hash=<16 hex digits>        (see Tests/TandemTests/HybridTests.swift)
-;     kernel: syscalls=46 int80=1 pf=9 refaults=40 ud=1 bp=1 gp=1 de=1 ticks>=5
+;     kernel: syscalls=6 int80=1 pf=9 ud=1 bp=1 gp=1 de=1 ticks>=5
 ; Expected exit: status 0; 1 on an unexpected exception or fault (printed).
 
 bits 64
@@ -48,7 +40,6 @@ default rel
 USER_BASE   equ 0x0000008000000000  ; PML4[1]: the demand-paged user region
 USER_PAGES  equ 9                   ; pages the user touches (1 read + 8 written)
 HASH_ROUNDS equ 2500000
-REFAULT_ROUNDS equ 40
 APIC        equ 0xFEE00000
 TICKS       equ 5
 
@@ -70,7 +61,6 @@ MSR_FMASK equ 0xC0000084
 
 SYS_WRITE equ 1
 SYS_EXIT  equ 60
-SYS_UNMAP equ 11
 
 section .text
 global _start
@@ -208,8 +198,6 @@ int80_handler:
 do_syscall:
         cmp rax, SYS_EXIT
         je sys_exit
-        cmp rax, SYS_UNMAP
-        je sys_unmap
         cmp rax, SYS_WRITE
         jne bad_syscall
         push rax
@@ -229,24 +217,6 @@ do_syscall:
         pop rax
         ret
 
-; unmap(RDI = an address in the user region's first 2 MiB): its PTE's present
-; bit cleared (the frame kept for the #PF handler to map again).
-sys_unmap:
-        push rax
-        push rcx
-        mov rax, rdi
-        mov rcx, USER_BASE
-        sub rax, rcx
-        shr rax, 12
-        cmp rax, 512
-        jae bad_syscall
-        lea rcx, [pt_user]
-        and qword [rcx + rax * 8], ~PG_P
-        invlpg [rdi]
-        pop rcx
-        pop rax
-        ret
-
 sys_exit:
         mov rbx, rdi
         cli
@@ -261,9 +231,6 @@ sys_exit:
         call put_count
         lea rsi, [s_k_pf]
         mov rax, [n_pf]
-        call put_count
-        lea rsi, [s_k_refaults]
-        mov rax, [n_refault]
         call put_count
         lea rsi, [s_k_ud]
         mov rax, [n_ud]
@@ -334,23 +301,6 @@ pf_handler:
         push rdi
         push rsi
         mov rbx, cr2
-        ; A page SYS_UNMAP took away (its frame still in the PTE): present again.
-        test byte [rsp + 5 * 8], PG_P
-        jnz .fresh
-        mov rax, rbx
-        mov rcx, USER_BASE
-        sub rax, rcx
-        shr rax, 12
-        cmp rax, 512
-        jae .fresh
-        lea rcx, [pt_user]
-        mov rdi, [rcx + rax * 8]
-        test rdi, rdi
-        jz .fresh
-        or qword [rcx + rax * 8], PG_P
-        inc qword [n_refault]
-        jmp .return
-.fresh:
         lea rsi, [s_pf]
         call puts
         mov rax, rbx
@@ -387,7 +337,6 @@ pf_handler:
         or rdi, PG_US | PG_RW | PG_P
         lea rcx, [pt_user]
         mov [rcx + rax * 8], rdi
-.return:
         pop rsi
         pop rdi
         pop rcx
@@ -510,16 +459,6 @@ user_main:
         mov rax, r12
         call user_putdec_line
 
-        ; one page taken away and faulted back at the same store, round after round
-        mov r13d, REFAULT_ROUNDS
-.refault:
-        lea rdi, [rbx + 4096]
-        mov eax, SYS_UNMAP
-        syscall
-        mov [rdi + 16], r13             ; #PF error 6, resolved by the present bit
-        dec r13d
-        jnz .refault
-
         ; exceptions the kernel resumes from
         ud2
         int3
@@ -615,7 +554,6 @@ s_bad_syscall:  db "kernel: unknown system call ", 0
 s_k_syscalls:   db "kernel: syscalls=", 0
 s_k_int80:      db " int80=", 0
 s_k_pf:         db " pf=", 0
-s_k_refaults:   db " refaults=", 0
 s_k_ud:         db " ud=", 0
 s_k_bp:         db " bp=", 0
 s_k_gp:         db " gp=", 0
@@ -672,7 +610,6 @@ ticks:      resq 1
 n_syscall:  resq 1
 n_int80:    resq 1
 n_pf:       resq 1
-n_refault:  resq 1
 n_ud:       resq 1
 n_bp:       resq 1
 n_gp:       resq 1

@@ -23,7 +23,7 @@ let usermode64Expected: String = {
     lines += [
         "user: demand pages sum=36",
         "user: hash=\(hex(hash, width: 16))",
-        "kernel: syscalls=46 int80=1 pf=9 refaults=40 ud=1 bp=1 gp=1 de=1 ticks>=5",
+        "kernel: syscalls=6 int80=1 pf=9 ud=1 bp=1 gp=1 de=1 ticks>=5",
     ]
     return lines.joined(separator: "\n") + "\n"
 }()
