@@ -240,6 +240,7 @@ extension VCPUManager {
     func enterKVM(_ kvmVCPU: any VCPUBackend, of slot: VCPUSlot, with state: CPUState, leaving interpreter: InterpreterVCPU) throws {
         try kvm?.forgetTranslations(memory) { interpreter.memoryWritten(at: $0, length: 4096) }
         try kvmVCPU.writeState(nativeView(of: state, for: slot))
+        slot.kvmEntryRIP = state.rip
         slot.switchEngine(to: kvmVCPU)
     }
 

@@ -197,6 +197,15 @@ extension VCPUManager {
                 // took a #UD).
                 let inFlight = kvm.exceptionInFlight(afterShutdown: stop == .exception)
                 if inFlight != nil { runsInstruction = true }
+                if inFlight == nil && stop == .event, let entry = slot.kvmEntryRIP {
+                    try interpreter.writeState(state)
+                    if lostBreakpoint(entry: entry, rip: state.rip, interpreter) {
+                        // (Seen under load: 3 runs of usermode64 in 150 lost their int3's #BP.)
+                        runsInstruction = true
+                        state.rip = entry
+                        state.rflags &= ~Self.resumeFlag
+                    }
+                }
                 if runsInstruction {
                     // A fault comes back with RIP at the instruction; a breakpoint (`int3`,
                     // `int 3`, `int1`: traps) with RIP past it: back to the instruction, which
@@ -210,6 +219,7 @@ extension VCPUManager {
                     if stop == .exception || inFlight != nil { state.rflags &= ~Self.resumeFlag }
                 }
             }
+            slot.kvmEntryRIP = nil
             try enterInterpreter(interpreter, of: slot, with: state)
         } catch {
             requestStop(.hostError("vcpu\(index): moving to the interpreter: \(error)"))
@@ -227,6 +237,20 @@ extension VCPUManager {
             interpreter.exitOnUserMode64 = true
         }
         return true
+    }
+
+    /// Whether KVM, which took the vCPU over at `entry`, ran the breakpoint instruction there
+    /// (`int3`, `int 3`, `int1`) and nothing else, and lost its exception: a kick that ends
+    /// `KVM_RUN` just as PVM raises it can leave RIP past the instruction with no exception
+    /// pending in the vCPU events. The first instruction KVM ran was the one at `entry`, so
+    /// RIP just past a breakpoint instruction there means it ran and trapped, undelivered.
+    private func lostBreakpoint(entry: UInt64, rip: UInt64, _ interpreter: InterpreterVCPU) -> Bool {
+        func byte(_ linear: UInt64) -> UInt8? {
+            interpreter.translate(linear: linear).map { memory.read($0, as: UInt8.self) }
+        }
+        guard interpreter.inUserMode64, rip == entry &+ 1 || rip == entry &+ 2 else { return false }
+        if rip == entry &+ 1 { return byte(entry) == 0xCC || byte(entry) == 0xF1 }
+        return byte(entry) == 0xCD && byte(entry &+ 1) == 3
     }
 
     /// The address of the breakpoint instruction that raised `vector` (#DB: `int1`, #BP:

@@ -377,6 +377,9 @@ final class VCPUSlot: @unchecked Sendable {
     var handoffs = 0
     /// While KVM runs the vCPU under a placement: the guest's parts KVM runs with its own (Hybrid.swift).
     var nativeShadow: NativeShadow? = nil
+    /// Where KVM last took the vCPU over from the interpreter (`enterKVM`): a breakpoint
+    /// PVM lost is found by it (`Hybrid.swift`, `lostBreakpoint`).
+    var kvmEntryRIP: UInt64? = nil
     /// Hybrid: engine switches, and host time on each engine (until the last switch).
     var switches = 0
     /// Under a placement: the interpreter runs the next instruction before the vCPU goes back to KVM.
