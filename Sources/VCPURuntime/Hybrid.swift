@@ -245,12 +245,8 @@ extension VCPUManager {
     /// pending in the vCPU events. The first instruction KVM ran was the one at `entry`, so
     /// RIP just past a breakpoint instruction there means it ran and trapped, undelivered.
     private func lostBreakpoint(entry: UInt64, rip: UInt64, _ interpreter: InterpreterVCPU) -> Bool {
-        func byte(_ linear: UInt64) -> UInt8? {
-            interpreter.translate(linear: linear).map { memory.read($0, as: UInt8.self) }
-        }
-        guard interpreter.inUserMode64, rip == entry &+ 1 || rip == entry &+ 2 else { return false }
-        if rip == entry &+ 1 { return byte(entry) == 0xCC || byte(entry) == 0xF1 }
-        return byte(entry) == 0xCD && byte(entry &+ 1) == 3
+        guard interpreter.inUserMode64 else { return false }
+        return [UInt8(3), 1].contains { (try? trapInstruction(before: rip, vector: $0, interpreter)) == entry }
     }
 
     /// The address of the breakpoint instruction that raised `vector` (#DB: `int1`, #BP:
