@@ -132,6 +132,8 @@ public final class DifferentialRun {
     /// instructions it ran on to do so (beyond the steps compared).
     var catchUps: UInt64 = 0
     var caughtUpInstructions: UInt64 = 0
+    /// Bounds each step in wall-clock time, and ends one mid-way for `--timeout` (`StepWatchdog`).
+    private let watchdog = StepWatchdog()
 
     /// Builds both sides. `injectFault` ("mnemonic:flag", e.g. "add:cf") plants a bug in the
     /// interpreter (for testing the tester).
@@ -247,6 +249,7 @@ public final class DifferentialRun {
     /// "both sides halted") or on a signal.
     private func waitWhileHalted(interruptsEnabled: Bool) -> Bool {
         let apic = devices.apic
+        watchdog.notStepping()
         while pendingStop.current == nil && guestEnd == nil {
             checkTimeout()
             if apic.hasNMI(vcpu: 0) || (interruptsEnabled && apic.hasPendingInterrupt(vcpu: 0)) { return true }
@@ -290,6 +293,8 @@ public final class DifferentialRun {
         if let timeout = configuration.timeout {
             deadline = (configuration.started ?? start).uptimeNanoseconds &+ UInt64(timeout * 1e9)
         }
+        let timer = watchdog.start(kvm: kvm, pendingStop: pendingStop, deadline: deadline, timeout: configuration.timeout)
+        defer { timer.cancel() }
         var history: [Step] = []
         var hostLimited: [String: Int] = [:]
         var compared: UInt64 = 0
@@ -299,6 +304,7 @@ public final class DifferentialRun {
                 return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
             }
             advanceVirtualClock()
+            watchdog.stepBegins(number)
             guard var before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
             var (bytes, text) = instruction(at: before)
             var mnemonic = String(text.prefix { $0 != " " })
@@ -335,6 +341,11 @@ public final class DifferentialRun {
                 case .shutdown: kvmEnd = "triple fault"; break kvmLoop
                 case .unsupported: kvmCannot = true; break kvmLoop
                 case .interrupted:
+                    // The watchdog's kick: the run's end (a signal, --timeout, an output
+                    // error, a step that never ended).
+                    if let (status, line) = pendingStop.current {
+                        return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
+                    }
                     let now = try? kvm.readState()
                     // A kick between PVM's queueing of an exception (a page fault in a
                     // natively run stretch: CR2 already set) and its delivery: the step
@@ -423,6 +434,10 @@ public final class DifferentialRun {
             if userMode, let kvmAfter, softwareInterruptRaisedUD(before, kvmAfter) { handedOver = Self.softwareInterruptInUserMode }
             var previous = before
             while true {
+                // A catch-up runs up to `runOnBound` instructions: the watchdog may end it.
+                if catchUp & 0xFFF == 0xFFF, let (status, line) = pendingStop.current {
+                    return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
+                }
                 if catchUp > 0 {
                     let drained = interp.drainTrace()
                     runOn.keep(drained, in: &accesses)
@@ -481,7 +496,11 @@ public final class DifferentialRun {
                                              "at step \(number), \(text): neither KVM nor the interpreter can execute it (\(s))", interpreterCanGoOn: false)
                         }
                         return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
-                    case .interrupted, .instructionLimit: continue
+                    case .interrupted, .instructionLimit:
+                        if let (status, line) = pendingStop.current {
+                            return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
+                        }
+                        continue
                     case .entryFailed, .internalError: return failure("interpreter stopped unexpectedly")
                     }
                 }

@@ -11,6 +11,8 @@ import X86
 func diffGuest(_ name: String, steps: UInt64 = 2_000_000, inject: String? = nil, configure: (inout MachineConfiguration) -> Void = { _ in }) throws -> DifferentialRun.Outcome {
     var c = MachineConfiguration(imagePath: try guest(name))
     c.serial = .capture
+    // A bound for a diff that would never end (its watchdog ends even a step at it).
+    c.timeout = 600
     configure(&c)
     return try DifferentialRun(c, steps: steps, injectFault: inject).run()
 }
