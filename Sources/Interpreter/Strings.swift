@@ -22,12 +22,26 @@ extension InterpreterVCPU {
         let step = flag(Flag.df) ? 0 &- UInt64(size) : UInt64(size)
         let src = d.pointee.dataSegment
         var iterations = 0
+        let compares = op == .cmpsb || op == .cmpsw || op == .cmpsd || op == .cmpsq || op == .scasb || op == .scasw || op == .scasd || op == .scasq
         let bulk = rep && step == UInt64(size) && (op == .movsb || op == .movsw || op == .movsd || op == .movsq
-            || op == .stosb || op == .stosw || op == .stosd || op == .stosq)
+            || op == .stosb || op == .stosw || op == .stosd || op == .stosq || compares)
             && !logAccesses && !singleStep && recorder == nil
         while true {
             if rep && r[1] & am == 0 { break }
-            if bulk && mmioLog.isEmpty {
+            if bulk && compares && mmioLog.isEmpty {
+                let (done, ended) = try bulkCompare(scas: op == .scasb || op == .scasw || op == .scasd || op == .scasq, repne: repne,
+                                                    source: src, size: size, addressSize: asz)
+                if done > 0 {
+                    if ended || r[1] & am == 0 { break }
+                    iterations += done
+                    if iterations >= 65536 { return }
+                    if eventWaiting {
+                        pendingExit = .interrupted
+                        throw .exit
+                    }
+                    continue
+                }
+            } else if bulk && mmioLog.isEmpty {
                 let done = try bulkString(movs: op == .movsb || op == .movsw || op == .movsd || op == .movsq,
                                           source: src, size: size, addressSize: asz)
                 if done > 0 {
@@ -150,6 +164,60 @@ extension InterpreterVCPU {
         writeReg(7, asz, r[7] &+ UInt64(bytes))
         writeReg(1, asz, r[1] &- UInt64(n))
         return n
+    }
+
+    /// REPE/REPNE CMPS and SCAS forward over RAM: the iterations that keep both operands (SCAS:
+    /// the destination) on their current pages, compared in host memory until the first
+    /// that ends the repetition (REPE: a difference; REPNE: an equality), with the registers
+    /// and flags as after that many iterations (the flags are the last comparison's).
+    /// Returns how many ran and whether the last ended the repetition; 0 iterations when it
+    /// cannot (as `bulkString`), and the caller runs one the ordinary way.
+    @inline(never)
+    func bulkCompare(scas: Bool, repne: Bool, source: UInt8, size: Int, addressSize asz: Int) throws(Fault) -> (Int, Bool) {
+        let am = sizeMask(asz)
+        let dstOffset = r[7] & am, srcOffset = r[6] & am
+        // (The first element's checks, in an iteration's order: the source, then ES:rDI.)
+        let srcLinear = scas ? 0 : try linearAddress(source, srcOffset, size, .read)
+        let dstLinear = try linearAddress(Segment.es, dstOffset, size, .read)
+        var n = min(Int(truncatingIfNeeded: min(r[1] & am, 1 << 20)), (0x1000 - Int(dstLinear & 0xFFF)) / size)
+        n = min(n, Int(truncatingIfNeeded: (am - dstOffset) / UInt64(size)) + 1)
+        if !scas {
+            n = min(n, (0x1000 - Int(srcLinear & 0xFFF)) / size)
+            n = min(n, Int(truncatingIfNeeded: (am - srcOffset) / UInt64(size)) + 1)
+        }
+        guard n >= 2 else { return (0, false) }
+        let bytes = n * size
+        guard withinSegment(Segment.es, dstOffset, bytes), scas || withinSegment(source, srcOffset, bytes) else { return (0, false) }
+        var from: UnsafeMutableRawPointer? = nil
+        if !scas {
+            guard let p = try bulkHost(srcLinear, write: false) else { return (0, false) }
+            from = p
+        }
+        guard let to = try bulkHost(dstLinear, write: false) else { return (0, false) }
+        let accumulator = readReg(0, size)
+        // The first element whose comparison ends the repetition, else the last.
+        var i = 0
+        var a = accumulator, b: UInt64 = 0
+        if let from {
+            while true {
+                a = load(from + i * size, size)
+                b = load(to + i * size, size)
+                if (a == b) == repne || i == n - 1 { break }
+                i += 1
+            }
+        } else {
+            while true {
+                b = load(to + i * size, size)
+                if (a == b) == repne || i == n - 1 { break }
+                i += 1
+            }
+        }
+        let ran = i + 1
+        setFlags(Flag.arithmetic, subFlags(a, b, a &- b, 0, size))
+        if !scas { writeReg(6, asz, r[6] &+ UInt64(ran * size)) }
+        writeReg(7, asz, r[7] &+ UInt64(ran * size))
+        writeReg(1, asz, r[1] &- UInt64(ran))
+        return (ran, (a == b) == repne)
     }
 
     /// Whether `bytes` bytes at `offset` are all inside `segment` (long mode: no limits; the

@@ -412,6 +412,74 @@ struct InterpreterProgramTests {
         #expect(r.status == 0)
     }
 
+    /// REPE/REPNE CMPS and SCAS compare a page at a time in host memory (`bulkCompare`):
+    /// where they stop, CX, DI and the last comparison's flags, across a page boundary.
+    @Test("repe/repne cmps/scas in bulk: stop at the first difference or match past a page boundary, or run out, with the last comparison's flags")
+    func bulkCompares() throws {
+        let r = try run("""
+                cld
+                xor ax, ax
+                mov es, ax
+                ; byte i of 0x1000.. and of 0x2e00.. is i & 0xff (0x400 bytes each)
+                xor bx, bx
+        fill:   mov [bx + 0x1000], bl
+                mov [bx + 0x2e00], bl
+                inc bx
+                cmp bx, 0x400
+                jb fill
+                ; 1. repe cmpsb: one difference, at 0x3123 (past the page at 0x3000)
+                mov byte [0x2e00 + 0x323], 0x99
+                mov si, 0x1000
+                mov di, 0x2e00
+                mov cx, 0x400
+                repe cmpsb
+                call report
+                mov byte [0x2e00 + 0x323], 0x23
+                ; 2. repe cmpsw: all equal, across the page
+                mov si, 0x1000
+                mov di, 0x2e00
+                mov cx, 0x200
+                repe cmpsw
+                call report
+                ; 3. repne scasb: 0x47 first at 0x3047
+                mov al, 0x47
+                mov di, 0x2f50
+                mov cx, 0x300
+                repne scasb
+                call report
+                ; 4. repne scasb: no 0x47 in 0x2fd0..0x303f
+                mov al, 0x47
+                mov di, 0x2fd0
+                mov cx, 0x70
+                repne scasb
+                call report
+                ; 5. repe cmpsd: different at the first element
+                mov si, 0x1000
+                mov di, 0x2e04
+                mov cx, 0x10
+                repe cmpsd
+                call report
+                mov al, 0
+                out 0xf4, al
+        report: pushf
+                mov ax, cx
+                call hex16
+                mov ax, di
+                call hex16
+                pop ax
+                and ax, 0x8d5
+                call hex16
+                ret
+        """)
+        #expect(r.output == "00dc" + "3124" + "0891"
+                          + "0000" + "3200" + "0044"
+                          + "0208" + "3048" + "0044"
+                          + "0000" + "3040" + "0010"
+                          + "000f" + "2e08" + "0095",
+                "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
+    }
+
     @Test("idiv of the most negative dividend by -1 is #DE for the guest, not a host crash")
     func idivOverflow() throws {
         let r = try run("""
