@@ -28,24 +28,15 @@ extension InterpreterVCPU {
             && !logAccesses && !singleStep && recorder == nil
         while true {
             if rep && r[1] & am == 0 { break }
-            if bulk && compares && mmioLog.isEmpty {
-                let (done, ended) = try bulkCompare(scas: op == .scasb || op == .scasw || op == .scasd || op == .scasq, repne: repne,
-                                                    source: src, size: size, addressSize: asz)
+            if bulk && mmioLog.isEmpty {
+                // A page's worth at once; `ended`: a comparison ended the repetition.
+                let (done, ended) = compares
+                    ? try bulkCompare(scas: op == .scasb || op == .scasw || op == .scasd || op == .scasq, repne: repne,
+                                      source: src, size: size, addressSize: asz)
+                    : (try bulkString(movs: op == .movsb || op == .movsw || op == .movsd || op == .movsq,
+                                      source: src, size: size, addressSize: asz), false)
                 if done > 0 {
                     if ended || r[1] & am == 0 { break }
-                    iterations += done
-                    if iterations >= 65536 { return }
-                    if eventWaiting {
-                        pendingExit = .interrupted
-                        throw .exit
-                    }
-                    continue
-                }
-            } else if bulk && mmioLog.isEmpty {
-                let done = try bulkString(movs: op == .movsb || op == .movsw || op == .movsd || op == .movsq,
-                                          source: src, size: size, addressSize: asz)
-                if done > 0 {
-                    if r[1] & am == 0 { break }
                     iterations += done
                     if iterations >= 65536 { return }
                     if eventWaiting {
@@ -99,7 +90,7 @@ extension InterpreterVCPU {
             writeReg(1, asz, r[1] &- 1)
             // This iteration has committed: a restart must not replay its MMIO accesses.
             if _slowPath(!mmioLog.isEmpty) { clearMMIOLog() }
-            if op == .cmpsb || op == .cmpsw || op == .cmpsd || op == .cmpsq || op == .scasb || op == .scasw || op == .scasd || op == .scasq {
+            if compares {
                 if repne ? flag(Flag.zf) : !flag(Flag.zf) { break }
             }
             iterations += 1
