@@ -269,8 +269,13 @@ public final class DifferentialRun {
     private var deadline: UInt64? = nil
 
     private func checkTimeout() {
-        guard let deadline, DispatchTime.now().uptimeNanoseconds >= deadline, let timeout = configuration.timeout else { return }
-        pendingStop.request(.timeout, "timeout after \(formatSeconds(timeout)) s (status 206)")
+        StepWatchdog.checkTimeout(deadline: deadline, timeout: configuration.timeout, pendingStop)
+    }
+
+    /// A signal, an output error, `--timeout` or an overlong step ended the comparison:
+    /// the outcome to return (nil: none pending).
+    private func stopOutcome(compared: UInt64) -> Outcome? {
+        pendingStop.current.map { Outcome(status: $0.status, report: "tandem: \($0.line) after \(compared) instructions compared") }
     }
 
     static func location(_ s: CPUState) -> String {
@@ -300,9 +305,7 @@ public final class DifferentialRun {
         var compared: UInt64 = 0
         for number in 0..<steps {
             checkTimeout()
-            if let (status, line) = pendingStop.current {
-                return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
-            }
+            if let stop = stopOutcome(compared: compared) { return stop }
             advanceVirtualClock()
             watchdog.stepBegins(number)
             guard var before = try? interp.readState() else { return failure("cannot read the interpreter's state") }
@@ -343,9 +346,7 @@ public final class DifferentialRun {
                 case .interrupted:
                     // The watchdog's kick: the run's end (a signal, --timeout, an output
                     // error, a step that never ended).
-                    if let (status, line) = pendingStop.current {
-                        return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
-                    }
+                    if let stop = stopOutcome(compared: compared) { return stop }
                     let now = try? kvm.readState()
                     // A kick between PVM's queueing of an exception (a page fault in a
                     // natively run stretch: CR2 already set) and its delivery: the step
@@ -435,9 +436,7 @@ public final class DifferentialRun {
             var previous = before
             while true {
                 // A catch-up runs up to `runOnBound` instructions: the watchdog may end it.
-                if catchUp & 0xFFF == 0xFFF, let (status, line) = pendingStop.current {
-                    return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
-                }
+                if catchUp & 0xFFF == 0xFFF, let stop = stopOutcome(compared: compared) { return stop }
                 if catchUp > 0 {
                     let drained = interp.drainTrace()
                     runOn.keep(drained, in: &accesses)
@@ -497,9 +496,7 @@ public final class DifferentialRun {
                         }
                         return divergence(number, history, "the interpreter cannot execute this instruction (\(s))", compared: compared, start: start)
                     case .interrupted, .instructionLimit:
-                        if let (status, line) = pendingStop.current {
-                            return Outcome(status: status, report: "tandem: \(line) after \(compared) instructions compared")
-                        }
+                        if let stop = stopOutcome(compared: compared) { return stop }
                         continue
                     case .entryFailed, .internalError: return failure("interpreter stopped unexpectedly")
                     }

@@ -31,16 +31,21 @@ final class StepWatchdog: Sendable {
     /// Both sides wait in HLT: time not counted against a step.
     func notStepping() { stepStarted.store(0, ordering: .releasing) }
 
+    /// `--timeout` (`deadline` in host monotonic ns) has passed: the pending stop says so.
+    /// Called between steps by the diff and once a second by the watchdog.
+    static func checkTimeout(deadline: UInt64?, timeout: Double?, _ pendingStop: PendingStop) {
+        guard let deadline, let timeout, DispatchTime.now().uptimeNanoseconds >= deadline else { return }
+        pendingStop.request(.timeout, "timeout after \(formatSeconds(timeout)) s (status 206)")
+    }
+
     /// Starts looking, once a second, until the timer returned is cancelled. `deadline`:
     /// `--timeout`'s end in host monotonic ns.
     func start(kvm: KVMVCPU, pendingStop: PendingStop, deadline: UInt64?, timeout: Double?) -> any DispatchSourceTimer {
         let timer = DispatchSource.makeTimerSource(queue: .global())
         timer.schedule(deadline: .now() + 1, repeating: 1)
         timer.setEventHandler { [self] in
+            Self.checkTimeout(deadline: deadline, timeout: timeout, pendingStop)
             let now = DispatchTime.now().uptimeNanoseconds
-            if let deadline, let timeout, now >= deadline {
-                pendingStop.request(.timeout, "timeout after \(formatSeconds(timeout)) s (status 206)")
-            }
             let started = stepStarted.load(ordering: .acquiring)
             if started != 0, now &- started > Self.stepLimit * 1_000_000_000 {
                 pendingStop.request(.hostError, "host error (status 208): step \(stepNumber.load(ordering: .relaxed)) did not end within \(Self.stepLimit) s (KVM or the catch-up never got there)")

@@ -117,26 +117,8 @@ extension InterpreterVCPU {
     /// ordinary way — which also raises any fault at the exact iteration.
     @inline(never)
     func bulkString(movs: Bool, source: UInt8, size: Int, addressSize asz: Int) throws(Fault) -> Int {
-        let am = sizeMask(asz)
-        let dstOffset = r[7] & am, srcOffset = r[6] & am
-        // (The first element's checks: the same faults, in the same order, as an iteration.)
-        let srcLinear = movs ? try linearAddress(source, srcOffset, size, .read) : 0
-        let dstLinear = try linearAddress(Segment.es, dstOffset, size, .write)
-        var n = min(Int(truncatingIfNeeded: min(r[1] & am, 1 << 20)), (0x1000 - Int(dstLinear & 0xFFF)) / size)
-        n = min(n, Int(truncatingIfNeeded: (am - dstOffset) / UInt64(size)) + 1)
-        if movs {
-            n = min(n, (0x1000 - Int(srcLinear & 0xFFF)) / size)
-            n = min(n, Int(truncatingIfNeeded: (am - srcOffset) / UInt64(size)) + 1)
-        }
-        guard n >= 2 else { return 0 }
+        guard let (n, from, to, dstLinear) = try bulkSpan(source: movs ? source : nil, size: size, addressSize: asz, write: true) else { return 0 }
         let bytes = n * size
-        guard withinSegment(Segment.es, dstOffset, bytes), !movs || withinSegment(source, srcOffset, bytes) else { return 0 }
-        var from: UnsafeMutableRawPointer? = nil
-        if movs {
-            guard let p = try bulkHost(srcLinear, write: false) else { return 0 }
-            from = p
-        }
-        guard let to = try bulkHost(dstLinear, write: true) else { return 0 }
         let frame = (tlbTable + TLB.index(dstLinear >> 12)).pointee.frame
         if let from {
             // A destination just above the source would see a forward copy's own bytes.
@@ -165,30 +147,10 @@ extension InterpreterVCPU {
     /// cannot (as `bulkString`), and the caller runs one the ordinary way.
     @inline(never)
     func bulkCompare(scas: Bool, repne: Bool, source: UInt8, size: Int, addressSize asz: Int) throws(Fault) -> (Int, Bool) {
-        let am = sizeMask(asz)
-        let dstOffset = r[7] & am, srcOffset = r[6] & am
-        // (The first element's checks, in an iteration's order: the source, then ES:rDI.)
-        let srcLinear = scas ? 0 : try linearAddress(source, srcOffset, size, .read)
-        let dstLinear = try linearAddress(Segment.es, dstOffset, size, .read)
-        var n = min(Int(truncatingIfNeeded: min(r[1] & am, 1 << 20)), (0x1000 - Int(dstLinear & 0xFFF)) / size)
-        n = min(n, Int(truncatingIfNeeded: (am - dstOffset) / UInt64(size)) + 1)
-        if !scas {
-            n = min(n, (0x1000 - Int(srcLinear & 0xFFF)) / size)
-            n = min(n, Int(truncatingIfNeeded: (am - srcOffset) / UInt64(size)) + 1)
-        }
-        guard n >= 2 else { return (0, false) }
-        let bytes = n * size
-        guard withinSegment(Segment.es, dstOffset, bytes), scas || withinSegment(source, srcOffset, bytes) else { return (0, false) }
-        var from: UnsafeMutableRawPointer? = nil
-        if !scas {
-            guard let p = try bulkHost(srcLinear, write: false) else { return (0, false) }
-            from = p
-        }
-        guard let to = try bulkHost(dstLinear, write: false) else { return (0, false) }
-        let accumulator = readReg(0, size)
+        guard let (n, from, to, _) = try bulkSpan(source: scas ? nil : source, size: size, addressSize: asz, write: false) else { return (0, false) }
         // The first element whose comparison ends the repetition, else the last.
         var i = 0
-        var a = accumulator, b: UInt64 = 0
+        var a = scas ? readReg(0, size) : 0, b: UInt64 = 0
         if let from {
             while true {
                 a = load(from + i * size, size)
@@ -209,6 +171,38 @@ extension InterpreterVCPU {
         writeReg(7, asz, r[7] &+ UInt64(ran * size))
         writeReg(1, asz, r[1] &- UInt64(ran))
         return (ran, (a == b) == repne)
+    }
+
+    /// What `bulkString` and `bulkCompare` may take at once, going forward: the number of
+    /// elements that keep ES:rDI (and `source`:rSI, when given) on their current pages,
+    /// within rCX (at most 2^20), short of an address-size wrap and inside the segments, with
+    /// the host addresses of the first elements and ES:rDI's linear address. nil when fewer
+    /// than two, or a page is not RAM (MMIO, unmapped; ROM only for reading). The first
+    /// element's checks come first, as in an iteration: the source read, then ES:rDI
+    /// (written when `write`, else read), so a fault is the iteration's.
+    private func bulkSpan(source: UInt8?, size: Int, addressSize asz: Int, write: Bool)
+        throws(Fault) -> (n: Int, from: UnsafeMutableRawPointer?, to: UnsafeMutableRawPointer, dstLinear: UInt64)? {
+        let am = sizeMask(asz)
+        let dstOffset = r[7] & am, srcOffset = r[6] & am
+        var srcLinear: UInt64? = nil
+        if let source { srcLinear = try linearAddress(source, srcOffset, size, .read) }
+        let dstLinear = try linearAddress(Segment.es, dstOffset, size, write ? .write : .read)
+        var n = min(Int(truncatingIfNeeded: min(r[1] & am, 1 << 20)), (0x1000 - Int(dstLinear & 0xFFF)) / size)
+        n = min(n, Int(truncatingIfNeeded: (am - dstOffset) / UInt64(size)) + 1)
+        if let srcLinear {
+            n = min(n, (0x1000 - Int(srcLinear & 0xFFF)) / size)
+            n = min(n, Int(truncatingIfNeeded: (am - srcOffset) / UInt64(size)) + 1)
+        }
+        guard n >= 2 else { return nil }
+        let bytes = n * size
+        guard withinSegment(Segment.es, dstOffset, bytes) else { return nil }
+        var from: UnsafeMutableRawPointer? = nil
+        if let source, let srcLinear {
+            guard withinSegment(source, srcOffset, bytes), let p = try bulkHost(srcLinear, write: false) else { return nil }
+            from = p
+        }
+        guard let to = try bulkHost(dstLinear, write: write) else { return nil }
+        return (n, from, to, dstLinear)
     }
 
     /// Whether `bytes` bytes at `offset` are all inside `segment` (long mode: no limits; the
