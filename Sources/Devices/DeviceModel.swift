@@ -35,9 +35,9 @@ public final class DeviceModel: Sendable {
     /// the guest resets the machine (i8042 0xFE or output port bit 0, 0xCF9), `onPowerOff`
     /// when it enters ACPI S5; both end the run. `clock`: machine time (default: the
     /// host's); a virtual clock gets a manual timer service its owner drives with
-    /// `timers.fireDue()`.
+    /// `timers.fireDue()`. `timerSlack`: `--timer-slack` in nanoseconds (`TimerService`).
     public init(console: Console, input: ConsoleInput, memory: GuestMemoryMap? = nil, ramSize: UInt64? = nil, cpus: Int = 1,
-                x2APIC: Bool = true, clock: MachineClock? = nil, onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in },
+                x2APIC: Bool = true, clock: MachineClock? = nil, timerSlack: UInt64 = 0, onInterruptRequest: @escaping @Sendable (Int) -> Void = { _ in },
                 onReset: @escaping @Sendable () -> Void = {}, onPowerOff: @escaping @Sendable () -> Void = {},
                 onExit: @escaping @Sendable (UInt8) -> Void) {
         self.console = console
@@ -48,7 +48,7 @@ public final class DeviceModel: Sendable {
         let clock = clock ?? MachineClock()
         self.clock = clock
         // A local APIC timer armed by another thread than its vCPU's: that vCPU looks again.
-        timers = TimerService(clock: clock, manual: clock.isVirtual, wakeOwner: onInterruptRequest)
+        timers = TimerService(clock: clock, manual: clock.isVirtual, slack: timerSlack, wakeOwner: onInterruptRequest)
         apic = APICBus(cpus: cpus, pic: pic, output: picOutput, timers: timers, x2APICAvailable: x2APIC, onRequest: onInterruptRequest)
         let router = InterruptRouter(pic: pic)
         router.attachIOAPIC(apic.ioapic)

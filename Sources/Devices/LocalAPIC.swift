@@ -102,6 +102,12 @@ public final class LocalAPIC: @unchecked Sendable {
         /// Machine time when the current count was last loaded with the initial count.
         var timerStart: UInt64 = 0
         var timerRunning = false
+        /// Periodic mode: the periods since `timerStart` already turned into interrupts.
+        var periodsCounted: UInt64 = 0
+        /// Periodic mode with a timer slack: ticks that fell due before the timer fired
+        /// (a halted vCPU sleeping to the slack's next multiple), raised one at each EOI of
+        /// the timer's vector. Not kept in snapshots (at most a slack's worth).
+        var lateTicks: UInt64 = 0
         var tscDeadline: UInt64 = 0
         var nmiPending = false
         var initPending = false
@@ -329,6 +335,7 @@ public final class LocalAPIC: @unchecked Sendable {
     func writeRegister(_ offset: UInt32, _ value: UInt32, now: UInt64) -> (InterruptMessage, shorthand: UInt32)? {
         var ipi: (InterruptMessage, shorthand: UInt32)?
         var timerDeadline: UInt64?? = .none   // .some(nil): disarm
+        var timerPeriodic = false
         var eoiVector: UInt8?
         var reevaluate = false
         registers.withLock { r in
@@ -341,6 +348,7 @@ public final class LocalAPIC: @unchecked Sendable {
                 if let v = r.isr.highest {
                     r.isr[v] = false
                     if r.tmr[v] && r.svr & (1 << 12) == 0 { eoiVector = v }
+                    if r.lateTicks > 0 { Self.raiseLateTick(&r, after: v) }
                 }
                 reevaluate = true
             case 0xD0 where !r.x2APIC: r.ldr = value & 0xFF00_0000
@@ -369,6 +377,7 @@ public final class LocalAPIC: @unchecked Sendable {
                     // A mode change stops the timer (the SDM: counts and the deadline clear).
                     r.timerRunning = false
                     r.tscDeadline = 0
+                    r.lateTicks = 0
                     timerDeadline = .some(nil)
                 }
             case 0x330: r.setLVT(.thermal, Self.maskedIfDisabled(r, value & 0x1_07FF))
@@ -383,6 +392,9 @@ public final class LocalAPIC: @unchecked Sendable {
                 r.initialCount = value
                 r.timerStart = now
                 r.timerRunning = value != 0
+                r.periodsCounted = 0
+                r.lateTicks = 0
+                timerPeriodic = r.timerMode == 1
                 timerDeadline = .some(value != 0 ? now &+ UInt64(value) &* r.divisor : nil)
             case 0x3E0:
                 // The count continues at the new rate from its current value.
@@ -390,6 +402,8 @@ public final class LocalAPIC: @unchecked Sendable {
                 r.divide = value & 0xB
                 if r.timerRunning, r.timerMode != 2, current != 0 {
                     r.timerStart = now &- (UInt64(r.initialCount - current) &* r.divisor)
+                    r.periodsCounted = 0   // less than a period since the (new) start
+                    timerPeriodic = r.timerMode == 1
                     timerDeadline = .some(now &+ UInt64(current) &* r.divisor)
                 }
             case 0x3F0 where r.x2APIC:
@@ -402,7 +416,7 @@ public final class LocalAPIC: @unchecked Sendable {
             }
         }
         if let deadline = timerDeadline {
-            if let deadline { timer.arm(at: deadline) } else { timer.disarm() }
+            if let deadline { timer.arm(at: deadline, catchesUp: timerPeriodic) } else { timer.disarm() }
         }
         if let eoiVector { bus.broadcastEOI(eoiVector) }
         // An EOI, TPR or SVR change may let a held-back interrupt through.
@@ -491,15 +505,24 @@ public final class LocalAPIC: @unchecked Sendable {
 
     private func timerFired() {
         let now = bus.clock.now()
+        let slack = timer.slack
         let fire = registers.withLock { r -> UInt32? in
             let lvt = r.lvt(.timer)
+            var late: UInt64 = 0
             switch r.timerMode {
             case 1:
                 guard r.timerRunning, r.initialCount != 0 else { return nil }
                 // Next period, measured from the start so that periods do not drift.
                 let period = UInt64(r.initialCount) &* r.divisor
-                let elapsed = now &- r.timerStart
-                timer.arm(at: r.timerStart &+ (elapsed / period + 1) &* period)
+                let passed = (now &- r.timerStart) / period
+                timer.arm(at: r.timerStart &+ (passed + 1) &* period, catchesUp: true)
+                // Ticks due before this one (it fired late): merged into this interrupt, as
+                // QEMU's and KVM's local APICs do, unless a timer slack let the vCPU sleep
+                // past them; then up to the slack's worth are raised later, one per EOI.
+                if slack > 0 && passed > r.periodsCounted + 1 {
+                    late = min(passed - r.periodsCounted - 1, slack / period + 1)
+                }
+                r.periodsCounted = passed
             case 2:
                 guard r.tscDeadline != 0 else { return nil }
                 r.tscDeadline = 0
@@ -508,11 +531,28 @@ public final class LocalAPIC: @unchecked Sendable {
                 r.timerRunning = false   // the current count reads 0 from here on
             }
             guard lvt & Self.lvtMasked == 0, r.softwareEnabled, lvt & 0xFF >= 16 else { return nil }
+            r.lateTicks = min(r.lateTicks &+ late, Self.lateTicksLimit)
             return lvt
         }
         if let lvt = fire, accept(InterruptMessage(vector: UInt8(lvt & 0xFF), mode: .fixed, destination: apicID)) {
             bus.notify(index)
         }
+    }
+
+    /// The most late periodic ticks kept to be raised (`Registers.lateTicks`).
+    static let lateTicksLimit: UInt64 = 1000
+
+    /// At the EOI of `vector`: if it is the periodic timer's (still unmasked), the next late
+    /// tick goes to the IRR, to be taken once the vCPU can (after the IRET, with IF set).
+    private static func raiseLateTick(_ r: inout Registers, after vector: UInt8) {
+        let lvt = r.lvt(.timer)
+        guard r.timerMode == 1, r.timerRunning, UInt8(lvt & 0xFF) == vector, lvt & lvtMasked == 0 else {
+            if r.timerMode != 1 || !r.timerRunning || lvt & lvtMasked != 0 { r.lateTicks = 0 }
+            return
+        }
+        r.lateTicks -= 1
+        r.irr[vector] = true
+        r.tmr[vector] = false
     }
 
     /// LINT1 (wired to NMI on the bootstrap processor) and LINT0 inputs from the board.
@@ -562,6 +602,9 @@ extension LocalAPIC {
         g.timerStart = try r.u64(); g.timerRunning = try r.bool(); g.tscDeadline = try r.u64()
         g.nmiPending = try r.bool(); g.initPending = try r.bool()
         g.sipiVector = try r.optional { (r) throws(SnapshotError) in try r.u8() }
+        if g.timerMode == 1, g.timerRunning, g.initialCount != 0 {
+            g.periodsCounted = (now &- g.timerStart) / (UInt64(g.initialCount) &* g.divisor)
+        }
         registers.withLock { $0 = g }
         try timer.restoreDeadline(&r, now: now)
     }

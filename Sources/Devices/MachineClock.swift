@@ -63,10 +63,15 @@ public final class TimerService: @unchecked Sendable {
     /// `manual`: no thread; timers fire only from `fireDue()` (a virtual clock, tests),
     /// and vCPUs do not attach. `wakeOwner(n)` is called when a thread other than vCPU
     /// n's arms the timer vCPU n fires itself (so that it looks at the new deadline).
-    public init(clock: MachineClock, manual: Bool = false, wakeOwner: @escaping @Sendable (Int) -> Void = { _ in }) {
+    /// `slack` (`--timer-slack`, nanoseconds; 0: none): how late a halted vCPU may take
+    /// the ticks of a periodic timer that makes up late ticks (`DeviceTimer.hostWakeup`).
+    public init(clock: MachineClock, manual: Bool = false, slack: UInt64 = 0, wakeOwner: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.clock = clock
-        core = TimerCore(clock: clock, manual: manual, wakeOwner: wakeOwner)
+        core = TimerCore(clock: clock, manual: manual, slack: slack, wakeOwner: wakeOwner)
     }
+
+    /// `--timer-slack` in nanoseconds (0: every deadline is kept to).
+    public var slack: UInt64 { core.slack }
 
     /// The earliest armed deadline, if any.
     public func nextDeadline() -> UInt64? { core.nextDeadline() }
@@ -124,6 +129,7 @@ public final class TimerService: @unchecked Sendable {
 /// strongly and never outlives what it touches.
 final class TimerCore: @unchecked Sendable {
     let clock: MachineClock
+    let slack: UInt64
     let wakeOwner: @Sendable (Int) -> Void
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -139,9 +145,10 @@ final class TimerCore: @unchecked Sendable {
     /// its interrupt perhaps not yet raised): the machine is not idle for good meanwhile.
     let ownersFiring = Atomic<Int>(0)
 
-    init(clock: MachineClock, manual: Bool, wakeOwner: @escaping @Sendable (Int) -> Void) {
+    init(clock: MachineClock, manual: Bool, slack: UInt64, wakeOwner: @escaping @Sendable (Int) -> Void) {
         self.clock = clock
         self.manual = manual
+        self.slack = slack
         self.wakeOwner = wakeOwner
         pthread_mutex_init(lock, nil)
         var attributes = pthread_condattr_t()
@@ -196,9 +203,11 @@ final class TimerCore: @unchecked Sendable {
         pthread_mutex_unlock(lock)
     }
 
-    func arm(_ timer: DeviceTimer, at deadline: UInt64?) {
+    func arm(_ timer: DeviceTimer, at deadline: UInt64?, catchesUp: Bool = false) {
         // UInt64.max means disarmed: a deadline that far away never comes anyway.
         let value = deadline.map { min($0, .max - 1) } ?? .max
+        // Before the deadline: whoever sees the new deadline sees how it may be delayed.
+        timer.catchesUp.store(catchesUp && value != .max, ordering: .sequentiallyConsistent)
         if let owner = timer.owner {
             // Stored before `attached` is read, as `detach` clears it before waking the
             // timer thread: either the owner or the timer thread sees the new deadline.
@@ -326,6 +335,8 @@ public final class DeviceTimer: @unchecked Sendable {
     fileprivate let fire: @Sendable () -> Void
     /// When it falls due. Written under the core's lock, except for an owned timer.
     public let due: TimerDeadline
+    /// Whether the armed deadline may be kept late (`arm(at:catchesUp:)`).
+    fileprivate let catchesUp = Atomic<Bool>(false)
     /// Whether the owner's thread fires it now (`TimerService.attach`), and that thread.
     fileprivate let attached = Atomic<Bool>(false)
     fileprivate let ownerThread = Atomic<UInt>(0)
@@ -339,8 +350,11 @@ public final class DeviceTimer: @unchecked Sendable {
     }
 
     /// Fires at machine time `deadline` (nanoseconds; in the past: at once). Replaces any
-    /// earlier deadline.
-    public func arm(at deadline: UInt64) { core.arm(self, at: deadline) }
+    /// earlier deadline. `catchesUp`: the deadline is a periodic tick, and the device makes
+    /// up ticks that fall due while it waits to fire (it counts them and raises each one
+    /// later, none lost), so with `--timer-slack` a halted owner may sleep past it
+    /// (`hostWakeup`).
+    public func arm(at deadline: UInt64, catchesUp: Bool = false) { core.arm(self, at: deadline, catchesUp: catchesUp) }
 
     /// Fires `nanoseconds` from now.
     public func arm(after nanoseconds: UInt64) { arm(at: core.clock.now() &+ nanoseconds) }
@@ -354,6 +368,23 @@ public final class DeviceTimer: @unchecked Sendable {
     }
 
     var isArmed: Bool { armedDeadline != nil }
+
+    /// `--timer-slack` in nanoseconds (0: none).
+    public var slack: UInt64 { core.slack }
+
+    /// When a halted owner wakes for this timer, in CLOCK_MONOTONIC nanoseconds (nil while
+    /// disarmed): the deadline itself, or, for a deadline armed with `catchesUp` on a
+    /// machine with a timer slack, the first multiple of the slack at or after it. Every
+    /// vCPU uses the same multiples, so an idle machine's vCPUs wake together, at most
+    /// once per slack, and each takes the ticks that fell due meanwhile one after another
+    /// (a 1 kHz timer with a 10 ms slack: 100 host wake-ups a second instead of 1,000).
+    public var hostWakeup: UInt64? {
+        guard let deadline = due.hostNanoseconds else { return nil }
+        let slack = core.slack
+        guard slack > 0, catchesUp.load(ordering: .sequentiallyConsistent) else { return deadline }
+        let (quotient, remainder) = deadline.quotientAndRemainder(dividingBy: slack)
+        return remainder == 0 ? deadline : (quotient &+ 1) &* slack
+    }
 
     /// On the attached owner's thread: fires the timer if its deadline has passed (once;
     /// a periodic timer's next deadline is in the future). Returns whether it fired.

@@ -33,10 +33,7 @@ public enum SwitchInterval: Sendable, Equatable, CustomStringConvertible {
             self = .instructions(n)
             return
         }
-        let (number, scale): (Substring, Double) = text.hasSuffix("ms") ? (text.dropLast(2), 1e-3)
-            : text.hasSuffix("s") ? (text.dropLast(1), 1) : ("", 0)
-        guard let value = Double(number), value.isFinite else { return nil }
-        let seconds = value * scale
+        guard let seconds = parseDuration(text) else { return nil }
         guard seconds >= Self.shortestSeconds && seconds <= MachineConfiguration.maxTimeout else { return nil }
         self = .seconds(seconds)
     }
@@ -50,6 +47,16 @@ public enum SwitchInterval: Sendable, Equatable, CustomStringConvertible {
         case .seconds(let s): "\(formatSeconds(s)) s"
         }
     }
+}
+
+/// A time with a unit — "Nus", "Nms" or "Ns", N a decimal number that may have a
+/// fraction — in seconds; nil for anything else (no unit, a negative or non-finite N).
+public func parseDuration(_ text: String) -> Double? {
+    let (number, scale): (Substring, Double) = text.hasSuffix("us") ? (text.dropLast(2), 1e-6)
+        : text.hasSuffix("ms") ? (text.dropLast(2), 1e-3)
+        : text.hasSuffix("s") ? (text.dropLast(1), 1) : ("", 0)
+    guard let value = Double(number), value.isFinite, value >= 0 else { return nil }
+    return value * scale
 }
 
 /// Where machine time comes from.
@@ -107,6 +114,12 @@ public struct MachineConfiguration: Sendable {
     /// `--switch-every`: each vCPU alternates between the interpreter and KVM (nil: it stays
     /// on its engine unless moved through `Machine.switch(vcpu:to:)`, SIGUSR1 or gdb).
     public var switchEvery: SwitchInterval? = nil
+    /// `--timer-slack`, in nanoseconds: how late a halted vCPU may take its local APIC's
+    /// periodic ticks, which then come one after another, none lost (0: on time).
+    public var timerSlack: UInt64 = 0
+    /// The largest `--timer-slack` (ns): past that a guest's idle ticks come in bursts a
+    /// person would notice.
+    public static let maxTimerSlack: UInt64 = 100_000_000
 
     public static let maxCPUs = 256
     /// The most guest RAM KVM is given: every GiB in a memory slot costs the host kernel

@@ -175,13 +175,16 @@ public final class Machine: @unchecked Sendable {
         if c.clock == .instructions && (c.backend == .kvm || c.backend == .hybrid) {
             throw MachineError(.usage, "--clock instructions needs a backend that counts instructions: use --backend interp")
         }
+        if c.clock == .instructions && c.timerSlack > 0 {
+            throw MachineError(.usage, "--timer-slack needs --clock host (with --clock instructions a halted vCPU costs nothing: time skips to the next deadline)")
+        }
         // A restored machine's clock goes on from the snapshot's time.
         let startTime = c.restore?.configuration.machineTime ?? 0
         let virtualTime = c.clock == .instructions ? VirtualTime(startingAt: startTime) : nil
         devices = DeviceModel(console: console, input: c.input, memory: memory, cpus: c.cpus, x2APIC: cpu.cpuid.offered.contains(.x2apic),
                               clock: virtualTime.map { vt in MachineClock { vt.nanoseconds.load(ordering: .relaxed) } }
                                   ?? (c.restore != nil ? MachineClock(startingAt: startTime) : nil),
-                              onInterruptRequest: { stopper.value?.vcpus.interruptRequested($0) },
+                              timerSlack: c.timerSlack, onInterruptRequest: { stopper.value?.vcpus.interruptRequested($0) },
                               onReset: { stopper.value?.requestStop(.guestReset) },
                               onPowerOff: { stopper.value?.requestStop(.powerOff) }) { value in stopper.value?.requestStop(.guestExit(value)) }
 

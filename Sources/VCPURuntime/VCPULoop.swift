@@ -329,7 +329,8 @@ extension VCPUManager {
             }
             if interruptsEnabled && skipToNextDeadline() { continue }
             var until = TimerDeadline.hostNow() &+ Self.haltRecheck
-            if interruptsEnabled, let due = ownTimer?.due.hostNanoseconds { until = min(until, due) }
+            // Its own timer's deadline, or with --timer-slack a periodic tick's a little later.
+            if interruptsEnabled, let due = ownTimer?.hostWakeup { until = min(until, due) }
             wakeups[index].wait(untilMonotonic: until)
         }
         return false

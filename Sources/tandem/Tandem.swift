@@ -123,6 +123,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Rebuild the machine from this snapshot, instead of an image, and continue the guest (on either backend; status 214 when the file cannot be used).", valueName: "file"))
     var restore: String?
 
+    @Option(help: ArgumentHelp("How late a halted vCPU may take the ticks of its local APIC's periodic timer: 0 (on time) or a time with a unit, e.g. 10ms (at most 100ms). It then sleeps to a multiple of that time and takes the ticks that fell due meanwhile one after another, none lost, so an idle guest costs fewer host wake-ups (Documentation/Platform.md).", valueName: "time"))
+    var timerSlack: String = "0"
+
     @Option(help: "What a reset by the guest (port 0xCF9, the i8042, a triple fault) does: exit (the run ends: status 212, a triple fault 204) or restart (the guest starts again from its image in a fresh machine: clean RAM, the CMOS RAM and the console carried over).")
     var reboot: RebootAction = .exit
 
@@ -148,6 +151,13 @@ struct Run: ParsableCommand {
         return o
     }
 
+    /// `--timer-slack` in nanoseconds, nil when it is not 0 or a time up to the limit.
+    var timerSlackNanoseconds: UInt64? {
+        if timerSlack == "0" { return 0 }
+        guard let seconds = parseDuration(timerSlack), seconds * 1e9 <= Double(MachineConfiguration.maxTimerSlack) else { return nil }
+        return UInt64((seconds * 1e9).rounded())
+    }
+
     func validate() throws {
         _ = try traceOptions()
         if let timeout, !(timeout > 0 && timeout <= MachineConfiguration.maxTimeout) {
@@ -160,6 +170,9 @@ struct Run: ParsableCommand {
         }
         if let switchEvery, SwitchInterval(parsing: switchEvery) == nil {
             throw ValidationError("--switch-every '\(switchEvery)' must be a number of instructions (at least 1) or a time with a unit, ms or s (at least 1ms)")
+        }
+        if timerSlackNanoseconds == nil {
+            throw ValidationError("--timer-slack '\(timerSlack)' must be 0 or a time with a unit, us, ms or s (at most 100ms)")
         }
         if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs --gdb tcp:[HOST:]PORT") }
         if restore == nil && machine.image == nil { throw ValidationError("Missing expected argument '<image>'") }
@@ -198,6 +211,7 @@ struct Run: ParsableCommand {
         c.gdb?.waitForDebugger = gdbWait
         c.snapshotPath = snapshotOnExit
         c.switchEvery = switchEvery.flatMap(SwitchInterval.init(parsing:))
+        c.timerSlack = timerSlackNanoseconds ?? 0
         if let restore {
             do { c = c.restoring(try SnapshotFile.read(from: restore)) } catch {
                 throw Failure(status: ExitStatus.badSnapshot.rawValue, message: error.description)

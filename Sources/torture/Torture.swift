@@ -433,7 +433,7 @@ struct Campaign {
                        "9223372036854775808", "18446744073709551615", "18446744073709551616", "1e3", "inf", "nan", "0x10", "", "x"]
         let sizes = ["0", "1", "4095", "1M", "1048577", "2M", "128M", "3G", "5G", "300G", "4T", "5T", "8T", "8388609T",
                      "18446744073709547520", "18446744073709551616", "16E", "1Q", "-1M", "1.5G"]
-        switch rng.below(12) {
+        switch rng.below(13) {
         case 0: return ["--cpus", rng.pick(numbers)]
         case 1: return ["--mem", rng.pick(sizes)]
         case 2: return ["--timeout", rng.pick(numbers + ["0.001", "1e9", "1e10", "-0"])]
@@ -445,6 +445,7 @@ struct Campaign {
         case 8: return ["--backend", rng.pick(["interp", "kvm", "auto", "bogus"])]
         case 9: return ["--serial", rng.pick(["none", "stdio", "file:/dev/full", "file:/dev/null", "file:", "file:/nonexistent/x", "tty"])]
         case 10: return ["--format", rng.pick(["auto", "boot", "bios", "multiboot", "elf64", "pe"])]
+        case 11: return ["--timer-slack", rng.pick(["0", "1us", "0.5ms", "10ms", "100ms", "100.1ms", "1e3ms", "-1ms", "nanms", "infs", "5", "ms", "", "0.0000001us"])]
         default: return ["--kvm-device", rng.pick(["/dev/null", "/nonexistent", "/dev/zero", "/dev/kvm"])]
         }
     }

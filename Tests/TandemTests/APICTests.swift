@@ -5,6 +5,7 @@ import Devices
 import Foundation
 import HostOS
 import Machine
+import Synchronization
 import Testing
 import X86
 
@@ -299,6 +300,110 @@ struct APICTests {
         while fired.all.count < 2 && waited < 5000 { usleepMilliseconds(1); waited += 1 }
         #expect(fired.all == ["own", "own"])
         timers.stop()
+    }
+
+    /// The ticks of vCPU 0's periodic timer (1 ms, vector 0x40) a guest would take after
+    /// machine time jumps to `late` ns, on a machine with `slack`: each acknowledged and
+    /// EOId, as a handler does, until none is pending.
+    static func ticksTaken(afterJumpTo late: UInt64, slack: UInt64) throws -> (first: Int, later: Int) {
+        let time = Atomic<UInt64>(0)
+        let model = DeviceModel(console: try Console(.capture), input: .none(), cpus: 1,
+                                clock: MachineClock { time.load(ordering: .relaxed) }, timerSlack: slack) { _ in }
+        let apic = model.apic
+        func write(_ offset: UInt64, _ value: UInt32) {
+            apic.mmioWrite(vcpu: 0, LocalAPIC.defaultBase + offset, size: 4, value: UInt64(value))
+        }
+        func takeAll() -> Int {
+            var n = 0
+            while n < 10_000, let v = apic.acknowledgeInterrupt(vcpu: 0) {
+                #expect(v == 0x40)
+                n += 1
+                write(0xB0, 0)
+            }
+            return n
+        }
+        write(0xF0, 0x1FF)
+        write(0x3E0, 0xB)               // divide by 1
+        write(0x320, 0x20040)           // periodic, vector 0x40
+        write(0x380, 1_000_000)         // 1 ms
+        time.store(late, ordering: .relaxed)
+        #expect(model.timers.fireDue() == 1)   // one fire, however late: the next deadline is ahead
+        let first = takeAll()
+        // The next period's tick comes on its own, and none is owed any more.
+        time.store((late / 1_000_000 + 1) * 1_000_000, ordering: .relaxed)
+        #expect(model.timers.fireDue() == 1)
+        return (first, takeAll())
+    }
+
+    @Test("--timer-slack: a periodic timer that fires late raises the ticks it passed over, one per EOI, up to the slack's worth; without a slack they merge into one interrupt, as on QEMU and KVM")
+    func lateTicks() throws {
+        // Fired at 3.5 ms: ticks 1, 2 and 3 were due.
+        #expect(try Self.ticksTaken(afterJumpTo: 3_500_000, slack: 10_000_000) == (3, 1))
+        #expect(try Self.ticksTaken(afterJumpTo: 3_500_000, slack: 0) == (1, 1))
+        // On time: one tick, slack or not.
+        #expect(try Self.ticksTaken(afterJumpTo: 1_000_000, slack: 10_000_000) == (1, 1))
+        // A second late (a stalled host, not a slack): at most slack / period + 1 made up.
+        #expect(try Self.ticksTaken(afterJumpTo: 1_000_500_000, slack: 10_000_000) == (12, 1))
+        #expect(try Self.ticksTaken(afterJumpTo: 1_000_500_000, slack: 2_000_000) == (4, 1))
+    }
+
+    @Test("--timer-slack: a halted vCPU wakes for a catching-up deadline at the slack's next multiple (the same for every vCPU), for any other deadline on time")
+    func slackWakeup() throws {
+        let slack: UInt64 = 4_000_000
+        let timers = TimerService(clock: MachineClock(), slack: slack)
+        let timer = timers.makeTimer("lapic0", owner: 0) {}
+        HostThread.spawn(name: "vcpu0") { _ = timers.attach(owner: 0) }.join()
+        for offset: UInt64 in [1, 1_000_000, 3_999_999, 4_000_000, 4_000_001] {
+            let deadline = 3_600_000_000_000 + offset   // an hour ahead: it never fires here
+            timer.arm(at: deadline, catchesUp: true)
+            let due = try #require(timer.due.hostNanoseconds)
+            let wake = try #require(timer.hostWakeup)
+            #expect(wake >= due && wake - due < slack && wake % slack == 0)
+            timer.arm(at: deadline)
+            #expect(timer.hostWakeup == due)
+        }
+        timer.disarm()
+        #expect(timer.hostWakeup == nil)
+        let precise = TimerService(clock: MachineClock())
+        let other = precise.makeTimer("lapic0", owner: 0) {}
+        other.arm(at: 3_600_000_000_123, catchesUp: true)
+        #expect(other.hostWakeup == other.due.hostNanoseconds)
+        other.disarm()
+        timers.stop()
+        precise.stop()
+    }
+
+    @Test("timer-slack: all 200 ticks of a 1 kHz periodic timer reach vCPUs waiting in HLT, on time or late but none lost", arguments: backends(), [1, 4])
+    func timerSlackGuest(backend: BackendKind, cpus: Int) throws {
+        for slack: UInt64 in [0, 10_000_000] {
+            let r = runGuest(try guest("timer-slack.elf"), backend: backend, cpus: cpus, timeout: 60) { $0.timerSlack = slack }
+            #expect(r.status == 0, "\(r.message ?? "")")
+            let lines = r.output.split(separator: "\n")
+            #expect(lines.count == cpus, "\(r.output)")
+            for (i, line) in lines.enumerated() {
+                // "cpuN ticks=T ms=M": the burst after the last wake-up may run past 200.
+                let fields = line.split(separator: " ")
+                let ticks = fields.count == 3 ? Int(fields[1].dropFirst(6)) : nil
+                let ms = fields.count == 3 ? Int(fields[2].dropFirst(3)) : nil
+                #expect(fields.first == "cpu\(i)" && (ticks ?? 0) >= 200, "slack \(slack): \(line)")
+                // At least the 200 ms the ticks take; 2,000 ms if a 10 ms slack lost them.
+                #expect((200..<1000).contains(ms ?? 0), "slack \(slack): \(line)")
+            }
+        }
+    }
+
+    @Test("--timer-slack on the command line: a time with a unit up to 100ms, or 0; anything else, or with --clock instructions, a one-line usage error", .enabled(if: haveBinary, "no .build/release/tandem"))
+    func timerSlackOption() throws {
+        let path = try guest("timer-slack.elf")
+        for args in [["--timer-slack", "5"], ["--timer-slack", "200ms"], ["--timer-slack", "-1ms"], ["--timer-slack", "nanms"],
+                     ["--timer-slack", "1ms", "--clock", "instructions", "--backend", "interp"]] {
+            let r = try runProcess(tandemBinary, ["run", "--quiet"] + args + [path])
+            #expect(r.status == 200, "\(args): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("--timer-slack"), "\(args): \(r.stderr)")
+        }
+        let r = try runProcess(tandemBinary, ["run", "--quiet", "--backend", "interp", "--cpus", "2", "--timer-slack", "2.5ms", path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.hasPrefix("cpu0 ticks=2") && r.stdout.contains("\ncpu1 ticks=2"), "\(r.stdout)")
     }
 
     @Test("x2apic: x2APIC mode, TSC-deadline timer, SELF IPI and ICR-MSR IPIs round a ring, through MSRs only", arguments: backends(), [1, 4])
