@@ -54,7 +54,10 @@ public final class APICBus: InterruptController, @unchecked Sendable {
     /// the spurious IRQ 7 (or 15).
     public func acknowledgeInterrupt(vcpu: Int) -> UInt8? {
         let l = lapics[vcpu]
-        if let v = l.acknowledge() { return v }
+        if let v = l.acknowledge() {
+            ioapic.vectorTaken(v)
+            return v
+        }
         let seen = picRequestSeen.exchange(false, ordering: .relaxed)
         guard l.acceptsPICInterrupts, seen || pic.hasPendingInterrupt(vcpu: 0) else { return nil }
         return pic.acknowledgeInterrupt(vcpu: 0)

@@ -65,6 +65,29 @@ public final class IOAPIC: MMIODevice, InterruptPins, @unchecked Sendable {
                                 level: level, destination: UInt32(entry >> 56))
     }
 
+    /// `InterruptPins.setAcknowledgeHandler`: set before any vCPU runs, read-only after.
+    private var acknowledged: (@Sendable (Int) -> Void)?
+
+    public func setAcknowledgeHandler(_ handler: @escaping @Sendable (Int) -> Void) { acknowledged = handler }
+
+    /// A local APIC moved `vector` to its ISR: the unmasked edge-triggered pins that send it
+    /// hear so (`InterruptRouter.onAcknowledge`). Nothing to do, and no lock, without a
+    /// listener.
+    func vectorTaken(_ vector: UInt8) {
+        guard let acknowledged else { return }
+        var pins = state.withLock { s -> UInt32 in
+            var mask: UInt32 = 0
+            for pin in 0..<Self.pins where s.table[pin] & 0xFF == UInt64(vector) && s.table[pin] & (1 << 15 | 1 << 16) == 0 {
+                mask |= 1 << pin
+            }
+            return mask
+        }
+        while pins != 0 {
+            acknowledged(pins.trailingZeroBitCount)
+            pins &= pins - 1
+        }
+    }
+
     /// An EOI for `vector`: level-triggered pins that delivered it may deliver again.
     func endOfInterrupt(_ vector: UInt8) {
         let messages = state.withLock { s -> [InterruptMessage] in

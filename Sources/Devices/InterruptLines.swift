@@ -8,6 +8,10 @@ public protocol InterruptPins: AnyObject, Sendable {
     /// A rising edge on `pin` from a source whose output stays high long enough for the
     /// request to be acknowledged (the PIT's OUT), then low again.
     func pulsePin(_ pin: Int)
+    /// From now on `handler(pin)` is called, on the acknowledging vCPU's thread and outside
+    /// the controller's lock, whenever a CPU takes an edge-triggered request of input `pin`
+    /// (`InterruptRouter.onAcknowledge`). Set before any vCPU runs.
+    func setAcknowledgeHandler(_ handler: @escaping @Sendable (Int) -> Void)
 }
 
 extension InterruptPins {
@@ -15,6 +19,8 @@ extension InterruptPins {
         setPin(pin, high: true)
         setPin(pin, high: false)
     }
+
+    public func setAcknowledgeHandler(_ handler: @escaping @Sendable (Int) -> Void) {}
 }
 
 /// The machine's interrupt wiring, as on a PC: global system interrupt (GSI) n < 16 is ISA
@@ -30,6 +36,9 @@ public final class InterruptRouter: @unchecked Sendable {
     public private(set) var ioapic: (any InterruptPins)?
     /// Per GSI, the level last driven (for `level(_:)` and tests).
     private let levels = Mutex<UInt32>(0)
+    /// Per GSI, who hears that a CPU took its request (`onAcknowledge`). Written before
+    /// any vCPU runs, read-only after.
+    private var acknowledgeListeners = [(@Sendable () -> Void)?](repeating: nil, count: InterruptRouter.gsiCount)
 
     public init(pic: (any InterruptPins)?) {
         self.pic = pic
@@ -67,6 +76,24 @@ public final class InterruptRouter: @unchecked Sendable {
         }
     }
 
+    /// The GSI that IOAPIC pin `pin` receives (the inverse of `ioapicPin(forISA:)`; pin 0,
+    /// which nothing drives, has none).
+    static func gsi(forIOAPICPin pin: Int) -> Int? { pin == 2 ? 0 : pin == 0 ? nil : pin }
+
+    /// From now on `listener` is called whenever a CPU takes a request of edge-triggered
+    /// `gsi` from the 8259A (its INTA, or a poll) or from the IOAPIC (the local APIC moving
+    /// the pin's vector to its ISR): for a source that makes up late edges one at a time
+    /// (the PIT with `--timer-slack`), as KVM's in-kernel PIT uses its IRQ ack notifiers.
+    /// Called on the vCPU's thread, with no controller's lock held. Before any vCPU runs.
+    public func onAcknowledge(_ gsi: Int, _ listener: @escaping @Sendable () -> Void) {
+        precondition((0..<Self.gsiCount).contains(gsi), "GSI \(gsi) does not exist")
+        acknowledgeListeners[gsi] = listener
+        pic?.setAcknowledgeHandler { [unowned self] irq in self.acknowledgeListeners[irq]?() }
+        ioapic?.setAcknowledgeHandler { [unowned self] pin in
+            if let gsi = Self.gsi(forIOAPICPin: pin) { self.acknowledgeListeners[gsi]?() }
+        }
+    }
+
     /// Whether `gsi` is driven high now.
     public func level(_ gsi: Int) -> Bool { levels.withLock { $0 & (1 << gsi) != 0 } }
 
@@ -85,4 +112,15 @@ public struct IRQLine: Sendable {
     public func lower() { set(false) }
     /// A rising edge followed by the line's return to low (edge-triggered sources).
     public func pulse() { router.pulse(gsi) }
+
+    /// `listener(device)` is called whenever a CPU takes this line's request
+    /// (`InterruptRouter.onAcknowledge`); it reaches `device` the way a device timer's
+    /// handler does (`TimerService.makeTimer(_:owner:handler:holder:fire:)`): through a
+    /// holder that only the device keeps, in `holder`. Before any vCPU runs.
+    public func onAcknowledge<Device: AnyObject>(handler device: Device, holder: inout AnyObject?,
+                                                 _ listener: @escaping @Sendable (Device) -> Void) {
+        let target = DeviceReference(device)
+        holder = target
+        router.onAcknowledge(gsi) { [weak target] in if let target { listener(target.device) } }
+    }
 }

@@ -40,9 +40,6 @@ public final class MachineClock: Sendable {
     /// CLOCK_MONOTONIC in nanoseconds.
     public static func hostMonotonic() -> UInt64 { TimerDeadline.hostNow() }
 
-    /// Host monotonic nanoseconds for machine time `t`.
-    func hostTime(_ t: UInt64) -> UInt64 { origin &+ t }
-
     /// CLOCK_MONOTONIC at machine time 0 (0 for a virtual clock).
     var hostOrigin: UInt64 { origin }
 }
@@ -101,7 +98,7 @@ public final class TimerService: @unchecked Sendable {
     /// runtime's slow path: a tenth of the samples of an idle guest's ticks, perf said.)
     public func makeTimer<Device: AnyObject>(_ name: String, owner: Int? = nil, handler device: Device, holder: inout AnyObject?,
                                              fire: @escaping @Sendable (Device) -> Void) -> DeviceTimer {
-        let target = TimerTarget(device)
+        let target = DeviceReference(device)
         holder = target
         return makeTimer(name, owner: owner) { [weak target] in if let target { fire(target.device) } }
     }
@@ -260,7 +257,7 @@ final class TimerCore: @unchecked Sendable {
         var fired = 0
         while fired < 1_000_000 {
             pthread_mutex_lock(lock)
-            let next = earliestLocked(dueBy: clock.now(), includingAttached: true)
+            let next = earliestLocked(dueBy: clock.now())
             next?.due.machineNanoseconds.store(.max, ordering: .relaxed)
             pthread_mutex_unlock(lock)
             guard let next else { break }
@@ -270,17 +267,30 @@ final class TimerCore: @unchecked Sendable {
         return fired
     }
 
-    /// The armed timer with the earliest deadline (not after `limit`); attached owners'
-    /// timers are theirs to fire.
-    private func earliestLocked(dueBy limit: UInt64 = .max - 1, includingAttached: Bool) -> DeviceTimer? {
+    /// The armed timer with the earliest deadline not after `limit` (a manual service's:
+    /// no owner attaches to one).
+    private func earliestLocked(dueBy limit: UInt64) -> DeviceTimer? {
         var earliest: DeviceTimer?
         var best = UInt64.max
-        for t in timers where includingAttached || !t.attached.load(ordering: .sequentiallyConsistent) {
+        for t in timers {
             let d = t.due.machineNanoseconds.load(ordering: .relaxed)
             if d <= limit && d < best {
                 earliest = t
                 best = d
             }
+        }
+        return earliest
+    }
+
+    /// The unattached armed timer to wake for first, its deadline, and when to wake for it
+    /// (CLOCK_MONOTONIC: the deadline, or later with a timer slack, `DeviceTimer.hostWakeup`).
+    private func earliestWakeupLocked() -> (DeviceTimer, UInt64, UInt64)? {
+        var earliest: (DeviceTimer, UInt64, UInt64)?
+        for t in timers where !t.attached.load(ordering: .sequentiallyConsistent) {
+            let d = t.due.machineNanoseconds.load(ordering: .relaxed)
+            guard d != .max else { continue }
+            let host = t.wakeup(forDeadline: d)
+            if host < earliest?.2 ?? .max { earliest = (t, d, host) }
         }
         return earliest
     }
@@ -293,13 +303,11 @@ final class TimerCore: @unchecked Sendable {
                 pthread_cond_wait(wake, lock)
                 continue
             }
-            guard let next = earliestLocked(includingAttached: false) else {
+            guard let (next, deadline, host) = earliestWakeupLocked() else {
                 pthread_cond_wait(wake, lock)
                 continue
             }
-            let deadline = next.due.machineNanoseconds.load(ordering: .relaxed)
-            if deadline > clock.now() {
-                let host = clock.hostTime(deadline)
+            if host > MachineClock.hostMonotonic() {
                 var t = timespec(tv_sec: Int(host / 1_000_000_000), tv_nsec: Int(host % 1_000_000_000))
                 pthread_cond_timedwait(wake, lock, &t)
                 continue
@@ -318,9 +326,11 @@ final class TimerCore: @unchecked Sendable {
     }
 }
 
-/// The device a timer's handler calls (`TimerService.makeTimer(_:owner:handler:holder:fire:)`):
-/// not counted as a reference, valid while the holder lives, which only the device keeps.
-private final class TimerTarget<Device: AnyObject>: @unchecked Sendable {
+/// The device a callback calls (a timer's handler, `TimerService.makeTimer(_:owner:handler:holder:fire:)`;
+/// an acknowledge listener, `IRQLine.onAcknowledge`): not counted as a reference, valid while
+/// the holder lives, which only the device keeps. The callback holds the holder weakly, so
+/// one that outlives its device does nothing, and the device itself gets no side table.
+final class DeviceReference<Device: AnyObject>: @unchecked Sendable {
     unowned(unsafe) let device: Device
     init(_ device: Device) { self.device = device }
 }
@@ -379,11 +389,17 @@ public final class DeviceTimer: @unchecked Sendable {
     /// once per slack, and each takes the ticks that fell due meanwhile one after another
     /// (a 1 kHz timer with a 10 ms slack: 100 host wake-ups a second instead of 1,000).
     public var hostWakeup: UInt64? {
-        guard let deadline = due.hostNanoseconds else { return nil }
+        let d = due.machineNanoseconds.load(ordering: .relaxed)
+        return d == .max ? nil : wakeup(forDeadline: d)
+    }
+
+    /// `hostWakeup` for machine time `deadline`.
+    fileprivate func wakeup(forDeadline deadline: UInt64) -> UInt64 {
+        let host = due.hostOrigin &+ deadline
         let slack = core.slack
-        guard slack > 0, catchesUp.load(ordering: .sequentiallyConsistent) else { return deadline }
-        let (quotient, remainder) = deadline.quotientAndRemainder(dividingBy: slack)
-        return remainder == 0 ? deadline : (quotient &+ 1) &* slack
+        guard slack > 0, catchesUp.load(ordering: .sequentiallyConsistent) else { return host }
+        let (quotient, remainder) = host.quotientAndRemainder(dividingBy: slack)
+        return remainder == 0 ? host : (quotient &+ 1) &* slack
     }
 
     /// On the attached owner's thread: fires the timer if its deadline has passed (once;

@@ -202,44 +202,56 @@ public final class PIC8259Pair: PortDevice, InterruptController, InterruptPins, 
 
     public func acknowledgeInterrupt(vcpu: Int) -> UInt8? {
         guard vcpu == 0 else { return nil }
-        return chips.withLock { c -> UInt8 in
+        let (result, taken) = chips.withLock { c -> (UInt8, Int?) in
             let (vector, irq) = c.master.acknowledge()
-            var result = vector
             if irq == 2 && !c.master.single {
-                result = c.slave.acknowledge().vector
+                let (slaveVector, slaveIRQ) = c.slave.acknowledge()
+                Self.cascade(&c)
+                return (slaveVector, slaveIRQ.map { $0 + 8 })
             }
             Self.cascade(&c)
-            return result
+            return (vector, irq)
         }
+        if let taken, let acknowledged { acknowledged(taken) }
+        return result
     }
+
+    /// `InterruptPins.setAcknowledgeHandler`: set before any vCPU runs, read-only after.
+    private var acknowledged: (@Sendable (Int) -> Void)?
+
+    public func setAcknowledgeHandler(_ handler: @escaping @Sendable (Int) -> Void) { acknowledged = handler }
 
     // MARK: Ports
 
     public func portRead(_ port: UInt16, size: Int) -> UInt32 {
-        chips.withLock { c -> UInt32 in
+        let (value, polled) = chips.withLock { c -> (UInt32, Int?) in
             switch port {
-            case 0x4D0: return UInt32(c.master.elcr)
-            case 0x4D1: return UInt32(c.slave.elcr)
+            case 0x4D0: return (UInt32(c.master.elcr), nil)
+            case 0x4D1: return (UInt32(c.slave.elcr), nil)
             default:
                 let isSlave = port >= 0xA0
                 var chip = isSlave ? c.slave : c.master
                 let value: UInt8
+                var polled: Int?
                 if port & 1 != 0 {
                     value = chip.imr
                 } else if chip.poll {
                     // Poll: an acknowledge by reading, bit 7 set when there was a request.
                     chip.poll = false
                     let had = chip.pending() != nil
-                    let (vector, _) = chip.acknowledge()
+                    let (vector, irq) = chip.acknowledge()
                     value = had ? 0x80 | (vector & 7) : 0
+                    polled = irq.map { isSlave ? $0 + 8 : $0 }
                 } else {
                     value = chip.readISR ? chip.isr : chip.irr
                 }
                 if isSlave { c.slave = chip } else { c.master = chip }
                 Self.cascade(&c)
-                return UInt32(value)
+                return (UInt32(value), polled)
             }
         }
+        if let polled, let acknowledged { acknowledged(polled) }
+        return value
     }
 
     public func portWrite(_ port: UInt16, size: Int, value: UInt32) {

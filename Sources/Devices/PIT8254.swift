@@ -173,6 +173,10 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
         var refreshToggle = false
         /// The channel 0 rise the timer is armed for.
         var armedRise: Int64?
+        /// With a timer slack (modes 2 and 3): channel 0 rises that came while the timer
+        /// thread slept to the slack's multiple, pulsed one at each acknowledge of IRQ 0.
+        /// Not kept in snapshots (at most a slack's worth).
+        var lateRises = 0
     }
 
     private let state = Mutex(State())
@@ -180,13 +184,17 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
     private let irq0: IRQLine?
     private var timer: DeviceTimer?
     private var timerHolder: AnyObject?
+    private var acknowledgeHolder: AnyObject?
 
     /// `irq0` receives channel 0's rising edges; `timers` runs the timer that finds them.
     public init(clock: MachineClock, timers: TimerService?, irq0: IRQLine?) {
         self.clock = clock
         self.irq0 = irq0
-        if let timers, irq0 != nil {
+        if let timers, let irq0 {
             timer = timers.makeTimer("pit0", handler: self, holder: &timerHolder) { $0.timerFired() }
+            if timers.slack > 0 {
+                irq0.onAcknowledge(handler: self, holder: &acknowledgeHolder) { $0.irq0Acknowledged() }
+            }
         }
     }
 
@@ -446,15 +454,20 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
     /// Arms the timer for channel 0's next rising edge, or disarms it when none is ahead.
     /// Done under the state lock (the timer service never calls back into a device while it
     /// holds its own lock), so that concurrent re-arms cannot leave a stale deadline.
-    private func rearm(earliest: UInt64 = 0) {
+    /// A guest's write to channel 0 (or its gate) ends a catch-up: `keepingLateRises` only
+    /// for the timer's own re-arm.
+    private func rearm(earliest: UInt64 = 0, keepingLateRises: Bool = false) {
         guard let timer else { return }
         let t = currentTick()
         state.withLock { s in
             s.channels[0].settle(t)
+            if !keepingLateRises { s.lateRises = 0 }
             let rise = s.channels[0].nextRise(after: t)
             s.armedRise = rise
             if let rise {
-                timer.arm(at: max(Self.nanoseconds(rise), earliest))
+                // Modes 2 and 3 are periodic, and rises passed over are made up (timerFired).
+                let periodic = s.channels[0].mode == 2 || s.channels[0].mode == 3
+                timer.arm(at: max(Self.nanoseconds(rise), earliest), catchesUp: periodic)
             } else {
                 timer.disarm()
             }
@@ -464,15 +477,43 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
     private func timerFired() {
         let now = clock.now()
         let t = Self.ticks(now)
+        let slack = timer?.slack ?? 0
         let rose = state.withLock { s -> Bool in
             s.channels[0].settle(t)
             guard let r = s.armedRise, t >= r else { return false }
             s.armedRise = nil
+            // Rises after the one armed for, up to now: merged into this pulse (as a PIC
+            // merges requests not yet acknowledged), unless a timer slack let the timer
+            // sleep past them; then those of the last slack are pulsed later, one at each
+            // acknowledge of IRQ 0 (`irq0Acknowledged`).
+            if slack > 0, s.channels[0].mode == 2 || s.channels[0].mode == 3 {
+                var after = max(r, t - Self.ticks(slack))
+                var late = 0
+                while late < Self.lateRisesLimit, let next = s.channels[0].nextRise(after: after), next <= t {
+                    late += 1
+                    after = next
+                }
+                s.lateRises = min(s.lateRises + late, Self.lateRisesLimit)
+            }
             return true
         }
         // Outside the lock: the PIC calls back into the machine.
         if rose { irq0?.pulse() }
-        rearm(earliest: now &+ Self.minimumTimerInterval)
+        rearm(earliest: now &+ Self.minimumTimerInterval, keepingLateRises: true)
+    }
+
+    /// The most late rises kept to be pulsed (`State.lateRises`).
+    static let lateRisesLimit = 1000
+
+    /// A CPU took IRQ 0's request (the 8259A's INTA or the IOAPIC pin's vector): the next
+    /// late rise, if one is owed, is the next request, taken once the handler's EOI lets it.
+    private func irq0Acknowledged() {
+        let owed = state.withLock { s -> Bool in
+            guard s.lateRises > 0 else { return false }
+            s.lateRises -= 1
+            return true
+        }
+        if owed { irq0?.pulse() }
     }
 }
 

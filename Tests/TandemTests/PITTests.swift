@@ -430,4 +430,75 @@ struct PITTests {
         #expect(r.output == "CT\n", "status \(r.status): \(r.message ?? "")")
         #expect(r.status == 0)
     }
+
+    /// IRQ 0 requests a guest takes after a machine on a hand-driven clock with `slack`
+    /// jumps to `late` ns with channel 0 in mode 2 at 1 kHz (1193 counts): through the
+    /// 8259A (INTA, then a non-specific EOI), or through IOAPIC pin 2 to the local APIC
+    /// (vector 0x30, acknowledged, then its EOI) — as a handler would, until none is
+    /// pending; then the same after the next period.
+    static func irq0Taken(afterJumpTo late: UInt64, slack: UInt64, ioapic: Bool) throws -> (first: Int, later: Int) {
+        let time = Atomic<UInt64>(0)
+        let model = DeviceModel(console: try Console(.capture), input: .none(), cpus: 1,
+                                clock: MachineClock { time.load(ordering: .relaxed) }, timerSlack: slack) { _ in }
+        func out(_ port: UInt16, _ v: UInt8) { model.ports.write(port, size: 1, value: UInt32(v)) }
+        if ioapic {
+            out(0x21, 0xFF)                                        // the 8259A masked
+            model.apic.mmioWrite(vcpu: 0, LocalAPIC.defaultBase + 0xF0, size: 4, value: 0x1FF)
+            model.mmio.write(IOAPIC.base, size: 4, value: 0x14)     // pin 2, low word
+            model.mmio.write(IOAPIC.base + 0x10, size: 4, value: 0x30)   // edge, fixed, vector 0x30, to APIC 0
+        } else {
+            for (port, v): (UInt16, UInt8) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFE)] { out(port, v) }
+        }
+        out(0x43, 0x34)
+        out(0x40, UInt8(1193 & 0xFF))
+        out(0x40, UInt8(1193 >> 8))
+        func takeAll() -> Int {
+            var n = 0
+            while n < 10_000 {
+                if ioapic {
+                    guard let v = model.apic.acknowledgeInterrupt(vcpu: 0) else { break }
+                    #expect(v == 0x30)
+                    model.apic.mmioWrite(vcpu: 0, LocalAPIC.defaultBase + 0xB0, size: 4, value: 0)
+                } else {
+                    guard model.pic.hasPendingInterrupt(vcpu: 0), let v = model.pic.acknowledgeInterrupt(vcpu: 0) else { break }
+                    #expect(v == 0x20)
+                    out(0x20, 0x20)
+                }
+                n += 1
+            }
+            return n
+        }
+        time.store(late, ordering: .relaxed)
+        #expect(model.timers.fireDue() == 1)
+        let first = takeAll()
+        time.store(late + 1_000_000, ordering: .relaxed)
+        #expect(model.timers.fireDue() == 1)
+        return (first, takeAll())
+    }
+
+    @Test("--timer-slack: channel 0 rises a late timer passed over (modes 2 and 3) are pulsed again one per acknowledge of IRQ 0, through the 8259A and through the IOAPIC, up to the slack's worth; without a slack they merge")
+    func lateRises() throws {
+        for ioapic in [false, true] {
+            // 1193 counts = 0.99985 ms: rises at ~1, 2 and 3 ms before 3.5 ms.
+            #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 10_000_000, ioapic: ioapic) == (3, 1), "ioapic \(ioapic)")
+            #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 0, ioapic: ioapic) == (1, 1), "ioapic \(ioapic)")
+            // A second late: only the last slack's rises (10 ms: 10 of them) are owed.
+            #expect(try Self.irq0Taken(afterJumpTo: 1_000_500_000, slack: 10_000_000, ioapic: ioapic) == (11, 1), "ioapic \(ioapic)")
+        }
+    }
+
+    @Test("idle-pit: 2,000 PIT ticks through the 8259A reach a real-mode CPU in STI;HLT, on time or with --timer-slack late but none lost", arguments: backends())
+    func idlePIT(backend: BackendKind) throws {
+        for slack: UInt64 in [0, 10_000_000] {
+            let r = runGuest(try guest("idle-pit.bin"), backend: backend, timeout: 60) { $0.timerSlack = slack }
+            #expect(r.status == 0, "slack \(slack): \(r.message ?? "")")
+            // "idle-pit: ticks=T ms=M"
+            let fields = r.output.dropLast().split(separator: " ")
+            let ticks = fields.count == 3 ? Int(fields[1].dropFirst(6)) : nil
+            let ms = fields.count == 3 ? Int(fields[2].dropFirst(3)) : nil
+            #expect(fields.first == "idle-pit:" && (ticks ?? 0) >= 2000, "slack \(slack): \(r.output)")
+            // At least the 1,999.7 ms the ticks take; 20 s if a 10 ms slack lost them.
+            #expect((1999..<10_000).contains(ms ?? 0), "slack \(slack): \(r.output)")
+        }
+    }
 }
