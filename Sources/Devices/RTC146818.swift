@@ -49,6 +49,12 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         /// RTC time (L) up to which flags have been computed.
         var evaluated: Int64 = 0
         var line = false
+        /// The last periodic edge (its index at the periodic rate) whose interrupt was
+        /// raised, and, with a timer slack, the edges since that came while the timer slept
+        /// to the slack's multiple: raised again one at each read of register C, the
+        /// periodic interrupt's acknowledge. Neither is kept in snapshots.
+        var periodicTaken: Int64?
+        var latePeriodic = 0
 
         var bcd: Bool { b & 0x04 == 0 }
         var twentyFourHour: Bool { b & 0x02 != 0 }
@@ -239,7 +245,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     public func portRead(_ port: UInt16, size: Int) -> UInt32 {
         guard port == 0x71 else { return 0xFF }   // the index register is write-only
-        var lower = false
+        var lower = false, raise = false
         let value = state.withLock { s -> UInt8 in
             let now = rtcNow(s)
             s.catchUp(to: now)
@@ -252,6 +258,13 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                 let c = s.flags | (s.irqf ? 0x80 : 0)
                 s.flags = 0
                 if s.line { s.line = false; lower = true }
+                if s.latePeriodic > 0 && s.b & 0x40 != 0 {
+                    // The next late tick: PF again, and the line up again once lowered.
+                    s.latePeriodic -= 1
+                    s.flags = 0x40
+                    s.line = true
+                    raise = true
+                }
                 return c
             case 0x0D: return 0x80   // valid RAM and time: the battery is good
             case let i where Self.timeRegisters.contains(i):
@@ -260,10 +273,9 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
             case let i: return s.cmos[i]
             }
         }
-        if lower {
-            irq?.lower()
-            rearm()
-        }
+        if lower { irq?.lower() }
+        if raise { irq?.raise() }
+        if lower || raise { rearm() }
         return UInt32(value)
     }
 
@@ -311,6 +323,11 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                 let fraction = wasRunning ? floorMod(now, Self.second) : Self.second / 2
                 setTime(&s, second: s.seconds(held), fraction: fraction, now: now)
             }
+            if s.a != before.a || (s.b ^ before.b) & 0x40 != 0 {
+                // A new rate, or the periodic interrupt switched: no tick is owed.
+                s.latePeriodic = 0
+                s.periodicTaken = s.periodicCycles.map { floorDiv(cycles32k(now), $0) }
+            }
             let irqf = s.irqf
             defer { s.line = irqf }
             return irqf && !s.line
@@ -329,13 +346,17 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     // MARK: Interrupts
 
+    /// The most late periodic ticks kept to be raised (`State.latePeriodic`).
+    static let latePeriodicLimit = 1000
+
     /// Arms the timer for the next enabled event (under the state lock, so that concurrent
     /// re-arms cannot leave a stale deadline), or disarms it.
     private func rearm() {
         guard let timer else { return }
         state.withLock { s in
             if let event = s.nextEvent(after: rtcNow(s)) {
-                timer.arm(at: UInt64(max(event - s.offset, 0)))
+                // With the periodic interrupt on, edges a late timer passes over are made up (`update`).
+                timer.arm(at: UInt64(max(event - s.offset, 0)), catchesUp: s.b & 0x40 != 0 && s.periodicCycles != nil)
             } else {
                 timer.disarm()
             }
@@ -343,11 +364,25 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
     }
 
     private func update() {
+        let slack = timer?.slack ?? 0
         let raise = state.withLock { s -> Bool in
-            s.catchUp(to: rtcNow(s))
+            let now = rtcNow(s)
+            s.catchUp(to: now)
             let irqf = s.irqf
             defer { s.line = irqf }
-            return irqf && !s.line
+            let raising = irqf && !s.line
+            if raising, s.flags & 0x40 != 0, s.b & 0x40 != 0, let p = s.periodicCycles {
+                // Edges after the last one raised, up to now: merged into this interrupt,
+                // unless a timer slack let the timer sleep past them; then those of the last
+                // slack are raised later, one per read of register C.
+                let edge = floorDiv(cycles32k(now), p)
+                if slack > 0, let taken = s.periodicTaken, edge > taken + 1 {
+                    let slackEdges = Int64(slack) * 32_768 / Self.second / p + 1
+                    s.latePeriodic = Int(min(Int64(Self.latePeriodicLimit), Int64(s.latePeriodic) + min(edge - taken - 1, slackEdges)))
+                }
+                s.periodicTaken = edge
+            }
+            return raising
         }
         if raise { irq?.raise() }
         rearm()

@@ -161,8 +161,15 @@ final class Decoder {
     /// as `mov r, r/m` (the same ModRM encoding) and renamed. With a register operand
     /// they are #UD here (VEX/EVEX need CR4.OSXSAVE, which the interpreter never offers).
     private func decodeLegacyForm(_ bytes: UnsafeRawBufferPointer, bits: Int) -> (instruction: DecodedInstruction?, Void)? {
-        let prefixes: Set<UInt8> = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3]
-        guard let i = bytes.firstIndex(where: { !prefixes.contains($0) }), [0xC4, 0xC5, 0x62].contains(bytes[i]) else { return nil }
+        // A switch, not a Set literal: this runs for every decode outside 64-bit mode, and
+        // a Set is built and hashed each time (7% of the samples of a guest that re-decodes a page on each tick).
+        func isPrefix(_ b: UInt8) -> Bool {
+            switch b {
+            case 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3: true
+            default: false
+            }
+        }
+        guard let i = bytes.firstIndex(where: { !isPrefix($0) }), bytes[i] == 0xC4 || bytes[i] == 0xC5 || bytes[i] == 0x62 else { return nil }
         guard i + 1 < bytes.count, bytes[i + 1] >> 6 != 3 else { return (nil, ()) }
         var copy = Array(bytes)
         let original = copy[i]

@@ -14,11 +14,11 @@ final class TestTime: Sendable {
     let clock: MachineClock
     let timers: TimerService
 
-    init(_ start: UInt64 = 0) {
+    init(_ start: UInt64 = 0, slack: UInt64 = 0) {
         let cell = self.cell
         cell.ns.store(start, ordering: .relaxed)
         clock = MachineClock(source: { cell.ns.load(ordering: .relaxed) })
-        timers = TimerService(clock: clock, manual: true)
+        timers = TimerService(clock: clock, manual: true, slack: slack)
     }
 
     var now: UInt64 { cell.ns.load(ordering: .relaxed) }
@@ -36,6 +36,13 @@ final class TestTime: Sendable {
     }
 
     func advance(by d: UInt64) { advance(to: now + d) }
+
+    /// Moves to `t` (never backwards) and fires what is due by then once, at `t`: a timer
+    /// that woke late (`--timer-slack`).
+    func jump(to t: UInt64) {
+        set(t)
+        timers.fireDue()
+    }
 }
 
 /// An interrupt controller stand-in: records every level driven on each pin.
