@@ -77,7 +77,9 @@ public final class IOAPIC: MMIODevice, InterruptPins, @unchecked Sendable {
         guard let acknowledged else { return }
         var pins = state.withLock { s -> UInt32 in
             var mask: UInt32 = 0
-            for pin in 0..<Self.pins where s.table[pin] & 0xFF == UInt64(vector) && s.table[pin] & (1 << 15 | 1 << 16) == 0 {
+            // Unmasked, edge-triggered, fixed or lowest-priority delivery, of this vector.
+            for pin in 0..<Self.pins where s.table[pin] & 0xFF == UInt64(vector) && s.table[pin] & (1 << 15 | 1 << 16) == 0
+                && s.table[pin] >> 8 & 7 <= 1 {
                 mask |= 1 << pin
             }
             return mask

@@ -105,8 +105,9 @@ public final class LocalAPIC: @unchecked Sendable {
         /// Periodic mode: the periods since `timerStart` already turned into interrupts.
         var periodsCounted: UInt64 = 0
         /// Periodic mode with a timer slack: ticks that fell due before the timer fired
-        /// (a halted vCPU sleeping to the slack's next multiple), raised one at each EOI of
-        /// the timer's vector. Not kept in snapshots (at most a slack's worth).
+        /// (a halted vCPU sleeping to the slack's next multiple) or while one waited in the
+        /// IRR, raised one at each EOI of the timer's vector; never more than a slack's
+        /// worth (slack / period + 1). Not kept in snapshots.
         var lateTicks: UInt64 = 0
         var tscDeadline: UInt64 = 0
         var nmiPending = false
@@ -508,7 +509,7 @@ public final class LocalAPIC: @unchecked Sendable {
         let slack = timer.slack
         let fire = registers.withLock { r -> UInt32? in
             let lvt = r.lvt(.timer)
-            var late: UInt64 = 0
+            var late: UInt64 = 0, owedLimit: UInt64 = 0
             switch r.timerMode {
             case 1:
                 guard r.timerRunning, r.initialCount != 0 else { return nil }
@@ -518,9 +519,13 @@ public final class LocalAPIC: @unchecked Sendable {
                 timer.arm(at: r.timerStart &+ (passed + 1) &* period, catchesUp: true)
                 // Ticks due before this one (it fired late): merged into this interrupt, as
                 // QEMU's and KVM's local APICs do, unless a timer slack let the vCPU sleep
-                // past them; then up to the slack's worth are raised later, one per EOI.
-                if slack > 0 && passed > r.periodsCounted + 1 {
-                    late = min(passed - r.periodsCounted - 1, slack / period + 1)
+                // past them; then they are owed, at most a slack's worth, and raised later,
+                // one per EOI. So is this one while the one before still waits in the IRR
+                // (a tick due during a burst of owed ones).
+                if slack > 0 {
+                    owedLimit = slack / period + 1
+                    late = passed > r.periodsCounted + 1 ? passed - r.periodsCounted - 1 : 0
+                    if r.irr[UInt8(truncatingIfNeeded: lvt)] { late += 1 }
                 }
                 r.periodsCounted = passed
             case 2:
@@ -531,7 +536,7 @@ public final class LocalAPIC: @unchecked Sendable {
                 r.timerRunning = false   // the current count reads 0 from here on
             }
             guard lvt & Self.lvtMasked == 0, r.softwareEnabled, lvt & 0xFF >= 16 else { return nil }
-            r.lateTicks = min(r.lateTicks &+ late, Self.lateTicksLimit)
+            r.lateTicks = min(r.lateTicks &+ late, owedLimit)
             return lvt
         }
         if let lvt = fire, accept(InterruptMessage(vector: UInt8(lvt & 0xFF), mode: .fixed, destination: apicID)) {
@@ -539,17 +544,16 @@ public final class LocalAPIC: @unchecked Sendable {
         }
     }
 
-    /// The most late periodic ticks kept to be raised (`Registers.lateTicks`).
-    static let lateTicksLimit: UInt64 = 1000
-
     /// At the EOI of `vector`: if it is the periodic timer's (still unmasked), the next late
-    /// tick goes to the IRR, to be taken once the vCPU can (after the IRET, with IF set).
+    /// tick goes to the IRR, to be taken once the vCPU can (after the IRET, with IF set) —
+    /// unless a tick already waits there (one that came due meanwhile): then at the next EOI.
     private static func raiseLateTick(_ r: inout Registers, after vector: UInt8) {
         let lvt = r.lvt(.timer)
         guard r.timerMode == 1, r.timerRunning, UInt8(lvt & 0xFF) == vector, lvt & lvtMasked == 0 else {
             if r.timerMode != 1 || !r.timerRunning || lvt & lvtMasked != 0 { r.lateTicks = 0 }
             return
         }
+        guard !r.irr[vector] else { return }
         r.lateTicks -= 1
         r.irr[vector] = true
         r.tmr[vector] = false

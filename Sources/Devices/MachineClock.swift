@@ -289,6 +289,8 @@ final class TimerCore: @unchecked Sendable {
         for t in timers where !t.attached.load(ordering: .sequentiallyConsistent) {
             let d = t.due.machineNanoseconds.load(ordering: .relaxed)
             guard d != .max else { continue }
+            // The board's timers do not know whether a vCPU runs: with a slack, a periodic
+            // one's ticks come late (none lost) even to a busy guest (Platform.md).
             let host = t.wakeup(forDeadline: d)
             if host < earliest?.2 ?? .max { earliest = (t, d, host) }
         }
@@ -389,7 +391,8 @@ public final class DeviceTimer: @unchecked Sendable {
     /// once per slack, and each takes the ticks that fell due meanwhile one after another
     /// (a 1 kHz timer with a 10 ms slack: 100 host wake-ups a second instead of 1,000).
     public var hostWakeup: UInt64? {
-        let d = due.machineNanoseconds.load(ordering: .relaxed)
+        // Acquiring: `arm` stores how the deadline may be delayed before the deadline.
+        let d = due.machineNanoseconds.load(ordering: .acquiring)
         return d == .max ? nil : wakeup(forDeadline: d)
     }
 

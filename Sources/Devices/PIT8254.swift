@@ -174,9 +174,13 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
         /// The channel 0 rise the timer is armed for.
         var armedRise: Int64?
         /// With a timer slack (modes 2 and 3): channel 0 rises that came while the timer
-        /// thread slept to the slack's multiple, pulsed one at each acknowledge of IRQ 0.
-        /// Not kept in snapshots (at most a slack's worth).
+        /// thread slept to the slack's multiple, or while a pulse of ours still waited to be
+        /// taken (`pulseOutstanding`), pulsed one at each acknowledge of IRQ 0; never more
+        /// than a slack's worth. Not kept in snapshots.
         var lateRises = 0
+        /// With a timer slack: IRQ 0 was pulsed and no CPU has taken the request yet, so a
+        /// rise now would merge with it (it is owed instead).
+        var pulseOutstanding = false
     }
 
     private let state = Mutex(State())
@@ -461,7 +465,7 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
         let t = currentTick()
         state.withLock { s in
             s.channels[0].settle(t)
-            if !keepingLateRises { s.lateRises = 0 }
+            if !keepingLateRises { s.lateRises = 0; s.pulseOutstanding = false }
             let rise = s.channels[0].nextRise(after: t)
             s.armedRise = rise
             if let rise {
@@ -485,15 +489,20 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
             // Rises after the one armed for, up to now: merged into this pulse (as a PIC
             // merges requests not yet acknowledged), unless a timer slack let the timer
             // sleep past them; then those of the last slack are pulsed later, one at each
-            // acknowledge of IRQ 0 (`irq0Acknowledged`).
+            // acknowledge of IRQ 0 (`irq0Acknowledged`). So is this one while our last
+            // pulse is still to be taken (it is pulsed all the same: should the request
+            // have gone — the 8259A initialised again — this one brings the ticks back).
             if slack > 0, s.channels[0].mode == 2 || s.channels[0].mode == 3 {
-                var after = max(r, t - Self.ticks(slack))
-                var late = 0
-                while late < Self.lateRisesLimit, let next = s.channels[0].nextRise(after: after), next <= t {
+                let slackTicks = Self.ticks(slack)
+                var after = max(r, t - slackTicks)
+                var late = s.pulseOutstanding ? 1 : 0
+                let owedLimit = Int(slackTicks / max(s.channels[0].n, 1)) + 1
+                while late < owedLimit, let next = s.channels[0].nextRise(after: after), next <= t {
                     late += 1
                     after = next
                 }
-                s.lateRises = min(s.lateRises + late, Self.lateRisesLimit)
+                s.lateRises = min(s.lateRises + late, owedLimit)
+                s.pulseOutstanding = true
             }
             return true
         }
@@ -502,13 +511,11 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
         rearm(earliest: now &+ Self.minimumTimerInterval, keepingLateRises: true)
     }
 
-    /// The most late rises kept to be pulsed (`State.lateRises`).
-    static let lateRisesLimit = 1000
-
     /// A CPU took IRQ 0's request (the 8259A's INTA or the IOAPIC pin's vector): the next
     /// late rise, if one is owed, is the next request, taken once the handler's EOI lets it.
     private func irq0Acknowledged() {
         let owed = state.withLock { s -> Bool in
+            s.pulseOutstanding = s.lateRises > 0
             guard s.lateRises > 0 else { return false }
             s.lateRises -= 1
             return true

@@ -51,8 +51,9 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
         var line = false
         /// The last periodic edge (its index at the periodic rate) whose interrupt was
         /// raised, and, with a timer slack, the edges since that came while the timer slept
-        /// to the slack's multiple: raised again one at each read of register C, the
-        /// periodic interrupt's acknowledge. Neither is kept in snapshots.
+        /// to the slack's multiple or while IRQ 8 was still up: raised again one at each
+        /// read of register C, the periodic interrupt's acknowledge; never more than a
+        /// slack's worth. Neither is kept in snapshots.
         var periodicTaken: Int64?
         var latePeriodic = 0
 
@@ -346,8 +347,6 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     // MARK: Interrupts
 
-    /// The most late periodic ticks kept to be raised (`State.latePeriodic`).
-    static let latePeriodicLimit = 1000
 
     /// Arms the timer for the next enabled event (under the state lock, so that concurrent
     /// re-arms cannot leave a stale deadline), or disarms it.
@@ -378,7 +377,7 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                 let edge = floorDiv(cycles32k(now), p)
                 if slack > 0, let taken = s.periodicTaken, edge > taken + 1 {
                     let slackEdges = Int64(slack) * 32_768 / Self.second / p + 1
-                    s.latePeriodic = Int(min(Int64(Self.latePeriodicLimit), Int64(s.latePeriodic) + min(edge - taken - 1, slackEdges)))
+                    s.latePeriodic = Int(min(Int64(s.latePeriodic) + edge - taken - 1, slackEdges))
                 }
                 s.periodicTaken = edge
             }

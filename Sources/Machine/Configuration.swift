@@ -114,8 +114,9 @@ public struct MachineConfiguration: Sendable {
     /// `--switch-every`: each vCPU alternates between the interpreter and KVM (nil: it stays
     /// on its engine unless moved through `Machine.switch(vcpu:to:)`, SIGUSR1 or gdb).
     public var switchEvery: SwitchInterval? = nil
-    /// `--timer-slack`, in nanoseconds: how late a halted vCPU may take its local APIC's
-    /// periodic ticks, which then come one after another, none lost (0: on time).
+    /// `--timer-slack`, in nanoseconds: how late periodic ticks may come (a local APIC
+    /// timer's to a halted vCPU, the PIT's, the RTC's), one after another, none lost
+    /// (0: on time).
     public var timerSlack: UInt64 = 0
     /// The largest `--timer-slack` (ns): past that a guest's idle ticks come in bursts a
     /// person would notice.

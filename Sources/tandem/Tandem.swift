@@ -123,7 +123,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Rebuild the machine from this snapshot, instead of an image, and continue the guest (on either backend; status 214 when the file cannot be used).", valueName: "file"))
     var restore: String?
 
-    @Option(help: ArgumentHelp("How late a halted vCPU may take the ticks of its local APIC's periodic timer: 0 (on time) or a time with a unit, e.g. 10ms (at most 100ms). It then sleeps to a multiple of that time and takes the ticks that fell due meanwhile one after another, none lost, so an idle guest costs fewer host wake-ups (Documentation/Platform.md).", valueName: "time"))
+    @Option(help: ArgumentHelp("How late periodic timer ticks may come — a local APIC timer in periodic mode (to a halted vCPU), PIT channel 0 in modes 2 and 3, the RTC's periodic interrupt: 0 (on time) or a time with a unit, e.g. 10ms (at most 100ms). Tandem then wakes at multiples of that time and the ticks that fell due meanwhile come one after another, none lost, so an idle guest costs fewer host wake-ups (Documentation/Platform.md).", valueName: "time"))
     var timerSlack: String = "0"
 
     @Option(help: "What a reset by the guest (port 0xCF9, the i8042, a triple fault) does: exit (the run ends: status 212, a triple fault 204) or restart (the guest starts again from its image in a fresh machine: clean RAM, the CMOS RAM and the console carried over).")

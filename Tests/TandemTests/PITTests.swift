@@ -443,7 +443,9 @@ struct PITTests {
     /// 8259A (INTA, then a non-specific EOI), or through IOAPIC pin 2 to the local APIC
     /// (vector 0x30, acknowledged, then its EOI) — as a handler would, until none is
     /// pending; then the same after the next period.
-    static func irq0Taken(afterJumpTo late: UInt64, slack: UInt64, ioapic: Bool) throws -> (first: Int, later: Int) {
+    /// With `duringBurst`, machine time moves there (and the timer fires, if due) after the
+    /// first request is taken: a rise while owed ones are being taken.
+    static func irq0Taken(afterJumpTo late: UInt64, slack: UInt64, ioapic: Bool, duringBurst: UInt64? = nil) throws -> (first: Int, later: Int) {
         let time = Atomic<UInt64>(0)
         let model = DeviceModel(console: try Console(.capture), input: .none(), cpus: 1,
                                 clock: MachineClock { time.load(ordering: .relaxed) }, timerSlack: slack) { _ in }
@@ -459,7 +461,7 @@ struct PITTests {
         out(0x43, 0x34)
         out(0x40, UInt8(1193 & 0xFF))
         out(0x40, UInt8(1193 >> 8))
-        func takeAll() -> Int {
+        func takeAll(duringBurst: UInt64? = nil) -> Int {
             var n = 0
             while n < 10_000 {
                 if ioapic {
@@ -472,13 +474,17 @@ struct PITTests {
                     out(0x20, 0x20)
                 }
                 n += 1
+                if n == 1, let t = duringBurst {
+                    time.store(t, ordering: .relaxed)
+                    model.timers.fireDue()
+                }
             }
             return n
         }
         time.store(late, ordering: .relaxed)
         #expect(model.timers.fireDue() == 1)
-        let first = takeAll()
-        time.store(late + 1_000_000, ordering: .relaxed)
+        let first = takeAll(duringBurst: duringBurst)
+        time.store(max(late, duringBurst ?? 0) + 1_000_000, ordering: .relaxed)
         #expect(model.timers.fireDue() == 1)
         return (first, takeAll())
     }
@@ -489,6 +495,9 @@ struct PITTests {
             // 1193 counts = 0.99985 ms: rises at ~1, 2 and 3 ms before 3.5 ms.
             #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 10_000_000, ioapic: ioapic) == (3, 1), "ioapic \(ioapic)")
             #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 0, ioapic: ioapic) == (1, 1), "ioapic \(ioapic)")
+            // Rise 4 (4.0 ms) while rise 2's request waits: owed too, not merged.
+            #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 10_000_000, ioapic: ioapic, duringBurst: 4_200_000) == (4, 1), "ioapic \(ioapic)")
+            #expect(try Self.irq0Taken(afterJumpTo: 3_500_000, slack: 0, ioapic: ioapic, duringBurst: 4_200_000) == (2, 1), "ioapic \(ioapic)")
             // A second late: only the last slack's rises (10 ms: 10 of them) are owed.
             #expect(try Self.irq0Taken(afterJumpTo: 1_000_500_000, slack: 10_000_000, ioapic: ioapic) == (11, 1), "ioapic \(ioapic)")
         }
