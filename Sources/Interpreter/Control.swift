@@ -65,9 +65,12 @@ extension InterpreterVCPU {
             if d.isConforming ? d.dpl > cpl : (rpl > cpl || d.dpl != cpl) { throw .gp(code) }
             if !d.present { throw .np(code) }
             var size = osz
-            if longMode && d.long && osz == 4 && call { size = 4 }
-            let target = d.long && longMode ? offset : offset & sizeMask(osz)
-            if !(longMode && d.long) && target > UInt64(d.limit) { throw .gp() }
+            // Into 64-bit code from 64-bit or compatibility mode: no limit (a 64-bit code
+            // descriptor's limit may be 0, as memtest86+'s is).
+            let toLong = ia32eMode && d.long
+            if toLong && osz == 4 && call { size = 4 }
+            let target = toLong ? offset : offset & sizeMask(osz)
+            if !toLong && target > UInt64(d.limit) { throw .gp() }
             if call { try pushReturnAddress(next, size: size) }
             try setCodeSegment(d, selector: selector, cpl: cpl, address: address)
             s.pointee.rip = target
@@ -79,11 +82,11 @@ extension InterpreterVCPU {
             if d.dpl < cpl || d.dpl < rpl { throw .gp(code) }
             if !d.present { throw .np(code) }
             var gateOffset = d.gateOffset
-            if longMode {
+            if ia32eMode {
                 let high = try readSystem(address &+ 8, 8)
                 gateOffset |= (high & 0xFFFF_FFFF) << 32
             }
-            let gateSize = longMode ? 8 : (d.type == 0xC ? 4 : 2)
+            let gateSize = ia32eMode ? 8 : (d.type == 0xC ? 4 : 2)
             if d.type == 0x4 { gateOffset &= 0xFFFF }
             let targetSelector = d.gateSelector
             if targetSelector & 0xFFFC == 0 { throw .gp() }
@@ -157,7 +160,7 @@ extension InterpreterVCPU {
     /// The SS:ESP for privilege level `level` from the current TSS.
     func innerStack(_ level: UInt8) throws(Fault) -> (UInt16, UInt64) {
         let tr = s.pointee.tr
-        if longMode {
+        if ia32eMode {
             let sp = try readSystem(tr.base &+ 4 &+ UInt64(level) * 8, 8)
             return (UInt16(level), sp)
         }
@@ -201,7 +204,7 @@ extension InterpreterVCPU {
         if !d.isCode { throw .gp(code) }
         if d.isConforming ? d.dpl > rpl : d.dpl != rpl { throw .gp(code) }
         if !d.present { throw .np(code) }
-        let toLong = longMode && d.long
+        let toLong = ia32eMode && d.long
         let target = toLong ? ip : ip & 0xFFFF_FFFF & sizeMask(osz)
         if !toLong && target > UInt64(d.limit) { throw .gp() }
         if rpl == cpl && !(longMode && flags != nil) {
@@ -267,14 +270,14 @@ extension InterpreterVCPU {
             writeFlags(flags, size: osz)
             return
         }
-        if flag(Flag.nt) && !longMode {
+        if flag(Flag.nt) && !ia32eMode {
             try taskReturn(next: next)
             return
         }
         let ip = try peek(0, osz)
         let cs = UInt16(truncatingIfNeeded: try peek(UInt64(osz), osz))
         let flags = try peek(UInt64(2 * osz), osz)
-        if osz == 4 && flags & Flag.vm != 0 && cpl == 0 && !longMode {
+        if osz == 4 && flags & Flag.vm != 0 && cpl == 0 && !ia32eMode {
             try returnToVirtual8086(ip: ip, cs: cs, flags: flags)
             return
         }

@@ -52,14 +52,14 @@ extension InterpreterVCPU {
         let saved = cpl
         cpl = 0
         defer { cpl = saved }
-        return try readLinear(longMode ? linear : linear & 0xFFFF_FFFF, size)
+        return try readLinear(ia32eMode ? linear : linear & 0xFFFF_FFFF, size)
     }
 
     func writeSystem(_ linear: UInt64, _ size: Int, _ value: UInt64) throws(Fault) {
         let saved = cpl
         cpl = 0
         defer { cpl = saved }
-        try writeLinear(longMode ? linear : linear & 0xFFFF_FFFF, size, value)
+        try writeLinear(ia32eMode ? linear : linear & 0xFFFF_FFFF, size, value)
     }
 
     /// Sets a descriptor's accessed bit, as the CPU does when loading it.

@@ -60,12 +60,12 @@ extension InterpreterVCPU {
         }
         let external: UInt32 = software ? 0 : 1
         let idtCode = UInt32(vector) * 8 + 2 + (software ? 0 : external)
-        let entrySize: UInt64 = longMode ? 16 : 8
+        let entrySize: UInt64 = ia32eMode ? 16 : 8
         let entry = UInt64(vector) * entrySize
         if entry + entrySize - 1 > UInt64(s.pointee.idtr.limit) { throw .gp(idtCode) }
         let gate = Descriptor(raw: try readSystem(s.pointee.idtr.base &+ entry, 8))
         let type = gate.type
-        let validTypes: [UInt8] = longMode ? [0xE, 0xF] : [0x5, 0x6, 0x7, 0xE, 0xF]
+        let validTypes: [UInt8] = ia32eMode ? [0xE, 0xF] : [0x5, 0x6, 0x7, 0xE, 0xF]
         if !gate.isSystem || !validTypes.contains(type) { throw .gp(idtCode) }
         if software && gate.dpl < cpl { throw .gp(idtCode) }
         if !gate.present { throw .np(idtCode) }
@@ -79,7 +79,7 @@ extension InterpreterVCPU {
         }
         var offset = gate.gateOffset
         var ist = 0
-        if longMode {
+        if ia32eMode {
             offset |= (try readSystem(s.pointee.idtr.base &+ entry &+ 8, 8) & 0xFFFF_FFFF) << 32
             ist = Int((gate.raw >> 32) & 7)
         }
@@ -91,8 +91,8 @@ extension InterpreterVCPU {
         let tcode = UInt32(selector & 0xFFFC) + external
         if !target.isCode || target.dpl > cpl { throw .gp(tcode) }
         if !target.present { throw .np(tcode) }
-        if longMode && !(target.long && !target.raw.bit(54)) { throw .gp(tcode) }
-        let size = longMode ? 8 : is16 ? 2 : 4
+        if ia32eMode && !(target.long && !target.raw.bit(54)) { throw .gp(tcode) }
+        let size = ia32eMode ? 8 : is16 ? 2 : 4
         let fromV86 = virtual8086
         let oldFlags = s.pointee.rflags | (pushResumeFlag ? Flag.rf : 0)
         let oldCS = UInt64(seg[1].pointee.selector)
@@ -104,10 +104,10 @@ extension InterpreterVCPU {
             let privilegeChange = !target.isConforming && target.dpl < cpl
             // From v86 mode only a non-conforming DPL 0 code segment will do.
             if fromV86 && (target.dpl != 0 || target.isConforming) { throw .gp(tcode) }
-            if privilegeChange || ist != 0 || longMode {
+            if privilegeChange || ist != 0 || ia32eMode {
                 let newCPL = target.isConforming ? cpl : target.dpl
                 var newSP: UInt64
-                if longMode {
+                if ia32eMode {
                     if ist != 0 {
                         newSP = try readSystem(s.pointee.tr.base &+ 0x24 &+ UInt64(ist - 1) * 8, 8)
                     } else if privilegeChange {
@@ -122,6 +122,10 @@ extension InterpreterVCPU {
                     }
                     cpl = newCPL
                     stackMask = .max
+                    // The frame goes on the 64-bit stack as 64-bit mode addresses it (no SS
+                    // base or limit), even from compatibility mode; the handler is 64-bit code,
+                    // and setCodeSegment (or the failure path's refreshMode) sets the mode again.
+                    longMode = true
                     r[4] = newSP
                     try push(oldSS, 8)
                     try push(oldSP, 8)

@@ -112,7 +112,7 @@ extension InterpreterVCPU {
             // XSAVE/XGETBV/XSETBV (SaveRestore.swift), where CPUID offers XSAVE.
             if shared.cpu.cpuid.offered.contains(.xsave) { supported |= CR4Bits.osxsave }
             if value & ~supported != 0 { throw .gp() }
-            if longMode && value & CR4.pae == 0 { throw .gp() }
+            if ia32eMode && value & CR4.pae == 0 { throw .gp() }
             s.pointee.cr4 = value
             tlb.flushAll()
         case 8:
@@ -281,7 +281,7 @@ extension InterpreterVCPU {
         if ldt ? (!d.isSystem || d.type != 2) : (!d.isSystem || (d.type != 1 && d.type != 9)) { throw .gp(code) }
         if !d.present { throw .np(code) }
         var base = d.base
-        if longMode {
+        if ia32eMode {
             base |= (try readSystem(address &+ 8, 8) & 0xFFFF_FFFF) << 32
             if !isCanonical(base) { throw .gp(code) }
         }
@@ -304,11 +304,11 @@ extension InterpreterVCPU {
         var ok: Bool
         switch op {
         case .lar:
-            let validSystem: Set<UInt8> = longMode ? [2, 9, 0xB, 0xC] : [1, 2, 3, 4, 5, 9, 0xB, 0xC]
+            let validSystem: Set<UInt8> = ia32eMode ? [2, 9, 0xB, 0xC] : [1, 2, 3, 4, 5, 9, 0xB, 0xC]
             ok = privilegeOK && (!desc.isSystem || validSystem.contains(desc.type))
             if ok { writeReg(d.pointee.o0.reg, Int(d.pointee.o0.size), desc.raw >> 32 & 0x00F0_FF00) }
         case .lsl:
-            let validSystem: Set<UInt8> = longMode ? [2, 9, 0xB] : [1, 2, 3, 9, 0xB]
+            let validSystem: Set<UInt8> = ia32eMode ? [2, 9, 0xB] : [1, 2, 3, 9, 0xB]
             ok = privilegeOK && (!desc.isSystem || validSystem.contains(desc.type))
             if ok { writeReg(d.pointee.o0.reg, Int(d.pointee.o0.size), UInt64(desc.limit)) }
         case .verr:

@@ -323,7 +323,10 @@ extension VCPUManager {
                 }
             }
             let (all, anyEnabled) = control.withLock { ($0.halted == backends.count, $0.haltedWithInterruptsEnabled > 0) }
-            if all && !(anyEnabled && devices.mayStillInterrupt) {
+            // Halted for good: nothing any vCPU accepts can come. An NMI, INIT or SIPI waiting
+            // for a vCPU that has not woken yet (its sender halted right after sending it, as
+            // memtest86+'s NMI barrier does) wakes it whatever IF says.
+            if all && !(anyEnabled && devices.mayStillInterrupt) && !devices.apic.anyNonMaskableEvent() {
                 requestStop(.allHalted(interruptsDisabled: !anyEnabled))
                 return false
             }

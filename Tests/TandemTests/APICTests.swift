@@ -416,6 +416,13 @@ struct APICTests {
         #expect(r.stdout.hasPrefix("cpu0 ticks=20") && r.stdout.contains("\ncpu1 ticks=20"), "\(r.stdout)")
     }
 
+    @Test("nmi-pingpong: 200 NMIs to a vCPU halted with IF clear, each sent by one that halts at once; all halted with an NMI still pending is not the end (it stopped the machine, as it stopped memtest86+)", arguments: backends(), [2, 4])
+    func nmiPingPong(backend: BackendKind, cpus: Int) throws {
+        let r = runGuest(try guest("nmi-pingpong.elf"), backend: backend, cpus: cpus, timeout: 60)
+        #expect(r.output == "nmi: 200 rounds\n", "status \(r.status): \(r.message ?? "")")
+        #expect(r.status == 0)
+    }
+
     @Test("x2apic: x2APIC mode, TSC-deadline timer, SELF IPI and ICR-MSR IPIs round a ring, through MSRs only", arguments: backends(), [1, 4])
     func x2APICGuest(backend: BackendKind, cpus: Int) throws {
         let r = runGuest(try guest("x2apic.elf"), backend: backend, cpus: cpus, timeout: 60)
