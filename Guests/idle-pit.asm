@@ -27,11 +27,7 @@ ticks    equ 0x500
 ms       equ 0x504
 start_pm equ 0x508
 
-%macro outb 2
-        mov dx, %1
-        mov al, %2
-        out dx, al
-%endmacro
+%include "real16.inc"
 
 start:
         cli
@@ -41,27 +37,12 @@ start:
         mov sp, 0x7C00
         cld
         mov word [ticks], 0
-        outb COM1+1, 0x00
-        outb COM1+3, 0x80
-        outb COM1+0, 0x01
-        outb COM1+1, 0x00
-        outb COM1+3, 0x03
-        outb COM1+2, 0xC7
-        outb COM1+4, 0x0B
+        com1_init
 
         mov word [0x20 * 4], on_pit     ; IRQ 0 -> vector 0x20
         mov word [0x20 * 4 + 2], 0
 
-        outb 0x20, 0x11                 ; the 8259A pair: edge, cascade, 8086 mode
-        outb 0xA0, 0x11
-        outb 0x21, 0x20
-        outb 0xA1, 0x28
-        outb 0x21, 0x04
-        outb 0xA1, 0x02
-        outb 0x21, 0x01
-        outb 0xA1, 0x01
-        outb 0x21, 0xFE                 ; IRQ 0 only
-        outb 0xA1, 0xFF
+        pic_init 0xFE, 0xFF             ; the 8259A pair: IRQ 0 only
 
         mov dx, PMTMR
         in eax, dx
@@ -106,38 +87,7 @@ on_pit: inc word [cs:ticks]
         pop ax
         iret
 
-putc:   push dx                         ; AL
-        push ax
-        mov dx, COM1+5
-.busy:  in al, dx
-        test al, 0x20
-        jz .busy
-        pop ax
-        mov dx, COM1
-        out dx, al
-        pop dx
-        ret
-
-puts:   lodsb                           ; DS:SI, zero-terminated
-        test al, al
-        jz .end
-        call putc
-        jmp puts
-.end:   ret
-
-putdec: xor cx, cx                      ; AX, unsigned
-        mov bx, 10
-.split: xor dx, dx
-        div bx
-        push dx
-        inc cx
-        test ax, ax
-        jnz .split
-.digit: pop ax
-        add al, '0'
-        call putc
-        loop .digit
-        ret
+%include "print16.inc"
 
 s_ticks: db "idle-pit: ticks=", 0
 s_ms:    db " ms=", 0

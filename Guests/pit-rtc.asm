@@ -26,11 +26,7 @@ org 0x7C00
 
 COM1    equ 0x3F8
 
-%macro outb 2
-        mov dx, %1
-        mov al, %2
-        out dx, al
-%endmacro
+%include "real16.inc"
 
 start:
         cli
@@ -40,13 +36,7 @@ start:
         mov ss, ax
         mov sp, 0x7C00
         cld
-        outb COM1+1, 0x00
-        outb COM1+3, 0x80
-        outb COM1+0, 0x01
-        outb COM1+1, 0x00
-        outb COM1+3, 0x03
-        outb COM1+2, 0xC7
-        outb COM1+4, 0x0B
+        com1_init
 
         ; IVT: IRQ 0 → 0x20, IRQ 8 → 0x28.
         mov word [0x20 * 4], on_pit
@@ -54,17 +44,8 @@ start:
         mov word [0x28 * 4], on_rtc
         mov word [0x28 * 4 + 2], 0
 
-        ; The 8259A pair: edge, cascade, 8086 mode.
-        outb 0x20, 0x11
-        outb 0xA0, 0x11
-        outb 0x21, 0x20
-        outb 0xA1, 0x28
-        outb 0x21, 0x04
-        outb 0xA1, 0x02
-        outb 0x21, 0x01
-        outb 0xA1, 0x01
-        outb 0x21, 0xFA                 ; IRQ 0 and 2 unmasked
-        outb 0xA1, 0xFE                 ; IRQ 8 unmasked
+        ; The 8259A pair: IRQ 0 and 2 unmasked on the master, IRQ 8 on the slave.
+        pic_init 0xFA, 0xFE
 
         ; PIT channel 0: mode 2, lo/hi, binary, 1193.
         outb 0x43, 0x34
@@ -276,25 +257,6 @@ rtc_read:
         loop .r
         ret
 
-putc:   push dx
-        push ax
-        mov dx, COM1+5
-.busy:  in al, dx
-        test al, 0x20
-        jz .busy
-        pop ax
-        mov dx, COM1
-        out dx, al
-        pop dx
-        ret
-
-puts:   lodsb
-        test al, al
-        jz .done
-        call putc
-        jmp puts
-.done:  ret
-
 puthex8:
         push ax
         shr al, 4
@@ -308,26 +270,7 @@ puthex8:
         pop bx
         ret
 
-; AX unsigned decimal.
-putdec: push bx
-        push cx
-        push dx
-        mov bx, 10
-        xor cx, cx
-.div:   xor dx, dx
-        div bx
-        push dx
-        inc cx
-        test ax, ax
-        jnz .div
-.out:   pop ax
-        add al, '0'
-        call putc
-        loop .out
-        pop dx
-        pop cx
-        pop bx
-        ret
+%include "print16.inc"
 
 rtc_regs: db 0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32
 hexdigits: db "0123456789abcdef"

@@ -183,16 +183,16 @@ public final class APICBus: InterruptController, @unchecked Sendable {
         }
     }
 
-    /// Whether an interrupt could still arrive for a halted machine: an armed timer is
-    /// the caller's to check; this covers pending requests already latched anywhere.
     /// Whether some vCPU has an NMI, INIT or start-up IPI waiting: events that end HLT even
     /// with IF clear (sent just before its sender halted, to a vCPU not yet awake to take it).
     public func anyNonMaskableEvent() -> Bool {
         lapics.contains { $0.hasNMI || $0.hasStartupEvent }
     }
 
+    /// Whether an interrupt could still arrive for a halted machine: an armed timer is
+    /// the caller's to check; this covers pending requests already latched anywhere.
     public func anyPending() -> Bool {
-        lapics.contains { $0.deliverableVector() != nil || $0.hasNMI || $0.hasStartupEvent } || pic.hasPendingInterrupt(vcpu: 0)
+        anyNonMaskableEvent() || lapics.contains { $0.deliverableVector() != nil } || pic.hasPendingInterrupt(vcpu: 0)
     }
 }
 

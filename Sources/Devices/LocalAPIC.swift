@@ -523,7 +523,7 @@ public final class LocalAPIC: @unchecked Sendable {
                 // one per EOI. So is this one while the one before still waits in the IRR
                 // (a tick due during a burst of owed ones).
                 if slack > 0 {
-                    owedLimit = slack / period + 1
+                    owedLimit = timer.owedTicksLimit(period: period)
                     late = passed > r.periodsCounted + 1 ? passed - r.periodsCounted - 1 : 0
                     if r.irr[UInt8(truncatingIfNeeded: lvt)] { late += 1 }
                 }
@@ -549,11 +549,9 @@ public final class LocalAPIC: @unchecked Sendable {
     /// unless a tick already waits there (one that came due meanwhile): then at the next EOI.
     private static func raiseLateTick(_ r: inout Registers, after vector: UInt8) {
         let lvt = r.lvt(.timer)
-        guard r.timerMode == 1, r.timerRunning, UInt8(lvt & 0xFF) == vector, lvt & lvtMasked == 0 else {
-            if r.timerMode != 1 || !r.timerRunning || lvt & lvtMasked != 0 { r.lateTicks = 0 }
-            return
-        }
-        guard !r.irr[vector] else { return }
+        // A timer that stopped or was masked owes nothing any more.
+        guard r.timerMode == 1, r.timerRunning, lvt & lvtMasked == 0 else { r.lateTicks = 0; return }
+        guard UInt8(lvt & 0xFF) == vector, !r.irr[vector] else { return }
         r.lateTicks -= 1
         r.irr[vector] = true
         r.tmr[vector] = false

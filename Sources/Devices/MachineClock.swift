@@ -60,8 +60,8 @@ public final class TimerService: @unchecked Sendable {
     /// `manual`: no thread; timers fire only from `fireDue()` (a virtual clock, tests),
     /// and vCPUs do not attach. `wakeOwner(n)` is called when a thread other than vCPU
     /// n's arms the timer vCPU n fires itself (so that it looks at the new deadline).
-    /// `slack` (`--timer-slack`, nanoseconds; 0: none): how late a halted vCPU may take
-    /// the ticks of a periodic timer that makes up late ticks (`DeviceTimer.hostWakeup`).
+    /// `slack` (`--timer-slack`, nanoseconds; 0: none): how late the ticks of a periodic
+    /// timer that makes up late ticks may come (`DeviceTimer.hostWakeup`).
     public init(clock: MachineClock, manual: Bool = false, slack: UInt64 = 0, wakeOwner: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.clock = clock
         core = TimerCore(clock: clock, manual: manual, slack: slack, wakeOwner: wakeOwner)
@@ -383,6 +383,11 @@ public final class DeviceTimer: @unchecked Sendable {
 
     /// `--timer-slack` in nanoseconds (0: none).
     public var slack: UInt64 { core.slack }
+
+    /// With a timer slack, the most late ticks of a periodic timer with this `period` (ns)
+    /// its device may owe at once: a slack's worth, and one more. What all three
+    /// catching-up devices (local APIC, PIT, RTC) bound their counts by.
+    public func owedTicksLimit(period: UInt64) -> UInt64 { core.slack / max(period, 1) + 1 }
 
     /// When a halted owner wakes for this timer, in CLOCK_MONOTONIC nanoseconds (nil while
     /// disarmed): the deadline itself, or, for a deadline armed with `catchesUp` on a

@@ -492,11 +492,10 @@ public final class PIT8254: PortDevice, @unchecked Sendable {
             // acknowledge of IRQ 0 (`irq0Acknowledged`). So is this one while our last
             // pulse is still to be taken (it is pulsed all the same: should the request
             // have gone — the 8259A initialised again — this one brings the ticks back).
-            if slack > 0, s.channels[0].mode == 2 || s.channels[0].mode == 3 {
-                let slackTicks = Self.ticks(slack)
-                var after = max(r, t - slackTicks)
+            if slack > 0, let timer, s.channels[0].mode == 2 || s.channels[0].mode == 3 {
+                var after = max(r, t - Self.ticks(slack))
                 var late = s.pulseOutstanding ? 1 : 0
-                let owedLimit = Int(slackTicks / max(s.channels[0].n, 1)) + 1
+                let owedLimit = Int(timer.owedTicksLimit(period: Self.nanoseconds(s.channels[0].n)))
                 while late < owedLimit, let next = s.channels[0].nextRise(after: after), next <= t {
                     late += 1
                     after = next

@@ -347,7 +347,6 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
 
     // MARK: Interrupts
 
-
     /// Arms the timer for the next enabled event (under the state lock, so that concurrent
     /// re-arms cannot leave a stale deadline), or disarms it.
     private func rearm() {
@@ -375,9 +374,9 @@ public final class RTC146818: PortDevice, @unchecked Sendable {
                 // unless a timer slack let the timer sleep past them; then those of the last
                 // slack are raised later, one per read of register C.
                 let edge = floorDiv(cycles32k(now), p)
-                if slack > 0, let taken = s.periodicTaken, edge > taken + 1 {
-                    let slackEdges = Int64(slack) * 32_768 / Self.second / p + 1
-                    s.latePeriodic = Int(min(Int64(s.latePeriodic) + edge - taken - 1, slackEdges))
+                if slack > 0, let taken = s.periodicTaken, edge > taken + 1, let timer {
+                    let owedLimit = Int64(timer.owedTicksLimit(period: UInt64(p) * UInt64(Self.second) / 32_768))
+                    s.latePeriodic = Int(min(Int64(s.latePeriodic) + edge - taken - 1, owedLimit))
                 }
                 s.periodicTaken = edge
             }

@@ -512,13 +512,13 @@ public final class InterpreterVCPU: VCPUBackend, TraceSource, @unchecked Sendabl
 
     // MARK: Mode
 
-    /// Recomputes what the hot paths derive from CR0, EFER, RFLAGS.VM and CS/SS.
     /// IA-32e mode (IA32_EFER.LMA): 64-bit mode *or* compatibility mode. What the system
     /// structures follow — 16-byte IDT and call gates, the 64-bit TSS, 64-bit descriptor
     /// table bases, a far transfer's L bit — where `longMode` (64-bit mode: LMA and CS.L)
     /// governs addressing and operand sizes.
     var ia32eMode: Bool { s.pointee.efer & EFER.lma != 0 }
 
+    /// Recomputes what the hot paths derive from CR0, EFER, RFLAGS.VM and CS/SS.
     func refreshMode() {
         let st = s.pointee
         protectedMode = st.cr0 & CR0.pe != 0
